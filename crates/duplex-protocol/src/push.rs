@@ -1,0 +1,207 @@
+//! Everything the server sends on `/ws`, encoded straight into WebSocket
+//! frames (server frames are never masked, so the same bytes can be queued
+//! to every subscriber).
+//!
+//! - reply:  `{"id":1,"result":{...}}` or `{"id":1,"error":{"code":103,"message":"..."}}`
+//! - push:   `{"push":"message","channel":"news","data":...}`
+//! - push:   `{"push":"disconnect","code":3501,"reason":"...","reconnect":false}`
+//!
+//! Room is left for later fields: `offset`/`epoch` on messages (history),
+//! `join`/`leave` pushes (presence), rpc results as ordinary replies.
+
+use std::io::Write;
+
+use bytes::Bytes;
+use serde::Serialize;
+
+use crate::code::{CloseCode, ErrorCode};
+use crate::payload::{write_data_field, JsonForm};
+use crate::ws::{FrameBuilder, OpCode};
+
+/// Result of `connect`: who the client is and how the server will behave.
+#[derive(Debug, Serialize)]
+pub struct ConnectResult<'a> {
+    /// Connection id, unique across nodes.
+    pub client: &'a str,
+    /// Id of the node holding the connection.
+    pub node: &'a str,
+    /// Server software version.
+    pub version: &'a str,
+    /// Native protocol version spoken.
+    pub protocol: u32,
+    /// Seconds between server pings; answer them (browsers do) or be dropped.
+    pub ping_interval: u64,
+}
+
+/// Result of `subscribe` / `unsubscribe`: the channels now affected.
+#[derive(Debug, Serialize)]
+pub struct ChannelsResult<'a> {
+    /// Channel names, in request order.
+    pub channels: &'a [&'a str],
+}
+
+/// Result of commands with nothing to report (`publish`, `ping`).
+#[derive(Debug, Serialize)]
+pub struct Empty {}
+
+#[derive(Serialize)]
+struct OkReply<'a, T> {
+    id: u64,
+    result: &'a T,
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    code: ErrorCode,
+    message: &'a str,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    temporary: bool,
+}
+
+#[derive(Serialize)]
+struct ErrorReply<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<u64>,
+    error: ErrorBody<'a>,
+}
+
+#[derive(Serialize)]
+struct DisconnectPush<'a> {
+    push: &'static str,
+    code: u16,
+    reason: &'a str,
+    reconnect: bool,
+}
+
+fn json_frame(value: &impl Serialize) -> Bytes {
+    let mut frame = FrameBuilder::new(OpCode::Text);
+    // Serializing our own plain structs into memory cannot fail.
+    if let Err(e) = serde_json::to_writer(frame.writer(), value) {
+        debug_assert!(false, "serializing a reply failed: {e}");
+    }
+    frame.finish()
+}
+
+/// A successful reply frame.
+pub fn reply(id: u64, result: &impl Serialize) -> Bytes {
+    json_frame(&OkReply { id, result })
+}
+
+/// An error reply frame; `id` is absent when the command's id was unreadable.
+pub fn error_reply(id: Option<u64>, code: ErrorCode, message: &str) -> Bytes {
+    json_frame(&ErrorReply {
+        id,
+        error: ErrorBody {
+            code,
+            message,
+            temporary: code.is_temporary(),
+        },
+    })
+}
+
+/// The last frame before a close, so clients without close-code tables learn why.
+pub fn disconnect(code: CloseCode, reason: &str) -> Bytes {
+    json_frame(&DisconnectPush {
+        push: "disconnect",
+        code: code.as_u16(),
+        reason,
+        reconnect: code.reconnect(),
+    })
+}
+
+/// A message push frame: encoded once per publication, shared by all native subscribers.
+pub fn message(channel: &str, payload: &[u8], form: JsonForm) -> Bytes {
+    let mut frame = FrameBuilder::with_capacity(OpCode::Text, payload.len() + channel.len() + 48);
+    let mut w = frame.writer();
+    let written: std::io::Result<()> = (|| {
+        w.write_all(b"{\"push\":\"message\",\"channel\":")?;
+        serde_json::to_writer(&mut w, channel).map_err(std::io::Error::other)?;
+        w.write_all(b",")?;
+        write_data_field(&mut w, payload, form)?;
+        w.write_all(b"}")
+    })();
+    if let Err(e) = written {
+        debug_assert!(false, "writing a push into memory failed: {e}");
+    }
+    frame.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ws::{Decoder, DecoderLimits, Event};
+
+    /// Server frames are unmasked; strip the 2..10 byte header to get the JSON.
+    fn body(frame: &Bytes) -> serde_json::Value {
+        let len = (frame[1] & 0x7f) as usize;
+        let start = match len {
+            126 => 4,
+            127 => 10,
+            _ => 2,
+        };
+        assert_eq!(frame[0], 0x81, "FIN + text");
+        serde_json::from_slice(&frame[start..]).unwrap()
+    }
+
+    #[test]
+    fn replies() {
+        let r = reply(
+            7,
+            &ChannelsResult {
+                channels: &["a", "b"],
+            },
+        );
+        assert_eq!(
+            body(&r),
+            serde_json::json!({"id":7,"result":{"channels":["a","b"]}})
+        );
+        let e = error_reply(Some(3), ErrorCode::UnknownMethod, "unknown method \"x\"");
+        assert_eq!(
+            body(&e),
+            serde_json::json!({"id":3,"error":{"code":102,"message":"unknown method \"x\""}})
+        );
+        let e = error_reply(None, ErrorCode::BrokerUnavailable, "redis down");
+        assert_eq!(
+            body(&e),
+            serde_json::json!({"error":{"code":107,"message":"redis down","temporary":true}})
+        );
+    }
+
+    #[test]
+    fn message_pushes() {
+        let m = message("news", br#"{"a":1}"#, JsonForm::Json);
+        assert_eq!(
+            body(&m),
+            serde_json::json!({"push":"message","channel":"news","data":{"a":1}})
+        );
+        let m = message("n\"s", b"data from PHP", JsonForm::Text);
+        assert_eq!(
+            body(&m),
+            serde_json::json!({"push":"message","channel":"n\"s","data":"data from PHP"})
+        );
+        let m = message("b", &[0, 1, 2], JsonForm::Base64);
+        assert_eq!(
+            body(&m),
+            serde_json::json!({"push":"message","channel":"b","data":"AAEC","encoding":"base64"})
+        );
+        let big = vec![b'x'; 70_000];
+        let m = message("big", &big, JsonForm::Text);
+        assert_eq!(body(&m)["data"].as_str().unwrap().len(), 70_000);
+    }
+
+    #[test]
+    fn disconnect_push() {
+        let d = disconnect(CloseCode::GoingAway, "shutting down");
+        assert_eq!(
+            body(&d),
+            serde_json::json!({"push":"disconnect","code":1001,"reason":"shutting down","reconnect":true})
+        );
+        // Sanity: our decoder refuses server frames (unmasked), as a server must.
+        let mut buf = bytes::BytesMut::from(&d[..]);
+        let mut dec = Decoder::new(DecoderLimits::default());
+        assert!(!matches!(
+            dec.decode(&mut buf),
+            Ok(Some(Event::Message { .. }))
+        ));
+    }
+}

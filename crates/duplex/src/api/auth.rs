@@ -1,0 +1,54 @@
+//! API key check for `/api/*`: `Authorization: apikey <key>`, compared in
+//! constant time so the key cannot be guessed byte by byte from timings.
+
+use axum::extract::{Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use super::ApiError;
+use crate::server::AppState;
+
+pub(super) async fn require_api_key(
+    State(app): State<AppState>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let expected = &app.node.config().api_key;
+    if expected.is_empty() {
+        return next.run(req).await;
+    }
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("apikey "))
+        .map(str::trim);
+    match given {
+        Some(key) if constant_time_eq(key.as_bytes(), expected.as_bytes()) => next.run(req).await,
+        _ => ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "missing or wrong API key: send \"Authorization: apikey <key>\"",
+        )
+        .into_response(),
+    }
+}
+
+/// Equal-length comparison that does not stop at the first difference.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn constant_time_eq() {
+        assert!(super::constant_time_eq(b"secret", b"secret"));
+        assert!(!super::constant_time_eq(b"secret", b"secreT"));
+        assert!(!super::constant_time_eq(b"secret", b"secre"));
+    }
+}

@@ -1,0 +1,44 @@
+//! The HTTP API: publish from any backend without a WebSocket, and look at
+//! the node. Every answer is JSON; every error is
+//! `{"error":{"code":...,"message":...}}` with a fitting status.
+//!
+//! - `POST /api/publish`   `{"channel":"news","data":...}`
+//! - `POST /api/broadcast` `{"channels":["a","b"],"data":...}`
+//! - `GET  /api/channels`  channels with local subscriber counts
+//! - `GET  /api/info`      node id, uptime, connections, broker state, counters
+//! - `GET  /health`        200 while the broker is usable, else 503
+//!
+//! With an API key configured, `/api/*` needs `Authorization: apikey <key>`.
+
+mod auth;
+mod error;
+mod json;
+mod publish;
+mod status;
+
+use axum::extract::DefaultBodyLimit;
+use axum::middleware;
+use axum::routing::{get, post};
+use axum::Router;
+
+use crate::server::AppState;
+
+pub use error::ApiError;
+
+/// Routes under `/api` plus `/health`.
+pub fn routes(state: &AppState) -> Router<AppState> {
+    let api = Router::new()
+        .route("/publish", post(publish::publish))
+        .route("/broadcast", post(publish::broadcast))
+        .route("/channels", get(status::channels))
+        .route("/info", get(status::info))
+        .fallback(error::not_found)
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_api_key,
+        ))
+        .layer(DefaultBodyLimit::max(state.node.config().max_http_body));
+    Router::new()
+        .nest("/api", api)
+        .route("/health", get(status::health))
+}

@@ -1,0 +1,114 @@
+//! `POST /api/publish` and `POST /api/broadcast`.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::Json;
+use duplex_protocol::channel::ChannelName;
+use duplex_protocol::payload::{bytes_from_json, Encoding};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use serde_json::{json, Value};
+
+use super::json::Body;
+use super::ApiError;
+use crate::broker::BrokerError;
+use crate::message::Publication;
+use crate::node::Node;
+use crate::server::AppState;
+
+#[derive(Debug, Deserialize)]
+pub(super) struct PublishRequest {
+    channel: String,
+    data: Box<RawValue>,
+    #[serde(default)]
+    encoding: Encoding,
+}
+
+#[derive(Debug, Deserialize)]
+pub(super) struct BroadcastRequest {
+    channels: Vec<String>,
+    data: Box<RawValue>,
+    #[serde(default)]
+    encoding: Encoding,
+}
+
+pub(super) async fn publish(
+    State(app): State<AppState>,
+    Body(req): Body<PublishRequest>,
+) -> Result<Json<Value>, ApiError> {
+    let channel = channel(&app.node, &req.channel)?;
+    let publication = publication(channel, &req.data, req.encoding)?;
+    app.node.publish(publication).await.map_err(unavailable)?;
+    Ok(Json(json!({"ok": true})))
+}
+
+pub(super) async fn broadcast(
+    State(app): State<AppState>,
+    Body(req): Body<BroadcastRequest>,
+) -> Result<Json<Value>, ApiError> {
+    if req.channels.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "\"channels\" is empty",
+        ));
+    }
+    let channels = req
+        .channels
+        .iter()
+        .map(|c| channel(&app.node, c))
+        .collect::<Result<Vec<_>, _>>()?;
+    let first = publication(channels[0].clone(), &req.data, req.encoding)?;
+    let mut published = 0usize;
+    for channel in channels {
+        let p = Publication {
+            channel,
+            ..first.clone()
+        };
+        if let Err(e) = app.node.publish(p).await {
+            let mut err = unavailable(e);
+            err.message = format!(
+                "{} (published to {published} of {} channels)",
+                err.message,
+                req.channels.len()
+            );
+            return Err(err);
+        }
+        published += 1;
+    }
+    Ok(Json(json!({"ok": true, "channels": published})))
+}
+
+fn channel(node: &Node, name: &str) -> Result<ChannelName, ApiError> {
+    ChannelName::parse(name, node.config().max_channel_length).map_err(|e| {
+        let shown: String = name.chars().take(64).collect();
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_channel",
+            format!("{e}: {shown:?}"),
+        )
+    })
+}
+
+fn publication(
+    channel: ChannelName,
+    data: &RawValue,
+    encoding: Encoding,
+) -> Result<Publication, ApiError> {
+    let (payload, kind) = bytes_from_json(data, encoding)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_data", e.to_string()))?;
+    Ok(Publication {
+        channel,
+        payload,
+        kind,
+        exclude: None,
+    })
+}
+
+fn unavailable(e: BrokerError) -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "broker_unavailable",
+        e.to_string(),
+    )
+}

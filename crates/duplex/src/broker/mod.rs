@@ -1,0 +1,101 @@
+//! Brokers carry publications between nodes.
+//!
+//! A [`Broker`] has node-wide subscriptions (never one per client): the node
+//! subscribes a channel when its first local client wants it and
+//! unsubscribes when the last one leaves. Everything published, including
+//! by this node, comes back through the [`BrokerHandler`] given at
+//! construction, so every node (this one too) sees one order per channel.
+//!
+//! Contract: delivery is at most once; per channel, messages from one
+//! publisher arrive in publish order. Presence and history stores will be
+//! separate traits with the same memory/redis pair of implementations.
+
+use std::time::SystemTime;
+
+use duplex_protocol::channel::ChannelName;
+use futures_util::future::BoxFuture;
+use serde::Serialize;
+
+use crate::message::Publication;
+
+mod echo;
+pub mod memory;
+pub mod redis;
+
+/// Receives what the broker delivers to this node.
+pub trait BrokerHandler: Send + Sync + 'static {
+    /// A publication on a channel this node subscribed.
+    fn handle_publication(&self, publication: Publication);
+}
+
+/// Why a broker operation failed; all are temporary from the caller's view.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    /// No connection to the broker right now.
+    #[error("broker unavailable: {0}")]
+    Unavailable(String),
+    /// The broker did not answer within the configured bound.
+    #[error("broker timed out after {0:?}")]
+    Timeout(std::time::Duration),
+    /// The broker is shut down.
+    #[error("broker is closed")]
+    Closed,
+}
+
+/// Connection state shown by `/health` and `/api/info`.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum BrokerStatus {
+    /// Usable.
+    Connected,
+    /// Trying to (re)connect; publishes fail, subscriptions are kept and restored.
+    Disconnected,
+}
+
+/// Broker state plus when it last changed and why.
+#[derive(Debug, Clone, Serialize)]
+pub struct BrokerState {
+    /// `memory` or `redis`.
+    pub kind: &'static str,
+    /// Usable or not.
+    pub status: BrokerStatus,
+    /// Seconds since the Unix epoch of the last change.
+    pub since: u64,
+    /// Last error seen, while disconnected.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    /// Reconnects since start.
+    pub reconnects: u64,
+}
+
+impl BrokerState {
+    pub(crate) fn new(kind: &'static str, status: BrokerStatus) -> Self {
+        BrokerState {
+            kind,
+            status,
+            since: unix_now(),
+            last_error: None,
+            reconnects: 0,
+        }
+    }
+}
+
+pub(crate) fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Moves publications between nodes (or within one node).
+pub trait Broker: Send + Sync + 'static {
+    /// Publishes to every node that subscribed the channel, this one included.
+    fn publish(&self, publication: Publication) -> BoxFuture<'_, Result<(), BrokerError>>;
+    /// Starts receiving a channel on this node; kept across reconnects.
+    fn subscribe(&self, channel: ChannelName) -> BoxFuture<'_, Result<(), BrokerError>>;
+    /// Stops receiving a channel on this node.
+    fn unsubscribe(&self, channel: ChannelName) -> BoxFuture<'_, Result<(), BrokerError>>;
+    /// Current state, for health checks.
+    fn state(&self) -> BrokerState;
+    /// Leaves the broker cleanly (unsubscribe, close connections).
+    fn close(&self) -> BoxFuture<'_, ()>;
+}

@@ -1,0 +1,119 @@
+//! Command-line interface: `serve`, `publish`, `subscribe`.
+//! The only place that uses `anyhow`: errors here end with a message to a person.
+
+mod poke;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use duplex::config::{LogFormat, Settings};
+use tracing_subscriber::EnvFilter;
+
+/// Real-time messaging gateway: WebSocket clients <-> channels <-> memory or Redis broker.
+#[derive(Debug, Parser)]
+#[command(name = "duplex", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a node (embedded broker by default; --redis to share channels between nodes).
+    Serve {
+        /// TOML file with the same settings (snake_case keys); flags and DUPLEX_* env win over it.
+        #[arg(long, env = "DUPLEX_CONFIG")]
+        config: Option<PathBuf>,
+        #[command(flatten)]
+        settings: Box<Settings>,
+    },
+    /// Publish one message to a channel, through a node's HTTP API or straight to Redis.
+    Publish(poke::PublishArgs),
+    /// Print every message of the given channels, one line each, until interrupted.
+    Subscribe(poke::SubscribeArgs),
+}
+
+/// Runs the command and turns errors into a message and exit code 1.
+pub(crate) fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("duplex: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Serve { config, settings } => serve(config, *settings).await,
+            Command::Publish(args) => poke::publish(args).await,
+            Command::Subscribe(args) => poke::subscribe(args).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("duplex: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(file: Option<PathBuf>, flags: Settings) -> anyhow::Result<()> {
+    let settings = match &file {
+        Some(path) => flags.or(Settings::from_file(path)?),
+        None => flags,
+    };
+    let config = settings.resolve()?;
+    init_logging(config.log_format, &config.log_level)?;
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    duplex::server::run(listener, config, shutdown_signal()).await?;
+    Ok(())
+}
+
+fn init_logging(format: LogFormat, level: &str) -> anyhow::Result<()> {
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(env) if !env.is_empty() => EnvFilter::try_new(env),
+        _ => EnvFilter::try_new(level),
+    }
+    .context("invalid log filter")?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    }
+    .map_err(|e| anyhow::anyhow!("cannot start logging: {e}"))
+}
+
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => tracing::info!("SIGINT received"),
+        _ = term => tracing::info!("SIGTERM received"),
+    }
+}

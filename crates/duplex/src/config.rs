@@ -1,0 +1,286 @@
+//! Settings: flags > `DUPLEX_*` environment > TOML file > defaults.
+//!
+//! [`Settings`] is one struct that clap fills from flags and environment and
+//! serde fills from the file; every field is optional so that "not given" can
+//! fall through to the next layer. [`Settings::resolve`] applies the defaults
+//! and checks the result, producing the [`Config`] the node runs with.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::Args;
+use serde::Deserialize;
+
+/// Why the settings cannot run a node; shown to the operator as is.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The TOML file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// File that failed.
+        path: PathBuf,
+        /// Underlying I/O error.
+        source: std::io::Error,
+    },
+    /// The TOML file is not valid or has unknown keys.
+    #[error("invalid config file {path}: {source}")]
+    Parse {
+        /// File that failed.
+        path: PathBuf,
+        /// Parser error with line and column.
+        source: Box<toml::de::Error>,
+    },
+    /// A value is out of its allowed range.
+    #[error("invalid setting {name}: {reason}")]
+    Invalid {
+        /// Setting name as in the file.
+        name: &'static str,
+        /// What is wrong and what is allowed.
+        reason: String,
+    },
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
+
+macro_rules! settings {
+    ($( $(#[$doc:meta])* $name:ident : $ty:ty = $default:expr, $env:literal $(, $parser:expr)? ; )*) => {
+        /// Every setting of `duplex serve`, each optional so layers can be merged.
+        #[derive(Debug, Clone, Default, Args, Deserialize)]
+        #[serde(deny_unknown_fields)]
+        pub struct Settings {
+            $(
+                $(#[$doc])*
+                #[arg(long, env = $env $(, value_parser = $parser)?)]
+                #[serde(default, deserialize_with = "de_opt")]
+                pub $name: Option<$ty>,
+            )*
+        }
+
+        impl Settings {
+            /// Fills every unset field of `self` from `lower`.
+            pub fn or(self, lower: Settings) -> Settings {
+                Settings { $( $name: self.$name.or(lower.$name), )* }
+            }
+        }
+
+        /// Resolved settings the node runs with.
+        #[derive(Debug, Clone)]
+        pub struct Config {
+            $( $(#[$doc])* pub $name: $ty, )*
+        }
+
+        impl Default for Config {
+            fn default() -> Self {
+                Config { $( $name: $default, )* }
+            }
+        }
+
+        impl Settings {
+            fn with_defaults(self) -> Config {
+                let d = Config::default();
+                Config { $( $name: self.$name.unwrap_or(d.$name), )* }
+            }
+        }
+    };
+}
+
+/// How each setting type is read from the TOML file (durations as "25s").
+trait FileValue: Sized {
+    fn de<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error>;
+}
+
+impl FileValue for Duration {
+    fn de<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        humantime_serde::deserialize(d)
+    }
+}
+
+macro_rules! plain_file_value {
+    ($($t:ty),*) => {$(
+        impl FileValue for $t {
+            fn de<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                <$t>::deserialize(d)
+            }
+        }
+    )*};
+}
+plain_file_value!(SocketAddr, String, bool, usize, LogFormat);
+
+fn de_opt<'de, D: serde::Deserializer<'de>, T: FileValue>(d: D) -> Result<Option<T>, D::Error> {
+    T::de(d).map(Some)
+}
+
+settings! {
+    /// Address and port to listen on [default: 127.0.0.1:1234].
+    listen: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 1234)), "DUPLEX_LISTEN";
+    /// Redis URL (redis://host:port/db); unset = embedded in-memory broker, single node.
+    redis: String = String::new(), "DUPLEX_REDIS";
+    /// Prefix added to channel names in Redis [default: empty, names map 1:1].
+    redis_prefix: String = String::new(), "DUPLEX_REDIS_PREFIX";
+    /// Bound on each Redis operation and connect attempt [default: 5s].
+    redis_timeout: Duration = Duration::from_secs(5), "DUPLEX_REDIS_TIMEOUT", humantime::parse_duration;
+    /// Interval of the health PING on the Redis subscriber connection [default: 5s].
+    redis_health_interval: Duration = Duration::from_secs(5), "DUPLEX_REDIS_HEALTH_INTERVAL", humantime::parse_duration;
+    /// Longest wait between Redis reconnect attempts [default: 2s].
+    redis_max_backoff: Duration = Duration::from_secs(2), "DUPLEX_REDIS_MAX_BACKOFF", humantime::parse_duration;
+    /// Node id shown in APIs and connection ids [default: random].
+    node_id: String = String::new(), "DUPLEX_NODE_ID";
+    /// Channel of plain clients at `/` that name none [default: channel].
+    default_channel: String = "channel".to_string(), "DUPLEX_DEFAULT_CHANNEL";
+    /// API key required by /api/* as `Authorization: apikey <key>` [default: none, API open].
+    api_key: String = String::new(), "DUPLEX_API_KEY";
+    /// Whether plain clients' frames are published to their channel [default: true].
+    plain_publish: bool = true, "DUPLEX_PLAIN_PUBLISH";
+    /// Whether a plain client receives its own messages back [default: true].
+    plain_echo: bool = true, "DUPLEX_PLAIN_ECHO";
+    /// Largest message a client may send, in bytes, inclusive [default: 65536].
+    max_message_size: usize = 64 * 1024, "DUPLEX_MAX_MESSAGE_SIZE";
+    /// Most frames one fragmented message may have [default: 1024].
+    max_fragments: usize = 1024, "DUPLEX_MAX_FRAGMENTS";
+    /// Most channels one connection may subscribe to [default: 10000].
+    max_subscriptions: usize = 10_000, "DUPLEX_MAX_SUBSCRIPTIONS";
+    /// Longest channel name in bytes [default: 255].
+    max_channel_length: usize = duplex_protocol::channel::DEFAULT_MAX_CHANNEL_LENGTH, "DUPLEX_MAX_CHANNEL_LENGTH";
+    /// Outbound bytes queued for one client before it is cut as a slow consumer [default: 1048576].
+    max_queued_bytes: usize = 1024 * 1024, "DUPLEX_MAX_QUEUED_BYTES";
+    /// Outbound messages queued for one client before it is cut as a slow consumer [default: 4096].
+    max_queued_messages: usize = 4096, "DUPLEX_MAX_QUEUED_MESSAGES";
+    /// Interval of server pings to every client [default: 25s].
+    ping_interval: Duration = Duration::from_secs(25), "DUPLEX_PING_INTERVAL", humantime::parse_duration;
+    /// How long after a ping a silent client is dropped [default: 10s].
+    pong_timeout: Duration = Duration::from_secs(10), "DUPLEX_PONG_TIMEOUT", humantime::parse_duration;
+    /// How long shutdown waits for queues to flush and clients to close [default: 5s].
+    shutdown_timeout: Duration = Duration::from_secs(5), "DUPLEX_SHUTDOWN_TIMEOUT", humantime::parse_duration;
+    /// Largest HTTP API request body in bytes [default: 1048576].
+    max_http_body: usize = 1024 * 1024, "DUPLEX_MAX_HTTP_BODY";
+    /// Log format: text or json [default: text].
+    log_format: LogFormat = LogFormat::Text, "DUPLEX_LOG_FORMAT";
+    /// Log filter, e.g. info or duplex=debug [default: info; RUST_LOG also works].
+    log_level: String = "info".to_string(), "DUPLEX_LOG_LEVEL";
+}
+
+impl Settings {
+    /// Reads a TOML file of the same keys (snake_case, durations like "25s").
+    pub fn from_file(path: &Path) -> Result<Settings, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source: Box::new(source),
+        })
+    }
+
+    /// Applies defaults and validates.
+    pub fn resolve(self) -> Result<Config, ConfigError> {
+        let config = self.with_defaults();
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+impl Config {
+    /// The Redis URL, when a Redis broker is configured.
+    pub fn redis_url(&self) -> Option<&str> {
+        Some(self.redis.as_str()).filter(|u| !u.is_empty())
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |name, reason: &str| {
+            Err(ConfigError::Invalid {
+                name,
+                reason: reason.to_string(),
+            })
+        };
+        if let Err(e) =
+            duplex_protocol::channel::validate(&self.default_channel, self.max_channel_length)
+        {
+            return invalid("default_channel", &e.to_string());
+        }
+        if let Some(url) = self.redis_url() {
+            if let Err(e) = redis::Client::open(url) {
+                return invalid("redis", &format!("not a valid Redis URL: {e}"));
+            }
+        }
+        if self.max_message_size == 0 {
+            return invalid("max_message_size", "must be at least 1");
+        }
+        if self.max_fragments == 0 {
+            return invalid("max_fragments", "must be at least 1");
+        }
+        if self.max_queued_bytes < self.max_message_size.min(64 * 1024) {
+            return invalid(
+                "max_queued_bytes",
+                "must hold at least one message (>= 64 KiB or max_message_size)",
+            );
+        }
+        if self.max_queued_messages == 0 {
+            return invalid("max_queued_messages", "must be at least 1");
+        }
+        if self.ping_interval.is_zero() || self.pong_timeout.is_zero() {
+            return invalid(
+                "ping_interval",
+                "ping_interval and pong_timeout must be above zero",
+            );
+        }
+        if self.redis_timeout.is_zero() {
+            return invalid("redis_timeout", "must be above zero");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layers_merge_in_order() {
+        let flags = Settings {
+            listen: Some("127.0.0.1:9000".parse().unwrap()),
+            ..Default::default()
+        };
+        let file: Settings = toml::from_str(
+            "listen = \"127.0.0.1:8000\"\ndefault_channel = \"news\"\nping_interval = \"3s\"",
+        )
+        .unwrap();
+        let config = flags.or(file).resolve().unwrap();
+        assert_eq!(config.listen.port(), 9000);
+        assert_eq!(config.default_channel, "news");
+        assert_eq!(config.ping_interval, Duration::from_secs(3));
+        assert_eq!(config.max_message_size, 65536);
+        assert!(config.redis_url().is_none());
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_refused() {
+        assert!(toml::from_str::<Settings>("lisen = \"x\"").is_err());
+        let bad = Settings {
+            default_channel: Some("has space".into()),
+            ..Default::default()
+        };
+        assert!(matches!(
+            bad.resolve(),
+            Err(ConfigError::Invalid {
+                name: "default_channel",
+                ..
+            })
+        ));
+        let bad = Settings {
+            redis: Some("http://nope".into()),
+            ..Default::default()
+        };
+        assert!(bad.resolve().is_err());
+    }
+}

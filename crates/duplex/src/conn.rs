@@ -1,0 +1,99 @@
+//! The shared handle of one client connection.
+//!
+//! The reader task, the writer task, the hub (fan-out), the heartbeat sweeper
+//! and the registry each hold an `Arc<Conn>`. It carries only what they need
+//! to share: identity, which wire format the client reads, the outbound queue,
+//! liveness, and the token that ends both of the connection's tasks.
+//! Per-client state that only the session needs (subscriptions) lives in the
+//! reader task, not here.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tokio_util::sync::CancellationToken;
+
+use crate::hub::{Subscriber, Undelivered, Wire};
+use crate::transport::outbound::{Outbound, PushError, QueueLimits};
+
+/// One connected client, as seen by everything outside its own tasks.
+#[derive(Debug)]
+pub struct Conn {
+    /// Node-local number, used as the key in the hub and registry.
+    pub(crate) seq: u64,
+    /// Id unique across nodes: `<node id>.<seq>`.
+    pub(crate) id: Arc<str>,
+    pub(crate) wire: Wire,
+    pub(crate) remote: SocketAddr,
+    pub(crate) outbound: Outbound,
+    /// Milliseconds since node start when the client last sent any frame.
+    last_seen_ms: AtomicU64,
+    /// Ends the reader and writer at once (no more I/O for this client).
+    pub(crate) abort: CancellationToken,
+    /// Cancelled when the reader has finished (the peer closed or failed).
+    pub(crate) done_reading: CancellationToken,
+}
+
+impl Conn {
+    pub(crate) fn new(
+        seq: u64,
+        node_id: &str,
+        wire: Wire,
+        remote: SocketAddr,
+        limits: QueueLimits,
+        now_ms: u64,
+    ) -> Arc<Conn> {
+        Arc::new(Conn {
+            seq,
+            id: Arc::from(format!("{node_id}.{seq}")),
+            wire,
+            remote,
+            outbound: Outbound::new(limits),
+            last_seen_ms: AtomicU64::new(now_ms),
+            abort: CancellationToken::new(),
+            done_reading: CancellationToken::new(),
+        })
+    }
+
+    /// Records that the client is alive.
+    pub(crate) fn touch(&self, now_ms: u64) {
+        self.last_seen_ms.store(now_ms, Relaxed);
+    }
+
+    pub(crate) fn last_seen_ms(&self) -> u64 {
+        self.last_seen_ms.load(Relaxed)
+    }
+
+    /// Queues a frame (reply, pong, ping); overflow starts a slow-consumer close.
+    pub(crate) fn send(&self, frame: Bytes) -> Result<(), PushError> {
+        self.outbound.push(frame)
+    }
+
+    /// Starts closing: the writer sends the close frame, then both tasks end.
+    pub(crate) fn close(&self, code: u16, reason: &str, flush: bool) {
+        self.outbound.close(code, reason, flush);
+    }
+}
+
+impl Subscriber for Conn {
+    fn key(&self) -> u64 {
+        self.seq
+    }
+
+    fn wire(&self) -> Wire {
+        self.wire
+    }
+
+    fn deliver(&self, frame: &Bytes) -> Result<(), Undelivered> {
+        match self.outbound.push(frame.clone()) {
+            Ok(()) => Ok(()),
+            Err(PushError::Closed) => Err(Undelivered::Closed),
+            Err(PushError::SlowConsumer) => Err(Undelivered::SlowConsumer),
+        }
+    }
+
+    fn describe(&self) -> (&str, SocketAddr) {
+        (&self.id, self.remote)
+    }
+}

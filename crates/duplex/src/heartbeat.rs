@@ -1,0 +1,49 @@
+//! One sweeper for all connections (no timer per connection): on every
+//! tick it pings clients that have been quiet for a while and cuts those
+//! that stayed silent past the ping interval plus the pong timeout. Any
+//! frame from a client (pong, message, its own ping) counts as alive.
+//! Browsers answer pings by themselves, so plain clients need nothing.
+
+use std::sync::atomic::Ordering::Relaxed;
+
+use duplex_protocol::code::CloseCode;
+use duplex_protocol::ws::{encode_frame, OpCode};
+use tokio_util::sync::CancellationToken;
+
+use crate::node::Node;
+
+/// Runs until `shutdown`.
+pub(crate) async fn run(node: Node, shutdown: CancellationToken) {
+    let config = node.config();
+    let interval = config.ping_interval;
+    let deadline = (interval + config.pong_timeout).as_millis() as u64;
+    let quiet = (interval.as_millis() as u64 / 2).max(1);
+    let ping = encode_frame(OpCode::Ping, b"");
+    let mut tick = tokio::time::interval(interval.min(config.pong_timeout));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let now = node.now_ms();
+        let mut pinged = 0usize;
+        for conn in node.connections() {
+            if conn.outbound.is_closing() {
+                continue;
+            }
+            let silent = now.saturating_sub(conn.last_seen_ms());
+            if silent > deadline {
+                node.stats().heartbeat_timeouts.fetch_add(1, Relaxed);
+                tracing::info!(conn = %conn.id, addr = %conn.remote, silent_ms = silent, "closing connection: no pong");
+                let reason = format!("no pong within {} ms", deadline);
+                conn.close(CloseCode::HeartbeatTimeout.as_u16(), &reason, false);
+            } else if silent >= quiet {
+                let _ = conn.send(ping.clone());
+                pinged += 1;
+            }
+        }
+        tracing::trace!(pinged, "heartbeat sweep");
+    }
+}

@@ -1,0 +1,341 @@
+//! Channel → local subscribers, and fan-out of shared frame bytes.
+//!
+//! The index is split into shards by channel hash, each behind its own
+//! read-write lock, so publishers and subscribers on different channels do
+//! not contend, and concurrent fan-outs on one channel only share a read
+//! lock. A publication is encoded at most once per wire format (plain bytes,
+//! native JSON push) and every subscriber's queue gets a reference to the
+//! same bytes. Delivery only appends to in-memory queues: no I/O, no await,
+//! no lock held across a socket write.
+//!
+//! The hub knows nothing of sockets or brokers: subscribers are anything that
+//! implements [`Subscriber`], so it is tested here with a fake.
+
+use std::collections::HashMap;
+use std::hash::BuildHasher;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use duplex_protocol::channel::ChannelName;
+use duplex_protocol::payload::json_form;
+use duplex_protocol::push;
+use duplex_protocol::ws::{encode_frame, MessageKind, OpCode};
+use indexmap::IndexMap;
+use parking_lot::RwLock;
+
+use crate::message::Publication;
+use crate::stats::Stats;
+
+const SHARDS: usize = 64;
+
+/// What a subscriber reads on its socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wire {
+    /// Exactly the published bytes, one frame per message.
+    Plain,
+    /// Native protocol JSON pushes.
+    Native,
+}
+
+/// Why a frame did not reach a subscriber's queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Undelivered {
+    /// Already closing; nothing to count.
+    Closed,
+    /// This delivery overflowed the queue; the subscriber is being cut.
+    SlowConsumer,
+}
+
+/// A receiver of frames, as the hub sees it.
+pub trait Subscriber: Send + Sync {
+    /// Key unique on this node.
+    fn key(&self) -> u64;
+    /// Which encoding this subscriber reads.
+    fn wire(&self) -> Wire;
+    /// Queues a shared frame without blocking.
+    fn deliver(&self, frame: &Bytes) -> Result<(), Undelivered>;
+    /// Id and address, for the slow-consumer log line.
+    fn describe(&self) -> (&str, SocketAddr);
+}
+
+type Subscribers<S> = IndexMap<u64, Arc<S>>;
+type Shard<S> = RwLock<HashMap<ChannelName, Subscribers<S>>>;
+
+/// The local subscription index of one node.
+#[derive(Debug)]
+pub struct Hub<S> {
+    shards: Box<[Shard<S>]>,
+    hasher: std::collections::hash_map::RandomState,
+    stats: Arc<Stats>,
+}
+
+/// Outcome of one fan-out.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Fanout {
+    /// Frames queued.
+    pub delivered: usize,
+    /// Subscribers cut as slow consumers by this message.
+    pub slow: usize,
+}
+
+impl<S: Subscriber> Hub<S> {
+    /// An empty hub reporting into `stats`.
+    pub fn new(stats: Arc<Stats>) -> Self {
+        Hub {
+            shards: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
+            hasher: Default::default(),
+            stats,
+        }
+    }
+
+    fn shard(&self, channel: &str) -> &Shard<S> {
+        let i = self.hasher.hash_one(channel) as usize % SHARDS;
+        &self.shards[i]
+    }
+
+    /// Adds a subscriber; true when it is the channel's first on this node
+    /// (the caller then subscribes the broker).
+    pub fn subscribe(&self, channel: &ChannelName, sub: &Arc<S>) -> bool {
+        let mut shard = self.shard(channel.as_str()).write();
+        let subs = shard.entry(channel.clone()).or_default();
+        let first = subs.is_empty();
+        subs.insert(sub.key(), Arc::clone(sub));
+        first
+    }
+
+    /// Removes a subscriber; true when the channel has no local subscriber
+    /// left (the caller then unsubscribes the broker).
+    pub fn unsubscribe(&self, channel: &str, key: u64) -> bool {
+        let mut shard = self.shard(channel).write();
+        let Some(subs) = shard.get_mut(channel) else {
+            return false;
+        };
+        if subs.swap_remove(&key).is_none() {
+            return false;
+        }
+        if subs.is_empty() {
+            shard.remove(channel);
+            return true;
+        }
+        false
+    }
+
+    /// Local subscriber count of a channel.
+    pub fn subscriber_count(&self, channel: &str) -> usize {
+        self.shard(channel)
+            .read()
+            .get(channel)
+            .map_or(0, |s| s.len())
+    }
+
+    /// Every channel with local subscribers and their count.
+    pub fn channels(&self) -> Vec<(ChannelName, usize)> {
+        let mut all = Vec::new();
+        for shard in self.shards.iter() {
+            all.extend(shard.read().iter().map(|(c, s)| (c.clone(), s.len())));
+        }
+        all.sort();
+        all
+    }
+
+    /// Queues the publication to every local subscriber of its channel.
+    pub fn broadcast(&self, p: &Publication) -> Fanout {
+        let shard = self.shard(p.channel.as_str()).read();
+        let Some(subs) = shard.get(p.channel.as_str()) else {
+            return Fanout::default();
+        };
+        let mut plain: Option<Bytes> = None;
+        let mut native: Option<Bytes> = None;
+        let mut out = Fanout::default();
+        for (key, sub) in subs {
+            if p.exclude == Some(*key) {
+                continue;
+            }
+            let frame = match sub.wire() {
+                Wire::Plain => plain.get_or_insert_with(|| plain_frame(p)),
+                Wire::Native => native.get_or_insert_with(|| native_frame(p)),
+            };
+            match sub.deliver(frame) {
+                Ok(()) => out.delivered += 1,
+                Err(Undelivered::Closed) => {}
+                Err(Undelivered::SlowConsumer) => {
+                    out.slow += 1;
+                    let (id, addr) = sub.describe();
+                    tracing::warn!(conn = id, %addr, channel = %p.channel, "slow consumer disconnected: outbound queue full");
+                }
+            }
+        }
+        drop(shard);
+        self.stats
+            .deliveries
+            .fetch_add(out.delivered as u64, std::sync::atomic::Ordering::Relaxed);
+        self.stats
+            .slow_consumer_disconnects
+            .fetch_add(out.slow as u64, std::sync::atomic::Ordering::Relaxed);
+        out
+    }
+}
+
+/// The frame a plain client gets: the payload, verbatim, keeping its kind.
+pub fn plain_frame(p: &Publication) -> Bytes {
+    let opcode = match p.kind {
+        MessageKind::Text => OpCode::Text,
+        MessageKind::Binary => OpCode::Binary,
+    };
+    encode_frame(opcode, &p.payload)
+}
+
+/// The frame a native client gets: a JSON push.
+pub fn native_frame(p: &Publication) -> Bytes {
+    push::message(
+        p.channel.as_str(),
+        &p.payload,
+        json_form(&p.payload, p.kind),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use parking_lot::Mutex;
+
+    #[derive(Debug)]
+    struct Fake {
+        key: u64,
+        wire: Wire,
+        got: Mutex<Vec<Bytes>>,
+        capacity: usize,
+    }
+
+    impl Subscriber for Fake {
+        fn key(&self) -> u64 {
+            self.key
+        }
+        fn wire(&self) -> Wire {
+            self.wire
+        }
+        fn deliver(&self, frame: &Bytes) -> Result<(), Undelivered> {
+            let mut got = self.got.lock();
+            if got.len() >= self.capacity {
+                return Err(Undelivered::SlowConsumer);
+            }
+            got.push(frame.clone());
+            Ok(())
+        }
+        fn describe(&self) -> (&str, SocketAddr) {
+            ("fake", SocketAddr::from(([127, 0, 0, 1], 1)))
+        }
+    }
+
+    fn fake(key: u64, wire: Wire, capacity: usize) -> Arc<Fake> {
+        Arc::new(Fake {
+            key,
+            wire,
+            got: Mutex::new(Vec::new()),
+            capacity,
+        })
+    }
+
+    fn ch(name: &str) -> ChannelName {
+        ChannelName::parse(name, 255).unwrap()
+    }
+
+    fn publication(channel: &str, payload: &'static [u8]) -> Publication {
+        Publication {
+            channel: ch(channel),
+            payload: Bytes::from_static(payload),
+            kind: MessageKind::Text,
+            exclude: None,
+        }
+    }
+
+    #[test]
+    fn first_and_last_subscriber_are_reported() {
+        let hub = Hub::new(Arc::default());
+        let (a, b) = (fake(1, Wire::Plain, 10), fake(2, Wire::Plain, 10));
+        assert!(hub.subscribe(&ch("x"), &a));
+        assert!(!hub.subscribe(&ch("x"), &b));
+        assert!(!hub.subscribe(&ch("x"), &b), "idempotent");
+        assert_eq!(hub.subscriber_count("x"), 2);
+        assert!(!hub.unsubscribe("x", 1));
+        assert!(!hub.unsubscribe("x", 1), "already gone");
+        assert!(hub.unsubscribe("x", 2));
+        assert!(hub.channels().is_empty());
+        assert!(!hub.unsubscribe("never", 2));
+    }
+
+    #[test]
+    fn frames_are_encoded_once_and_shared() {
+        let hub = Hub::new(Arc::default());
+        let subs: Vec<_> = (0..4)
+            .map(|i| {
+                fake(
+                    i,
+                    if i % 2 == 0 {
+                        Wire::Plain
+                    } else {
+                        Wire::Native
+                    },
+                    10,
+                )
+            })
+            .collect();
+        for s in &subs {
+            hub.subscribe(&ch("news"), s);
+        }
+        hub.subscribe(&ch("other"), &fake(9, Wire::Plain, 10));
+        let out = hub.broadcast(&publication("news", b"hello"));
+        assert_eq!(
+            out,
+            Fanout {
+                delivered: 4,
+                slow: 0
+            }
+        );
+        let frames: Vec<Bytes> = subs.iter().map(|s| s.got.lock()[0].clone()).collect();
+        assert_eq!(&frames[0][..], b"\x81\x05hello");
+        assert_eq!(frames[0].as_ptr(), frames[2].as_ptr(), "plain bytes shared");
+        assert_eq!(
+            frames[1].as_ptr(),
+            frames[3].as_ptr(),
+            "native bytes shared"
+        );
+        assert!(frames[1].ends_with(br#"{"push":"message","channel":"news","data":"hello"}"#));
+    }
+
+    #[test]
+    fn binary_kind_is_kept_and_exclude_skips_sender() {
+        let hub = Hub::new(Arc::default());
+        let (a, b) = (fake(1, Wire::Plain, 10), fake(2, Wire::Plain, 10));
+        hub.subscribe(&ch("x"), &a);
+        hub.subscribe(&ch("x"), &b);
+        let p = Publication {
+            kind: MessageKind::Binary,
+            exclude: Some(1),
+            ..publication("x", b"\xff")
+        };
+        assert_eq!(hub.broadcast(&p).delivered, 1);
+        assert!(a.got.lock().is_empty());
+        assert_eq!(&b.got.lock()[0][..], b"\x82\x01\xff");
+    }
+
+    #[test]
+    fn slow_subscriber_does_not_stop_the_others() {
+        let stats = Arc::new(Stats::default());
+        let hub = Hub::new(Arc::clone(&stats));
+        let (slow, ok) = (fake(1, Wire::Plain, 1), fake(2, Wire::Plain, 100));
+        hub.subscribe(&ch("x"), &slow);
+        hub.subscribe(&ch("x"), &ok);
+        for _ in 0..3 {
+            hub.broadcast(&publication("x", b"m"));
+        }
+        assert_eq!(ok.got.lock().len(), 3);
+        assert_eq!(
+            stats
+                .slow_consumer_disconnects
+                .load(std::sync::atomic::Ordering::Relaxed),
+            2
+        );
+    }
+}

@@ -1,0 +1,34 @@
+//! Duplex: a real-time messaging gateway. WebSocket clients on one side,
+//! channels in the middle, an in-memory or Redis broker on the other.
+//!
+//! # Layout (in the order a message flows)
+//!
+//! - [`config`]: settings from flags, `DUPLEX_*` environment and TOML.
+//! - [`server`]: listener, routes, graceful shutdown.
+//! - [`transport`]: WebSocket upgrade, per-connection reader and writer
+//!   tasks, the bounded outbound queue.
+//! - `session`: one client's state machine (plain mode, native protocol).
+//! - [`node`]: the handle that wires the hub to the broker.
+//! - [`hub`]: channel → local subscribers; fan-out of shared frame bytes.
+//! - [`broker`]: the `Broker` trait, the memory and Redis brokers.
+//! - [`api`]: HTTP publish API, info, health.
+//! - `heartbeat`: one sweeper that pings clients and drops dead ones.
+//! - [`stats`]: counters for everything dropped or cut.
+//!
+//! The wire formats (frames, JSON protocol, codes) live in the pure
+//! `duplex-protocol` crate.
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod broker;
+pub mod config;
+pub mod conn;
+pub mod hub;
+pub mod message;
+pub mod node;
+pub mod server;
+pub mod stats;
+pub mod transport;
+
+mod heartbeat;
+mod session;

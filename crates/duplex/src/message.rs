@@ -1,0 +1,18 @@
+//! The unit that moves between publishers, brokers and the hub.
+
+use bytes::Bytes;
+use duplex_protocol::channel::ChannelName;
+use duplex_protocol::ws::MessageKind;
+
+/// One message on one channel, as bytes: what Redis carries verbatim.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Publication {
+    /// Channel the message was published to (without any Redis prefix).
+    pub channel: ChannelName,
+    /// Exactly the published bytes.
+    pub payload: Bytes,
+    /// Text or binary; through Redis inferred from UTF-8 validity.
+    pub kind: MessageKind,
+    /// Node-local connection not to deliver to (a plain sender with echo off).
+    pub exclude: Option<u64>,
+}

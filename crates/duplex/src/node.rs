@@ -1,0 +1,291 @@
+//! The node: the one place that wires the hub to the broker.
+//!
+//! A cheap-to-clone handle over everything a running node shares: config,
+//! hub, broker, connection registry and counters. Sessions and the HTTP API
+//! talk to the node, never to the broker or hub directly, so the rules live
+//! here: the broker is subscribed when a channel gets its first local
+//! subscriber and unsubscribed when it loses its last, with a striped lock
+//! per channel so a concurrent first-subscribe and last-unsubscribe cannot
+//! leave the broker out of step with the hub.
+
+use std::collections::HashMap;
+use std::hash::BuildHasher;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::Instant;
+
+use duplex_protocol::channel::ChannelName;
+use parking_lot::Mutex;
+use serde::Serialize;
+
+use crate::broker::memory::MemoryBroker;
+use crate::broker::redis::{RedisBroker, RedisSettings};
+use crate::broker::{Broker, BrokerError, BrokerHandler, BrokerState, BrokerStatus};
+use crate::config::Config;
+use crate::conn::Conn;
+use crate::hub::{Hub, Wire};
+use crate::message::Publication;
+use crate::stats::{Stats, StatsSnapshot};
+use crate::transport::outbound::QueueLimits;
+
+const STRIPES: usize = 256;
+const REGISTRY_SHARDS: usize = 16;
+
+type RegistryShard = Mutex<HashMap<u64, Arc<Conn>>>;
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// The Redis URL was refused by the client library.
+    #[error("invalid redis configuration: {0}")]
+    Redis(#[from] redis::RedisError),
+}
+
+/// Handle to a running node; clone freely.
+#[derive(Clone, Debug)]
+pub struct Node {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    id: String,
+    config: Config,
+    started: Instant,
+    stats: Arc<Stats>,
+    hub: Arc<Hub<Conn>>,
+    broker: Box<dyn Broker>,
+    registry: Box<[RegistryShard]>,
+    stripes: Box<[tokio::sync::Mutex<()>]>,
+    hasher: std::collections::hash_map::RandomState,
+    next_seq: AtomicU64,
+}
+
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Hands broker deliveries to the hub.
+struct Deliver {
+    hub: Arc<Hub<Conn>>,
+    stats: Arc<Stats>,
+}
+
+impl BrokerHandler for Deliver {
+    fn handle_publication(&self, publication: Publication) {
+        Stats::bump(&self.stats.messages_received);
+        self.hub.broadcast(&publication);
+    }
+}
+
+/// What `/api/info` reports.
+#[derive(Debug, Serialize)]
+pub struct NodeInfo {
+    /// Node id.
+    pub node: String,
+    /// Server version.
+    pub version: &'static str,
+    /// Seconds since start.
+    pub uptime_seconds: u64,
+    /// Open client connections.
+    pub connections: u64,
+    /// Subscriptions held by those connections.
+    pub subscriptions: u64,
+    /// Channels with at least one local subscriber.
+    pub channels: usize,
+    /// Broker state.
+    pub broker: BrokerState,
+    /// Counters since start.
+    pub stats: StatsSnapshot,
+}
+
+impl Node {
+    /// Builds a node and starts its broker (Redis: connects in the background).
+    pub fn start(config: Config) -> Result<Node, NodeError> {
+        let stats = Arc::new(Stats::default());
+        let hub = Arc::new(Hub::new(Arc::clone(&stats)));
+        let handler: Arc<dyn BrokerHandler> = Arc::new(Deliver {
+            hub: Arc::clone(&hub),
+            stats: Arc::clone(&stats),
+        });
+        let broker: Box<dyn Broker> = match config.redis_url() {
+            None => Box::new(MemoryBroker::new(handler)),
+            Some(url) => Box::new(RedisBroker::start(
+                RedisSettings {
+                    url: url.to_string(),
+                    prefix: config.redis_prefix.clone(),
+                    timeout: config.redis_timeout,
+                    health_interval: config.redis_health_interval,
+                    max_backoff: config.redis_max_backoff,
+                },
+                handler,
+            )?),
+        };
+        let id = if config.node_id.is_empty() {
+            format!("{:08x}", rand::random::<u32>())
+        } else {
+            config.node_id.clone()
+        };
+        Ok(Node {
+            inner: Arc::new(Inner {
+                id,
+                config,
+                started: Instant::now(),
+                stats,
+                hub,
+                broker,
+                registry: (0..REGISTRY_SHARDS).map(|_| Mutex::default()).collect(),
+                stripes: (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
+                hasher: Default::default(),
+                next_seq: AtomicU64::new(1),
+            }),
+        })
+    }
+
+    /// Node id, unique among nodes sharing a broker.
+    pub fn id(&self) -> &str {
+        &self.inner.id
+    }
+
+    /// The settings the node runs with.
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> &Stats {
+        &self.inner.stats
+    }
+
+    /// Milliseconds since start: a cheap monotonic clock for liveness.
+    pub(crate) fn now_ms(&self) -> u64 {
+        self.inner.started.elapsed().as_millis() as u64
+    }
+
+    /// Broker state, for health checks.
+    pub fn broker_state(&self) -> BrokerState {
+        self.inner.broker.state()
+    }
+
+    /// True while publishes can succeed.
+    pub fn is_healthy(&self) -> bool {
+        self.inner.broker.state().status == BrokerStatus::Connected
+    }
+
+    /// Creates and registers a connection.
+    pub(crate) fn register(&self, wire: Wire, remote: SocketAddr) -> Arc<Conn> {
+        let seq = self.inner.next_seq.fetch_add(1, Relaxed);
+        let config = &self.inner.config;
+        let limits = QueueLimits {
+            max_bytes: config.max_queued_bytes,
+            max_frames: config.max_queued_messages,
+        };
+        let conn = Conn::new(seq, &self.inner.id, wire, remote, limits, self.now_ms());
+        self.registry_shard(seq)
+            .lock()
+            .insert(seq, Arc::clone(&conn));
+        self.inner.stats.connections.fetch_add(1, Relaxed);
+        Stats::bump(&self.inner.stats.connects);
+        conn
+    }
+
+    /// Removes a connection and all its subscriptions.
+    pub(crate) async fn deregister(
+        &self,
+        conn: &Conn,
+        channels: impl IntoIterator<Item = ChannelName>,
+    ) {
+        for channel in channels {
+            self.unsubscribe(conn, &channel).await;
+        }
+        self.registry_shard(conn.seq).lock().remove(&conn.seq);
+        self.inner.stats.connections.fetch_sub(1, Relaxed);
+    }
+
+    fn registry_shard(&self, seq: u64) -> &RegistryShard {
+        &self.inner.registry[seq as usize % REGISTRY_SHARDS]
+    }
+
+    /// A snapshot of every open connection (for heartbeats and shutdown).
+    pub(crate) fn connections(&self) -> Vec<Arc<Conn>> {
+        let mut all = Vec::new();
+        for shard in self.inner.registry.iter() {
+            all.extend(shard.lock().values().cloned());
+        }
+        all
+    }
+
+    fn stripe(&self, channel: &ChannelName) -> &tokio::sync::Mutex<()> {
+        let i = self.inner.hasher.hash_one(channel.as_str()) as usize % STRIPES;
+        &self.inner.stripes[i]
+    }
+
+    /// Subscribes `conn` (which must not hold `channel` yet) on this node.
+    pub(crate) async fn subscribe(
+        &self,
+        conn: &Arc<Conn>,
+        channel: &ChannelName,
+    ) -> Result<(), BrokerError> {
+        let _guard = self.stripe(channel).lock().await;
+        if self.inner.hub.subscribe(channel, conn) {
+            if let Err(e) = self.inner.broker.subscribe(channel.clone()).await {
+                self.inner.hub.unsubscribe(channel.as_str(), conn.seq);
+                return Err(e);
+            }
+        }
+        self.inner.stats.subscriptions.fetch_add(1, Relaxed);
+        Ok(())
+    }
+
+    /// Unsubscribes `conn` (which must hold `channel`).
+    pub(crate) async fn unsubscribe(&self, conn: &Conn, channel: &ChannelName) {
+        let _guard = self.stripe(channel).lock().await;
+        if self.inner.hub.unsubscribe(channel.as_str(), conn.seq) {
+            if let Err(e) = self.inner.broker.unsubscribe(channel.clone()).await {
+                tracing::warn!(%channel, error = %e, "broker unsubscribe failed");
+            }
+        }
+        self.inner.stats.subscriptions.fetch_sub(1, Relaxed);
+    }
+
+    /// Publishes to every subscriber on every node.
+    pub async fn publish(&self, publication: Publication) -> Result<(), BrokerError> {
+        Stats::bump(&self.inner.stats.messages_published);
+        let channel = publication.channel.clone();
+        let result = self.inner.broker.publish(publication).await;
+        if let Err(e) = &result {
+            Stats::bump(&self.inner.stats.publish_failures);
+            tracing::warn!(%channel, error = %e, "publish failed");
+        }
+        result
+    }
+
+    /// Channels with local subscribers and their counts.
+    pub fn channels(&self) -> Vec<(ChannelName, usize)> {
+        self.inner.hub.channels()
+    }
+
+    /// Everything `/api/info` shows.
+    pub fn info(&self) -> NodeInfo {
+        let stats = &self.inner.stats;
+        NodeInfo {
+            node: self.inner.id.clone(),
+            version: env!("CARGO_PKG_VERSION"),
+            uptime_seconds: self.inner.started.elapsed().as_secs(),
+            connections: stats.connections.load(Relaxed),
+            subscriptions: stats.subscriptions.load(Relaxed),
+            channels: self.inner.hub.channels().len(),
+            broker: self.inner.broker.state(),
+            stats: stats.snapshot(),
+        }
+    }
+
+    /// Leaves the broker cleanly.
+    pub async fn close_broker(&self) {
+        self.inner.broker.close().await;
+    }
+}

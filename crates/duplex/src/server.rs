@@ -1,0 +1,187 @@
+//! Listener, HTTP serving, and the orderly shutdown.
+//!
+//! [`run`] takes an already bound listener (tests bind port 0) and a future
+//! that resolves when the node must stop. Shutdown: stop accepting; tell
+//! every client "going away, reconnect" (close 1001) after flushing what is
+//! queued for it; wait up to `shutdown_timeout` for the connections to end,
+//! then cut the rest; leave the broker cleanly.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axum::extract::ConnectInfo;
+use axum::routing::get;
+use axum::Router;
+use duplex_protocol::code::CloseCode;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tower::ServiceExt;
+
+use crate::config::Config;
+use crate::node::{Node, NodeError};
+use crate::transport::upgrade;
+use crate::{api, heartbeat};
+
+/// How long a client may take to send its request headers.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What every handler can reach.
+#[derive(Clone, Debug)]
+pub struct AppState {
+    /// The node.
+    pub node: Node,
+    /// Cancelled when shutdown starts.
+    pub shutdown: CancellationToken,
+    /// Every connection task, so shutdown can wait for them.
+    pub tracker: TaskTracker,
+}
+
+/// Why the server stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The node could not start.
+    #[error(transparent)]
+    Node(#[from] NodeError),
+    /// The listener's address could not be read.
+    #[error("listener: {0}")]
+    Listener(#[from] std::io::Error),
+}
+
+/// All routes of a node.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/", get(upgrade::plain))
+        .route("/ws", get(upgrade::native))
+        .merge(api::routes(&state))
+        .with_state(state)
+}
+
+/// Serves until `shutdown` resolves, then shuts down gracefully.
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServerError> {
+    let node = Node::start(config)?;
+    let state = AppState {
+        node: node.clone(),
+        shutdown: CancellationToken::new(),
+        tracker: TaskTracker::new(),
+    };
+    let heartbeat = tokio::spawn(heartbeat::run(node.clone(), state.shutdown.clone()));
+    let addr = listener.local_addr()?;
+    tracing::info!(
+        %addr,
+        node = node.id(),
+        broker = node.broker_state().kind,
+        api_key = !node.config().api_key.is_empty(),
+        "duplex listening: plain clients at ws://{addr}/, native protocol at ws://{addr}/ws, HTTP API at http://{addr}/api"
+    );
+    accept_loop(&listener, &state, shutdown).await;
+    drop(listener);
+    shut_down(&state).await;
+    let _ = heartbeat.await;
+    Ok(())
+}
+
+async fn accept_loop(listener: &TcpListener, state: &AppState, shutdown: impl Future<Output = ()>) {
+    let app = router(state.clone());
+    tokio::pin!(shutdown);
+    loop {
+        let (tcp, remote) = tokio::select! {
+            _ = &mut shutdown => return,
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = tcp.set_nodelay(true);
+        let service =
+            app.clone()
+                .map_request(move |mut req: axum::http::Request<hyper::body::Incoming>| {
+                    req.extensions_mut().insert(ConnectInfo(remote));
+                    req
+                });
+        let cancel = state.shutdown.clone();
+        state.tracker.spawn(serve_http(
+            tcp,
+            remote,
+            TowerToHyperService::new(service),
+            cancel,
+        ));
+    }
+}
+
+async fn serve_http<S>(
+    tcp: tokio::net::TcpStream,
+    remote: SocketAddr,
+    service: S,
+    shutdown: CancellationToken,
+) where
+    S: hyper::service::Service<
+            axum::http::Request<hyper::body::Incoming>,
+            Response = axum::response::Response,
+        > + Send
+        + 'static,
+    S::Future: Send + 'static,
+    S::Error: std::error::Error + Send + Sync + 'static,
+{
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    let conn = builder
+        .serve_connection(TokioIo::new(tcp), service)
+        .with_upgrades();
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        result = conn.as_mut() => result,
+        _ = shutdown.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(%remote, error = %e, "http connection ended with an error");
+    }
+}
+
+async fn shut_down(state: &AppState) {
+    let node = &state.node;
+    let connections = node.connections();
+    tracing::info!(
+        connections = connections.len(),
+        "shutting down: closing client connections (1001, reconnect)"
+    );
+    state.shutdown.cancel();
+    for conn in &connections {
+        conn.close(CloseCode::GoingAway.as_u16(), "server shutting down", true);
+    }
+    state.tracker.close();
+    let timeout = node.config().shutdown_timeout;
+    if tokio::time::timeout(timeout, state.tracker.wait())
+        .await
+        .is_err()
+    {
+        let left = node.connections();
+        tracing::warn!(
+            connections = left.len(),
+            "shutdown timeout: cutting remaining connections"
+        );
+        for conn in left {
+            conn.abort.cancel();
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(2), state.tracker.wait()).await;
+    }
+    node.close_broker().await;
+    tracing::info!("shutdown complete");
+}

@@ -1,0 +1,80 @@
+//! Plain mode, the classic demo's contract: a WebSocket at `/` is
+//! subscribed to the default channel (or `?channel=a&channel=b`); every
+//! message on those channels arrives as one frame of exactly the published
+//! bytes; every frame the client sends is published to its first channel.
+//! There is no error channel in this mode: a publish the broker refuses is
+//! counted (`plain_publish_dropped`) and logged.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use duplex_protocol::channel::ChannelName;
+use duplex_protocol::code::CloseCode;
+use duplex_protocol::ws::MessageKind;
+
+use super::Flow;
+use crate::conn::Conn;
+use crate::message::Publication;
+use crate::node::Node;
+use crate::stats::Stats;
+
+/// State of one plain client.
+#[derive(Debug)]
+pub(crate) struct PlainSession {
+    /// Subscribed channels; the first is where the client's frames go.
+    channels: Vec<ChannelName>,
+}
+
+impl PlainSession {
+    /// Subscribes the connection to `channels` (non-empty, validated, distinct).
+    pub(crate) async fn start(
+        node: &Node,
+        conn: &Arc<Conn>,
+        channels: Vec<ChannelName>,
+    ) -> Result<Self, (Self, String)> {
+        let mut session = PlainSession {
+            channels: Vec::with_capacity(channels.len()),
+        };
+        for channel in channels {
+            if let Err(e) = node.subscribe(conn, &channel).await {
+                return Err((session, e.to_string()));
+            }
+            session.channels.push(channel);
+        }
+        Ok(session)
+    }
+
+    pub(crate) async fn on_message(
+        &mut self,
+        node: &Node,
+        conn: &Arc<Conn>,
+        kind: MessageKind,
+        payload: Bytes,
+    ) -> Flow {
+        let config = node.config();
+        if !config.plain_publish {
+            return Flow::Close(
+                CloseCode::PolicyViolation,
+                "publishing is disabled for plain clients".to_string(),
+            );
+        }
+        let Some(channel) = self.channels.first() else {
+            return Flow::Continue;
+        };
+        let publication = Publication {
+            channel: channel.clone(),
+            payload,
+            kind,
+            exclude: (!config.plain_echo).then_some(conn.seq),
+        };
+        if let Err(e) = node.publish(publication).await {
+            Stats::bump(&node.stats().plain_publish_dropped);
+            tracing::warn!(conn = %conn.id, %channel, error = %e, "plain client's message dropped: broker refused it");
+        }
+        Flow::Continue
+    }
+
+    pub(crate) fn into_channels(self) -> Vec<ChannelName> {
+        self.channels
+    }
+}

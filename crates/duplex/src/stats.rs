@@ -1,0 +1,84 @@
+//! Node-wide counters. Every dropped message and every forced disconnect
+//! increments one of these, so nothing is lost silently; `/api/info` shows
+//! them, and the Prometheus exporter (later) will read the same atomics.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use serde::Serialize;
+
+/// Monotonic counters plus two gauges; cheap to bump from any task.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Connections currently open (gauge).
+    pub connections: AtomicU64,
+    /// Subscriptions currently held by all connections (gauge).
+    pub subscriptions: AtomicU64,
+    /// Connections accepted since start.
+    pub connects: AtomicU64,
+    /// Publications received from the broker for local delivery.
+    pub messages_received: AtomicU64,
+    /// Frames queued to clients (one per subscriber per message).
+    pub deliveries: AtomicU64,
+    /// Publishes handed to the broker (from clients and the HTTP API).
+    pub messages_published: AtomicU64,
+    /// Publishes the broker refused (outage, timeout); the publisher was told.
+    pub publish_failures: AtomicU64,
+    /// Plain-client frames that could not be published (no error channel in plain mode).
+    pub plain_publish_dropped: AtomicU64,
+    /// Clients cut because their outbound queue overflowed.
+    pub slow_consumer_disconnects: AtomicU64,
+    /// Clients cut because they stopped answering pings.
+    pub heartbeat_timeouts: AtomicU64,
+    /// Clients cut for protocol violations (bad frames, oversized messages).
+    pub protocol_errors: AtomicU64,
+    /// Times the broker connection was lost.
+    pub broker_disconnects: AtomicU64,
+}
+
+/// A consistent-enough copy of the counters for JSON output.
+#[derive(Debug, Serialize)]
+pub struct StatsSnapshot {
+    /// See [`Stats::connects`].
+    pub connects: u64,
+    /// See [`Stats::messages_received`].
+    pub messages_received: u64,
+    /// See [`Stats::deliveries`].
+    pub deliveries: u64,
+    /// See [`Stats::messages_published`].
+    pub messages_published: u64,
+    /// See [`Stats::publish_failures`].
+    pub publish_failures: u64,
+    /// See [`Stats::plain_publish_dropped`].
+    pub plain_publish_dropped: u64,
+    /// See [`Stats::slow_consumer_disconnects`].
+    pub slow_consumer_disconnects: u64,
+    /// See [`Stats::heartbeat_timeouts`].
+    pub heartbeat_timeouts: u64,
+    /// See [`Stats::protocol_errors`].
+    pub protocol_errors: u64,
+    /// See [`Stats::broker_disconnects`].
+    pub broker_disconnects: u64,
+}
+
+impl Stats {
+    /// Adds one to a counter.
+    pub fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Relaxed);
+    }
+
+    /// Reads every counter.
+    pub fn snapshot(&self) -> StatsSnapshot {
+        StatsSnapshot {
+            connects: self.connects.load(Relaxed),
+            messages_received: self.messages_received.load(Relaxed),
+            deliveries: self.deliveries.load(Relaxed),
+            messages_published: self.messages_published.load(Relaxed),
+            publish_failures: self.publish_failures.load(Relaxed),
+            plain_publish_dropped: self.plain_publish_dropped.load(Relaxed),
+            slow_consumer_disconnects: self.slow_consumer_disconnects.load(Relaxed),
+            heartbeat_timeouts: self.heartbeat_timeouts.load(Relaxed),
+            protocol_errors: self.protocol_errors.load(Relaxed),
+            broker_disconnects: self.broker_disconnects.load(Relaxed),
+        }
+    }
+}

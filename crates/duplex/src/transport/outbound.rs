@@ -1,0 +1,217 @@
+//! One client's outbound queue: bounded, shared frames, coalesced writes.
+//!
+//! Producers (hub fan-out, replies, heartbeats) call [`Outbound::push`],
+//! which never blocks and never does I/O: it appends a reference to
+//! already-encoded frame bytes under a short lock. The connection's writer
+//! task takes everything queued at once and writes it with one vectored
+//! write. When the queue passes its bounds the client is a slow consumer:
+//! the queue is emptied (its memory freed at once), the connection is marked
+//! closing, and the producer is told so it can count and log it. A slow
+//! client therefore costs at most the bounds, and never delays anyone else.
+
+use std::collections::VecDeque;
+
+use bytes::Bytes;
+use duplex_protocol::code::CloseCode;
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+
+/// Bounds of one queue.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct QueueLimits {
+    /// Most bytes queued and not yet taken by the writer.
+    pub(crate) max_bytes: usize,
+    /// Most frames queued and not yet taken by the writer.
+    pub(crate) max_frames: usize,
+}
+
+/// How the connection is to end.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Closing {
+    /// Close code sent in the close frame.
+    pub(crate) code: u16,
+    /// Close reason (truncated to fit a control frame).
+    pub(crate) reason: String,
+    /// Write what is queued before the close frame (graceful) or drop it.
+    pub(crate) flush: bool,
+}
+
+/// Why a frame was not queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PushError {
+    /// The connection is already closing; the frame is dropped with it.
+    Closed,
+    /// This push overflowed the queue: the client is now being disconnected.
+    SlowConsumer,
+}
+
+#[derive(Debug, Default)]
+struct Queue {
+    frames: VecDeque<Bytes>,
+    bytes: usize,
+    closing: Option<Closing>,
+}
+
+/// The queue plus the wake-up for its writer.
+#[derive(Debug)]
+pub(crate) struct Outbound {
+    queue: Mutex<Queue>,
+    wake: Notify,
+    limits: QueueLimits,
+}
+
+impl Outbound {
+    pub(crate) fn new(limits: QueueLimits) -> Self {
+        Outbound {
+            queue: Mutex::new(Queue::default()),
+            wake: Notify::new(),
+            limits,
+        }
+    }
+
+    /// Queues a frame; on overflow starts a slow-consumer close.
+    pub(crate) fn push(&self, frame: Bytes) -> Result<(), PushError> {
+        let mut q = self.queue.lock();
+        if q.closing.is_some() {
+            return Err(PushError::Closed);
+        }
+        if q.frames.len() >= self.limits.max_frames || q.bytes + frame.len() > self.limits.max_bytes
+        {
+            let queued = q.bytes;
+            q.frames = VecDeque::new();
+            q.bytes = 0;
+            q.closing = Some(Closing {
+                code: CloseCode::SlowConsumer.as_u16(),
+                reason: format!("slow consumer: {queued} bytes queued"),
+                flush: false,
+            });
+            drop(q);
+            self.wake.notify_one();
+            return Err(PushError::SlowConsumer);
+        }
+        let was_empty = q.frames.is_empty();
+        q.bytes += frame.len();
+        q.frames.push_back(frame);
+        drop(q);
+        // The writer re-checks the queue after every write, so it only needs
+        // waking when it may have found the queue empty and gone to sleep.
+        if was_empty {
+            self.wake.notify_one();
+        }
+        Ok(())
+    }
+
+    /// Asks the writer to end the connection; the first request wins.
+    pub(crate) fn close(&self, code: u16, reason: &str, flush: bool) {
+        let mut q = self.queue.lock();
+        if q.closing.is_some() {
+            return;
+        }
+        if !flush {
+            q.frames = VecDeque::new();
+            q.bytes = 0;
+        }
+        q.closing = Some(Closing {
+            code,
+            reason: reason.to_string(),
+            flush,
+        });
+        drop(q);
+        self.wake.notify_one();
+    }
+
+    /// True once a close was requested.
+    pub(crate) fn is_closing(&self) -> bool {
+        self.queue.lock().closing.is_some()
+    }
+
+    /// True once a close that drops queued frames was requested.
+    pub(crate) fn is_hard_closing(&self) -> bool {
+        self.queue.lock().closing.as_ref().is_some_and(|c| !c.flush)
+    }
+
+    /// Moves every queued frame into `batch` (swapping buffers, no copy) and
+    /// reports a close request once the queue is drained.
+    pub(crate) fn take(&self, batch: &mut VecDeque<Bytes>) -> Option<Closing> {
+        let mut q = self.queue.lock();
+        if batch.is_empty() {
+            std::mem::swap(&mut q.frames, batch);
+        } else {
+            batch.extend(q.frames.drain(..));
+        }
+        q.bytes = 0;
+        q.closing.clone()
+    }
+
+    /// Waits until something may have been queued or a close requested.
+    pub(crate) async fn wait(&self) {
+        self.wake.notified().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn outbound(max_bytes: usize, max_frames: usize) -> Outbound {
+        Outbound::new(QueueLimits {
+            max_bytes,
+            max_frames,
+        })
+    }
+
+    #[test]
+    fn bounded_by_bytes_then_closed() {
+        let out = outbound(10, 100);
+        assert_eq!(out.push(Bytes::from_static(b"12345")), Ok(()));
+        assert_eq!(out.push(Bytes::from_static(b"12345")), Ok(()));
+        assert_eq!(
+            out.push(Bytes::from_static(b"1")),
+            Err(PushError::SlowConsumer)
+        );
+        assert_eq!(out.push(Bytes::from_static(b"1")), Err(PushError::Closed));
+        let mut batch = VecDeque::new();
+        let closing = out.take(&mut batch).unwrap();
+        assert!(
+            batch.is_empty(),
+            "queued frames are dropped for a slow consumer"
+        );
+        assert_eq!(closing.code, 3001);
+        assert!(!closing.flush);
+    }
+
+    #[test]
+    fn bounded_by_frames() {
+        let out = outbound(1000, 2);
+        out.push(Bytes::from_static(b"a")).unwrap();
+        out.push(Bytes::from_static(b"b")).unwrap();
+        assert_eq!(
+            out.push(Bytes::from_static(b"c")),
+            Err(PushError::SlowConsumer)
+        );
+    }
+
+    #[test]
+    fn take_drains_everything_and_frees_budget() {
+        let out = outbound(4, 100);
+        out.push(Bytes::from_static(b"ab")).unwrap();
+        out.push(Bytes::from_static(b"cd")).unwrap();
+        let mut batch = VecDeque::new();
+        assert!(out.take(&mut batch).is_none());
+        assert_eq!(batch.len(), 2);
+        out.push(Bytes::from_static(b"ef")).unwrap();
+        out.take(&mut batch);
+        assert_eq!(batch.len(), 3, "appended after the untaken batch");
+    }
+
+    #[test]
+    fn graceful_close_keeps_queue() {
+        let out = outbound(100, 100);
+        out.push(Bytes::from_static(b"last")).unwrap();
+        out.close(1001, "bye", true);
+        out.close(3001, "ignored", false);
+        let mut batch = VecDeque::new();
+        let closing = out.take(&mut batch).unwrap();
+        assert_eq!((closing.code, batch.len()), (1001, 1));
+    }
+}

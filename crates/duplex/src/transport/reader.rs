@@ -1,0 +1,132 @@
+//! The connection task: reads the socket, decodes frames, drives the
+//! session, and on the way out releases every subscription and waits for
+//! the writer. The read buffer exists only while bytes are in flight: an
+//! idle connection waits for readability holding no buffer at all.
+
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use duplex_protocol::code::CloseCode;
+use duplex_protocol::ws::{encode_frame, Decoder, DecoderLimits, Event, OpCode};
+use tokio::net::TcpStream;
+
+use super::{writer, CLOSE_GRACE};
+use crate::conn::Conn;
+use crate::node::Node;
+use crate::session::{Flow, Session};
+use crate::stats::Stats;
+
+/// Smallest read; larger when a frame in progress needs more.
+const READ_CHUNK: usize = 4096;
+
+/// Why reading stopped, for the log line.
+#[derive(Debug)]
+enum End {
+    PeerClosed(Option<u16>),
+    Eof,
+    ReadError(std::io::Error),
+    ProtocolError(u16, String),
+    SessionClosed(CloseCode, String),
+    Aborted,
+}
+
+/// Runs one upgraded connection to its end.
+pub(crate) async fn run(
+    node: Node,
+    conn: Arc<Conn>,
+    stream: TcpStream,
+    leftover: BytesMut,
+    mut session: Session,
+) {
+    let (socket, write_half) = stream.into_split();
+    let mut writer = tokio::spawn(writer::run(Arc::clone(&conn), write_half));
+    let config = node.config();
+    let mut decoder = Decoder::new(DecoderLimits {
+        max_message_size: config.max_message_size,
+        max_fragments: config.max_fragments,
+    });
+    let mut buf = leftover;
+    let end = 'conn: loop {
+        loop {
+            let event = match decoder.decode(&mut buf) {
+                Ok(Some(event)) => event,
+                Ok(None) => break,
+                Err(e) => {
+                    let code = e.close_code();
+                    conn.close(code, &e.to_string(), false);
+                    break 'conn End::ProtocolError(code, e.to_string());
+                }
+            };
+            conn.touch(node.now_ms());
+            match event {
+                Event::Message { kind, payload } => {
+                    if let Flow::Close(code, reason) =
+                        session.on_message(&node, &conn, kind, payload).await
+                    {
+                        conn.close(code.as_u16(), &reason, false);
+                        break 'conn End::SessionClosed(code, reason);
+                    }
+                }
+                Event::Ping(payload) => {
+                    let _ = conn.send(encode_frame(OpCode::Pong, &payload));
+                }
+                Event::Pong(_) => {}
+                Event::Close { code, .. } => {
+                    // Echo the peer's code, as RFC 6455 5.5.1 asks.
+                    conn.close(code.unwrap_or(1000), "", false);
+                    break 'conn End::PeerClosed(code);
+                }
+            }
+        }
+        if buf.is_empty() && !decoder.in_message() {
+            // Release the buffer while idle; it is re-allocated on the next read.
+            buf = BytesMut::new();
+        }
+        let wanted = decoder
+            .bytes_needed(&buf)
+            .clamp(READ_CHUNK, config.max_message_size + 14);
+        tokio::select! {
+            biased;
+            _ = conn.abort.cancelled() => break End::Aborted,
+            ready = socket.readable() => {
+                if let Err(e) = ready {
+                    break End::ReadError(e);
+                }
+                buf.reserve(wanted);
+                match socket.try_read_buf(&mut buf) {
+                    Ok(0) => break End::Eof,
+                    Ok(_) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(e) => break End::ReadError(e),
+                }
+            }
+        }
+    };
+    match &end {
+        End::ProtocolError(code, reason) => {
+            Stats::bump(&node.stats().protocol_errors);
+            tracing::info!(conn = %conn.id, addr = %conn.remote, code, reason, "closing connection: protocol error");
+        }
+        End::SessionClosed(code, reason) => {
+            tracing::info!(conn = %conn.id, addr = %conn.remote, code = code.as_u16(), reason, "closing connection");
+        }
+        End::PeerClosed(code) => {
+            tracing::debug!(conn = %conn.id, code, "client closed the connection")
+        }
+        End::ReadError(e) => {
+            tracing::debug!(conn = %conn.id, error = %e, "connection ended: read failed")
+        }
+        End::Eof => tracing::debug!(conn = %conn.id, "connection ended: end of stream"),
+        End::Aborted => tracing::debug!(conn = %conn.id, "connection ended by the server"),
+    }
+    drop(buf);
+    node.deregister(&conn, session.into_channels()).await;
+    conn.done_reading.cancel();
+    if tokio::time::timeout(CLOSE_GRACE, &mut writer)
+        .await
+        .is_err()
+    {
+        conn.abort.cancel();
+        let _ = writer.await;
+    }
+}

@@ -1,0 +1,227 @@
+//! The WebSocket handshake (RFC 6455 section 4.2) on top of hyper.
+//!
+//! The HTTP server stays hyper/axum so that `/api`, `/health` and (later)
+//! the console share the port. After the 101 the raw `TcpStream` is taken
+//! back from hyper, so the connection's reader and writer own their halves
+//! without a lock between them, and our own frame codec runs on it.
+
+use std::net::SocketAddr;
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
+use bytes::BytesMut;
+use duplex_protocol::channel::ChannelName;
+use duplex_protocol::code::CloseCode;
+use duplex_protocol::ws::accept_key;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+use super::reader;
+use crate::hub::Wire;
+use crate::node::Node;
+use crate::server::AppState;
+use crate::session::native::NativeSession;
+use crate::session::plain::PlainSession;
+use crate::session::Session;
+
+/// `GET /`: plain mode (the classic demo).
+pub async fn plain(
+    State(app): State<AppState>,
+    ConnectInfo(remote): ConnectInfo<SocketAddr>,
+    req: Request<Body>,
+) -> Response<Body> {
+    let channels = match plain_channels(&app.node, req.uri().query()) {
+        Ok(channels) => channels,
+        Err(reason) => return refuse(StatusCode::BAD_REQUEST, &reason),
+    };
+    upgrade(app, remote, req, Wire::Plain, channels)
+}
+
+/// `GET /ws`: the native JSON protocol.
+pub async fn native(
+    State(app): State<AppState>,
+    ConnectInfo(remote): ConnectInfo<SocketAddr>,
+    req: Request<Body>,
+) -> Response<Body> {
+    upgrade(app, remote, req, Wire::Native, Vec::new())
+}
+
+fn plain_channels(node: &Node, query: Option<&str>) -> Result<Vec<ChannelName>, String> {
+    let config = node.config();
+    let mut channels: Vec<ChannelName> = Vec::new();
+    for (key, value) in url::form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+        if key != "channel" {
+            continue;
+        }
+        let channel = ChannelName::parse(&value, config.max_channel_length).map_err(|e| {
+            format!(
+                "invalid channel {:?}: {e}",
+                value.chars().take(64).collect::<String>()
+            )
+        })?;
+        if channel.is_reserved() {
+            return Err(format!(
+                "channel {channel:?}: names starting with '#' are reserved for the server"
+            ));
+        }
+        if !channels.contains(&channel) {
+            channels.push(channel);
+        }
+        if channels.len() > config.max_subscriptions {
+            return Err(format!(
+                "too many channels: at most {}",
+                config.max_subscriptions
+            ));
+        }
+    }
+    if channels.is_empty() {
+        channels.push(
+            ChannelName::parse(&config.default_channel, usize::MAX)
+                .map_err(|e| format!("default channel: {e}"))?,
+        );
+    }
+    Ok(channels)
+}
+
+fn header_has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
+    headers.get_all(name).iter().any(|v| {
+        v.to_str()
+            .map(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+            .unwrap_or(false)
+    })
+}
+
+/// Checks the handshake; the answer says exactly what is missing.
+fn check_handshake(req: &Request<Body>) -> Result<HeaderValue, (StatusCode, String)> {
+    let headers = req.headers();
+    let is_upgrade = header_has_token(headers, header::UPGRADE, "websocket");
+    if !is_upgrade {
+        return Err((
+            StatusCode::UPGRADE_REQUIRED,
+            "this is a WebSocket endpoint: connect with new WebSocket(\"ws://host:port/\") (plain) or \"/ws\" (native protocol)".into(),
+        ));
+    }
+    if req.method() != Method::GET {
+        return Err((
+            StatusCode::METHOD_NOT_ALLOWED,
+            "WebSocket upgrades must use GET".into(),
+        ));
+    }
+    if !header_has_token(headers, header::CONNECTION, "upgrade") {
+        return Err((
+            StatusCode::BAD_REQUEST,
+            "missing \"Connection: Upgrade\" header".into(),
+        ));
+    }
+    if headers
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .map(|v| v.as_bytes())
+        != Some(b"13")
+    {
+        return Err((
+            StatusCode::BAD_REQUEST,
+            "unsupported or missing Sec-WebSocket-Version: only 13 is supported".into(),
+        ));
+    }
+    let key = headers
+        .get(header::SEC_WEBSOCKET_KEY)
+        .map(|k| k.as_bytes())
+        .filter(|k| k.len() == 24)
+        .ok_or((
+            StatusCode::BAD_REQUEST,
+            "missing or malformed Sec-WebSocket-Key".to_string(),
+        ))?;
+    HeaderValue::from_str(&accept_key(key)).map_err(|_| {
+        (
+            StatusCode::BAD_REQUEST,
+            "malformed Sec-WebSocket-Key".into(),
+        )
+    })
+}
+
+fn refuse(status: StatusCode, reason: &str) -> Response<Body> {
+    let mut response = Response::new(Body::from(format!("{reason}\n")));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+fn upgrade(
+    app: AppState,
+    remote: SocketAddr,
+    mut req: Request<Body>,
+    wire: Wire,
+    channels: Vec<ChannelName>,
+) -> Response<Body> {
+    let accept = match check_handshake(&req) {
+        Ok(accept) => accept,
+        Err((status, reason)) => {
+            tracing::debug!(%remote, path = req.uri().path(), %status, reason, "refused upgrade");
+            return refuse(status, &reason);
+        }
+    };
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    let tracker = app.tracker.clone();
+    tracker.spawn(async move {
+        let upgraded = match on_upgrade.await {
+            Ok(upgraded) => upgraded,
+            Err(e) => {
+                tracing::debug!(%remote, error = %e, "upgrade failed");
+                return;
+            }
+        };
+        let parts = match upgraded.downcast::<TokioIo<TcpStream>>() {
+            Ok(parts) => parts,
+            Err(_) => {
+                tracing::error!("upgraded connection is not a TCP stream; closing");
+                return;
+            }
+        };
+        let stream = parts.io.into_inner();
+        let leftover = BytesMut::from(&parts.read_buf[..]);
+        start(app, remote, stream, leftover, wire, channels).await;
+    });
+    let mut response = Response::new(Body::empty());
+    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let headers = response.headers_mut();
+    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
+    response
+}
+
+async fn start(
+    app: AppState,
+    remote: SocketAddr,
+    stream: TcpStream,
+    leftover: BytesMut,
+    wire: Wire,
+    channels: Vec<ChannelName>,
+) {
+    let node = app.node;
+    let conn = node.register(wire, remote);
+    tracing::debug!(conn = %conn.id, %remote, ?wire, "client connected");
+    let session = match wire {
+        Wire::Native => Session::Native(NativeSession::new()),
+        Wire::Plain => match PlainSession::start(&node, &conn, channels).await {
+            Ok(session) => Session::Plain(session),
+            Err((session, error)) => {
+                tracing::warn!(conn = %conn.id, error, "could not subscribe plain client");
+                conn.close(
+                    CloseCode::InternalError.as_u16(),
+                    "broker unavailable",
+                    false,
+                );
+                Session::Plain(session)
+            }
+        },
+    };
+    if app.shutdown.is_cancelled() {
+        conn.close(CloseCode::GoingAway.as_u16(), "server shutting down", false);
+    }
+    reader::run(node, conn, stream, leftover, session).await;
+}
