@@ -127,6 +127,14 @@ struct Envelope<'a> {
 
 /// Decodes one text frame into a request, or says exactly what is wrong.
 pub fn decode(frame: &[u8]) -> Result<Request, CommandError> {
+    // serde would also read a struct from an array by position; only objects are commands.
+    if frame.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(CommandError::new(
+            None,
+            ErrorCode::BadRequest,
+            "a command must be a JSON object with \"id\", \"method\" and optional \"params\"",
+        ));
+    }
     let env: Envelope<'_> = serde_json::from_slice(frame).map_err(|e| {
         let what = if e.is_syntax() || e.is_eof() {
             "malformed JSON"

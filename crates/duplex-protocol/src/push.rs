@@ -14,7 +14,7 @@ use std::io::Write;
 use bytes::Bytes;
 use serde::Serialize;
 
-use crate::code::{CloseCode, ErrorCode};
+use crate::code::{reconnect_allowed, ErrorCode};
 use crate::payload::{write_data_field, JsonForm};
 use crate::ws::{FrameBuilder, OpCode};
 
@@ -100,12 +100,12 @@ pub fn error_reply(id: Option<u64>, code: ErrorCode, message: &str) -> Bytes {
 }
 
 /// The last frame before a close, so clients without close-code tables learn why.
-pub fn disconnect(code: CloseCode, reason: &str) -> Bytes {
+pub fn disconnect(code: u16, reason: &str) -> Bytes {
     json_frame(&DisconnectPush {
         push: "disconnect",
-        code: code.as_u16(),
+        code,
         reason,
-        reconnect: code.reconnect(),
+        reconnect: reconnect_allowed(code),
     })
 }
 
@@ -191,7 +191,7 @@ mod tests {
 
     #[test]
     fn disconnect_push() {
-        let d = disconnect(CloseCode::GoingAway, "shutting down");
+        let d = disconnect(1001, "shutting down");
         assert_eq!(
             body(&d),
             serde_json::json!({"push":"disconnect","code":1001,"reason":"shutting down","reconnect":true})

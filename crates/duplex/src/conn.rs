@@ -72,7 +72,12 @@ impl Conn {
 
     /// Starts closing: the writer sends the close frame, then both tasks end.
     pub(crate) fn close(&self, code: u16, reason: &str, flush: bool) {
-        self.outbound.close(code, reason, flush);
+        self.outbound.close(code, reason, flush, true);
+    }
+
+    /// Answers the peer's close frame with the same code (RFC 6455 5.5.1).
+    pub(crate) fn echo_close(&self, code: u16) {
+        self.outbound.close(code, "", false, false);
     }
 }
 

@@ -72,6 +72,7 @@ pub async fn run(
         shutdown: CancellationToken::new(),
         tracker: TaskTracker::new(),
     };
+    wait_for_broker(&node).await;
     let heartbeat = tokio::spawn(heartbeat::run(node.clone(), state.shutdown.clone()));
     let addr = listener.local_addr()?;
     tracing::info!(
@@ -86,6 +87,20 @@ pub async fn run(
     shut_down(&state).await;
     let _ = heartbeat.await;
     Ok(())
+}
+
+/// Gives the broker up to `redis_timeout` to connect before serving, so the
+/// first clients are not served by a node that cannot reach Redis yet. If it
+/// cannot connect, the node starts degraded (`/health` 503) and keeps trying.
+async fn wait_for_broker(node: &Node) {
+    let deadline = tokio::time::Instant::now() + node.config().redis_timeout;
+    while !node.is_healthy() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    if !node.is_healthy() {
+        let state = node.broker_state();
+        tracing::warn!(error = state.last_error.as_deref().unwrap_or(""), "broker unreachable; starting degraded and retrying in the background (/health answers 503)");
+    }
 }
 
 async fn accept_loop(listener: &TcpListener, state: &AppState, shutdown: impl Future<Output = ()>) {

@@ -34,6 +34,9 @@ pub(crate) struct Closing {
     pub(crate) reason: String,
     /// Write what is queued before the close frame (graceful) or drop it.
     pub(crate) flush: bool,
+    /// Server-initiated: native clients get a `disconnect` push first.
+    /// False when echoing the peer's own close.
+    pub(crate) announce: bool,
 }
 
 /// Why a frame was not queued.
@@ -75,7 +78,10 @@ impl Outbound {
         if q.closing.is_some() {
             return Err(PushError::Closed);
         }
-        if q.frames.len() >= self.limits.max_frames || q.bytes + frame.len() > self.limits.max_bytes
+        // A lone frame larger than the byte bound still goes out when the
+        // queue is empty: the bound is on backlog, not on message size.
+        if q.frames.len() >= self.limits.max_frames
+            || (q.bytes > 0 && q.bytes + frame.len() > self.limits.max_bytes)
         {
             let queued = q.bytes;
             q.frames = VecDeque::new();
@@ -84,6 +90,7 @@ impl Outbound {
                 code: CloseCode::SlowConsumer.as_u16(),
                 reason: format!("slow consumer: {queued} bytes queued"),
                 flush: false,
+                announce: true,
             });
             drop(q);
             self.wake.notify_one();
@@ -102,7 +109,7 @@ impl Outbound {
     }
 
     /// Asks the writer to end the connection; the first request wins.
-    pub(crate) fn close(&self, code: u16, reason: &str, flush: bool) {
+    pub(crate) fn close(&self, code: u16, reason: &str, flush: bool, announce: bool) {
         let mut q = self.queue.lock();
         if q.closing.is_some() {
             return;
@@ -115,6 +122,7 @@ impl Outbound {
             code,
             reason: reason.to_string(),
             flush,
+            announce,
         });
         drop(q);
         self.wake.notify_one();
@@ -181,6 +189,16 @@ mod tests {
     }
 
     #[test]
+    fn a_lone_big_frame_is_not_a_slow_consumer() {
+        let out = outbound(10, 100);
+        assert_eq!(out.push(Bytes::from(vec![0u8; 100])), Ok(()));
+        assert_eq!(
+            out.push(Bytes::from_static(b"x")),
+            Err(PushError::SlowConsumer)
+        );
+    }
+
+    #[test]
     fn bounded_by_frames() {
         let out = outbound(1000, 2);
         out.push(Bytes::from_static(b"a")).unwrap();
@@ -208,8 +226,8 @@ mod tests {
     fn graceful_close_keeps_queue() {
         let out = outbound(100, 100);
         out.push(Bytes::from_static(b"last")).unwrap();
-        out.close(1001, "bye", true);
-        out.close(3001, "ignored", false);
+        out.close(1001, "bye", true, true);
+        out.close(3001, "ignored", false, true);
         let mut batch = VecDeque::new();
         let closing = out.take(&mut batch).unwrap();
         assert_eq!((closing.code, batch.len()), (1001, 1));

@@ -30,6 +30,32 @@ enum End {
     Aborted,
 }
 
+/// After we fail a connection, keep reading (and discarding) for a moment
+/// so the peer can read our close frame: closing a socket with unread input
+/// makes the kernel send a reset, which can destroy the close frame in flight.
+async fn linger(socket: &tokio::net::tcp::OwnedReadHalf, conn: &Conn) {
+    let deadline = tokio::time::sleep(CLOSE_GRACE);
+    tokio::pin!(deadline);
+    let mut sink = [0u8; 4096];
+    loop {
+        tokio::select! {
+            _ = &mut deadline => return,
+            _ = conn.abort.cancelled() => return,
+            ready = socket.readable() => {
+                if ready.is_err() {
+                    return;
+                }
+                match socket.try_read(&mut sink) {
+                    Ok(0) => return,
+                    Ok(_) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(_) => return,
+                }
+            }
+        }
+    }
+}
+
 /// Runs one upgraded connection to its end.
 pub(crate) async fn run(
     node: Node,
@@ -73,7 +99,7 @@ pub(crate) async fn run(
                 Event::Pong(_) => {}
                 Event::Close { code, .. } => {
                     // Echo the peer's code, as RFC 6455 5.5.1 asks.
-                    conn.close(code.unwrap_or(1000), "", false);
+                    conn.echo_close(code.unwrap_or(1000));
                     break 'conn End::PeerClosed(code);
                 }
             }
@@ -121,7 +147,14 @@ pub(crate) async fn run(
     }
     drop(buf);
     node.deregister(&conn, session.into_channels()).await;
+    if matches!(end, End::ProtocolError(..) | End::SessionClosed(..)) {
+        linger(&socket, &conn).await;
+    }
     conn.done_reading.cancel();
+    if !conn.outbound.is_closing() {
+        // The peer went away without a close handshake: nothing left to send.
+        conn.abort.cancel();
+    }
     if tokio::time::timeout(CLOSE_GRACE, &mut writer)
         .await
         .is_err()

@@ -31,11 +31,14 @@ pub async fn plain(
     ConnectInfo(remote): ConnectInfo<SocketAddr>,
     req: Request<Body>,
 ) -> Response<Body> {
+    if let Err((status, reason)) = check_handshake(&req) {
+        return refuse_handshake(status, &reason);
+    }
     let channels = match plain_channels(&app.node, req.uri().query()) {
         Ok(channels) => channels,
         Err(reason) => return refuse(StatusCode::BAD_REQUEST, &reason),
     };
-    upgrade(app, remote, req, Wire::Plain, channels)
+    upgrade(app, remote, req, Wire::Plain, channels).await
 }
 
 /// `GET /ws`: the native JSON protocol.
@@ -44,7 +47,7 @@ pub async fn native(
     ConnectInfo(remote): ConnectInfo<SocketAddr>,
     req: Request<Body>,
 ) -> Response<Body> {
-    upgrade(app, remote, req, Wire::Native, Vec::new())
+    upgrade(app, remote, req, Wire::Native, Vec::new()).await
 }
 
 fn plain_channels(node: &Node, query: Option<&str>) -> Result<Vec<ChannelName>, String> {
@@ -140,6 +143,16 @@ fn check_handshake(req: &Request<Body>) -> Result<HeaderValue, (StatusCode, Stri
     })
 }
 
+/// A refused handshake also names the protocol version we speak (RFC 6455 4.4).
+fn refuse_handshake(status: StatusCode, reason: &str) -> Response<Body> {
+    let mut response = refuse(status, reason);
+    response.headers_mut().insert(
+        header::SEC_WEBSOCKET_VERSION,
+        HeaderValue::from_static("13"),
+    );
+    response
+}
+
 fn refuse(status: StatusCode, reason: &str) -> Response<Body> {
     let mut response = Response::new(Body::from(format!("{reason}\n")));
     *response.status_mut() = status;
@@ -150,7 +163,7 @@ fn refuse(status: StatusCode, reason: &str) -> Response<Body> {
     response
 }
 
-fn upgrade(
+async fn upgrade(
     app: AppState,
     remote: SocketAddr,
     mut req: Request<Body>,
@@ -161,29 +174,54 @@ fn upgrade(
         Ok(accept) => accept,
         Err((status, reason)) => {
             tracing::debug!(%remote, path = req.uri().path(), %status, reason, "refused upgrade");
-            return refuse(status, &reason);
+            return refuse_handshake(status, &reason);
         }
     };
+    if app.shutdown.is_cancelled() {
+        return refuse(StatusCode::SERVICE_UNAVAILABLE, "server shutting down");
+    }
+    // Register and subscribe before answering 101: once a client sees the
+    // connection open, every message published afterwards reaches it
+    // (anything arriving before the socket is handed over waits in the queue).
+    let node = app.node.clone();
+    let conn = node.register(wire, remote);
+    let session = match wire {
+        Wire::Native => Session::Native(NativeSession::new()),
+        Wire::Plain => match PlainSession::start(&node, &conn, channels).await {
+            Ok(session) => Session::Plain(session),
+            Err((session, error)) => {
+                tracing::warn!(conn = %conn.id, error, "could not subscribe plain client");
+                node.deregister(&conn, Session::Plain(session).into_channels())
+                    .await;
+                return refuse(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "broker unavailable, try again",
+                );
+            }
+        },
+    };
+    tracing::debug!(conn = %conn.id, %remote, ?wire, "client connected");
     let on_upgrade = hyper::upgrade::on(&mut req);
-    let tracker = app.tracker.clone();
-    tracker.spawn(async move {
-        let upgraded = match on_upgrade.await {
-            Ok(upgraded) => upgraded,
-            Err(e) => {
-                tracing::debug!(%remote, error = %e, "upgrade failed");
+    app.tracker.spawn(async move {
+        let parts = match on_upgrade.await.map(|u| u.downcast::<TokioIo<TcpStream>>()) {
+            Ok(Ok(parts)) => parts,
+            Ok(Err(_)) => {
+                tracing::error!(conn = %conn.id, "upgraded connection is not a TCP stream; closing");
+                node.deregister(&conn, session.into_channels()).await;
                 return;
             }
-        };
-        let parts = match upgraded.downcast::<TokioIo<TcpStream>>() {
-            Ok(parts) => parts,
-            Err(_) => {
-                tracing::error!("upgraded connection is not a TCP stream; closing");
+            Err(e) => {
+                tracing::debug!(conn = %conn.id, error = %e, "upgrade failed");
+                node.deregister(&conn, session.into_channels()).await;
                 return;
             }
         };
         let stream = parts.io.into_inner();
         let leftover = BytesMut::from(&parts.read_buf[..]);
-        start(app, remote, stream, leftover, wire, channels).await;
+        if app.shutdown.is_cancelled() {
+            conn.close(CloseCode::GoingAway.as_u16(), "server shutting down", false);
+        }
+        reader::run(node, conn, stream, leftover, session).await;
     });
     let mut response = Response::new(Body::empty());
     *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
@@ -192,36 +230,4 @@ fn upgrade(
     headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
     headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
     response
-}
-
-async fn start(
-    app: AppState,
-    remote: SocketAddr,
-    stream: TcpStream,
-    leftover: BytesMut,
-    wire: Wire,
-    channels: Vec<ChannelName>,
-) {
-    let node = app.node;
-    let conn = node.register(wire, remote);
-    tracing::debug!(conn = %conn.id, %remote, ?wire, "client connected");
-    let session = match wire {
-        Wire::Native => Session::Native(NativeSession::new()),
-        Wire::Plain => match PlainSession::start(&node, &conn, channels).await {
-            Ok(session) => Session::Plain(session),
-            Err((session, error)) => {
-                tracing::warn!(conn = %conn.id, error, "could not subscribe plain client");
-                conn.close(
-                    CloseCode::InternalError.as_u16(),
-                    "broker unavailable",
-                    false,
-                );
-                Session::Plain(session)
-            }
-        },
-    };
-    if app.shutdown.is_cancelled() {
-        conn.close(CloseCode::GoingAway.as_u16(), "server shutting down", false);
-    }
-    reader::run(node, conn, stream, leftover, session).await;
 }

@@ -8,12 +8,14 @@ use std::io::IoSlice;
 use std::sync::Arc;
 
 use bytes::{Buf, Bytes};
+use duplex_protocol::push;
 use duplex_protocol::ws::encode_close;
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::OwnedWriteHalf;
 
 use super::CLOSE_GRACE;
 use crate::conn::Conn;
+use crate::hub::Wire;
 
 /// Most frames handed to one `writev` (Linux allows 1024 iovecs).
 const MAX_IOVECS: usize = 256;
@@ -59,8 +61,13 @@ pub(crate) async fn run(conn: Arc<Conn>, mut socket: OwnedWriteHalf) {
             continue;
         }
         if let Some(closing) = closing {
-            let frame = encode_close(closing.code, &closing.reason);
-            if let Ok(Ok(())) = tokio::time::timeout(CLOSE_GRACE, socket.write_all(&frame)).await {
+            let mut frames = Vec::with_capacity(2);
+            if closing.announce && conn.wire == Wire::Native {
+                frames.push(push::disconnect(closing.code, &closing.reason));
+            }
+            frames.push(encode_close(closing.code, &closing.reason));
+            let bytes = frames.concat();
+            if let Ok(Ok(())) = tokio::time::timeout(CLOSE_GRACE, socket.write_all(&bytes)).await {
                 let _ = tokio::time::timeout(CLOSE_GRACE, socket.shutdown()).await;
                 // Give the peer a moment to answer with its close frame.
                 tokio::select! {

@@ -1,0 +1,127 @@
+//! Protocol violations get the documented close code, and the other clients
+//! on the node keep receiving.
+
+mod support;
+
+use serde_json::json;
+use support::client::Client;
+use support::node::{settings, TestNode};
+use support::raw::{frame, Raw};
+
+async fn assert_bystander_fine(node: &TestNode, bystander: &mut Client, text: &str) {
+    node.post_json("/api/publish", &json!({"channel": "channel", "data": text}))
+        .await;
+    assert_eq!(bystander.next_text().await, text);
+}
+
+#[tokio::test]
+async fn violations_get_their_close_codes() {
+    let node = TestNode::memory().await;
+    let mut bystander = Client::connect(&node.ws("/")).await;
+    let cases: Vec<(&str, Vec<u8>, u16)> = vec![
+        ("unmasked frame", frame(0x81, b"hi", false), 1002),
+        ("reserved bit", frame(0x81 | 0x40, b"hi", true), 1002),
+        ("reserved opcode", frame(0x83, b"hi", true), 1002),
+        ("invalid UTF-8 text", frame(0x81, &[0xc3, 0x28], true), 1007),
+        (
+            "control frame over 125 bytes",
+            frame(0x89, &[0u8; 126], true),
+            1002,
+        ),
+        (
+            "oversized message",
+            frame(0x82, &vec![0u8; 65537], true),
+            1009,
+        ),
+    ];
+    for (what, bytes, code) in cases {
+        for path in ["/", "/ws"] {
+            let mut raw = Raw::connect(node.addr, path).await;
+            raw.send(&bytes).await;
+            assert_eq!(raw.close_code().await, code, "{what} on {path}");
+        }
+        assert_bystander_fine(&node, &mut bystander, what).await;
+    }
+    let protocol_errors = node.info().await["stats"]["protocol_errors"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(protocol_errors, 12);
+}
+
+#[tokio::test]
+async fn size_limit_is_inclusive() {
+    let node = TestNode::memory().await;
+    let mut raw = Raw::connect(node.addr, "/").await;
+    let exactly = vec![b'x'; 65536];
+    raw.send(&frame(0x81, &exactly, true)).await;
+    let echoed = raw.next_frame().await.expect("echo");
+    assert_eq!((echoed.opcode, echoed.payload.len()), (1, 65536));
+    // The same limit holds across fragments.
+    raw.send(&frame(0x01, &exactly[..40000], true)).await;
+    raw.send(&frame(0x80, &exactly[..25537], true)).await;
+    assert_eq!(raw.close_code().await, 1009);
+}
+
+#[tokio::test]
+async fn peers_that_never_answer_pings_are_dropped() {
+    let node = TestNode::start(duplex::config::Settings {
+        ping_interval: Some(std::time::Duration::from_millis(200)),
+        pong_timeout: Some(std::time::Duration::from_millis(200)),
+        ..settings()
+    })
+    .await;
+    // tungstenite answers pings while it reads: keep this one reading.
+    let mut alive = Client::connect(&node.ws("/")).await;
+    let (got_tx, mut got) = tokio::sync::mpsc::unbounded_channel();
+    let reading = tokio::spawn(async move {
+        loop {
+            let text = alive.next_text().await;
+            if got_tx.send(text).is_err() {
+                break;
+            }
+        }
+    });
+    let mut silent = Raw::connect(node.addr, "/").await;
+    let mut pings = 0;
+    let code = loop {
+        let f = silent.next_frame().await.expect("frames until close");
+        match f.opcode {
+            9 => pings += 1,
+            8 => break f.close_code().unwrap(),
+            other => panic!("unexpected opcode {other}"),
+        }
+    };
+    assert_eq!(code, 3002);
+    assert!(pings >= 1);
+    node.post_json(
+        "/api/publish",
+        &json!({"channel": "channel", "data": "still here"}),
+    )
+    .await;
+    assert_eq!(got.recv().await.as_deref(), Some("still here"));
+    assert_eq!(node.info().await["stats"]["heartbeat_timeouts"], 1);
+    reading.abort();
+}
+
+#[tokio::test]
+async fn plain_http_and_broken_upgrades_get_clear_answers() {
+    let node = TestNode::memory().await;
+    let response = reqwest::get(node.http("/")).await.unwrap();
+    assert_eq!(response.status(), 426);
+    assert!(response.text().await.unwrap().contains("WebSocket"));
+    let response = reqwest::Client::new()
+        .get(node.http("/ws"))
+        .header("Upgrade", "websocket")
+        .header("Connection", "Upgrade")
+        .header("Sec-WebSocket-Version", "8")
+        .header("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    assert!(response
+        .text()
+        .await
+        .unwrap()
+        .contains("Sec-WebSocket-Version"));
+}

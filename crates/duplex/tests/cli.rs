@@ -1,0 +1,123 @@
+//! The `duplex` binary: --version, publish, subscribe.
+
+mod support;
+
+use std::process::{Command, Stdio};
+
+use support::node::TestNode;
+use support::redis_server::RedisServer;
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+fn duplex() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_duplex"))
+}
+
+#[test]
+fn version_and_help() {
+    let out = duplex().arg("--version").output().unwrap();
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("duplex {}", env!("CARGO_PKG_VERSION"))
+    );
+    let help = duplex().args(["serve", "--help"]).output().unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    for flag in [
+        "--listen",
+        "--redis",
+        "--redis-prefix",
+        "--default-channel",
+        "--api-key",
+        "--max-queued-bytes",
+        "--ping-interval",
+        "--log-format",
+        "--config",
+        "DUPLEX_LISTEN",
+    ] {
+        assert!(help.contains(flag), "serve --help documents {flag}");
+    }
+}
+
+#[test]
+fn bad_config_fails_with_a_clear_message() {
+    let dir = std::env::temp_dir().join(format!("duplex-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("duplex.toml");
+    std::fs::write(&file, "lisen = \"127.0.0.1:1\"\n").unwrap();
+    let out = duplex()
+        .args(["serve", "--config"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("unknown field"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test]
+async fn subscribe_prints_what_publish_sends() {
+    let redis = RedisServer::start();
+    let node = TestNode::redis(&redis.url()).await;
+    let mut sub = tokio::process::Command::new(env!("CARGO_BIN_EXE_duplex"))
+        .args(["subscribe", "news", "--server", &node.ws("")])
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(sub.stdout.take().unwrap()).lines();
+    support::eventually("subscriber is subscribed", || async {
+        node.info().await["subscriptions"] == 1
+    })
+    .await;
+
+    // The node runs on this test's runtime: run the CLI without blocking it.
+    let publish = |args: Vec<String>| async move {
+        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_duplex"))
+            .args(args)
+            .output()
+            .await
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let args = |list: &[&str]| list.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    publish(args(&[
+        "publish",
+        "news",
+        "via api",
+        "--server",
+        &node.http(""),
+    ]))
+    .await;
+    publish(args(&[
+        "publish",
+        "news",
+        "via redis",
+        "--redis",
+        &redis.url(),
+    ]))
+    .await;
+    publish(args(&[
+        "publish",
+        "news",
+        r#"{"a":1}"#,
+        "--json",
+        "--server",
+        &node.http(""),
+    ]))
+    .await;
+
+    for expected in ["via api", "via redis", r#"{"a":1}"#] {
+        let line = tokio::time::timeout(support::WAIT, lines.next_line())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(line.as_deref(), Some(expected));
+    }
+}

@@ -1,0 +1,78 @@
+//! SIGTERM / SIGINT: clients get "going away" (1001) after what was queued
+//! for them, and the process exits 0.
+
+mod support;
+
+use std::process::{Command, Stdio};
+
+use serde_json::json;
+use support::client::Client;
+use support::node::TestNode;
+
+#[tokio::test]
+async fn queued_messages_then_1001() {
+    let node = TestNode::memory().await;
+    let mut plain = Client::connect(&node.ws("/")).await;
+    let mut native = Client::connect(&node.ws("/ws")).await;
+    native.subscribe(&["channel"]).await;
+    for i in 0..100 {
+        node.post_json(
+            "/api/publish",
+            &json!({"channel": "channel", "data": format!("m{i}")}),
+        )
+        .await;
+    }
+    let addr = node.addr;
+    node.stop().await;
+    for i in 0..100 {
+        assert_eq!(plain.next_text().await, format!("m{i}"));
+        assert_eq!(native.next_push().await.1, json!(format!("m{i}")));
+    }
+    let closed = plain.expect_close().await;
+    assert_eq!(closed.code, 1001);
+    let disconnect = native.next_json().await;
+    assert_eq!(
+        disconnect,
+        json!({"push": "disconnect", "code": 1001, "reason": "server shutting down", "reconnect": true})
+    );
+    assert_eq!(native.expect_close().await.code, 1001);
+    // Nothing listens any more.
+    assert!(tokio::net::TcpStream::connect(addr).await.is_err());
+}
+
+#[tokio::test]
+async fn sigterm_closes_clients_with_1001_and_exits_zero() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_duplex"))
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn duplex");
+    let url = format!("ws://127.0.0.1:{port}/");
+    support::eventually("node listens", || async {
+        tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+    })
+    .await;
+    let mut plain = Client::connect(&url).await;
+    let mut native = Client::connect(&format!("ws://127.0.0.1:{port}/ws")).await;
+    native.subscribe(&["x"]).await;
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert_eq!(plain.expect_close().await.code, 1001);
+    assert_eq!(native.expect_close().await.code, 1001);
+    let exit = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(exit.success(), "exit status {exit}");
+}

@@ -1,0 +1,32 @@
+//! Test harness: real redis-server processes, real nodes on real sockets,
+//! real WebSocket clients. Each test binary uses a different subset of these
+//! helpers, hence the allow below.
+#![allow(dead_code, unreachable_pub)]
+
+pub mod client;
+pub mod node;
+pub mod raw;
+pub mod redis_server;
+
+use std::time::Duration;
+
+/// Upper bound for any single wait in tests; events normally arrive in ms.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// Polls `check` until it returns true, or panics after [`WAIT`].
+pub async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        if check().await {
+            return;
+        }
+        if tokio::time::Instant::now() > deadline {
+            panic!("timed out waiting for: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

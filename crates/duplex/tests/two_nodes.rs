@@ -1,0 +1,79 @@
+//! Several nodes on one Redis share every channel.
+
+mod support;
+
+use serde_json::json;
+use support::client::Client;
+use support::node::TestNode;
+use support::redis_server::RedisServer;
+
+#[tokio::test]
+async fn client_on_a_reaches_client_on_b_and_http_on_b_reaches_a() {
+    let redis = RedisServer::start();
+    let a = TestNode::redis(&redis.url()).await;
+    let b = TestNode::redis(&redis.url()).await;
+    let mut on_a = Client::connect(&a.ws("/")).await;
+    let mut on_b = Client::connect(&b.ws("/")).await;
+    assert_eq!(
+        redis.numsub("channel").await,
+        2,
+        "one subscription per node"
+    );
+
+    on_a.send_text("from A").await;
+    assert_eq!(on_b.next_text().await, "from A");
+    assert_eq!(on_a.next_text().await, "from A");
+
+    let (status, body) = b
+        .post_json(
+            "/api/publish",
+            &json!({"channel": "channel", "data": "from B's API"}),
+        )
+        .await;
+    assert_eq!((status, body), (200, json!({"ok": true})));
+    assert_eq!(on_a.next_text().await, "from B's API");
+    assert_eq!(on_b.next_text().await, "from B's API");
+
+    // Native clients on both nodes see the same messages in the same order.
+    let mut native_a = Client::connect(&a.ws("/ws")).await;
+    let mut native_b = Client::connect(&b.ws("/ws")).await;
+    native_a.subscribe(&["room"]).await;
+    native_b.subscribe(&["room"]).await;
+    for i in 0..20 {
+        let publisher = if i % 2 == 0 { &a } else { &b };
+        publisher
+            .post_json(
+                "/api/publish",
+                &json!({"channel": "room", "data": {"i": i}}),
+            )
+            .await;
+    }
+    for i in 0..20 {
+        assert_eq!(
+            native_a.next_push().await,
+            ("room".to_string(), json!({"i": i}))
+        );
+        assert_eq!(
+            native_b.next_push().await,
+            ("room".to_string(), json!({"i": i}))
+        );
+    }
+}
+
+#[tokio::test]
+async fn last_local_unsubscribe_leaves_redis() {
+    let redis = RedisServer::start();
+    let node = TestNode::redis(&redis.url()).await;
+    let mut c1 = Client::connect(&node.ws("/ws")).await;
+    let mut c2 = Client::connect(&node.ws("/ws")).await;
+    c1.subscribe(&["x"]).await;
+    c2.subscribe(&["x"]).await;
+    assert_eq!(redis.numsub("x").await, 1);
+    c1.command("unsubscribe", json!({"channel": "x"})).await;
+    assert_eq!(redis.numsub("x").await, 1, "c2 still wants it");
+    c2.close().await;
+    support::eventually("node leaves the Redis channel", || async {
+        redis.numsub("x").await == 0
+    })
+    .await;
+}
