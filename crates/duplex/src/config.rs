@@ -163,6 +163,8 @@ settings! {
     shutdown_timeout: Duration = Duration::from_secs(5), "DUPLEX_SHUTDOWN_TIMEOUT", humantime::parse_duration;
     /// Largest HTTP API request body in bytes [default: 1048576].
     max_http_body: usize = 1024 * 1024, "DUPLEX_MAX_HTTP_BODY";
+    /// Allow a non-loopback --listen without authentication (logs a loud warning) [default: false].
+    insecure: bool = false, "DUPLEX_INSECURE";
     /// Log format: text or json [default: text].
     log_format: LogFormat = LogFormat::Text, "DUPLEX_LOG_FORMAT";
     /// Log filter, e.g. info or duplex=debug [default: info; RUST_LOG also works].
@@ -212,6 +214,17 @@ impl Config {
             if let Err(e) = redis::Client::open(url) {
                 return invalid("redis", &format!("not a valid Redis URL: {e}"));
             }
+        }
+        if !self.listen.ip().is_loopback() && !self.insecure {
+            return invalid(
+                "listen",
+                &format!(
+                    "refusing to listen on {} without client authentication: anyone who reaches it could read and write every channel. \
+                     Listen on 127.0.0.1 behind a proxy, or pass --insecure (DUPLEX_INSECURE=true) to accept the risk \
+                     (JWT authentication is on the roadmap)",
+                    self.listen
+                ),
+            );
         }
         if self.max_message_size == 0 {
             return invalid("max_message_size", "must be at least 1");
@@ -282,5 +295,16 @@ mod tests {
             ..Default::default()
         };
         assert!(bad.resolve().is_err());
+        let public = Settings {
+            listen: Some("0.0.0.0:1234".parse().unwrap()),
+            ..Default::default()
+        };
+        let err = public.clone().resolve().unwrap_err().to_string();
+        assert!(err.contains("--insecure"), "{err}");
+        let insecure = Settings {
+            insecure: Some(true),
+            ..public
+        };
+        assert!(insecure.resolve().is_ok());
     }
 }

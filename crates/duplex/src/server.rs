@@ -82,6 +82,9 @@ pub async fn run(
         api_key = !node.config().api_key.is_empty(),
         "duplex listening: plain clients at ws://{addr}/, native protocol at ws://{addr}/ws, HTTP API at http://{addr}/api"
     );
+    if node.config().insecure && !addr.ip().is_loopback() {
+        tracing::warn!(%addr, "INSECURE: listening on a non-loopback address without client authentication; anyone who can reach it can read and write every channel");
+    }
     accept_loop(&listener, &state, shutdown).await;
     drop(listener);
     shut_down(&state).await;

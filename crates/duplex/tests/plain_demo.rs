@@ -106,7 +106,11 @@ async fn echo_off_skips_only_the_sender_memory_and_redis() {
         other.send_text("yours").await;
         assert_eq!(sender.next_text().await, "yours", "broker {url:?}");
         sender.send_text("marker").await;
-        assert_eq!(other.next_text().await, "marker", "other did not get its own message back");
+        assert_eq!(
+            other.next_text().await,
+            "marker",
+            "other did not get its own message back"
+        );
     }
 }
 
