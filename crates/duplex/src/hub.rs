@@ -5,8 +5,9 @@
 //! not contend, and concurrent fan-outs on one channel only share a read
 //! lock. A publication is encoded at most once per wire format (plain bytes,
 //! native JSON push) and every subscriber's queue gets a reference to the
-//! same bytes. Delivery only appends to in-memory queues: no I/O, no await,
-//! no lock held across a socket write.
+//! same bytes. Delivery never blocks and never awaits: a subscriber either
+//! takes the frame straight onto an idle socket or queues a reference to it
+//! (see `transport::outbound`), and no hub lock is held meanwhile.
 //!
 //! The hub knows nothing of sockets or brokers: subscribers are anything that
 //! implements [`Subscriber`], so it is tested here with a fake.
@@ -139,19 +140,26 @@ impl<S: Subscriber> Hub<S> {
         all
     }
 
-    /// Queues the publication to every local subscriber of its channel.
+    /// Hands the publication to every local subscriber of its channel.
+    ///
+    /// The subscriber list is copied out under the read lock and delivered
+    /// to after releasing it: delivery may write to sockets (non-blocking),
+    /// and no lock is held while writing to a socket.
     pub fn broadcast(&self, p: &Publication) -> Fanout {
-        let shard = self.shard(p.channel.as_str()).read();
-        let Some(subs) = shard.get(p.channel.as_str()) else {
-            return Fanout::default();
+        let subs: Vec<Arc<S>> = {
+            let shard = self.shard(p.channel.as_str()).read();
+            let Some(subs) = shard.get(p.channel.as_str()) else {
+                return Fanout::default();
+            };
+            subs.iter()
+                .filter(|(key, _)| p.exclude != Some(**key))
+                .map(|(_, sub)| Arc::clone(sub))
+                .collect()
         };
         let mut plain: Option<Bytes> = None;
         let mut native: Option<Bytes> = None;
         let mut out = Fanout::default();
-        for (key, sub) in subs {
-            if p.exclude == Some(*key) {
-                continue;
-            }
+        for sub in &subs {
             let frame = match sub.wire() {
                 Wire::Plain => plain.get_or_insert_with(|| plain_frame(p)),
                 Wire::Native => native.get_or_insert_with(|| native_frame(p)),
@@ -166,7 +174,6 @@ impl<S: Subscriber> Hub<S> {
                 }
             }
         }
-        drop(shard);
         self.stats
             .deliveries
             .fetch_add(out.delivered as u64, std::sync::atomic::Ordering::Relaxed);

@@ -1,19 +1,25 @@
-//! One client's outbound queue: bounded, shared frames, coalesced writes.
+//! One client's outbound path: bounded queue, shared frames, coalesced writes.
 //!
 //! Producers (hub fan-out, replies, heartbeats) call [`Outbound::push`],
-//! which never blocks and never does I/O: it appends a reference to
-//! already-encoded frame bytes under a short lock. The connection's writer
-//! task takes everything queued at once and writes it with one vectored
-//! write. When the queue passes its bounds the client is a slow consumer:
+//! which never blocks. When nothing is queued and the writer task is idle,
+//! it hands the frame straight to the socket with one non-blocking
+//! `try_write`: no queueing, no task wake-up, the cheapest possible delivery
+//! (a wake-up per delivery costs more than the write itself). Otherwise it
+//! appends a reference to the already-encoded bytes, and the connection's
+//! writer task takes everything queued at once and writes it with one
+//! vectored write, so a busy client costs one syscall per batch, not per
+//! message. When the queue passes its bounds the client is a slow consumer:
 //! the queue is emptied (its memory freed at once), the connection is marked
 //! closing, and the producer is told so it can count and log it. A slow
 //! client therefore costs at most the bounds, and never delays anyone else.
 
 use std::collections::VecDeque;
+use std::sync::OnceLock;
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes};
 use duplex_protocol::code::CloseCode;
 use parking_lot::Mutex;
+use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::Notify;
 
 /// Bounds of one queue.
@@ -53,6 +59,9 @@ struct Queue {
     frames: VecDeque<Bytes>,
     bytes: usize,
     closing: Option<Closing>,
+    /// The writer holds frames taken from the queue and not yet written:
+    /// producers must queue behind them to keep the order.
+    writer_busy: bool,
 }
 
 /// The queue plus the wake-up for its writer.
@@ -61,6 +70,8 @@ pub(crate) struct Outbound {
     queue: Mutex<Queue>,
     wake: Notify,
     limits: QueueLimits,
+    /// The socket's write half, once the upgrade handed it over.
+    socket: OnceLock<OwnedWriteHalf>,
 }
 
 impl Outbound {
@@ -69,14 +80,39 @@ impl Outbound {
             queue: Mutex::new(Queue::default()),
             wake: Notify::new(),
             limits,
+            socket: OnceLock::new(),
         }
     }
 
+    /// Hands the socket's write half to this connection (once).
+    pub(crate) fn attach(&self, socket: OwnedWriteHalf) {
+        if self.socket.set(socket).is_err() {
+            debug_assert!(false, "socket attached twice");
+        }
+    }
+
+    /// The write half, for the writer task.
+    pub(crate) fn socket(&self) -> Option<&tokio::net::TcpStream> {
+        self.socket.get().map(|s| s.as_ref())
+    }
+
     /// Queues a frame; on overflow starts a slow-consumer close.
-    pub(crate) fn push(&self, frame: Bytes) -> Result<(), PushError> {
+    pub(crate) fn push(&self, mut frame: Bytes) -> Result<(), PushError> {
         let mut q = self.queue.lock();
         if q.closing.is_some() {
             return Err(PushError::Closed);
+        }
+        if q.frames.is_empty() && !q.writer_busy {
+            if let Some(socket) = self.socket.get() {
+                // Non-blocking; the lock only orders this client's producers.
+                match socket.try_write(&frame) {
+                    Ok(n) if n == frame.len() => return Ok(()),
+                    Ok(n) => frame.advance(n),
+                    // Full socket or an error: queue it; the writer waits for
+                    // room, or meets the error and ends the connection.
+                    Err(_) => {}
+                }
+            }
         }
         // A lone frame larger than the byte bound still goes out when the
         // queue is empty: the bound is on backlog, not on message size.
@@ -140,6 +176,7 @@ impl Outbound {
 
     /// Moves every queued frame into `batch` (swapping buffers, no copy) and
     /// reports a close request once the queue is drained.
+    /// While the writer holds a non-empty batch, producers queue behind it.
     pub(crate) fn take(&self, batch: &mut VecDeque<Bytes>) -> Option<Closing> {
         let mut q = self.queue.lock();
         if batch.is_empty() {
@@ -148,7 +185,13 @@ impl Outbound {
             batch.extend(q.frames.drain(..));
         }
         q.bytes = 0;
+        q.writer_busy = !batch.is_empty();
         q.closing.clone()
+    }
+
+    /// Makes the writer look at the queue.
+    pub(crate) fn kick(&self) {
+        self.wake.notify_one();
     }
 
     /// Waits until something may have been queued or a close requested.

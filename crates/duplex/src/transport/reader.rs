@@ -65,7 +65,11 @@ pub(crate) async fn run(
     mut session: Session,
 ) {
     let (socket, write_half) = stream.into_split();
-    let mut writer = tokio::spawn(writer::run(Arc::clone(&conn), write_half));
+    conn.outbound.attach(write_half);
+    let mut writer = tokio::spawn(writer::run(Arc::clone(&conn)));
+    // Frames queued before the socket was attached (between subscribing and
+    // the handover) are waiting: let the writer look.
+    conn.outbound.kick();
     let config = node.config();
     let mut decoder = Decoder::new(DecoderLimits {
         max_message_size: config.max_message_size,

@@ -1,7 +1,8 @@
-//! The writer task: one per connection, the only code that writes to its
-//! socket. It sleeps until frames are queued, takes all of them, and writes
-//! them with as few vectored writes as the kernel allows, so a burst of N
-//! messages costs one wake-up and (usually) one syscall, not N.
+//! The writer task: one per connection. Producers write directly to an idle
+//! socket (see `outbound`); the writer takes over whenever frames had to be
+//! queued (socket full, or a batch in flight): it takes all of them and
+//! writes them with as few vectored writes as the kernel allows, so a burst
+//! of N messages costs one wake-up and (usually) one syscall, not N.
 
 use std::collections::VecDeque;
 use std::io::IoSlice;
@@ -10,8 +11,7 @@ use std::sync::Arc;
 use bytes::{Buf, Bytes};
 use duplex_protocol::push;
 use duplex_protocol::ws::encode_close;
-use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::OwnedWriteHalf;
+use tokio::net::TcpStream;
 
 use super::CLOSE_GRACE;
 use crate::conn::Conn;
@@ -23,13 +23,17 @@ const MAX_IOVECS: usize = 256;
 const KEEP_BATCH_CAPACITY: usize = 64;
 
 /// Runs until the connection closes; always ends with `conn.abort` cancelled.
-pub(crate) async fn run(conn: Arc<Conn>, mut socket: OwnedWriteHalf) {
+pub(crate) async fn run(conn: Arc<Conn>) {
+    let Some(socket) = conn.outbound.socket() else {
+        conn.abort.cancel();
+        return;
+    };
     let mut batch: VecDeque<Bytes> = VecDeque::new();
     loop {
         let closing = conn.outbound.take(&mut batch);
         if !batch.is_empty() {
             let result = {
-                let write = write_batch(&mut socket, &mut batch);
+                let write = write_batch(socket, &mut batch);
                 tokio::pin!(write);
                 loop {
                     tokio::select! {
@@ -66,9 +70,11 @@ pub(crate) async fn run(conn: Arc<Conn>, mut socket: OwnedWriteHalf) {
                 frames.push(push::disconnect(closing.code, &closing.reason));
             }
             frames.push(encode_close(closing.code, &closing.reason));
-            let bytes = frames.concat();
-            if let Ok(Ok(())) = tokio::time::timeout(CLOSE_GRACE, socket.write_all(&bytes)).await {
-                let _ = tokio::time::timeout(CLOSE_GRACE, socket.shutdown()).await;
+            let mut last: VecDeque<Bytes> = frames.into();
+            if let Ok(Ok(())) =
+                tokio::time::timeout(CLOSE_GRACE, write_batch(socket, &mut last)).await
+            {
+                let _ = socket2::SockRef::from(socket).shutdown(std::net::Shutdown::Write);
                 // Give the peer a moment to answer with its close frame.
                 tokio::select! {
                     _ = conn.done_reading.cancelled() => {}
@@ -88,19 +94,24 @@ pub(crate) async fn run(conn: Arc<Conn>, mut socket: OwnedWriteHalf) {
 }
 
 /// Writes every frame of `batch`, front to back, with vectored writes.
-async fn write_batch(
-    socket: &mut OwnedWriteHalf,
-    batch: &mut VecDeque<Bytes>,
-) -> std::io::Result<()> {
+async fn write_batch(socket: &TcpStream, batch: &mut VecDeque<Bytes>) -> std::io::Result<()> {
     while !batch.is_empty() {
-        let written = {
+        let attempt = {
             let mut iov = [IoSlice::new(&[]); MAX_IOVECS];
             let mut n = 0;
             for frame in batch.iter().take(MAX_IOVECS) {
                 iov[n] = IoSlice::new(frame);
                 n += 1;
             }
-            socket.write_vectored(&iov[..n]).await?
+            socket.try_write_vectored(&iov[..n])
+        };
+        let written = match attempt {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                socket.writable().await?;
+                continue;
+            }
+            Err(e) => return Err(e),
         };
         if written == 0 {
             return Err(std::io::ErrorKind::WriteZero.into());
