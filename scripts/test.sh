@@ -18,3 +18,5 @@ echo "== cargo clippy"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 echo "== cargo test"
 cargo test --workspace
+echo "== WebSocket conformance (Autobahn sections 1-7, 9)"
+./scripts/autobahn.sh

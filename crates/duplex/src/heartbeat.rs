@@ -30,10 +30,14 @@ pub(crate) async fn run(node: Node, shutdown: CancellationToken) {
         let now = node.now_ms();
         let mut pinged = 0usize;
         for conn in node.connections() {
+            let silent = now.saturating_sub(conn.last_seen_ms());
             if conn.outbound.is_closing() {
+                // Safety net: a close that never completes is cut.
+                if silent > deadline * 2 {
+                    conn.abort.cancel();
+                }
                 continue;
             }
-            let silent = now.saturating_sub(conn.last_seen_ms());
             if silent > deadline {
                 node.stats().heartbeat_timeouts.fetch_add(1, Relaxed);
                 tracing::info!(conn = %conn.id, addr = %conn.remote, silent_ms = silent, "closing connection: no pong");

@@ -125,3 +125,28 @@ async fn plain_http_and_broken_upgrades_get_clear_answers() {
         .unwrap()
         .contains("Sec-WebSocket-Version"));
 }
+
+/// Regression: a close (ours or the peer's) arriving while a large frame is
+/// half written must not put the close frame inside that frame's payload.
+#[tokio::test]
+async fn close_never_lands_inside_a_half_written_frame() {
+    let node = TestNode::start(duplex::config::Settings {
+        max_message_size: Some(16 << 20),
+        ..settings()
+    })
+    .await;
+    for (what, trailer, code) in [
+        ("peer close", frame(0x88, &1000u16.to_be_bytes(), true), 1000),
+        ("protocol error", frame(0x85, b"", true), 1002),
+    ] {
+        let mut raw = Raw::connect(node.addr, "/").await;
+        let big = vec![7u8; 8 << 20];
+        let mut bytes = frame(0x82, &big, true);
+        bytes.extend_from_slice(&trailer);
+        raw.send(&bytes).await;
+        let echo = raw.next_frame().await.expect("the echo");
+        assert_eq!(echo.opcode, 2, "{what}");
+        assert!(echo.payload == big, "{what}: echo intact ({} bytes)", echo.payload.len());
+        assert_eq!(raw.close_code().await, code, "{what}");
+    }
+}

@@ -62,6 +62,35 @@ struct Queue {
     /// The writer holds frames taken from the queue and not yet written:
     /// producers must queue behind them to keep the order.
     writer_busy: bool,
+    /// The front frame is the rest of a frame partly written already: it
+    /// must be finished before anything else (a close frame) is written.
+    partial_front: bool,
+}
+
+impl Queue {
+    /// Drops queued frames, except the rest of a partly written frame.
+    fn drop_queued(&mut self) {
+        let keep = if self.partial_front {
+            self.frames.pop_front()
+        } else {
+            None
+        };
+        self.frames = VecDeque::new();
+        self.bytes = 0;
+        if let Some(front) = keep {
+            self.bytes = front.len();
+            self.frames.push_back(front);
+        }
+    }
+}
+
+/// What the writer gets from [`Outbound::take`].
+#[derive(Debug)]
+pub(crate) struct Taken {
+    /// A close request, to act on once the batch is written.
+    pub(crate) closing: Option<Closing>,
+    /// The batch starts with the rest of a partly written frame.
+    pub(crate) front_partial: bool,
 }
 
 /// The queue plus the wake-up for its writer.
@@ -102,12 +131,16 @@ impl Outbound {
         if q.closing.is_some() {
             return Err(PushError::Closed);
         }
+        let mut partial = false;
         if q.frames.is_empty() && !q.writer_busy {
             if let Some(socket) = self.socket.get() {
                 // Non-blocking; the lock only orders this client's producers.
                 match socket.try_write(&frame) {
                     Ok(n) if n == frame.len() => return Ok(()),
-                    Ok(n) => frame.advance(n),
+                    Ok(n) => {
+                        frame.advance(n);
+                        partial = n > 0;
+                    }
                     // Full socket or an error: queue it; the writer waits for
                     // room, or meets the error and ends the connection.
                     Err(_) => {}
@@ -120,8 +153,7 @@ impl Outbound {
             || (q.bytes > 0 && q.bytes + frame.len() > self.limits.max_bytes)
         {
             let queued = q.bytes;
-            q.frames = VecDeque::new();
-            q.bytes = 0;
+            q.drop_queued();
             q.closing = Some(Closing {
                 code: CloseCode::SlowConsumer.as_u16(),
                 reason: format!("slow consumer: {queued} bytes queued"),
@@ -133,6 +165,7 @@ impl Outbound {
             return Err(PushError::SlowConsumer);
         }
         let was_empty = q.frames.is_empty();
+        q.partial_front |= partial;
         q.bytes += frame.len();
         q.frames.push_back(frame);
         drop(q);
@@ -151,8 +184,7 @@ impl Outbound {
             return;
         }
         if !flush {
-            q.frames = VecDeque::new();
-            q.bytes = 0;
+            q.drop_queued();
         }
         q.closing = Some(Closing {
             code,
@@ -177,16 +209,21 @@ impl Outbound {
     /// Moves every queued frame into `batch` (swapping buffers, no copy) and
     /// reports a close request once the queue is drained.
     /// While the writer holds a non-empty batch, producers queue behind it.
-    pub(crate) fn take(&self, batch: &mut VecDeque<Bytes>) -> Option<Closing> {
+    pub(crate) fn take(&self, batch: &mut VecDeque<Bytes>) -> Taken {
         let mut q = self.queue.lock();
+        let front_partial = q.partial_front && batch.is_empty() && !q.frames.is_empty();
         if batch.is_empty() {
             std::mem::swap(&mut q.frames, batch);
         } else {
             batch.extend(q.frames.drain(..));
         }
         q.bytes = 0;
+        q.partial_front = false;
         q.writer_busy = !batch.is_empty();
-        q.closing.clone()
+        Taken {
+            closing: q.closing.clone(),
+            front_partial,
+        }
     }
 
     /// Makes the writer look at the queue.
@@ -212,6 +249,21 @@ mod tests {
     }
 
     #[test]
+    fn dropping_keeps_the_rest_of_a_begun_frame() {
+        let mut q = Queue {
+            frames: VecDeque::from([Bytes::from_static(b"rest"), Bytes::from_static(b"next")]),
+            bytes: 8,
+            partial_front: true,
+            ..Queue::default()
+        };
+        q.drop_queued();
+        assert_eq!((q.frames.len(), q.bytes), (1, 4));
+        q.partial_front = false;
+        q.drop_queued();
+        assert!(q.frames.is_empty());
+    }
+
+    #[test]
     fn bounded_by_bytes_then_closed() {
         let out = outbound(10, 100);
         assert_eq!(out.push(Bytes::from_static(b"12345")), Ok(()));
@@ -222,7 +274,7 @@ mod tests {
         );
         assert_eq!(out.push(Bytes::from_static(b"1")), Err(PushError::Closed));
         let mut batch = VecDeque::new();
-        let closing = out.take(&mut batch).unwrap();
+        let closing = out.take(&mut batch).closing.unwrap();
         assert!(
             batch.is_empty(),
             "queued frames are dropped for a slow consumer"
@@ -258,7 +310,7 @@ mod tests {
         out.push(Bytes::from_static(b"ab")).unwrap();
         out.push(Bytes::from_static(b"cd")).unwrap();
         let mut batch = VecDeque::new();
-        assert!(out.take(&mut batch).is_none());
+        assert!(out.take(&mut batch).closing.is_none());
         assert_eq!(batch.len(), 2);
         out.push(Bytes::from_static(b"ef")).unwrap();
         out.take(&mut batch);
@@ -272,7 +324,7 @@ mod tests {
         out.close(1001, "bye", true, true);
         out.close(3001, "ignored", false, true);
         let mut batch = VecDeque::new();
-        let closing = out.take(&mut batch).unwrap();
+        let closing = out.take(&mut batch).closing.unwrap();
         assert_eq!((closing.code, batch.len()), (1001, 1));
     }
 }

@@ -3,6 +3,12 @@
 //! queued (socket full, or a batch in flight): it takes all of them and
 //! writes them with as few vectored writes as the kernel allows, so a burst
 //! of N messages costs one wake-up and (usually) one syscall, not N.
+//!
+//! Frame boundaries are sacred: a close frame is only ever written after the
+//! last byte of the frame before it. When a close that drops queued frames
+//! arrives mid-frame, the writer finishes that frame first; if the peer does
+//! not take it within [`CLOSE_GRACE`], the connection is dropped without a
+//! close frame rather than with a corrupt one.
 
 use std::collections::VecDeque;
 use std::io::IoSlice;
@@ -22,6 +28,14 @@ const MAX_IOVECS: usize = 256;
 /// A batch buffer grown past this is released after use.
 const KEEP_BATCH_CAPACITY: usize = 64;
 
+/// Why writing stopped early.
+#[derive(Debug)]
+enum Stop {
+    Io(std::io::Error),
+    Aborted,
+    StuckWhileClosing,
+}
+
 /// Runs until the connection closes; always ends with `conn.abort` cancelled.
 pub(crate) async fn run(conn: Arc<Conn>) {
     let Some(socket) = conn.outbound.socket() else {
@@ -30,49 +44,45 @@ pub(crate) async fn run(conn: Arc<Conn>) {
     };
     let mut batch: VecDeque<Bytes> = VecDeque::new();
     loop {
-        let closing = conn.outbound.take(&mut batch);
+        let taken = conn.outbound.take(&mut batch);
         if !batch.is_empty() {
-            let result = {
-                let write = write_batch(socket, &mut batch);
-                tokio::pin!(write);
-                loop {
-                    tokio::select! {
-                        biased;
-                        _ = conn.abort.cancelled() => break None,
-                        result = &mut write => break Some(result),
-                        // A hard close (slow consumer) while the socket is stuck:
-                        // stop writing; a close frame cannot follow a partial frame.
-                        _ = conn.outbound.wait() => {
-                            if conn.outbound.is_hard_closing() {
-                                break None;
-                            }
-                        }
-                    }
-                }
-            };
-            match result {
-                Some(Ok(())) => {}
-                Some(Err(e)) => {
+            match write_batch(
+                &conn,
+                socket,
+                &mut batch,
+                Batch::Data {
+                    front_partial: taken.front_partial,
+                },
+            )
+            .await
+            {
+                Ok(()) => {}
+                Err(Stop::Io(e)) => {
                     tracing::debug!(conn = %conn.id, error = %e, "write failed");
                     break;
                 }
-                None => break,
+                Err(Stop::StuckWhileClosing) => {
+                    tracing::debug!(conn = %conn.id, "peer took nothing while closing; dropping it");
+                    break;
+                }
+                Err(Stop::Aborted) => break,
             }
-            batch.clear();
             if batch.capacity() > KEEP_BATCH_CAPACITY {
                 batch = VecDeque::new();
             }
             continue;
         }
-        if let Some(closing) = closing {
-            let mut frames = Vec::with_capacity(2);
+        if let Some(closing) = taken.closing {
+            let mut last = VecDeque::with_capacity(2);
             if closing.announce && conn.wire == Wire::Native {
-                frames.push(push::disconnect(closing.code, &closing.reason));
+                last.push_back(push::disconnect(closing.code, &closing.reason));
             }
-            frames.push(encode_close(closing.code, &closing.reason));
-            let mut last: VecDeque<Bytes> = frames.into();
-            if let Ok(Ok(())) =
-                tokio::time::timeout(CLOSE_GRACE, write_batch(socket, &mut last)).await
+            last.push_back(encode_close(closing.code, &closing.reason));
+            if let Ok(Ok(())) = tokio::time::timeout(
+                CLOSE_GRACE,
+                write_batch(&conn, socket, &mut last, Batch::Closing),
+            )
+            .await
             {
                 let _ = socket2::SockRef::from(socket).shutdown(std::net::Shutdown::Write);
                 // Give the peer a moment to answer with its close frame.
@@ -93,9 +103,38 @@ pub(crate) async fn run(conn: Arc<Conn>) {
     conn.abort.cancel();
 }
 
+/// What a batch holds.
+#[derive(Debug, Clone, Copy)]
+enum Batch {
+    /// Queued frames; `front_partial` when the first is the rest of a frame
+    /// a producer began writing.
+    Data { front_partial: bool },
+    /// The last frames (disconnect push, close frame): always written whole.
+    Closing,
+}
+
 /// Writes every frame of `batch`, front to back, with vectored writes.
-async fn write_batch(socket: &TcpStream, batch: &mut VecDeque<Bytes>) -> std::io::Result<()> {
-    while !batch.is_empty() {
+///
+/// For data, it checks between writes for a close that drops queued frames:
+/// then only the frame already begun is finished.
+async fn write_batch(
+    conn: &Conn,
+    socket: &TcpStream,
+    batch: &mut VecDeque<Bytes>,
+    kind: Batch,
+) -> Result<(), Stop> {
+    let (mut front_partial, is_data) = match kind {
+        Batch::Data { front_partial } => (front_partial, true),
+        Batch::Closing => (false, false),
+    };
+    loop {
+        let closing_now = conn.outbound.is_hard_closing();
+        if closing_now && is_data {
+            batch.truncate(usize::from(front_partial));
+        }
+        if batch.is_empty() {
+            return Ok(());
+        }
         let attempt = {
             let mut iov = [IoSlice::new(&[]); MAX_IOVECS];
             let mut n = 0;
@@ -105,30 +144,43 @@ async fn write_batch(socket: &TcpStream, batch: &mut VecDeque<Bytes>) -> std::io
             }
             socket.try_write_vectored(&iov[..n])
         };
-        let written = match attempt {
-            Ok(n) => n,
+        match attempt {
+            Ok(0) => return Err(Stop::Io(std::io::ErrorKind::WriteZero.into())),
+            Ok(mut left) => {
+                while left > 0 {
+                    let Some(front) = batch.front_mut() else {
+                        break;
+                    };
+                    if front.len() <= left {
+                        left -= front.len();
+                        batch.pop_front();
+                        front_partial = false;
+                    } else {
+                        front.advance(left);
+                        front_partial = true;
+                        left = 0;
+                    }
+                }
+            }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                socket.writable().await?;
-                continue;
+                if closing_now {
+                    // Finishing the begun frame is worth a short wait, no more.
+                    match tokio::time::timeout(CLOSE_GRACE, socket.writable()).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => return Err(Stop::Io(e)),
+                        Err(_) => return Err(Stop::StuckWhileClosing),
+                    }
+                    continue;
+                }
+                tokio::select! {
+                    biased;
+                    _ = conn.abort.cancelled() => return Err(Stop::Aborted),
+                    ready = socket.writable() => ready.map_err(Stop::Io)?,
+                    // A close may arrive while the socket is full.
+                    _ = conn.outbound.wait() => {}
+                }
             }
-            Err(e) => return Err(e),
-        };
-        if written == 0 {
-            return Err(std::io::ErrorKind::WriteZero.into());
-        }
-        let mut left = written;
-        while left > 0 {
-            let Some(front) = batch.front_mut() else {
-                break;
-            };
-            if front.len() <= left {
-                left -= front.len();
-                batch.pop_front();
-            } else {
-                front.advance(left);
-                left = 0;
-            }
+            Err(e) => return Err(Stop::Io(e)),
         }
     }
-    Ok(())
 }
