@@ -144,3 +144,22 @@ async fn bad_plain_query_is_refused_at_the_upgrade() {
         other => panic!("expected HTTP 400, got {other}"),
     }
 }
+
+#[tokio::test]
+async fn redis_prefix_namespaces_channels() {
+    let redis = RedisServer::start();
+    let node = TestNode::start(duplex::config::Settings {
+        redis: Some(redis.url()),
+        redis_prefix: Some("app1:".into()),
+        ..settings()
+    })
+    .await;
+    support::eventually("connected", || async { node.health().await == 200 }).await;
+    let mut client = Client::connect(&node.ws("/")).await;
+    assert_eq!(redis.numsub("app1:channel").await, 1);
+    assert_eq!(redis.publish("channel", b"other app").await, 0);
+    redis.publish("app1:channel", b"mine").await;
+    assert_eq!(client.next_text().await, "mine");
+    client.send_text("out").await;
+    assert_eq!(client.next_text().await, "out");
+}
