@@ -136,7 +136,11 @@ async fn close_never_lands_inside_a_half_written_frame() {
     })
     .await;
     for (what, trailer, code) in [
-        ("peer close", frame(0x88, &1000u16.to_be_bytes(), true), 1000),
+        (
+            "peer close",
+            frame(0x88, &1000u16.to_be_bytes(), true),
+            1000,
+        ),
         ("protocol error", frame(0x85, b"", true), 1002),
     ] {
         let mut raw = Raw::connect(node.addr, "/").await;
@@ -146,7 +150,11 @@ async fn close_never_lands_inside_a_half_written_frame() {
         raw.send(&bytes).await;
         let echo = raw.next_frame().await.expect("the echo");
         assert_eq!(echo.opcode, 2, "{what}");
-        assert!(echo.payload == big, "{what}: echo intact ({} bytes)", echo.payload.len());
+        assert!(
+            echo.payload == big,
+            "{what}: echo intact ({} bytes)",
+            echo.payload.len()
+        );
         assert_eq!(raw.close_code().await, code, "{what}");
     }
 }

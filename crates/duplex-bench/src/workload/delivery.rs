@@ -1,0 +1,280 @@
+//! The delivery workloads (`fanout`, `channels`): connect and subscribe
+//! every client, start the publisher, measure the window, wait for the
+//! last deliveries, add up.
+
+use std::time::{Duration, Instant};
+
+use super::{client_config, Sample};
+use crate::cli::{Common, Load};
+use crate::conn::{self, now_us, Ctx};
+use crate::protocol::Protocol;
+use crate::publish::{self, PublishConfig, PusherApp, Via, Window};
+use crate::report::{cpu_per_delivery, round3, DeliveryReport, Report};
+use crate::stats;
+
+/// Delay between the go signal and the first publish.
+const START_DELAY_US: u64 = 100_000;
+/// The drain ends early when nothing arrived for this long.
+const DRAIN_IDLE: Duration = Duration::from_secs(1);
+
+/// A delivery workload.
+#[derive(Debug)]
+pub(super) struct Delivery {
+    /// Name in the report.
+    pub(super) workload: &'static str,
+    /// Subscribers to connect.
+    pub(super) subscribers: usize,
+    /// The channels; subscriber i is on channel i (own_channel) or 0.
+    pub(super) channels: Vec<String>,
+    /// Whether subscriber i has channel i.
+    pub(super) own_channel: bool,
+    /// HTTP requests in flight.
+    pub(super) inflight: usize,
+    /// Common flags.
+    pub(super) common: Common,
+    /// Publishing flags.
+    pub(super) load: Load,
+}
+
+fn check(d: &Delivery) -> Result<(), String> {
+    if d.subscribers == 0 {
+        return Err("no subscribers asked for".into());
+    }
+    if !(d.load.rate > 0.0 && d.load.rate.is_finite()) {
+        return Err("--rate must be positive".into());
+    }
+    if d.load.duration.is_zero() {
+        return Err("--duration must be positive".into());
+    }
+    if d.load.via == Via::Ws {
+        match d.common.protocol {
+            Protocol::Pusher => {
+                return Err("--via ws is not available with --protocol pusher (Pusher clients may only send client events on private channels): use --via http".into())
+            }
+            Protocol::Plain if d.channels.len() > 1 => {
+                return Err("--via ws --protocol plain publishes only to the connection's own channel: use --protocol native, or --via http/redis".into())
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Runs a delivery workload to its report.
+pub(super) async fn run(d: Delivery) -> Result<Report, String> {
+    check(&d)?;
+    let verbose = !d.common.json;
+    let cfg = client_config(&d.common)?;
+    let server = cfg.server.clone();
+    let ctx = Ctx::new(cfg, d.subscribers);
+    let own = d.own_channel;
+    let stream_of = move |i: usize| if own { i } else { 0 };
+
+    if verbose {
+        eprintln!(
+            "connecting {} {} subscribers to {} ...",
+            d.subscribers,
+            d.common.protocol.name(),
+            d.common.server
+        );
+    }
+    let ramp = conn::open_all(&ctx, d.subscribers, true, |i| {
+        d.channels[stream_of(i)].clone()
+    })
+    .await;
+    if ramp.established == 0 {
+        let errors = ctx.stats.borrow().errors.clone();
+        let first = errors.map().keys().next().cloned().unwrap_or_default();
+        return Err(format!(
+            "no subscriber could connect ({} failures; e.g. {first})",
+            ramp.failed
+        ));
+    }
+    if verbose {
+        eprintln!(
+            "  {} connected in {:.2} s ({} failed)",
+            ramp.established,
+            ramp.elapsed.as_secs_f64(),
+            ramp.failed
+        );
+    }
+
+    let publisher = publish::spawn(PublishConfig {
+        via: d.load.via,
+        protocol: d.common.protocol,
+        server,
+        redis_url: d.load.redis.clone(),
+        api_key: d.load.api_key.clone(),
+        pusher: PusherApp {
+            id: d.common.app_id.clone(),
+            key: d.common.app_key.clone(),
+            secret: d.common.app_secret.clone(),
+        },
+        event: d.load.event.clone(),
+        size: d.load.size,
+        rate: d.load.rate,
+        inflight: d.inflight,
+        channels: d.channels.clone(),
+        random: own,
+    })?;
+    match publisher.ready.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return Err(format!("publisher: {e}")),
+        Err(_) => return Err("publisher thread ended".into()),
+    }
+    let t0 = now_us() + START_DELAY_US;
+    let start = t0 + d.load.warmup.as_micros() as u64;
+    let window = Window {
+        t0,
+        start,
+        end: start + d.load.duration.as_micros() as u64,
+    };
+    ctx.stats.borrow_mut().window = (window.start, window.end);
+    if publisher.go.send(window).is_err() {
+        return Err("publisher thread ended".into());
+    }
+    if verbose {
+        eprintln!(
+            "publishing {}/s via {:?} for {:?} (+{:?} warm-up) ...",
+            d.load.rate, d.load.via, d.load.duration, d.load.warmup
+        );
+    }
+    tokio::time::sleep(Duration::from_micros(window.start.saturating_sub(now_us()))).await;
+    let before = Sample::take(d.common.server_pid);
+    let measure_start = Instant::now();
+
+    let outcome = publisher
+        .done
+        .await
+        .map_err(|_| "publisher thread died".to_string())?;
+    let expected_total: u64 = {
+        let st = ctx.stats.borrow();
+        st.subs
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.connected)
+            .map(|(i, _)| {
+                outcome
+                    .window_counts
+                    .get(stream_of(i))
+                    .copied()
+                    .unwrap_or(0)
+            })
+            .sum()
+    };
+    let drained = drain(&ctx, expected_total, d.load.drain).await;
+    let after = Sample::take(d.common.server_pid);
+    let measured_s = measure_start.elapsed().as_secs_f64();
+    ctx.finished.set(true);
+
+    let st = ctx.stats.borrow();
+    let totals = st.totals(|i| {
+        outcome
+            .window_counts
+            .get(stream_of(i))
+            .copied()
+            .unwrap_or(0)
+    });
+    let mut errors = st.errors.clone();
+    errors.merge(&outcome.errors);
+    let unique = totals.received - totals.duplicates;
+    let server_cpu = match (before.server_cpu, after.server_cpu) {
+        (Some(a), Some(b)) => Some(round3(b - a)),
+        _ => None,
+    };
+    let generator_cpu = after.generator_cpu - before.generator_cpu;
+    let receiver_cpu = after.receiver_cpu - before.receiver_cpu;
+    let duration_s = d.load.duration.as_secs_f64();
+    let peak = d
+        .common
+        .server_pid
+        .and_then(|pid| crate::proc::peak_rss_kib(crate::proc::Target::Pid(pid)).ok());
+    let report = DeliveryReport {
+        workload: d.workload,
+        protocol: d.common.protocol,
+        via: d.load.via,
+        subscribers: d.subscribers,
+        connected: ramp.established,
+        disconnected: ramp.established - ctx.live.get(),
+        channels: d.channels.len(),
+        rate: d.load.rate,
+        size: d.load.size,
+        duration_s,
+        warmup_s: d.load.warmup.as_secs_f64(),
+        published: outcome.window_counts.iter().sum(),
+        published_total: outcome.total,
+        published_late: outcome.after_window,
+        expected: totals.expected,
+        received: totals.received,
+        lost: totals.lost,
+        duplicates: totals.duplicates,
+        reordered: totals.reordered,
+        unexpected: totals.unexpected,
+        subscribers_with_loss: totals.subscribers_with_loss,
+        latency_us: stats::latency(&st.latency),
+        read_latency_us: stats::latency(&st.read_latency),
+        deliveries_per_s: (totals.received as f64 / duration_s).round(),
+        connect_s: round3(ramp.elapsed.as_secs_f64()),
+        server_cpu_s: server_cpu,
+        server_cpu_us_per_delivery: cpu_per_delivery(server_cpu, unique),
+        server_rss_kib: after.server_rss,
+        server_peak_rss_kib: peak,
+        generator_cpu_s: round3(generator_cpu),
+        generator_cpu_us_per_delivery: cpu_per_delivery(Some(generator_cpu), unique),
+        receiver_cpu_s: round3(receiver_cpu),
+        receiver_cpu_us_per_delivery: cpu_per_delivery(Some(receiver_cpu), unique),
+        publisher_cpu_s: round3(outcome.cpu_s),
+        measured_s: round3(measured_s),
+        drain: drained,
+        warmup_received: st.warmup_received,
+        other_messages: st.other_messages,
+        pings: st.pings,
+        error_count: errors.total(),
+        errors: errors.map().clone(),
+    };
+    Ok(Report::Delivery(Box::new(report)))
+}
+
+/// How the wait for the last deliveries ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum Drain {
+    /// Everything expected arrived.
+    Complete,
+    /// Nothing arrived for [`DRAIN_IDLE`]: what is missing is lost.
+    Quiet,
+    /// `--drain` ran out while deliveries were still arriving: "lost"
+    /// includes messages that were still on their way.
+    Deadline,
+    /// Every connection is gone.
+    Closed,
+}
+
+/// Waits until `expected` in-window deliveries arrived, nothing arrived for
+/// [`DRAIN_IDLE`], every connection is gone, or `limit` passed.
+async fn drain(ctx: &Ctx, expected: u64, limit: Duration) -> Drain {
+    let deadline = Instant::now() + limit;
+    let mut last = ctx.stats.borrow().window_received;
+    let mut last_change = Instant::now();
+    loop {
+        let got = ctx.stats.borrow().window_received;
+        let now = Instant::now();
+        if got != last {
+            last = got;
+            last_change = now;
+        }
+        if got >= expected {
+            return Drain::Complete;
+        }
+        if ctx.live.get() == 0 {
+            return Drain::Closed;
+        }
+        if now - last_change >= DRAIN_IDLE {
+            return Drain::Quiet;
+        }
+        if now >= deadline {
+            return Drain::Deadline;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
