@@ -71,8 +71,7 @@ async fn serve(file: Option<PathBuf>, flags: Settings) -> anyhow::Result<()> {
     };
     let config = settings.resolve()?;
     init_logging(config.log_format, &config.log_level)?;
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
+    let listener = duplex::server::bind(config.listen)
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     duplex::server::run(listener, config, shutdown_signal()).await?;
     Ok(())

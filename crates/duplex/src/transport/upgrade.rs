@@ -216,8 +216,11 @@ async fn upgrade(
                 return;
             }
         };
-        let stream = parts.io.into_inner();
+        // Copy what hyper read past the request, then drop its buffer: the
+        // `read_buf` bytes keep hyper's whole 8 KiB read buffer alive.
         let leftover = BytesMut::from(&parts.read_buf[..]);
+        let stream = parts.io.into_inner();
+        drop(parts.read_buf);
         if app.shutdown.is_cancelled() {
             conn.close(CloseCode::GoingAway.as_u16(), "server shutting down", false);
         }
