@@ -1,0 +1,119 @@
+#!/usr/bin/env bash
+# Side-by-side benchmark: Duplex, the one-write-per-delivery floor, and
+# Sockudo (a Rust Pusher-protocol server), measured one after the other on
+# this machine by the same generator (crates/duplex-bench). Prints a table
+# with ratios; raw JSON lines go to target/compare/results.jsonl.
+#
+#   bench/compare.sh                      # defaults below
+#   SUBS=2000 RATE=100 DURATION=10s IDLE=19000 bench/compare.sh
+#
+# Sockudo is built once (about 15 min on 2 cores) and cached outside the repo
+# in $SOCKUDO_ROOT (default ~/.cache/duplex-bench/sockudo); set SKIP_SOCKUDO=1
+# to leave it out. Nothing of Sockudo goes into this repository.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SUBS=${SUBS:-1000}
+RATE=${RATE:-100}
+DURATION=${DURATION:-10s}
+IDLE=${IDLE:-10000}
+ROUNDS=${ROUNDS:-2}
+SOCKUDO_ROOT=${SOCKUDO_ROOT:-$HOME/.cache/duplex-bench/sockudo}
+OUT=target/compare
+mkdir -p "$OUT"
+: > "$OUT/results.jsonl"
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() { for _ in $(seq 100); do (echo > /dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 never opened" >&2; return 1; }
+
+command -v redis-server >/dev/null || { echo "redis-server is needed (apt-get install redis-server)" >&2; exit 1; }
+cargo build --release --quiet -p duplex -p duplex-bench --example floor
+BENCH=target/release/duplex-bench
+DUPLEX=target/release/duplex
+FLOOR=target/release/examples/floor
+
+if [ -z "${SKIP_SOCKUDO:-}" ] && [ ! -x "$SOCKUDO_ROOT/bin/sockudo" ]; then
+    command -v protoc >/dev/null || { apt-get install -y -qq protobuf-compiler >/dev/null; }
+    echo "== building sockudo into $SOCKUDO_ROOT (once, ~15 min)" >&2
+    cargo install sockudo --locked --features redis --root "$SOCKUDO_ROOT" >&2
+fi
+
+PIDS=()
+cleanup() { for p in "${PIDS[@]:-}"; do kill "$p" 2>/dev/null || true; done; }
+trap cleanup EXIT
+
+RPORT=$(free_port)
+redis-server --port "$RPORT" --bind 127.0.0.1 --save "" --appendonly no --daemonize no >/dev/null &
+PIDS+=($!)
+wait_port "$RPORT"
+REDIS=redis://127.0.0.1:$RPORT
+
+start_duplex() { # extra args...
+    local port; port=$(free_port)
+    "$DUPLEX" serve --listen 127.0.0.1:"$port" --log-level warn "$@" & PIDS+=($!)
+    SERVER_PID=$!; SERVER_URL=ws://127.0.0.1:$port; wait_port "$port"
+}
+start_floor() {
+    local port; port=$(free_port)
+    "$FLOOR" --listen 127.0.0.1:"$port" --redis "$REDIS" --channel bench 2>/dev/null & PIDS+=($!)
+    SERVER_PID=$!; SERVER_URL=ws://127.0.0.1:$port; wait_port "$port"
+}
+start_sockudo() {
+    local port; port=$(free_port)
+    HOST=127.0.0.1 PORT=$port METRICS_ENABLED=false SOCKUDO_DEFAULT_APP_MAX_CONNECTIONS=0 RATE_LIMITER_ENABLED=false \
+    SOCKUDO_DEFAULT_APP_ID=app-id SOCKUDO_DEFAULT_APP_KEY=app-key SOCKUDO_DEFAULT_APP_SECRET=app-secret \
+    ADAPTER_DRIVER=local CACHE_DRIVER=memory "$SOCKUDO_ROOT/bin/sockudo" >"$OUT/sockudo.log" 2>&1 & PIDS+=($!)
+    SERVER_PID=$!; SERVER_URL=ws://127.0.0.1:$port; wait_port "$port"
+}
+stop_server() { kill "$SERVER_PID" 2>/dev/null || true; wait "$SERVER_PID" 2>/dev/null || true; }
+
+run() { # label, then bench args
+    local label=$1; shift
+    local json
+    json=$("$BENCH" "$@" --server "$SERVER_URL" --server-pid "$SERVER_PID" --json 2>/dev/null) || { echo "{\"label\":\"$label\",\"error\":true}" >> "$OUT/results.jsonl"; return; }
+    python3 -c 'import json,sys; d=json.loads(sys.argv[2]); d["label"]=sys.argv[1]; print(json.dumps(d))' "$label" "$json" >> "$OUT/results.jsonl"
+}
+
+FANOUT=(fanout --subscribers "$SUBS" --rate "$RATE" --duration "$DURATION" --warmup 2s --concurrency 128)
+for round in $(seq "$ROUNDS"); do
+    echo "== round $round" >&2
+    start_duplex; run "duplex plain, http publish" "${FANOUT[@]}" --protocol plain --via http; stop_server
+    if [ -z "${SKIP_SOCKUDO:-}" ]; then
+        start_sockudo; run "sockudo pusher, http publish" "${FANOUT[@]}" --protocol pusher --via http; stop_server
+    fi
+    start_duplex --redis "$REDIS"; run "duplex plain, redis publish" "${FANOUT[@]}" --protocol plain --via redis --redis "$REDIS"; stop_server
+    start_floor; run "floor (1 write/delivery), redis publish" "${FANOUT[@]}" --protocol plain --via redis --redis "$REDIS"; stop_server
+    start_duplex; run "duplex idle" idle --connections "$IDLE" --concurrency 256 --hold 3s; stop_server
+    if [ -z "${SKIP_SOCKUDO:-}" ]; then
+        start_sockudo; run "sockudo idle" idle --protocol pusher --connections "$IDLE" --concurrency 256 --hold 3s; stop_server
+    fi
+done
+
+python3 - "$OUT/results.jsonl" <<'PY'
+import json, sys, statistics
+rows = [json.loads(l) for l in open(sys.argv[1])]
+by = {}
+for r in rows:
+    by.setdefault(r["label"], []).append(r)
+def med(label, key, sub=None):
+    vals = []
+    for r in by.get(label, []):
+        v = r.get(key) if sub is None else (r.get(key) or {}).get(sub)
+        if isinstance(v, (int, float)): vals.append(v)
+    return statistics.median(vals) if vals else None
+print(f"{'run':42} {'srv us/deliv':>12} {'p50 ms':>8} {'p99 ms':>8} {'lost':>6}   {'RSS KiB/conn':>12} {'conn/s':>8}")
+for label in by:
+    us = med(label, "server_cpu_us_per_delivery"); p50 = med(label, "latency_us", "p50"); p99 = med(label, "latency_us", "p99")
+    lost = med(label, "lost"); rss = med(label, "server_rss_per_connection_kib"); rate = med(label, "connect_rate")
+    f = lambda v, d=2, s=1: "-" if v is None else f"{v/s:.{d}f}"
+    print(f"{label:42} {f(us):>12} {f(p50,1,1000):>8} {f(p99,1,1000):>8} {f(lost,0):>6}   {f(rss):>12} {f(rate,0):>8}")
+def ratio(a, b, key, sub=None):
+    x, y = med(a, key, sub), med(b, key, sub)
+    return f"{x/y:.2f}x" if x and y else "-"
+print()
+print("ratios (median of rounds):")
+print("  duplex / sockudo, CPU per delivery (http publish):", ratio("duplex plain, http publish", "sockudo pusher, http publish", "server_cpu_us_per_delivery"))
+print("  duplex / floor,   CPU per delivery (redis publish):", ratio("duplex plain, redis publish", "floor (1 write/delivery), redis publish", "server_cpu_us_per_delivery"))
+print("  duplex redis / duplex memory, CPU per delivery:    ", ratio("duplex plain, redis publish", "duplex plain, http publish", "server_cpu_us_per_delivery"))
+print("  duplex / sockudo, RSS per idle connection:        ", ratio("duplex idle", "sockudo idle", "server_rss_per_connection_kib"))
+PY
