@@ -29,6 +29,9 @@ use crate::message::Publication;
 use crate::stats::Stats;
 
 const SHARDS: usize = 64;
+/// Channels with at least twice this many local subscribers fan out on
+/// several threads, this many (or more) per thread.
+const PARALLEL_CHUNK: usize = 256;
 
 /// What a subscriber reads on its socket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,6 +72,8 @@ pub struct Hub<S> {
     shards: Box<[Shard<S>]>,
     hasher: std::collections::hash_map::RandomState,
     stats: Arc<Stats>,
+    /// Threads a large fan-out may use (the machine's parallelism).
+    lanes: usize,
 }
 
 /// Outcome of one fan-out.
@@ -87,6 +92,7 @@ impl<S: Subscriber> Hub<S> {
             shards: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
             hasher: Default::default(),
             stats,
+            lanes: std::thread::available_parallelism().map_or(1, |n| n.get()),
         }
     }
 
@@ -140,37 +146,73 @@ impl<S: Subscriber> Hub<S> {
         all
     }
 
-    /// Hands the publication to every local subscriber of its channel.
-    ///
-    /// The subscriber list is copied out under the read lock and delivered
-    /// to after releasing it: delivery may write to sockets (non-blocking),
-    /// and no lock is held while writing to a socket.
-    pub fn broadcast(&self, p: &Publication) -> Fanout {
-        let subs: Vec<Arc<S>> = {
-            let shard = self.shard(p.channel.as_str()).read();
-            let Some(subs) = shard.get(p.channel.as_str()) else {
-                return Fanout::default();
-            };
-            subs.iter()
-                .filter(|(key, _)| p.exclude != Some(**key))
-                .map(|(_, sub)| Arc::clone(sub))
-                .collect()
+    /// Copies the channel's subscribers (minus an excluded sender) out of
+    /// the read lock, so delivery, which may write to sockets, holds no lock.
+    fn snapshot(&self, p: &Publication) -> Vec<Arc<S>> {
+        let shard = self.shard(p.channel.as_str()).read();
+        let Some(subs) = shard.get(p.channel.as_str()) else {
+            return Vec::new();
         };
-        let mut plain: Option<Bytes> = None;
-        let mut native: Option<Bytes> = None;
+        subs.iter()
+            .filter(|(key, _)| p.exclude != Some(**key))
+            .map(|(_, sub)| Arc::clone(sub))
+            .collect()
+    }
+
+    /// Hands the publication to every local subscriber of its channel, on
+    /// the calling thread.
+    pub fn broadcast(&self, p: &Publication) -> Fanout {
+        let subs = self.snapshot(p);
+        let frames = Frames::encode(p, &subs);
+        self.deliver(&p.channel, &subs, &frames)
+    }
+
+    /// Like [`Hub::broadcast`], but a large channel is split into chunks
+    /// delivered on several runtime threads at once; returns when all are
+    /// done, so the caller's next publication cannot overtake this one.
+    pub async fn broadcast_parallel(hub: &Arc<Self>, p: Publication) -> Fanout
+    where
+        S: 'static,
+    {
+        let mut subs = hub.snapshot(&p);
+        let lanes = hub.lanes.min(subs.len() / PARALLEL_CHUNK);
+        if lanes <= 1 {
+            let frames = Frames::encode(&p, &subs);
+            return hub.deliver(&p.channel, &subs, &frames);
+        }
+        let frames = Arc::new(Frames::encode(&p, &subs));
+        let per_lane = subs.len().div_ceil(lanes);
+        // Every chunk is a task of its own, this thread's included: tokio
+        // keeps the last task a worker spawned in a slot other workers
+        // cannot steal from, so work done inline here would not overlap.
+        let mut lanes = Vec::with_capacity(lanes);
+        while !subs.is_empty() {
+            let chunk = subs.split_off(subs.len().saturating_sub(per_lane));
+            let (hub, frames, channel) = (Arc::clone(hub), Arc::clone(&frames), p.channel.clone());
+            lanes.push(tokio::spawn(async move {
+                hub.deliver(&channel, &chunk, &frames)
+            }));
+        }
+        let mut total = Fanout::default();
+        for lane in lanes {
+            if let Ok(out) = lane.await {
+                total.delivered += out.delivered;
+                total.slow += out.slow;
+            }
+        }
+        total
+    }
+
+    fn deliver(&self, channel: &ChannelName, subs: &[Arc<S>], frames: &Frames) -> Fanout {
         let mut out = Fanout::default();
-        for sub in &subs {
-            let frame = match sub.wire() {
-                Wire::Plain => plain.get_or_insert_with(|| plain_frame(p)),
-                Wire::Native => native.get_or_insert_with(|| native_frame(p)),
-            };
-            match sub.deliver(frame) {
+        for sub in subs {
+            match sub.deliver(frames.get(sub.wire())) {
                 Ok(()) => out.delivered += 1,
                 Err(Undelivered::Closed) => {}
                 Err(Undelivered::SlowConsumer) => {
                     out.slow += 1;
                     let (id, addr) = sub.describe();
-                    tracing::warn!(conn = id, %addr, channel = %p.channel, "slow consumer disconnected: outbound queue full");
+                    tracing::warn!(conn = id, %addr, %channel, "slow consumer disconnected: outbound queue full");
                 }
             }
         }
@@ -181,6 +223,38 @@ impl<S: Subscriber> Hub<S> {
             .slow_consumer_disconnects
             .fetch_add(out.slow as u64, std::sync::atomic::Ordering::Relaxed);
         out
+    }
+}
+
+/// One publication encoded once per wire format that its subscribers read.
+#[derive(Debug)]
+struct Frames {
+    plain: Bytes,
+    native: Bytes,
+}
+
+impl Frames {
+    fn encode<S: Subscriber>(p: &Publication, subs: &[Arc<S>]) -> Frames {
+        let wants = |wire| subs.iter().any(|s| s.wire() == wire);
+        Frames {
+            plain: if wants(Wire::Plain) {
+                plain_frame(p)
+            } else {
+                Bytes::new()
+            },
+            native: if wants(Wire::Native) {
+                native_frame(p)
+            } else {
+                Bytes::new()
+            },
+        }
+    }
+
+    fn get(&self, wire: Wire) -> &Bytes {
+        match wire {
+            Wire::Plain => &self.plain,
+            Wire::Native => &self.native,
+        }
     }
 }
 
@@ -325,6 +399,29 @@ mod tests {
         assert_eq!(hub.broadcast(&p).delivered, 1);
         assert!(a.got.lock().is_empty());
         assert_eq!(&b.got.lock()[0][..], b"\x82\x01\xff");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn parallel_fanout_reaches_everyone_in_order() {
+        let mut hub = Hub::new(Arc::default());
+        hub.lanes = 4;
+        let hub = Arc::new(hub);
+        let subs: Vec<_> = (0..1000).map(|i| fake(i, Wire::Plain, 100)).collect();
+        for s in &subs {
+            hub.subscribe(&ch("big"), s);
+        }
+        for payload in [&b"one"[..], b"two", b"three"] {
+            let p = Publication {
+                payload: Bytes::from_static(payload),
+                ..publication("big", b"")
+            };
+            assert_eq!(Hub::broadcast_parallel(&hub, p).await.delivered, 1000);
+        }
+        for s in &subs {
+            let got = s.got.lock();
+            let bodies: Vec<&[u8]> = got.iter().map(|f| &f[2..]).collect();
+            assert_eq!(bodies, [&b"one"[..], b"two", b"three"]);
+        }
     }
 
     #[test]

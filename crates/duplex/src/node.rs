@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use duplex_protocol::channel::ChannelName;
+use futures_util::future::{BoxFuture, FutureExt};
 use parking_lot::Mutex;
 use serde::Serialize;
 
@@ -76,9 +77,12 @@ struct Deliver {
 }
 
 impl BrokerHandler for Deliver {
-    fn handle_publication(&self, publication: Publication) {
+    fn handle_publication(&self, publication: Publication) -> BoxFuture<'_, ()> {
         Stats::bump(&self.stats.messages_received);
-        self.hub.broadcast(&publication);
+        async move {
+            Hub::broadcast_parallel(&self.hub, publication).await;
+        }
+        .boxed()
     }
 }
 

@@ -33,8 +33,11 @@ impl MemoryBroker {
 
 impl Broker for MemoryBroker {
     fn publish(&self, publication: Publication) -> BoxFuture<'_, Result<(), BrokerError>> {
-        self.handler.handle_publication(publication);
-        future::ready(Ok(())).boxed()
+        async move {
+            self.handler.handle_publication(publication).await;
+            Ok(())
+        }
+        .boxed()
     }
 
     fn subscribe(&self, _channel: ChannelName) -> BoxFuture<'_, Result<(), BrokerError>> {

@@ -24,8 +24,10 @@ pub mod redis;
 
 /// Receives what the broker delivers to this node.
 pub trait BrokerHandler: Send + Sync + 'static {
-    /// A publication on a channel this node subscribed.
-    fn handle_publication(&self, publication: Publication);
+    /// A publication on a channel this node subscribed. Brokers await it
+    /// before handing over the next one, which keeps per-channel order even
+    /// when the fan-out runs on several threads.
+    fn handle_publication(&self, publication: Publication) -> BoxFuture<'_, ()>;
 }
 
 /// Why a broker operation failed; all are temporary from the caller's view.

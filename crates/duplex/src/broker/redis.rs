@@ -257,7 +257,7 @@ impl Shared {
         }
     }
 
-    fn deliver(&self, msg: &redis::Msg) {
+    async fn deliver(&self, msg: &redis::Msg) {
         let Some(name) = msg
             .get_channel_name()
             .strip_prefix(self.settings.prefix.as_str())
@@ -269,12 +269,13 @@ impl Shared {
         };
         let payload = msg.get_payload_bytes();
         let exclude = self.echo.take(msg.get_channel_name(), payload);
-        self.handler.handle_publication(Publication {
+        let publication = Publication {
             channel,
             kind: infer_kind(payload),
             payload: Bytes::copy_from_slice(payload),
             exclude,
-        });
+        };
+        self.handler.handle_publication(publication).await;
     }
 }
 
@@ -322,7 +323,7 @@ async fn subscriber_task(
                     return;
                 }
                 msg = stream.next() => match msg {
-                    Some(msg) => shared.deliver(&msg),
+                    Some(msg) => shared.deliver(&msg).await,
                     None => break "subscriber connection closed".to_string(),
                 },
                 op = ops.recv() => {
