@@ -69,20 +69,9 @@ pub(crate) struct DeliveryReport {
     pub(crate) published_total: u64,
     /// Messages the publisher sent only after the window (it fell behind).
     pub(crate) published_late: u64,
-    /// Deliveries expected in the window.
-    pub(crate) expected: u64,
-    /// Deliveries received in the window.
-    pub(crate) received: u64,
-    /// Deliveries never received.
-    pub(crate) lost: u64,
-    /// Deliveries received twice.
-    pub(crate) duplicates: u64,
-    /// Deliveries received after a later one.
-    pub(crate) reordered: u64,
-    /// Deliveries received though not expected.
-    pub(crate) unexpected: u64,
-    /// Subscribers that lost something.
-    pub(crate) subscribers_with_loss: u64,
+    /// Delivery accounting: expected, received, lost, duplicates, reordered...
+    #[serde(flatten)]
+    pub(crate) totals: crate::stats::Totals,
     /// End-to-end latency of in-window deliveries: publish to arrival at the
     /// client socket (kernel receive timestamp).
     pub(crate) latency_us: Latency,
@@ -183,7 +172,7 @@ impl DeliveryReport {
         let _ = writeln!(
             s,
             "  deliveries:  {} received of {} expected ({} published): lost {}, duplicates {}, reordered {}, {:.0}/s",
-            self.received, self.expected, self.published, self.lost, self.duplicates, self.reordered, self.deliveries_per_s
+            self.totals.received, self.totals.expected, self.published, self.totals.lost, self.totals.duplicates, self.totals.reordered, self.deliveries_per_s
         );
         let l = &self.latency_us;
         let _ = writeln!(
