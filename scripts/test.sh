@@ -16,7 +16,15 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
+LOG=target/test-output.log
+mkdir -p target
 echo "== cargo test"
-cargo test --workspace
+cargo test --workspace 2>&1 | tee "$LOG"
 echo "== WebSocket conformance (Autobahn sections 1-7, 9)"
 ./scripts/autobahn.sh
+
+# One closing line for people and CI: every cargo test plus the Autobahn cases.
+passed=$(awk '/^test result:/ {for (i = 1; i <= NF; i++) if ($(i+1) ~ /^passed/) n += $i} END {print n + 0}' "$LOG")
+failed=$(awk '/^test result:/ {for (i = 1; i <= NF; i++) if ($(i+1) ~ /^failed/) n += $i} END {print n + 0}' "$LOG")
+cases=$(awk '$1 == "all" {print $2 + $3 + $4}' target/autobahn-report/summary.txt 2>/dev/null || echo 0)
+echo "total: $((passed + cases)) passed, $failed failed"

@@ -60,7 +60,9 @@ macro_rules! settings {
         pub struct Settings {
             $(
                 $(#[$doc])*
-                #[arg(long, env = $env $(, value_parser = $parser)?)]
+                // A bare flag means "true", so `--insecure` works as well as
+                // `--plain-echo false`.
+                #[arg(long, env = $env, num_args = 0..=1, default_missing_value = "true" $(, value_parser = $parser)?)]
                 #[serde(default, deserialize_with = "de_opt")]
                 pub $name: Option<$ty>,
             )*

@@ -57,6 +57,29 @@ fn bad_config_fails_with_a_clear_message() {
     );
 }
 
+#[test]
+fn public_address_without_auth_is_refused_unless_insecure() {
+    let out = duplex()
+        .args(["serve", "--listen", "0.0.0.0:0"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--insecure"), "{err}");
+    // A bare `--insecure` parses (the run then stops at the missing config file).
+    let out = duplex()
+        .args([
+            "serve",
+            "--insecure",
+            "--config",
+            "/nonexistent/duplex.toml",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot read config file"), "{err}");
+}
+
 #[tokio::test]
 async fn subscribe_prints_what_publish_sends() {
     let redis = RedisServer::start();
