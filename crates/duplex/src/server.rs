@@ -186,8 +186,9 @@ async fn serve_http<S>(
             conn.await
         }
     };
-    if let Err(e) = result {
-        tracing::debug!(%remote, error = %e, "http connection ended with an error");
+    match result {
+        Ok(()) => tracing::trace!(%remote, "http connection ended"),
+        Err(e) => tracing::debug!(%remote, error = %e, "http connection ended with an error"),
     }
 }
 

@@ -19,3 +19,50 @@ use std::time::Duration;
 
 /// How long a closing connection waits for the peer's close frame.
 pub(crate) const CLOSE_GRACE: Duration = Duration::from_secs(2);
+
+#[cfg(test)]
+mod size_tests {
+    use std::sync::Arc;
+
+    use crate::config::Config;
+    use crate::conn::Conn;
+    use crate::hub::Wire;
+    use crate::node::Node;
+    use crate::session::{native::NativeSession, Session};
+    use crate::transport::outbound::QueueLimits;
+
+    /// Every idle connection holds these two futures: keep them small
+    /// (boxing the command handlers took the reader from ~5 KiB to 704 B).
+    #[tokio::test]
+    async fn connection_tasks_stay_small() {
+        let limits = QueueLimits {
+            max_bytes: 1,
+            max_frames: 1,
+        };
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], 1));
+        let conn = Conn::new(1, "n", Wire::Native, addr, limits, 0);
+        let writer = super::writer::run(Arc::clone(&conn));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let stream = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let node = Node::start(Config::default()).unwrap();
+        let session = Session::Native(NativeSession::new());
+        let reader = super::reader::run(
+            node,
+            Arc::clone(&conn),
+            stream,
+            bytes::BytesMut::new(),
+            session,
+        );
+        let sizes = (
+            std::mem::size_of_val(&writer),
+            std::mem::size_of_val(&reader),
+            std::mem::size_of::<Conn>(),
+        );
+        assert!(
+            sizes.0 <= 1024 && sizes.1 <= 1024 && sizes.2 <= 512,
+            "writer, reader, Conn: {sizes:?} bytes"
+        );
+    }
+}
