@@ -74,3 +74,102 @@ async fn node_starts_degraded_when_redis_is_down_and_recovers() {
     redis.publish("channel", b"hello late redis").await;
     assert_eq!(plain.next_text().await, "hello late redis");
 }
+
+#[tokio::test]
+async fn stalled_redis_times_out_publishes_then_recovers() {
+    let redis = RedisServer::start();
+    let node = TestNode::start(duplex::config::Settings {
+        redis: Some(redis.url()),
+        redis_timeout: Some(std::time::Duration::from_millis(500)),
+        redis_health_interval: Some(std::time::Duration::from_millis(300)),
+        ..support::node::settings()
+    })
+    .await;
+    support::eventually("healthy", || async { node.health().await == 200 }).await;
+    let mut native = Client::connect(&node.ws("/ws")).await;
+    native.subscribe(&["news"]).await;
+
+    // Stall every Redis client (the node's too) for 3 s.
+    let mut admin = redis.connection().await;
+    let _: () = redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(3000)
+        .arg("ALL")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let reply = native
+        .command("publish", json!({"channel": "news", "data": "stalled"}))
+        .await;
+    let waited = started.elapsed();
+    let code = reply["error"]["code"].as_u64();
+    assert!(
+        matches!(code, Some(107 | 109)),
+        "a temporary error, not a hang: {reply}"
+    );
+    assert!(
+        waited < std::time::Duration::from_millis(2500),
+        "answered within the bound ({waited:?})"
+    );
+    // The health ping notices the stall; once Redis answers again, delivery resumes.
+    support::eventually("health turns 503 while stalled", || async {
+        node.health().await == 503
+    })
+    .await;
+    support::eventually("health back to 200", || async {
+        node.health().await == 200
+    })
+    .await;
+    // Publish until one arrives: a PUBLISH racing the resubscription may
+    // reach no one, which is at-most-once delivery, not a failure.
+    for attempt in 0.. {
+        assert!(attempt < 50, "delivery did not resume");
+        redis.publish("news", b"\"after the stall\"").await;
+        let waiting =
+            tokio::time::timeout(std::time::Duration::from_millis(200), native.next_push());
+        if let Ok((_, data)) = waiting.await {
+            assert_eq!(data, json!("after the stall"));
+            break;
+        }
+    }
+}
+
+#[tokio::test]
+async fn silently_dead_redis_connection_is_detected_and_replaced() {
+    let redis = RedisServer::start();
+    let proxy = support::proxy::Proxy::start(redis.port).await;
+    let node = TestNode::start(duplex::config::Settings {
+        redis: Some(format!("redis://127.0.0.1:{}", proxy.port)),
+        redis_timeout: Some(std::time::Duration::from_millis(500)),
+        redis_health_interval: Some(std::time::Duration::from_millis(300)),
+        ..support::node::settings()
+    })
+    .await;
+    support::eventually("healthy", || async { node.health().await == 200 }).await;
+    let mut plain = Client::connect(&node.ws("/")).await;
+
+    proxy.blackhole(true);
+    let started = std::time::Instant::now();
+    support::eventually("dead connection detected", || async {
+        node.health().await == 503
+    })
+    .await;
+    let detected = started.elapsed();
+    assert!(
+        detected < std::time::Duration::from_millis(2000),
+        "detected within health interval + timeout ({detected:?})"
+    );
+    proxy.blackhole(false);
+    support::eventually("reconnected", || async { node.health().await == 200 }).await;
+    for attempt in 0.. {
+        assert!(attempt < 50, "delivery did not resume");
+        redis.publish("channel", b"alive again").await;
+        let waiting =
+            tokio::time::timeout(std::time::Duration::from_millis(200), plain.next_text());
+        if let Ok(text) = waiting.await {
+            assert_eq!(text, "alive again");
+            break;
+        }
+    }
+}
