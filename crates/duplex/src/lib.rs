@@ -32,3 +32,4 @@ pub mod transport;
 
 mod heartbeat;
 mod session;
+mod throttle;

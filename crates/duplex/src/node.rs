@@ -28,6 +28,7 @@ use crate::conn::Conn;
 use crate::hub::{Hub, Wire};
 use crate::message::Publication;
 use crate::stats::{Stats, StatsSnapshot};
+use crate::throttle::Throttle;
 use crate::transport::outbound::QueueLimits;
 
 const STRIPES: usize = 256;
@@ -60,6 +61,7 @@ struct Inner {
     stripes: Box<[tokio::sync::Mutex<()>]>,
     hasher: std::collections::hash_map::RandomState,
     next_seq: AtomicU64,
+    publish_warnings: Throttle,
 }
 
 impl std::fmt::Debug for Inner {
@@ -146,6 +148,7 @@ impl Node {
                 stripes: (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
                 hasher: Default::default(),
                 next_seq: AtomicU64::new(1),
+                publish_warnings: Throttle::new(1000),
             }),
         })
     }
@@ -263,7 +266,9 @@ impl Node {
         let result = self.inner.broker.publish(publication).await;
         if let Err(e) = &result {
             Stats::bump(&self.inner.stats.publish_failures);
-            tracing::warn!(%channel, error = %e, "publish failed");
+            if let Some(skipped) = self.inner.publish_warnings.allow() {
+                tracing::warn!(%channel, error = %e, similar_skipped = skipped, "publish failed (counted in publish_failures)");
+            }
         }
         result
     }

@@ -69,7 +69,8 @@ impl PlainSession {
         };
         if let Err(e) = node.publish(publication).await {
             Stats::bump(&node.stats().plain_publish_dropped);
-            tracing::warn!(conn = %conn.id, %channel, error = %e, "plain client's message dropped: broker refused it");
+            // Node::publish already logged it (throttled); this one is at debug.
+            tracing::debug!(conn = %conn.id, %channel, error = %e, "plain client's message dropped: broker refused it");
         }
         Flow::Continue
     }
