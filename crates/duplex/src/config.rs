@@ -149,6 +149,10 @@ settings! {
     max_message_size: usize = 64 * 1024, "DUPLEX_MAX_MESSAGE_SIZE";
     /// Most frames one fragmented message may have [default: 1024].
     max_fragments: usize = 1024, "DUPLEX_MAX_FRAGMENTS";
+    /// Most open client connections on this node, 0 = no limit; more get HTTP 503 [default: 100000].
+    max_connections: usize = 100_000, "DUPLEX_MAX_CONNECTIONS";
+    /// Most open connections from one client address, 0 = no limit; more get HTTP 429 [default: 0].
+    max_connections_per_ip: usize = 0, "DUPLEX_MAX_CONNECTIONS_PER_IP";
     /// Most channels one connection may subscribe to [default: 10000].
     max_subscriptions: usize = 10_000, "DUPLEX_MAX_SUBSCRIPTIONS";
     /// Longest channel name in bytes [default: 255].

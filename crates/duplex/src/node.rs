@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 use std::hash::BuildHasher;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Instant;
@@ -44,6 +44,17 @@ pub enum NodeError {
     Redis(#[from] redis::RedisError),
 }
 
+/// Why a new connection was refused at the upgrade.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Refused {
+    /// `max_connections` reached.
+    #[error("this node is at its connection limit ({0}); try another node or later")]
+    NodeFull(usize),
+    /// `max_connections_per_ip` reached for the client's address.
+    #[error("too many connections from your address (limit {0})")]
+    AddressFull(usize),
+}
+
 /// Handle to a running node; clone freely.
 #[derive(Clone, Debug)]
 pub struct Node {
@@ -62,6 +73,8 @@ struct Inner {
     hasher: std::collections::hash_map::RandomState,
     next_seq: AtomicU64,
     publish_warnings: Throttle,
+    /// Open connections per client address, when that limit is set.
+    per_ip: Mutex<HashMap<IpAddr, usize>>,
 }
 
 impl std::fmt::Debug for Inner {
@@ -149,6 +162,7 @@ impl Node {
                 hasher: Default::default(),
                 next_seq: AtomicU64::new(1),
                 publish_warnings: Throttle::new(1000),
+                per_ip: Mutex::default(),
             }),
         })
     }
@@ -184,9 +198,10 @@ impl Node {
     }
 
     /// Creates and registers a connection.
-    pub(crate) fn register(&self, wire: Wire, remote: SocketAddr) -> Arc<Conn> {
-        let seq = self.inner.next_seq.fetch_add(1, Relaxed);
+    pub(crate) fn register(&self, wire: Wire, remote: SocketAddr) -> Result<Arc<Conn>, Refused> {
         let config = &self.inner.config;
+        self.admit(remote.ip())?;
+        let seq = self.inner.next_seq.fetch_add(1, Relaxed);
         let limits = QueueLimits {
             max_bytes: config.max_queued_bytes,
             max_frames: config.max_queued_messages,
@@ -195,9 +210,42 @@ impl Node {
         self.registry_shard(seq)
             .lock()
             .insert(seq, Arc::clone(&conn));
-        self.inner.stats.connections.fetch_add(1, Relaxed);
         Stats::bump(&self.inner.stats.connects);
-        conn
+        Ok(conn)
+    }
+
+    /// Counts a new connection against the node and per-address limits.
+    fn admit(&self, ip: IpAddr) -> Result<(), Refused> {
+        let config = &self.inner.config;
+        let open = self.inner.stats.connections.fetch_add(1, Relaxed);
+        if config.max_connections > 0 && open >= config.max_connections as u64 {
+            self.inner.stats.connections.fetch_sub(1, Relaxed);
+            return Err(Refused::NodeFull(config.max_connections));
+        }
+        if config.max_connections_per_ip > 0 {
+            let mut per_ip = self.inner.per_ip.lock();
+            let count = per_ip.entry(ip).or_insert(0);
+            if *count >= config.max_connections_per_ip {
+                drop(per_ip);
+                self.inner.stats.connections.fetch_sub(1, Relaxed);
+                return Err(Refused::AddressFull(config.max_connections_per_ip));
+            }
+            *count += 1;
+        }
+        Ok(())
+    }
+
+    fn release(&self, ip: IpAddr) {
+        self.inner.stats.connections.fetch_sub(1, Relaxed);
+        if self.inner.config.max_connections_per_ip > 0 {
+            let mut per_ip = self.inner.per_ip.lock();
+            if let Some(count) = per_ip.get_mut(&ip) {
+                *count -= 1;
+                if *count == 0 {
+                    per_ip.remove(&ip);
+                }
+            }
+        }
     }
 
     /// Removes a connection and all its subscriptions.
@@ -210,7 +258,7 @@ impl Node {
             self.unsubscribe(conn, &channel).await;
         }
         self.registry_shard(conn.seq).lock().remove(&conn.seq);
-        self.inner.stats.connections.fetch_sub(1, Relaxed);
+        self.release(conn.remote.ip());
     }
 
     fn registry_shard(&self, seq: u64) -> &RegistryShard {

@@ -19,7 +19,7 @@ use tokio::net::TcpStream;
 
 use super::reader;
 use crate::hub::Wire;
-use crate::node::Node;
+use crate::node::{Node, Refused};
 use crate::server::AppState;
 use crate::session::native::NativeSession;
 use crate::session::plain::PlainSession;
@@ -184,7 +184,17 @@ async fn upgrade(
     // connection open, every message published afterwards reaches it
     // (anything arriving before the socket is handed over waits in the queue).
     let node = app.node.clone();
-    let conn = node.register(wire, remote);
+    let conn = match node.register(wire, remote) {
+        Ok(conn) => conn,
+        Err(refused) => {
+            let status = match refused {
+                Refused::NodeFull(_) => StatusCode::SERVICE_UNAVAILABLE,
+                Refused::AddressFull(_) => StatusCode::TOO_MANY_REQUESTS,
+            };
+            tracing::info!(%remote, reason = %refused, "refused connection");
+            return refuse(status, &refused.to_string());
+        }
+    };
     let session = match wire {
         Wire::Native => Session::Native(NativeSession::new()),
         Wire::Plain => match PlainSession::start(&node, &conn, channels).await {

@@ -1,0 +1,60 @@
+//! Connection limits refuse at the upgrade with a status and a reason, and
+//! free their slot when a client leaves.
+
+mod support;
+
+use support::client::Client;
+use support::node::{settings, TestNode};
+
+async fn refused(url: &str) -> (u16, String) {
+    match tokio_tungstenite::connect_async(url).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => (
+            response.status().as_u16(),
+            String::from_utf8_lossy(response.body().as_deref().unwrap_or_default()).to_string(),
+        ),
+        Ok(_) => panic!("connection was accepted"),
+        Err(e) => panic!("unexpected error {e}"),
+    }
+}
+
+#[tokio::test]
+async fn node_limit_answers_503_and_frees_slots() {
+    let node = TestNode::start(duplex::config::Settings {
+        max_connections: Some(2),
+        ..settings()
+    })
+    .await;
+    let first = Client::connect(&node.ws("/")).await;
+    let _second = Client::connect(&node.ws("/ws")).await;
+    let (status, body) = refused(&node.ws("/")).await;
+    assert_eq!(status, 503);
+    assert!(body.contains("connection limit (2)"), "{body}");
+    first.close().await;
+    support::eventually("slot freed", || async {
+        node.info().await["connections"] == 1
+    })
+    .await;
+    let _third = Client::connect(&node.ws("/")).await;
+}
+
+#[tokio::test]
+async fn per_address_limit_answers_429() {
+    let node = TestNode::start(duplex::config::Settings {
+        max_connections_per_ip: Some(1),
+        ..settings()
+    })
+    .await;
+    let only = Client::connect(&node.ws("/")).await;
+    let (status, body) = refused(&node.ws("/ws")).await;
+    assert_eq!(status, 429);
+    assert!(
+        body.contains("too many connections from your address"),
+        "{body}"
+    );
+    only.close().await;
+    support::eventually("slot freed", || async {
+        node.info().await["connections"] == 0
+    })
+    .await;
+    let _again = Client::connect(&node.ws("/ws")).await;
+}
