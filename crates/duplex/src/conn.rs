@@ -11,8 +11,10 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use bytes::Bytes;
-use tokio_util::sync::CancellationToken;
+use tokio::sync::Notify;
 
 use crate::hub::{Subscriber, Undelivered, Wire};
 use crate::transport::outbound::{Outbound, PushError, QueueLimits};
@@ -30,9 +32,40 @@ pub struct Conn {
     /// Milliseconds since node start when the client last sent any frame.
     last_seen_ms: AtomicU64,
     /// Ends the reader and writer at once (no more I/O for this client).
-    pub(crate) abort: CancellationToken,
-    /// Cancelled when the reader has finished (the peer closed or failed).
-    pub(crate) done_reading: CancellationToken,
+    pub(crate) abort: Signal,
+    /// Fired when the reader has finished (the peer closed or failed).
+    pub(crate) done_reading: Signal,
+}
+
+/// A one-shot, many-waiter flag stored inline: what a `CancellationToken`
+/// does for a connection without its heap-allocated tree node (each
+/// connection has two, and idle memory per connection is a product metric).
+#[derive(Debug, Default)]
+pub(crate) struct Signal {
+    fired: AtomicBool,
+    notify: Notify,
+}
+
+impl Signal {
+    /// Fires the signal; every current and future waiter returns.
+    pub(crate) fn cancel(&self) {
+        self.fired.store(true, Ordering::Release);
+        self.notify.notify_waiters();
+    }
+
+    /// Waits until the signal has fired.
+    pub(crate) async fn cancelled(&self) {
+        loop {
+            let notified = self.notify.notified();
+            tokio::pin!(notified);
+            // Register before checking, so a concurrent `cancel` is not missed.
+            notified.as_mut().enable();
+            if self.fired.load(Ordering::Acquire) {
+                return;
+            }
+            notified.await;
+        }
+    }
 }
 
 impl Conn {
@@ -51,8 +84,8 @@ impl Conn {
             remote,
             outbound: Outbound::new(limits),
             last_seen_ms: AtomicU64::new(now_ms),
-            abort: CancellationToken::new(),
-            done_reading: CancellationToken::new(),
+            abort: Signal::default(),
+            done_reading: Signal::default(),
         })
     }
 
@@ -100,5 +133,25 @@ impl Subscriber for Conn {
 
     fn describe(&self) -> (&str, SocketAddr) {
         (&self.id, self.remote)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::Signal;
+
+    #[tokio::test]
+    async fn signal_wakes_waiters_before_and_after_firing() {
+        let signal = Arc::new(Signal::default());
+        let waiter = tokio::spawn({
+            let signal = Arc::clone(&signal);
+            async move { signal.cancelled().await }
+        });
+        tokio::task::yield_now().await;
+        signal.cancel();
+        waiter.await.unwrap();
+        signal.cancelled().await; // already fired: returns at once
     }
 }

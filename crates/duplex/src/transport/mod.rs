@@ -32,7 +32,7 @@ mod size_tests {
     use crate::transport::outbound::QueueLimits;
 
     /// Every idle connection holds these two futures: keep them small
-    /// (boxing the command handlers took the reader from ~5 KiB to 704 B).
+    /// (boxing the command handlers took the reader from ~5 KiB to ~700 B).
     #[tokio::test]
     async fn connection_tasks_stay_small() {
         let limits = QueueLimits {
@@ -60,8 +60,9 @@ mod size_tests {
             std::mem::size_of_val(&reader),
             std::mem::size_of::<Conn>(),
         );
+        eprintln!("writer, reader, Conn: {sizes:?} bytes");
         assert!(
-            sizes.0 <= 1024 && sizes.1 <= 1024 && sizes.2 <= 512,
+            sizes.0 <= 640 && sizes.1 <= 800 && sizes.2 <= 384,
             "writer, reader, Conn: {sizes:?} bytes"
         );
     }

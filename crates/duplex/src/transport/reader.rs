@@ -8,6 +8,7 @@ use std::sync::Arc;
 use bytes::BytesMut;
 use duplex_protocol::code::CloseCode;
 use duplex_protocol::ws::{encode_frame, Decoder, DecoderLimits, Event, OpCode};
+use tokio::net::tcp::OwnedReadHalf;
 use tokio::net::TcpStream;
 
 use super::{writer, CLOSE_GRACE};
@@ -30,10 +31,22 @@ enum End {
     Aborted,
 }
 
+/// Waits until the socket is readable, through the socket's single reader
+/// waker slot rather than `readable()`'s waiter list. This matters: hyper
+/// leaves its connection task's waker in that slot when it hands the socket
+/// over, and until something replaces it, that waker keeps the finished
+/// task's ~1.2 KiB allocation alive for the whole life of the connection
+/// (found with massif: it was a quarter of all idle memory).
+fn read_ready(
+    socket: &OwnedReadHalf,
+) -> impl std::future::Future<Output = std::io::Result<()>> + '_ {
+    std::future::poll_fn(move |cx| socket.as_ref().poll_read_ready(cx))
+}
+
 /// After we fail a connection, keep reading (and discarding) for a moment
 /// so the peer can read our close frame: closing a socket with unread input
 /// makes the kernel send a reset, which can destroy the close frame in flight.
-async fn linger(socket: &tokio::net::tcp::OwnedReadHalf, conn: &Conn) {
+async fn linger(socket: &OwnedReadHalf, conn: &Conn) {
     let deadline = tokio::time::sleep(CLOSE_GRACE);
     tokio::pin!(deadline);
     let mut sink = [0u8; 4096];
@@ -41,7 +54,7 @@ async fn linger(socket: &tokio::net::tcp::OwnedReadHalf, conn: &Conn) {
         tokio::select! {
             _ = &mut deadline => return,
             _ = conn.abort.cancelled() => return,
-            ready = socket.readable() => {
+            ready = read_ready(socket) => {
                 if ready.is_err() {
                     return;
                 }
@@ -121,7 +134,7 @@ pub(crate) async fn run(
         tokio::select! {
             biased;
             _ = conn.abort.cancelled() => break End::Aborted,
-            ready = socket.readable() => {
+            ready = read_ready(&socket) => {
                 if let Err(e) = ready {
                     break End::ReadError(e);
                 }

@@ -22,6 +22,7 @@ use tokio::net::TcpStream;
 use super::CLOSE_GRACE;
 use crate::conn::Conn;
 use crate::hub::Wire;
+use crate::transport::outbound::Closing;
 
 /// Most frames handed to one `writev` (Linux allows 1024 iovecs).
 const MAX_IOVECS: usize = 256;
@@ -73,25 +74,9 @@ pub(crate) async fn run(conn: Arc<Conn>) {
             continue;
         }
         if let Some(closing) = taken.closing {
-            let mut last = VecDeque::with_capacity(2);
-            if closing.announce && conn.wire == Wire::Native {
-                last.push_back(push::disconnect(closing.code, &closing.reason));
-            }
-            last.push_back(encode_close(closing.code, &closing.reason));
-            if let Ok(Ok(())) = tokio::time::timeout(
-                CLOSE_GRACE,
-                write_batch(&conn, socket, &mut last, Batch::Closing),
-            )
-            .await
-            {
-                let _ = socket2::SockRef::from(socket).shutdown(std::net::Shutdown::Write);
-                // Give the peer a moment to answer with its close frame.
-                tokio::select! {
-                    _ = conn.done_reading.cancelled() => {}
-                    _ = conn.abort.cancelled() => {}
-                    _ = tokio::time::sleep(CLOSE_GRACE) => {}
-                }
-            }
+            // Boxed: the close path's timers would otherwise sit in every
+            // idle connection's task.
+            Box::pin(finish(&conn, socket, closing)).await;
             break;
         }
         tokio::select! {
@@ -101,6 +86,35 @@ pub(crate) async fn run(conn: Arc<Conn>) {
         }
     }
     conn.abort.cancel();
+}
+
+/// Writes the last frames (disconnect push on `/ws`, close frame), half-closes
+/// the socket and gives the peer a moment to answer with its close frame.
+async fn finish(conn: &Conn, socket: &TcpStream, closing: Closing) {
+    let mut last = VecDeque::with_capacity(2);
+    if closing.announce && conn.wire == Wire::Native {
+        last.push_back(push::disconnect(closing.code, &closing.reason));
+    }
+    last.push_back(encode_close(closing.code, &closing.reason));
+    let written = tokio::time::timeout(
+        CLOSE_GRACE,
+        write_batch(conn, socket, &mut last, Batch::Closing),
+    )
+    .await;
+    if let Ok(Ok(())) = written {
+        let _ = socket2::SockRef::from(socket).shutdown(std::net::Shutdown::Write);
+        tokio::select! {
+            _ = conn.done_reading.cancelled() => {}
+            _ = conn.abort.cancelled() => {}
+            _ = tokio::time::sleep(CLOSE_GRACE) => {}
+        }
+    }
+}
+
+/// Waits for room in the socket through its single writer waker slot (see
+/// `reader::read_ready` for why not `writable()`).
+fn write_ready(socket: &TcpStream) -> impl std::future::Future<Output = std::io::Result<()>> + '_ {
+    std::future::poll_fn(move |cx| socket.poll_write_ready(cx))
 }
 
 /// What a batch holds.
@@ -165,7 +179,7 @@ async fn write_batch(
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                 if closing_now {
                     // Finishing the begun frame is worth a short wait, no more.
-                    match tokio::time::timeout(CLOSE_GRACE, socket.writable()).await {
+                    match tokio::time::timeout(CLOSE_GRACE, write_ready(socket)).await {
                         Ok(Ok(())) => {}
                         Ok(Err(e)) => return Err(Stop::Io(e)),
                         Err(_) => return Err(Stop::StuckWhileClosing),
@@ -175,7 +189,7 @@ async fn write_batch(
                 tokio::select! {
                     biased;
                     _ = conn.abort.cancelled() => return Err(Stop::Aborted),
-                    ready = socket.writable() => ready.map_err(Stop::Io)?,
+                    ready = write_ready(socket) => ready.map_err(Stop::Io)?,
                     // A close may arrive while the socket is full.
                     _ = conn.outbound.wait() => {}
                 }
