@@ -31,8 +31,6 @@ pub struct Stats {
     pub heartbeat_timeouts: AtomicU64,
     /// Clients cut for protocol violations (bad frames, oversized messages).
     pub protocol_errors: AtomicU64,
-    /// Times the broker connection was lost.
-    pub broker_disconnects: AtomicU64,
 }
 
 /// A consistent-enough copy of the counters for JSON output.
@@ -56,8 +54,6 @@ pub struct StatsSnapshot {
     pub heartbeat_timeouts: u64,
     /// See [`Stats::protocol_errors`].
     pub protocol_errors: u64,
-    /// See [`Stats::broker_disconnects`].
-    pub broker_disconnects: u64,
 }
 
 impl Stats {
@@ -78,7 +74,6 @@ impl Stats {
             slow_consumer_disconnects: self.slow_consumer_disconnects.load(Relaxed),
             heartbeat_timeouts: self.heartbeat_timeouts.load(Relaxed),
             protocol_errors: self.protocol_errors.load(Relaxed),
-            broker_disconnects: self.broker_disconnects.load(Relaxed),
         }
     }
 }
