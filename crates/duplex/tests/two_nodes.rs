@@ -77,3 +77,58 @@ async fn last_local_unsubscribe_leaves_redis() {
     })
     .await;
 }
+
+/// A node killed with SIGKILL: the other keeps serving, and the dead node's
+/// clients can reconnect there and receive again.
+#[tokio::test]
+async fn sigkilled_node_does_not_disturb_the_other() {
+    let redis = RedisServer::start();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut doomed = std::process::Command::new(env!("CARGO_BIN_EXE_duplex"))
+        .args([
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--redis",
+            &redis.url(),
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn duplex");
+    let survivor = TestNode::redis(&redis.url()).await;
+    support::eventually("doomed node serves", || async {
+        reqwest::get(format!("http://127.0.0.1:{port}/health"))
+            .await
+            .is_ok_and(|r| r.status() == 200)
+    })
+    .await;
+    let mut on_doomed = Client::connect(&format!("ws://127.0.0.1:{port}/")).await;
+    let mut on_survivor = Client::connect(&survivor.ws("/")).await;
+    redis.publish("channel", b"before").await;
+    assert_eq!(on_doomed.next_text().await, "before");
+    assert_eq!(on_survivor.next_text().await, "before");
+
+    doomed.kill().expect("SIGKILL");
+    doomed.wait().expect("reaped");
+    redis.publish("channel", b"after").await;
+    assert_eq!(on_survivor.next_text().await, "after");
+    // The dead node's client sees its connection drop and moves over.
+    let gone = tokio::time::timeout(
+        support::WAIT,
+        futures_util::StreamExt::next(&mut on_doomed.ws),
+    )
+    .await;
+    assert!(
+        matches!(gone, Ok(None | Some(Err(_)))),
+        "connection dropped: {gone:?}"
+    );
+    let mut moved = Client::connect(&survivor.ws("/")).await;
+    redis.publish("channel", b"welcome").await;
+    assert_eq!(moved.next_text().await, "welcome");
+    assert_eq!(on_survivor.next_text().await, "welcome");
+}
