@@ -102,6 +102,8 @@ pub enum CloseCode {
     HeartbeatTimeout,
     /// 3003: disconnected by the server or an operator; may reconnect.
     ServerDisconnect,
+    /// 3004: kept publishing over the rate limit after being told; reconnect with backoff.
+    TooManyRequests,
     /// 3501: the client sent something the protocol forbids; fix the client.
     BadRequest,
 }
@@ -121,6 +123,7 @@ impl CloseCode {
             CloseCode::SlowConsumer => 3001,
             CloseCode::HeartbeatTimeout => 3002,
             CloseCode::ServerDisconnect => 3003,
+            CloseCode::TooManyRequests => 3004,
             CloseCode::BadRequest => 3501,
         }
     }
@@ -139,6 +142,7 @@ impl CloseCode {
             3001 => CloseCode::SlowConsumer,
             3002 => CloseCode::HeartbeatTimeout,
             3003 => CloseCode::ServerDisconnect,
+            3004 => CloseCode::TooManyRequests,
             3501 => CloseCode::BadRequest,
             _ => return None,
         })
@@ -173,6 +177,7 @@ mod tests {
             CloseCode::SlowConsumer,
             CloseCode::HeartbeatTimeout,
             CloseCode::ServerDisconnect,
+            CloseCode::TooManyRequests,
             CloseCode::BadRequest,
         ] {
             assert_eq!(CloseCode::from_u16(code.as_u16()), Some(code));

@@ -116,7 +116,7 @@ macro_rules! plain_file_value {
         }
     )*};
 }
-plain_file_value!(SocketAddr, String, bool, usize, LogFormat);
+plain_file_value!(SocketAddr, String, bool, usize, u32, LogFormat);
 
 fn de_opt<'de, D: serde::Deserializer<'de>, T: FileValue>(d: D) -> Result<Option<T>, D::Error> {
     T::de(d).map(Some)
@@ -153,6 +153,8 @@ settings! {
     max_connections: usize = 100_000, "DUPLEX_MAX_CONNECTIONS";
     /// Most open connections from one client address, 0 = no limit; more get HTTP 429 [default: 0].
     max_connections_per_ip: usize = 0, "DUPLEX_MAX_CONNECTIONS_PER_IP";
+    /// Publishes per second one connection may make (burst as large), 0 = no limit [default: 1000].
+    max_publish_rate: u32 = 1000, "DUPLEX_MAX_PUBLISH_RATE";
     /// Most channels one connection may subscribe to [default: 10000].
     max_subscriptions: usize = 10_000, "DUPLEX_MAX_SUBSCRIPTIONS";
     /// Longest channel name in bytes [default: 255].

@@ -58,3 +58,43 @@ async fn per_address_limit_answers_429() {
     .await;
     let _again = Client::connect(&node.ws("/ws")).await;
 }
+
+#[tokio::test]
+async fn publish_rate_limit_refuses_then_closes() {
+    let node = TestNode::start(duplex::config::Settings {
+        max_publish_rate: Some(2),
+        ..settings()
+    })
+    .await;
+    let mut native = Client::connect(&node.ws("/ws")).await;
+    let publish = serde_json::json!({"channel": "x", "data": 1});
+    let codes: Vec<serde_json::Value> = {
+        let mut codes = Vec::new();
+        for _ in 0..4 {
+            let reply = native.command("publish", publish.clone()).await;
+            codes.push(reply["error"]["code"].clone());
+        }
+        codes
+    };
+    assert_eq!(
+        codes,
+        [
+            serde_json::Value::Null,
+            serde_json::Value::Null,
+            108.into(),
+            108.into()
+        ]
+    );
+    native
+        .send_text(r#"{"id":99,"method":"publish","params":{"channel":"x","data":1}}"#)
+        .await;
+    assert_eq!(native.expect_close().await.code, 3004);
+
+    let mut plain = Client::connect(&node.ws("/?channel=y")).await;
+    for i in 0..5 {
+        plain.send_text(&format!("m{i}")).await;
+    }
+    let closed = plain.expect_close().await;
+    assert_eq!(closed.code, 3004);
+    assert_eq!(node.info().await["stats"]["plain_publish_dropped"], 2);
+}

@@ -9,6 +9,7 @@
 
 pub(crate) mod native;
 pub(crate) mod plain;
+mod rate;
 
 use std::sync::Arc;
 

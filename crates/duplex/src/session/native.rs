@@ -13,6 +13,7 @@ use duplex_protocol::ws::MessageKind;
 use duplex_protocol::PROTOCOL_VERSION;
 use indexmap::IndexSet;
 
+use super::rate::{RateLimit, Verdict};
 use super::Flow;
 use crate::broker::BrokerError;
 use crate::conn::Conn;
@@ -33,16 +34,18 @@ enum Status {
 pub(crate) struct NativeSession {
     status: Status,
     channels: IndexSet<ChannelName>,
+    publish_rate: RateLimit,
 }
 
 /// A reply frame, or the error to answer with.
 type Reply = Result<Bytes, (ErrorCode, String)>;
 
 impl NativeSession {
-    pub(crate) fn new() -> Self {
+    pub(crate) fn new(max_publish_rate: u32) -> Self {
         NativeSession {
             status: Status::Connecting,
             channels: IndexSet::new(),
+            publish_rate: RateLimit::new(max_publish_rate),
         }
     }
 
@@ -66,6 +69,25 @@ impl NativeSession {
             }
             Ok(request) => {
                 let id = request.id;
+                if matches!(request.command, Command::Publish(_)) {
+                    match self.publish_rate.check() {
+                        Verdict::Allow => {}
+                        Verdict::Refuse => {
+                            let _ = conn.send(push::error_reply(
+                                Some(id),
+                                ErrorCode::TooManyRequests,
+                                "publish rate limit exceeded; slow down",
+                            ));
+                            return Flow::Continue;
+                        }
+                        Verdict::Close => {
+                            return Flow::Close(
+                                CloseCode::TooManyRequests,
+                                "kept publishing over the rate limit".to_string(),
+                            );
+                        }
+                    }
+                }
                 match self.run(node, conn, id, request.command).await {
                     Ok(frame) => frame,
                     Err((code, message)) => push::error_reply(Some(id), code, &message),

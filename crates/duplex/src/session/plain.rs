@@ -12,6 +12,7 @@ use duplex_protocol::channel::ChannelName;
 use duplex_protocol::code::CloseCode;
 use duplex_protocol::ws::MessageKind;
 
+use super::rate::{RateLimit, Verdict};
 use super::Flow;
 use crate::conn::Conn;
 use crate::message::Publication;
@@ -23,6 +24,7 @@ use crate::stats::Stats;
 pub(crate) struct PlainSession {
     /// Subscribed channels; the first is where the client's frames go.
     channels: Vec<ChannelName>,
+    publish_rate: RateLimit,
 }
 
 impl PlainSession {
@@ -34,6 +36,7 @@ impl PlainSession {
     ) -> Result<Self, (Self, String)> {
         let mut session = PlainSession {
             channels: Vec::with_capacity(channels.len()),
+            publish_rate: RateLimit::new(node.config().max_publish_rate),
         };
         for channel in channels {
             if let Err(e) = node.subscribe(conn, &channel).await {
@@ -57,6 +60,21 @@ impl PlainSession {
                 CloseCode::PolicyViolation,
                 "publishing is disabled for plain clients".to_string(),
             );
+        }
+        match self.publish_rate.check() {
+            Verdict::Allow => {}
+            // No error channel in plain mode: over the limit, the frame is
+            // dropped and counted; a client that keeps going is closed.
+            Verdict::Refuse => {
+                Stats::bump(&node.stats().plain_publish_dropped);
+                return Flow::Continue;
+            }
+            Verdict::Close => {
+                return Flow::Close(
+                    CloseCode::TooManyRequests,
+                    "kept publishing over the rate limit".to_string(),
+                );
+            }
         }
         let Some(channel) = self.channels.first() else {
             return Flow::Continue;

@@ -47,7 +47,7 @@ mod size_tests {
             .await
             .unwrap();
         let node = Node::start(Config::default()).unwrap();
-        let session = Session::Native(NativeSession::new());
+        let session = Session::Native(NativeSession::new(0));
         let reader = super::reader::run(
             node,
             Arc::clone(&conn),

@@ -196,7 +196,7 @@ async fn upgrade(
         }
     };
     let session = match wire {
-        Wire::Native => Session::Native(NativeSession::new()),
+        Wire::Native => Session::Native(NativeSession::new(node.config().max_publish_rate)),
         Wire::Plain => match PlainSession::start(&node, &conn, channels).await {
             Ok(session) => Session::Plain(session),
             Err((session, error)) => {
