@@ -142,7 +142,7 @@ start_server() {
         PORT="$(free_port)"
         "$BIN" serve --listen "127.0.0.1:$PORT" \
             --max-message-size 16777216 --max-fragments 1000000 \
-            --max-queued-bytes 67108864 --max-queued-messages 1000000 \
+            --max-queued-bytes 67108864 --max-queued-messages 1000000 --max-publish-rate 0 \
             >>"$REPORT/duplex.log" 2>&1 </dev/null &
         SERVER_PID=$!
         for _ in $(seq 100); do
