@@ -13,6 +13,7 @@ mod conn;
 mod proc;
 mod protocol;
 mod publish;
+mod pusher;
 mod report;
 mod stats;
 mod target;

@@ -128,12 +128,9 @@ impl<S: Subscriber> Hub<S> {
         false
     }
 
-    /// Local subscriber count of a channel.
-    pub fn subscriber_count(&self, channel: &str) -> usize {
-        self.shard(channel)
-            .read()
-            .get(channel)
-            .map_or(0, |s| s.len())
+    /// How many channels have local subscribers (without listing them).
+    pub fn channel_count(&self) -> usize {
+        self.shards.iter().map(|shard| shard.read().len()).sum()
     }
 
     /// Every channel with local subscribers and their count.
@@ -162,9 +159,11 @@ impl<S: Subscriber> Hub<S> {
     /// Hands the publication to every local subscriber of its channel, on
     /// the calling thread.
     pub fn broadcast(&self, p: &Publication) -> Fanout {
-        let subs = self.snapshot(p);
-        let frames = Frames::encode(p, &subs);
-        self.deliver(&p.channel, &subs, &frames)
+        self.deliver_inline(p, &self.snapshot(p))
+    }
+
+    fn deliver_inline(&self, p: &Publication, subs: &[Arc<S>]) -> Fanout {
+        self.deliver(&p.channel, subs, &Frames::encode(p, subs))
     }
 
     /// Like [`Hub::broadcast`], but a large channel is split into chunks
@@ -177,8 +176,7 @@ impl<S: Subscriber> Hub<S> {
         let mut subs = hub.snapshot(&p);
         let lanes = hub.lanes.min(subs.len() / PARALLEL_CHUNK);
         if lanes <= 1 {
-            let frames = Frames::encode(&p, &subs);
-            return hub.deliver(&p.channel, &subs, &frames);
+            return hub.deliver_inline(&p, &subs);
         }
         let frames = Arc::new(Frames::encode(&p, &subs));
         let per_lane = subs.len().div_ceil(lanes);
@@ -338,7 +336,8 @@ mod tests {
         assert!(hub.subscribe(&ch("x"), &a));
         assert!(!hub.subscribe(&ch("x"), &b));
         assert!(!hub.subscribe(&ch("x"), &b), "idempotent");
-        assert_eq!(hub.subscriber_count("x"), 2);
+        assert_eq!(hub.channels(), vec![(ch("x"), 2)]);
+        assert_eq!(hub.channel_count(), 1);
         assert!(!hub.unsubscribe("x", 1));
         assert!(!hub.unsubscribe("x", 1), "already gone");
         assert!(hub.unsubscribe("x", 2));

@@ -335,7 +335,7 @@ impl Node {
             uptime_seconds: self.inner.started.elapsed().as_secs(),
             connections: stats.connections.load(Relaxed),
             subscriptions: stats.subscriptions.load(Relaxed),
-            channels: self.inner.hub.channels().len(),
+            channels: self.inner.hub.channel_count(),
             broker: self.inner.broker.state(),
             stats: stats.snapshot(),
         }

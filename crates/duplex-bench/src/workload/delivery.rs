@@ -8,7 +8,8 @@ use super::{client_config, Sample};
 use crate::cli::{Common, Load};
 use crate::conn::{self, now_us, Ctx};
 use crate::protocol::Protocol;
-use crate::publish::{self, PublishConfig, PusherApp, Via, Window};
+use crate::publish::{self, PublishConfig, Via, Window};
+use crate::pusher::PusherApp;
 use crate::report::{cpu_per_delivery, round3, DeliveryReport, Report};
 use crate::stats;
 

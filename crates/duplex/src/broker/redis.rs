@@ -13,6 +13,7 @@
 //!   message is inferred from UTF-8 validity on the way in.
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -59,6 +60,8 @@ struct Shared {
     settings: RedisSettings,
     client: redis::Client,
     state: Mutex<BrokerState>,
+    /// Set at the first successful connect: later ones are reconnects.
+    connected_before: AtomicBool,
     echo: EchoFilter,
     handler: Arc<dyn BrokerHandler>,
 }
@@ -93,6 +96,7 @@ impl RedisBroker {
             settings,
             client,
             state: Mutex::new(BrokerState::new("redis", BrokerStatus::Disconnected)),
+            connected_before: AtomicBool::new(false),
             echo: EchoFilter::default(),
             handler,
         });
@@ -223,7 +227,7 @@ impl Shared {
         if state.status == BrokerStatus::Connected {
             return;
         }
-        let first = state.reconnects == 0 && state.last_error.is_none();
+        let first = !self.connected_before.swap(true, Ordering::Relaxed);
         state.status = BrokerStatus::Connected;
         state.since = unix_now();
         state.last_error = None;
@@ -355,35 +359,33 @@ async fn connect(
     loop {
         let attempt =
             tokio::time::timeout(shared.settings.timeout, shared.client.get_async_pubsub());
-        tokio::pin!(attempt);
-        let error = loop {
-            tokio::select! {
-                _ = cancel.cancelled() => return None,
-                op = ops.recv() => match op {
-                    Some(op) => record(op, wanted),
-                    None => return None,
-                },
-                res = &mut attempt => match res {
-                    Ok(Ok(pubsub)) => return Some(pubsub),
-                    Ok(Err(e)) => break e.to_string(),
-                    Err(_) => break format!("connect timed out after {:?}", shared.settings.timeout),
-                },
-            }
+        let error = match while_recording(attempt, ops, wanted, cancel).await? {
+            Ok(Ok(pubsub)) => return Some(pubsub),
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => format!("connect timed out after {:?}", shared.settings.timeout),
         };
         shared.set_disconnected(&error);
-        let pause = tokio::time::sleep(*backoff);
-        tokio::pin!(pause);
-        loop {
-            tokio::select! {
-                _ = cancel.cancelled() => return None,
-                op = ops.recv() => match op {
-                    Some(op) => record(op, wanted),
-                    None => return None,
-                },
-                _ = &mut pause => break,
-            }
-        }
+        while_recording(tokio::time::sleep(*backoff), ops, wanted, cancel).await?;
         *backoff = (*backoff * 2).min(shared.settings.max_backoff);
+    }
+}
+
+/// Runs `work` while applying subscription changes to `wanted` (the node
+/// keeps subscribing and unsubscribing while Redis is away); `None` when
+/// the broker is shutting down.
+async fn while_recording<T>(
+    work: impl std::future::Future<Output = T>,
+    ops: &mut mpsc::Receiver<Op>,
+    wanted: &mut HashSet<String>,
+    cancel: &CancellationToken,
+) -> Option<T> {
+    tokio::pin!(work);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return None,
+            op = ops.recv() => record(op?, wanted),
+            done = &mut work => return Some(done),
+        }
     }
 }
 

@@ -69,26 +69,20 @@ impl NativeSession {
             }
             Ok(request) => {
                 let id = request.id;
-                if matches!(request.command, Command::Publish(_)) {
-                    match self.publish_rate.check() {
-                        Verdict::Allow => {}
-                        Verdict::Refuse => {
-                            let _ = conn.send(push::error_reply(
-                                Some(id),
-                                ErrorCode::TooManyRequests,
-                                "publish rate limit exceeded; slow down",
-                            ));
-                            return Flow::Continue;
-                        }
-                        Verdict::Close => {
-                            return Flow::Close(
-                                CloseCode::TooManyRequests,
-                                "kept publishing over the rate limit".to_string(),
-                            );
-                        }
+                let result = match self.rate_verdict(&request.command) {
+                    Verdict::Allow => self.run(node, conn, id, request.command).await,
+                    Verdict::Refuse => Err((
+                        ErrorCode::TooManyRequests,
+                        "publish rate limit exceeded; slow down".to_string(),
+                    )),
+                    Verdict::Close => {
+                        return Flow::Close(
+                            CloseCode::TooManyRequests,
+                            "kept publishing over the rate limit".to_string(),
+                        );
                     }
-                }
-                match self.run(node, conn, id, request.command).await {
+                };
+                match result {
                     Ok(frame) => frame,
                     Err((code, message)) => push::error_reply(Some(id), code, &message),
                 }
@@ -97,6 +91,14 @@ impl NativeSession {
         // Overflow here means the client is a slow consumer and is being cut.
         let _ = conn.send(frame);
         Flow::Continue
+    }
+
+    /// Only publishes count against the rate limit.
+    fn rate_verdict(&mut self, command: &Command) -> Verdict {
+        match command {
+            Command::Publish(_) => self.publish_rate.check(),
+            _ => Verdict::Allow,
+        }
     }
 
     async fn run(&mut self, node: &Node, conn: &Arc<Conn>, id: u64, command: Command) -> Reply {

@@ -31,14 +31,7 @@ pub async fn plain(
     ConnectInfo(remote): ConnectInfo<SocketAddr>,
     req: Request<Body>,
 ) -> Response<Body> {
-    if let Err((status, reason)) = check_handshake(&req) {
-        return refuse_handshake(status, &reason);
-    }
-    let channels = match plain_channels(&app.node, req.uri().query()) {
-        Ok(channels) => channels,
-        Err(reason) => return refuse(StatusCode::BAD_REQUEST, &reason),
-    };
-    upgrade(app, remote, req, Wire::Plain, channels).await
+    upgrade(app, remote, req, Wire::Plain).await
 }
 
 /// `GET /ws`: the native JSON protocol.
@@ -47,7 +40,7 @@ pub async fn native(
     ConnectInfo(remote): ConnectInfo<SocketAddr>,
     req: Request<Body>,
 ) -> Response<Body> {
-    upgrade(app, remote, req, Wire::Native, Vec::new()).await
+    upgrade(app, remote, req, Wire::Native).await
 }
 
 fn plain_channels(node: &Node, query: Option<&str>) -> Result<Vec<ChannelName>, String> {
@@ -168,7 +161,6 @@ async fn upgrade(
     remote: SocketAddr,
     mut req: Request<Body>,
     wire: Wire,
-    channels: Vec<ChannelName>,
 ) -> Response<Body> {
     let accept = match check_handshake(&req) {
         Ok(accept) => accept,
@@ -180,6 +172,13 @@ async fn upgrade(
     if app.shutdown.is_cancelled() {
         return refuse(StatusCode::SERVICE_UNAVAILABLE, "server shutting down");
     }
+    let channels = match wire {
+        Wire::Plain => match plain_channels(&app.node, req.uri().query()) {
+            Ok(channels) => channels,
+            Err(reason) => return refuse(StatusCode::BAD_REQUEST, &reason),
+        },
+        Wire::Native => Vec::new(),
+    };
     // Register and subscribe before answering 101: once a client sees the
     // connection open, every message published afterwards reaches it
     // (anything arriving before the socket is handed over waits in the queue).
