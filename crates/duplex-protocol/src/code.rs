@@ -104,6 +104,8 @@ pub enum CloseCode {
     ServerDisconnect,
     /// 3004: kept publishing over the rate limit after being told; reconnect with backoff.
     TooManyRequests,
+    /// 3005: connected to `/ws` but sent no command within the connect timeout.
+    ConnectTimeout,
     /// 3501: the client sent something the protocol forbids; fix the client.
     BadRequest,
 }
@@ -124,6 +126,7 @@ impl CloseCode {
             CloseCode::HeartbeatTimeout => 3002,
             CloseCode::ServerDisconnect => 3003,
             CloseCode::TooManyRequests => 3004,
+            CloseCode::ConnectTimeout => 3005,
             CloseCode::BadRequest => 3501,
         }
     }
@@ -143,6 +146,7 @@ impl CloseCode {
             3002 => CloseCode::HeartbeatTimeout,
             3003 => CloseCode::ServerDisconnect,
             3004 => CloseCode::TooManyRequests,
+            3005 => CloseCode::ConnectTimeout,
             3501 => CloseCode::BadRequest,
             _ => return None,
         })
@@ -178,6 +182,7 @@ mod tests {
             CloseCode::HeartbeatTimeout,
             CloseCode::ServerDisconnect,
             CloseCode::TooManyRequests,
+            CloseCode::ConnectTimeout,
             CloseCode::BadRequest,
         ] {
             assert_eq!(CloseCode::from_u16(code.as_u16()), Some(code));

@@ -167,6 +167,10 @@ settings! {
     ping_interval: Duration = Duration::from_secs(25), "DUPLEX_PING_INTERVAL", humantime::parse_duration;
     /// How long after a ping a silent client is dropped [default: 10s].
     pong_timeout: Duration = Duration::from_secs(10), "DUPLEX_PONG_TIMEOUT", humantime::parse_duration;
+    /// Longest wait for a connection's HTTP request headers, against slowloris [default: 10s].
+    handshake_timeout: Duration = Duration::from_secs(10), "DUPLEX_HANDSHAKE_TIMEOUT", humantime::parse_duration;
+    /// How long a /ws client may stay connected without sending its first command, 0 = no limit [default: 10s].
+    connect_timeout: Duration = Duration::from_secs(10), "DUPLEX_CONNECT_TIMEOUT", humantime::parse_duration;
     /// How long shutdown waits for queues to flush and clients to close [default: 5s].
     shutdown_timeout: Duration = Duration::from_secs(5), "DUPLEX_SHUTDOWN_TIMEOUT", humantime::parse_duration;
     /// Largest HTTP API request body in bytes [default: 1048576].
@@ -254,6 +258,9 @@ impl Config {
                 "ping_interval",
                 "ping_interval and pong_timeout must be above zero",
             );
+        }
+        if self.handshake_timeout.is_zero() {
+            return invalid("handshake_timeout", "must be above zero");
         }
         if self.redis_timeout.is_zero() {
             return invalid("redis_timeout", "must be above zero");

@@ -31,6 +31,11 @@ pub struct Conn {
     pub(crate) outbound: Outbound,
     /// Milliseconds since node start when the client last sent any frame.
     last_seen_ms: AtomicU64,
+    /// Milliseconds since node start when the connection opened.
+    opened_ms: u64,
+    /// Whether the client has sent a command yet (native protocol; plain
+    /// clients need not send anything and start introduced).
+    introduced: AtomicBool,
     /// Ends the reader and writer at once (no more I/O for this client).
     pub(crate) abort: Signal,
     /// Fired when the reader has finished (the peer closed or failed).
@@ -84,6 +89,8 @@ impl Conn {
             remote,
             outbound: Outbound::new(limits),
             last_seen_ms: AtomicU64::new(now_ms),
+            opened_ms: now_ms,
+            introduced: AtomicBool::new(wire == Wire::Plain),
             abort: Signal::default(),
             done_reading: Signal::default(),
         })
@@ -96,6 +103,16 @@ impl Conn {
 
     pub(crate) fn last_seen_ms(&self) -> u64 {
         self.last_seen_ms.load(Relaxed)
+    }
+
+    /// Records that the client sent its first command.
+    pub(crate) fn mark_introduced(&self) {
+        self.introduced.store(true, Relaxed);
+    }
+
+    /// When the client has not sent a command yet: since when it has been waiting.
+    pub(crate) fn waiting_since_ms(&self) -> Option<u64> {
+        (!self.introduced.load(Relaxed)).then_some(self.opened_ms)
     }
 
     /// Queues a frame (reply, pong, ping); overflow starts a slow-consumer close.

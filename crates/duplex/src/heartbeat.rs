@@ -3,14 +3,15 @@
 //! that stayed silent past the ping interval plus the pong timeout. Any
 //! frame from a client (pong, message, its own ping) counts as alive.
 //! Browsers answer pings by themselves, so plain clients need nothing.
-
-use std::sync::atomic::Ordering::Relaxed;
+//! The same sweep cuts `/ws` clients that never send a command
+//! (`connect_timeout`), so a connection cannot sit on a slot for free.
 
 use duplex_protocol::code::CloseCode;
 use duplex_protocol::ws::{encode_frame, OpCode};
 use tokio_util::sync::CancellationToken;
 
 use crate::node::Node;
+use crate::stats::Stats;
 
 /// Runs until `shutdown`.
 pub(crate) async fn run(node: Node, shutdown: CancellationToken) {
@@ -18,8 +19,14 @@ pub(crate) async fn run(node: Node, shutdown: CancellationToken) {
     let interval = config.ping_interval;
     let deadline = (interval + config.pong_timeout).as_millis() as u64;
     let quiet = (interval.as_millis() as u64 / 2).max(1);
+    let connect_timeout = config.connect_timeout.as_millis() as u64;
     let ping = encode_frame(OpCode::Ping, b"");
-    let mut tick = tokio::time::interval(interval.min(config.pong_timeout));
+    let mut period = interval.min(config.pong_timeout);
+    if !config.connect_timeout.is_zero() {
+        // Cut idle newcomers within a quarter of their allowance of the deadline.
+        period = period.min(config.connect_timeout / 4);
+    }
+    let mut tick = tokio::time::interval(period.max(std::time::Duration::from_millis(10)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await;
     loop {
@@ -38,13 +45,19 @@ pub(crate) async fn run(node: Node, shutdown: CancellationToken) {
                 }
                 continue;
             }
-            if silent > deadline {
-                node.stats().heartbeat_timeouts.fetch_add(1, Relaxed);
+            let waited = conn.waiting_since_ms().map(|t| now.saturating_sub(t));
+            if connect_timeout > 0 && waited.is_some_and(|w| w > connect_timeout) {
+                Stats::bump(&node.stats().connect_timeouts);
+                tracing::info!(conn = %conn.id, addr = %conn.remote, "closing connection: no command within connect_timeout");
+                let reason = format!("no valid command within {connect_timeout} ms of connecting");
+                conn.close(CloseCode::ConnectTimeout.as_u16(), &reason, false);
+            } else if silent > deadline {
+                Stats::bump(&node.stats().heartbeat_timeouts);
                 tracing::info!(conn = %conn.id, addr = %conn.remote, silent_ms = silent, "closing connection: no pong");
                 let reason = format!("no pong within {} ms", deadline);
                 conn.close(CloseCode::HeartbeatTimeout.as_u16(), &reason, false);
             } else if silent >= quiet {
-                let _ = conn.send(ping.clone());
+                node.send_to(&conn, ping.clone(), "ping");
                 pinged += 1;
             }
         }

@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Instant;
 
+use bytes::Bytes;
 use duplex_protocol::channel::ChannelName;
 use futures_util::future::{BoxFuture, FutureExt};
 use parking_lot::Mutex;
@@ -29,7 +30,7 @@ use crate::hub::{Hub, Wire};
 use crate::message::Publication;
 use crate::stats::{Stats, StatsSnapshot};
 use crate::throttle::Throttle;
-use crate::transport::outbound::QueueLimits;
+use crate::transport::outbound::{PushError, QueueLimits};
 
 const STRIPES: usize = 256;
 const REGISTRY_SHARDS: usize = 16;
@@ -297,6 +298,16 @@ impl Node {
     }
 
     /// Unsubscribes `conn` (which must hold `channel`).
+    /// Queues a reply or control frame (`what` names it in the log). An
+    /// overflow cuts the client as a slow consumer, counted and logged just
+    /// like an overflowing delivery.
+    pub(crate) fn send_to(&self, conn: &Conn, frame: Bytes, what: &'static str) {
+        if let Err(PushError::SlowConsumer) = conn.send(frame) {
+            Stats::bump(&self.inner.stats.slow_consumer_disconnects);
+            tracing::warn!(conn = %conn.id, addr = %conn.remote, frame = what, "slow consumer disconnected: outbound queue full");
+        }
+    }
+
     pub(crate) async fn unsubscribe(&self, conn: &Conn, channel: &ChannelName) {
         let _guard = self.stripe(channel).lock().await;
         if self.inner.hub.unsubscribe(channel.as_str(), conn.seq) {

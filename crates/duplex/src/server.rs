@@ -23,6 +23,7 @@ use tower::ServiceExt;
 
 use crate::config::Config;
 use crate::node::{Node, NodeError};
+use crate::stats::Stats;
 use crate::transport::upgrade;
 use crate::{api, heartbeat};
 
@@ -43,9 +44,6 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.bind(addr)?;
     socket.listen(LISTEN_BACKLOG)
 }
-
-/// How long a client may take to send its request headers.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What every handler can reach.
 #[derive(Clone, Debug)]
@@ -152,6 +150,7 @@ async fn accept_loop(listener: &TcpListener, state: &AppState, shutdown: impl Fu
             tcp,
             remote,
             TowerToHyperService::new(service),
+            state.node.clone(),
             cancel,
         ));
     }
@@ -161,6 +160,7 @@ async fn serve_http<S>(
     tcp: tokio::net::TcpStream,
     remote: SocketAddr,
     service: S,
+    node: Node,
     shutdown: CancellationToken,
 ) where
     S: hyper::service::Service<
@@ -174,7 +174,7 @@ async fn serve_http<S>(
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT);
+        .header_read_timeout(node.config().handshake_timeout);
     let conn = builder
         .serve_connection(TokioIo::new(tcp), service)
         .with_upgrades();
@@ -188,6 +188,10 @@ async fn serve_http<S>(
     };
     match result {
         Ok(()) => tracing::trace!(%remote, "http connection ended"),
+        Err(e) if e.is_timeout() => {
+            Stats::bump(&node.stats().handshake_timeouts);
+            tracing::info!(%remote, "closing connection: request headers not received within handshake_timeout");
+        }
         Err(e) => tracing::debug!(%remote, error = %e, "http connection ended with an error"),
     }
 }

@@ -31,6 +31,10 @@ pub struct Stats {
     pub heartbeat_timeouts: AtomicU64,
     /// Clients cut for protocol violations (bad frames, oversized messages).
     pub protocol_errors: AtomicU64,
+    /// HTTP connections closed for not sending their request headers in time.
+    pub handshake_timeouts: AtomicU64,
+    /// `/ws` clients cut for sending no command within `connect_timeout`.
+    pub connect_timeouts: AtomicU64,
 }
 
 /// A consistent-enough copy of the counters for JSON output.
@@ -54,6 +58,10 @@ pub struct StatsSnapshot {
     pub heartbeat_timeouts: u64,
     /// See [`Stats::protocol_errors`].
     pub protocol_errors: u64,
+    /// See [`Stats::handshake_timeouts`].
+    pub handshake_timeouts: u64,
+    /// See [`Stats::connect_timeouts`].
+    pub connect_timeouts: u64,
 }
 
 impl Stats {
@@ -74,6 +82,8 @@ impl Stats {
             slow_consumer_disconnects: self.slow_consumer_disconnects.load(Relaxed),
             heartbeat_timeouts: self.heartbeat_timeouts.load(Relaxed),
             protocol_errors: self.protocol_errors.load(Relaxed),
+            handshake_timeouts: self.handshake_timeouts.load(Relaxed),
+            connect_timeouts: self.connect_timeouts.load(Relaxed),
         }
     }
 }

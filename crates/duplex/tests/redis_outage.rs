@@ -21,12 +21,27 @@ async fn delivery_resumes_after_redis_restart() {
     support::eventually("health turns 503", || async { node.health().await == 503 }).await;
     let info = node.info().await;
     assert_eq!(info["broker"]["status"], "disconnected", "{info}");
-    // Publishing during the outage is refused with a temporary error, not hung.
-    let reply = native
-        .command("publish", json!({"channel": "news", "data": "lost"}))
-        .await;
-    assert_eq!(reply["error"]["code"], 107, "{reply}");
-    assert_eq!(reply["error"]["temporary"], true);
+    // A burst of publishes during the outage: each is refused with a
+    // temporary error, in order, none hangs.
+    for id in 1000..1200 {
+        let command =
+            json!({"id": id, "method": "publish", "params": {"channel": "news", "data": "lost"}});
+        native.send_text(&command.to_string()).await;
+    }
+    for id in 1000..1200 {
+        let reply = native.next_json().await;
+        assert_eq!(reply["id"], id, "{reply}");
+        assert_eq!(reply["error"]["code"], 107, "{reply}");
+        assert_eq!(reply["error"]["temporary"], true);
+    }
+    // Plain clients have no error channel: their frames are dropped and counted.
+    for _ in 0..50 {
+        plain.send_text("lost too").await;
+    }
+    support::eventually("plain frames counted as dropped", || async {
+        node.info().await["stats"]["plain_publish_dropped"] == 50
+    })
+    .await;
     let (status, body) = node
         .post_json("/api/publish", &json!({"channel": "news", "data": "x"}))
         .await;

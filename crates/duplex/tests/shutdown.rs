@@ -3,11 +3,10 @@
 
 mod support;
 
-use std::process::{Command, Stdio};
-
 use serde_json::json;
 use support::client::Client;
 use support::node::TestNode;
+use support::process::NodeProcess;
 
 #[tokio::test]
 async fn queued_messages_then_1001() {
@@ -42,35 +41,14 @@ async fn queued_messages_then_1001() {
 
 #[tokio::test]
 async fn sigterm_closes_clients_with_1001_and_exits_zero() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_duplex"))
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn duplex");
-    let url = format!("ws://127.0.0.1:{port}/");
-    support::eventually("node listens", || async {
-        tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_ok()
-    })
-    .await;
-    let mut plain = Client::connect(&url).await;
-    let mut native = Client::connect(&format!("ws://127.0.0.1:{port}/ws")).await;
+    let mut node = NodeProcess::start(&[]).await;
+    let mut plain = Client::connect(&node.ws("/")).await;
+    let mut native = Client::connect(&node.ws("/ws")).await;
     native.subscribe(&["x"]).await;
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    node.terminate();
     assert_eq!(plain.expect_close().await.code, 1001);
     assert_eq!(native.expect_close().await.code, 1001);
-    let exit = tokio::task::spawn_blocking(move || child.wait())
+    let exit = tokio::task::spawn_blocking(move || node.child.wait())
         .await
         .unwrap()
         .unwrap();

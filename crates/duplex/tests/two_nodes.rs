@@ -5,6 +5,7 @@ mod support;
 use serde_json::json;
 use support::client::Client;
 use support::node::TestNode;
+use support::process::NodeProcess;
 use support::redis_server::RedisServer;
 
 #[tokio::test]
@@ -83,38 +84,21 @@ async fn last_local_unsubscribe_leaves_redis() {
 #[tokio::test]
 async fn sigkilled_node_does_not_disturb_the_other() {
     let redis = RedisServer::start();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut doomed = std::process::Command::new(env!("CARGO_BIN_EXE_duplex"))
-        .args([
-            "serve",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--redis",
-            &redis.url(),
-        ])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("spawn duplex");
+    let mut doomed = NodeProcess::start(&["--redis", &redis.url()]).await;
     let survivor = TestNode::redis(&redis.url()).await;
-    support::eventually("doomed node serves", || async {
-        reqwest::get(format!("http://127.0.0.1:{port}/health"))
+    support::eventually("doomed node connected to redis", || async {
+        reqwest::get(doomed.http("/health"))
             .await
             .is_ok_and(|r| r.status() == 200)
     })
     .await;
-    let mut on_doomed = Client::connect(&format!("ws://127.0.0.1:{port}/")).await;
+    let mut on_doomed = Client::connect(&doomed.ws("/")).await;
     let mut on_survivor = Client::connect(&survivor.ws("/")).await;
     redis.publish("channel", b"before").await;
     assert_eq!(on_doomed.next_text().await, "before");
     assert_eq!(on_survivor.next_text().await, "before");
 
-    doomed.kill().expect("SIGKILL");
-    doomed.wait().expect("reaped");
+    doomed.kill();
     redis.publish("channel", b"after").await;
     assert_eq!(on_survivor.next_text().await, "after");
     // The dead node's client sees its connection drop and moves over.

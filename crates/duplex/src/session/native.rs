@@ -68,6 +68,7 @@ impl NativeSession {
                 push::error_reply(e.id, e.code, &e.message)
             }
             Ok(request) => {
+                conn.mark_introduced();
                 let id = request.id;
                 let result = match self.rate_verdict(&request.command) {
                     Verdict::Allow => self.run(node, conn, id, request.command).await,
@@ -88,8 +89,7 @@ impl NativeSession {
                 }
             }
         };
-        // Overflow here means the client is a slow consumer and is being cut.
-        let _ = conn.send(frame);
+        node.send_to(conn, frame, "reply");
         Flow::Continue
     }
 

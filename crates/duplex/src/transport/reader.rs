@@ -114,7 +114,7 @@ pub(crate) async fn run(
                     }
                 }
                 Event::Ping(payload) => {
-                    let _ = conn.send(encode_frame(OpCode::Pong, &payload));
+                    node.send_to(&conn, encode_frame(OpCode::Pong, &payload), "pong");
                 }
                 Event::Pong(_) => {}
                 Event::Close { code, .. } => {

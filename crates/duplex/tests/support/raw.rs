@@ -1,13 +1,15 @@
 //! A raw TCP WebSocket client, for what well-behaved libraries refuse to do:
 //! never answer pings, send unmasked or malformed frames.
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 
 use super::WAIT;
 
-pub struct Raw {
-    pub tcp: TcpStream,
+/// A raw client on a socket, or on its read half once split.
+pub struct Raw<S = TcpStream> {
+    pub tcp: S,
     buf: Vec<u8>,
 }
 
@@ -51,6 +53,28 @@ pub fn frame(first_byte: u8, payload: &[u8], mask: bool) -> Vec<u8> {
 }
 
 impl Raw {
+    /// Splits off the write half, to write and read at the same time.
+    pub fn into_split(self) -> (Raw<OwnedReadHalf>, OwnedWriteHalf) {
+        let (read, write) = self.tcp.into_split();
+        let raw = Raw {
+            tcp: read,
+            buf: self.buf,
+        };
+        (raw, write)
+    }
+
+    /// Joins the halves back together.
+    pub fn reunite(read: Raw<OwnedReadHalf>, write: OwnedWriteHalf) -> Raw {
+        Raw {
+            tcp: read.tcp.reunite(write).expect("halves of one socket"),
+            buf: read.buf,
+        }
+    }
+
+    pub async fn send(&mut self, bytes: &[u8]) {
+        self.tcp.write_all(bytes).await.expect("write");
+    }
+
     /// Connects and completes the handshake on `path`.
     pub async fn connect(addr: std::net::SocketAddr, path: &str) -> Raw {
         let mut tcp = TcpStream::connect(addr).await.expect("tcp connect");
@@ -69,7 +93,9 @@ impl Raw {
         assert!(head.contains("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="), "{head}");
         raw
     }
+}
 
+impl<S: AsyncRead + Unpin> Raw<S> {
     async fn fill(&mut self) -> bool {
         let mut chunk = [0u8; 65536];
         let n = tokio::time::timeout(WAIT, self.tcp.read(&mut chunk))
@@ -89,10 +115,6 @@ impl Raw {
             }
             assert!(self.fill().await, "connection closed during handshake");
         }
-    }
-
-    pub async fn send(&mut self, bytes: &[u8]) {
-        self.tcp.write_all(bytes).await.expect("write");
     }
 
     /// Next server frame, or None at end of stream.

@@ -1,0 +1,107 @@
+//! A node in its own process (the real binary): for tests that kill it, signal
+//! it, or read its memory from /proc without the test's own allocations mixed in.
+
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+
+use serde_json::Value;
+
+/// A running `duplex serve`; SIGKILLed on drop.
+pub struct NodeProcess {
+    pub addr: SocketAddr,
+    pub child: Child,
+}
+
+impl NodeProcess {
+    /// Starts `duplex serve --listen <free port> <args>` and waits until it answers HTTP.
+    pub async fn start(args: &[&str]) -> NodeProcess {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        let child = Command::new(env!("CARGO_BIN_EXE_duplex"))
+            .args(["serve", "--listen", &addr.to_string()])
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn duplex");
+        let node = NodeProcess { addr, child };
+        super::eventually("node process answers HTTP", || async {
+            reqwest::get(node.http("/health")).await.is_ok()
+        })
+        .await;
+        node
+    }
+
+    pub fn ws(&self, path: &str) -> String {
+        format!("ws://{}{}", self.addr, path)
+    }
+
+    pub fn http(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub async fn info(&self) -> Value {
+        reqwest::get(self.http("/api/info"))
+            .await
+            .expect("GET /api/info")
+            .json()
+            .await
+            .expect("info JSON")
+    }
+
+    /// A counter from `/api/info`'s `stats`.
+    pub async fn stat(&self, name: &str) -> u64 {
+        self.info().await["stats"][name]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no counter {name}"))
+    }
+
+    /// Current resident memory, KiB.
+    pub fn rss_kib(&self) -> u64 {
+        self.status_kib("VmRSS")
+    }
+
+    /// Highest resident memory since start, KiB: catches a spike that is gone
+    /// by the time the test looks.
+    pub fn peak_rss_kib(&self) -> u64 {
+        self.status_kib("VmHWM")
+    }
+
+    fn status_kib(&self, field: &str) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .expect("read /proc/PID/status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or_else(|| panic!("{field} in /proc/PID/status"))
+    }
+
+    /// Sends SIGTERM (graceful shutdown).
+    pub fn terminate(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success());
+    }
+
+    /// Kills with SIGKILL and reaps.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

@@ -1,0 +1,117 @@
+//! Connections that hold a slot without doing anything are cut: request
+//! headers trickled in (slowloris) by `handshake_timeout`, `/ws` clients that
+//! never send a command by `connect_timeout` (close 3005). Clients that do
+//! their part are left alone.
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::json;
+use support::client::Client;
+use support::node::{settings, TestNode};
+use support::raw::{frame, Raw};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Reads until the server closes the socket; what it sent before that.
+async fn read_to_end(tcp: &mut TcpStream) -> String {
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(support::WAIT, tcp.read_to_end(&mut got))
+        .await
+        .expect("server closed the connection within the wait");
+    String::from_utf8_lossy(&got).to_string()
+}
+
+#[tokio::test]
+async fn slowloris_headers_are_cut_at_the_handshake_timeout() {
+    let node = TestNode::start(duplex::config::Settings {
+        handshake_timeout: Some(Duration::from_millis(500)),
+        ..settings()
+    })
+    .await;
+    let mut bystander = Client::connect(&node.ws("/")).await;
+    // One trickles a WebSocket request a byte at a time, forever...
+    let mut trickler = TcpStream::connect(node.addr).await.unwrap();
+    let request = format!(
+        "GET / HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n",
+        node.addr
+    );
+    let trickle = tokio::spawn(async move {
+        for byte in request.bytes().cycle() {
+            if trickler.write_all(&[byte]).await.is_err() {
+                return trickler;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        unreachable!("cycle never ends")
+    });
+    // ...one sends nothing at all...
+    let mut silent = TcpStream::connect(node.addr).await.unwrap();
+    // ...and a hundred more send half a request line.
+    let mut halves = Vec::new();
+    for _ in 0..100 {
+        let mut tcp = TcpStream::connect(node.addr).await.unwrap();
+        tcp.write_all(b"GET /ws HTTP/1.1\r\nHo").await.unwrap();
+        halves.push(tcp);
+    }
+    // Meanwhile everyone else is served as usual.
+    let mut newcomer = Client::connect(&node.ws("/")).await;
+    node.post_json("/api/publish", &json!({"channel": "channel", "data": "hi"}))
+        .await;
+    assert_eq!(bystander.next_text().await, "hi");
+    assert_eq!(newcomer.next_text().await, "hi");
+
+    let mut trickler = trickle.await.unwrap();
+    assert_eq!(
+        read_to_end(&mut trickler).await,
+        "",
+        "no response, just closed"
+    );
+    assert_eq!(read_to_end(&mut silent).await, "");
+    for tcp in &mut halves {
+        read_to_end(tcp).await;
+    }
+    let timeouts = node.info().await["stats"]["handshake_timeouts"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(timeouts, 102);
+    assert_eq!(node.info().await["connections"], 2, "only the real clients");
+}
+
+#[tokio::test]
+async fn ws_clients_that_never_send_a_command_get_3005() {
+    let node = TestNode::start(duplex::config::Settings {
+        connect_timeout: Some(Duration::from_millis(300)),
+        ..settings()
+    })
+    .await;
+    let mut idle = Raw::connect(node.addr, "/ws").await;
+    // WebSocket pings keep a connection alive but are not commands.
+    let mut pinger = Raw::connect(node.addr, "/ws").await;
+    pinger.send(&frame(0x89, b"are you there", true)).await;
+    // Garbage is not a command either.
+    let mut babbler = Raw::connect(node.addr, "/ws").await;
+    babbler.send(&frame(0x81, b"hello?", true)).await;
+    // A client that introduces itself, and a plain client, which needs no command.
+    let mut native = Client::connect(&node.ws("/ws")).await;
+    native.command("connect", json!({})).await;
+    let mut plain = Client::connect(&node.ws("/")).await;
+
+    assert_eq!(idle.close_code().await, 3005);
+    assert_eq!(pinger.close_code().await, 3005);
+    assert_eq!(babbler.close_code().await, 3005);
+    let connect_timeouts = node.info().await["stats"]["connect_timeouts"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(connect_timeouts, 3);
+    // Well past the timeout, the others still work.
+    native.subscribe(&["channel"]).await;
+    node.post_json(
+        "/api/publish",
+        &json!({"channel": "channel", "data": "still here"}),
+    )
+    .await;
+    assert_eq!(native.next_push().await.1, json!("still here"));
+    assert_eq!(plain.next_text().await, "still here");
+}
