@@ -186,3 +186,68 @@ async fn subscribe_churn_leaves_nothing_behind() {
         "peak RSS {peak} KiB vs {baseline} KiB before the churn"
     );
 }
+
+/// Hostile frames from many connections at once: each gets its code, the
+/// node's memory stays within the per-connection bounds, a bystander is
+/// served throughout.
+#[tokio::test]
+async fn hostile_frames_from_many_clients_cost_bounded_memory() {
+    let node = NodeProcess::start(&[]).await;
+    let mut bystander = Client::connect(&node.ws("/ws")).await;
+    bystander.subscribe(&["news"]).await;
+    let baseline = node.rss_kib();
+    // A text message in 100,000 one-byte fragments (the limit is 1024).
+    let mut fragments = frame(0x01, b"a", true);
+    for _ in 0..99_998 {
+        fragments.extend(frame(0x00, b"a", true));
+    }
+    fragments.extend(frame(0x80, b"a", true));
+    // A header announcing a 2^62-byte frame: refused before any payload is buffered.
+    let mut huge = vec![0x82, 0x80 | 127];
+    huge.extend_from_slice(&(1u64 << 62).to_be_bytes());
+    huge.extend_from_slice(&[1, 2, 3, 4]);
+    // JSON nested 60,000 levels deep, just under the 64 KiB limit.
+    let deep = frame(0x81, "[".repeat(60_000).as_bytes(), true);
+    let mut attacks = Vec::new();
+    for i in 0..150 {
+        let (path, bytes, expect) = match i % 3 {
+            0 => ("/", fragments.clone(), Some(1009)),
+            1 => ("/ws", huge.clone(), Some(1009)),
+            _ => ("/ws", deep.clone(), None),
+        };
+        let addr = node.addr;
+        attacks.push(tokio::spawn(async move {
+            let mut raw = Raw::connect(addr, path).await;
+            // The node may cut us mid-write: that is the point.
+            let _ = raw.tcp.write_all(&bytes).await;
+            match expect {
+                Some(code) => assert_eq!(raw.close_code().await, code),
+                None => {
+                    let reply = raw.next_frame().await.expect("an error reply");
+                    let reply: Value = serde_json::from_slice(&reply.payload).expect("JSON");
+                    assert_eq!(reply["error"]["code"], 101, "{reply}");
+                }
+            }
+        }));
+    }
+    for i in 0..20 {
+        post(
+            &node,
+            "/api/publish",
+            &json!({"channel": "news", "data": i}),
+        )
+        .await;
+    }
+    for attack in attacks {
+        attack.await.expect("attack answered as documented");
+    }
+    for i in 0..20 {
+        assert_eq!(bystander.next_push().await, ("news".to_string(), json!(i)));
+    }
+    assert_eq!(node.stat("protocol_errors").await, 100);
+    let peak = node.peak_rss_kib();
+    assert!(
+        peak < baseline + FLOOD_BUDGET_KIB,
+        "peak RSS {peak} KiB vs {baseline} KiB before the attacks"
+    );
+}
