@@ -38,6 +38,10 @@ pub enum ErrorCode {
     Timeout,
     /// A protocol version the server does not speak.
     UnsupportedVersion,
+    /// The token has expired: get a fresh one and send it again.
+    TokenExpired,
+    /// The server requires a `connect` with a valid token first.
+    Unauthorized,
 }
 
 impl ErrorCode {
@@ -55,6 +59,8 @@ impl ErrorCode {
             ErrorCode::TooManyRequests => 108,
             ErrorCode::Timeout => 109,
             ErrorCode::UnsupportedVersion => 110,
+            ErrorCode::TokenExpired => 111,
+            ErrorCode::Unauthorized => 112,
         }
     }
 
@@ -106,6 +112,10 @@ pub enum CloseCode {
     TooManyRequests,
     /// 3005: connected to `/ws` but sent no command within the connect timeout.
     ConnectTimeout,
+    /// 3006: the connection token expired and was not refreshed; reconnect with a new one.
+    TokenExpired,
+    /// 3500: the token is invalid; do not reconnect with the same token.
+    InvalidToken,
     /// 3501: the client sent something the protocol forbids; fix the client.
     BadRequest,
 }
@@ -127,6 +137,8 @@ impl CloseCode {
             CloseCode::ServerDisconnect => 3003,
             CloseCode::TooManyRequests => 3004,
             CloseCode::ConnectTimeout => 3005,
+            CloseCode::TokenExpired => 3006,
+            CloseCode::InvalidToken => 3500,
             CloseCode::BadRequest => 3501,
         }
     }
@@ -147,6 +159,8 @@ impl CloseCode {
             3003 => CloseCode::ServerDisconnect,
             3004 => CloseCode::TooManyRequests,
             3005 => CloseCode::ConnectTimeout,
+            3006 => CloseCode::TokenExpired,
+            3500 => CloseCode::InvalidToken,
             3501 => CloseCode::BadRequest,
             _ => return None,
         })
@@ -183,6 +197,8 @@ mod tests {
             CloseCode::ServerDisconnect,
             CloseCode::TooManyRequests,
             CloseCode::ConnectTimeout,
+            CloseCode::TokenExpired,
+            CloseCode::InvalidToken,
             CloseCode::BadRequest,
         ] {
             assert_eq!(CloseCode::from_u16(code.as_u16()), Some(code));
@@ -191,6 +207,8 @@ mod tests {
         assert!(CloseCode::SlowConsumer.reconnect());
         assert!(!CloseCode::BadRequest.reconnect());
         assert!(!CloseCode::MessageTooBig.reconnect());
+        assert!(CloseCode::TokenExpired.reconnect());
+        assert!(!CloseCode::InvalidToken.reconnect());
     }
 
     #[test]

@@ -30,7 +30,7 @@ pub struct Request {
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum Command {
-    /// Introduces the client; optional while no authentication is configured.
+    /// Introduces the client, with its token when the server requires one.
     Connect(ConnectParams),
     /// Adds channels to this connection.
     Subscribe(ChannelsParams),
@@ -40,6 +40,15 @@ pub enum Command {
     Publish(PublishParams),
     /// Application-level liveness check; answered with an empty result.
     Ping,
+    /// Presents a fresh connection token before the current one expires.
+    Refresh(RefreshParams),
+}
+
+/// Parameters of `refresh`.
+#[derive(Debug, Default, Deserialize)]
+pub struct RefreshParams {
+    /// The new connection token (JWT) for the same user.
+    pub token: String,
 }
 
 /// Parameters of `connect`.
@@ -51,7 +60,7 @@ pub struct ConnectParams {
     /// Client software version, for logs.
     #[serde(default)]
     pub version: Option<String>,
-    /// Connection token (JWT), once authentication is configured.
+    /// Connection token (JWT); required when the server has token auth on.
     #[serde(default)]
     pub token: Option<String>,
     /// Protocol version the client speaks; absent means the current one.
@@ -176,6 +185,7 @@ pub fn decode(frame: &[u8]) -> Result<Request, CommandError> {
         "unsubscribe" => Command::Unsubscribe(parse_params(id, "unsubscribe", params)?),
         "publish" => Command::Publish(parse_params(id, "publish", params)?),
         "ping" => Command::Ping,
+        "refresh" => Command::Refresh(parse_params(id, "refresh", params)?),
         other => {
             let shown: String = other.chars().take(64).collect();
             return Err(CommandError::new(

@@ -31,6 +31,22 @@ pub struct ConnectResult<'a> {
     pub protocol: u32,
     /// Seconds between server pings; answer them (browsers do) or be dropped.
     pub ping_interval: u64,
+    /// User id from the token; empty for anonymous clients.
+    pub user: &'a str,
+    /// When the token expires (Unix seconds): refresh before then.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires: Option<u64>,
+    /// Channels the token subscribed the client to.
+    #[serde(skip_serializing_if = "<[&str]>::is_empty")]
+    pub channels: &'a [&'a str],
+}
+
+/// Result of `refresh`.
+#[derive(Debug, Serialize)]
+pub struct RefreshResult {
+    /// When the new token expires (Unix seconds), if it does.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires: Option<u64>,
 }
 
 /// Result of `subscribe` / `unsubscribe`: the channels now affected.

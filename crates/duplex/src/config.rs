@@ -52,6 +52,46 @@ pub enum LogFormat {
     Json,
 }
 
+/// A setting that must never be printed: Debug shows whether it is set, not its value.
+#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The value, for the one place that uses it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// Whether it is unset.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_empty() {
+            "\"\""
+        } else {
+            "\"<redacted>\""
+        })
+    }
+}
+
+impl From<&str> for Secret {
+    fn from(value: &str) -> Self {
+        Secret(value.to_string())
+    }
+}
+
+impl std::str::FromStr for Secret {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Secret(s.to_string()))
+    }
+}
+
 macro_rules! settings {
     ($( $(#[$doc:meta])* $name:ident : $ty:ty = $default:expr, $env:literal $(, $parser:expr)? ; )*) => {
         /// Every setting of `duplex serve`, each optional so layers can be merged.
@@ -116,7 +156,7 @@ macro_rules! plain_file_value {
         }
     )*};
 }
-plain_file_value!(SocketAddr, String, bool, usize, u32, LogFormat);
+plain_file_value!(SocketAddr, String, Secret, bool, usize, u32, LogFormat);
 
 fn de_opt<'de, D: serde::Deserializer<'de>, T: FileValue>(d: D) -> Result<Option<T>, D::Error> {
     T::de(d).map(Some)
@@ -139,8 +179,18 @@ settings! {
     node_id: String = String::new(), "DUPLEX_NODE_ID";
     /// Channel of plain clients at `/` that name none [default: channel].
     default_channel: String = "channel".to_string(), "DUPLEX_DEFAULT_CHANNEL";
-    /// API key required by /api/* as `Authorization: apikey <key>` [default: none, API open].
-    api_key: String = String::new(), "DUPLEX_API_KEY";
+    /// API keys accepted by /api/* as `Authorization: apikey <key>`, comma-separated so keys can be rotated [default: none, API open].
+    api_key: Secret = Secret::default(), "DUPLEX_API_KEY";
+    /// Shared secret that verifies HS256/384/512 connection tokens; setting it (or token_public_key) makes tokens required [default: none].
+    token_secret: Secret = Secret::default(), "DUPLEX_TOKEN_SECRET";
+    /// PEM file with the RSA or EC public key that verifies RS256/ES256 connection tokens [default: none].
+    token_public_key: String = String::new(), "DUPLEX_TOKEN_PUBLIC_KEY";
+    /// Required `aud` claim of connection tokens [default: not checked].
+    token_audience: String = String::new(), "DUPLEX_TOKEN_AUDIENCE";
+    /// Required `iss` claim of connection tokens [default: not checked].
+    token_issuer: String = String::new(), "DUPLEX_TOKEN_ISSUER";
+    /// With token auth on, also let clients without a token in, as anonymous [default: false].
+    allow_anonymous: bool = false, "DUPLEX_ALLOW_ANONYMOUS";
     /// Whether plain clients' frames are published to their channel [default: true].
     plain_publish: bool = true, "DUPLEX_PLAIN_PUBLISH";
     /// Whether a plain client receives its own messages back [default: true].
@@ -210,6 +260,20 @@ impl Config {
         Some(self.redis.as_str()).filter(|u| !u.is_empty())
     }
 
+    /// Whether clients must present connection tokens.
+    pub fn token_auth(&self) -> bool {
+        !self.token_secret.is_empty() || !self.token_public_key.is_empty()
+    }
+
+    /// The accepted API keys; none means the API is open.
+    pub fn api_keys(&self) -> impl Iterator<Item = &str> {
+        self.api_key
+            .expose()
+            .split(',')
+            .map(str::trim)
+            .filter(|k| !k.is_empty())
+    }
+
     fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |name, reason: &str| {
             Err(ConfigError::Invalid {
@@ -228,14 +292,32 @@ impl Config {
             }
         }
         if !self.listen.ip().is_loopback() && !self.insecure {
+            if !self.token_auth() {
+                return invalid(
+                    "listen",
+                    &format!(
+                        "refusing to listen on {} without client authentication: anyone who reaches it could read and write every channel. \
+                         Set --token-secret (HS256 tokens) or --token-public-key (RS256/ES256) so clients must present a token, \
+                         listen on 127.0.0.1 behind a proxy, or pass --insecure (DUPLEX_INSECURE=true) to accept the risk",
+                        self.listen
+                    ),
+                );
+            }
+            if self.api_keys().next().is_none() {
+                return invalid(
+                    "listen",
+                    &format!(
+                        "refusing to listen on {} with an open HTTP API: anyone who reaches it could publish anywhere. \
+                         Set --api-key, or pass --insecure to accept the risk",
+                        self.listen
+                    ),
+                );
+            }
+        }
+        if self.allow_anonymous && !self.token_auth() {
             return invalid(
-                "listen",
-                &format!(
-                    "refusing to listen on {} without client authentication: anyone who reaches it could read and write every channel. \
-                     Listen on 127.0.0.1 behind a proxy, or pass --insecure (DUPLEX_INSECURE=true) to accept the risk \
-                     (JWT authentication is on the roadmap)",
-                    self.listen
-                ),
+                "allow_anonymous",
+                "only means something with token auth (token_secret or token_public_key)",
             );
         }
         if self.max_message_size == 0 {
@@ -318,8 +400,36 @@ mod tests {
         assert!(err.contains("--insecure"), "{err}");
         let insecure = Settings {
             insecure: Some(true),
-            ..public
+            ..public.clone()
         };
         assert!(insecure.resolve().is_ok());
+        // Token auth alone is not enough: the HTTP API would still be open.
+        let tokens_only = Settings {
+            token_secret: Some("s".into()),
+            ..public.clone()
+        };
+        let err = tokens_only.clone().resolve().unwrap_err().to_string();
+        assert!(err.contains("--api-key"), "{err}");
+        let secured = Settings {
+            api_key: Some("k1, k2".into()),
+            ..tokens_only
+        };
+        let config = secured.resolve().unwrap();
+        assert_eq!(config.api_keys().collect::<Vec<_>>(), ["k1", "k2"]);
+    }
+
+    #[test]
+    fn secrets_never_show_in_debug_output() {
+        let config = Settings {
+            api_key: Some("api-key-value".into()),
+            token_secret: Some("token-secret-value".into()),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap();
+        let shown = format!("{config:?}");
+        assert!(!shown.contains("api-key-value"), "{shown}");
+        assert!(!shown.contains("token-secret-value"), "{shown}");
+        assert!(shown.contains("<redacted>"));
     }
 }

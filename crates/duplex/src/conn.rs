@@ -36,6 +36,8 @@ pub struct Conn {
     /// Whether the client has sent a command yet (native protocol; plain
     /// clients need not send anything and start introduced).
     introduced: AtomicBool,
+    /// When the client's token expires, Unix seconds; 0 = never.
+    token_expires: AtomicU64,
     /// Ends the reader and writer at once (no more I/O for this client).
     pub(crate) abort: Signal,
     /// Fired when the reader has finished (the peer closed or failed).
@@ -91,6 +93,7 @@ impl Conn {
             last_seen_ms: AtomicU64::new(now_ms),
             opened_ms: now_ms,
             introduced: AtomicBool::new(wire == Wire::Plain),
+            token_expires: AtomicU64::new(0),
             abort: Signal::default(),
             done_reading: Signal::default(),
         })
@@ -113,6 +116,16 @@ impl Conn {
     /// When the client has not sent a command yet: since when it has been waiting.
     pub(crate) fn waiting_since_ms(&self) -> Option<u64> {
         (!self.introduced.load(Relaxed)).then_some(self.opened_ms)
+    }
+
+    /// Records the expiry of the token the client presented (None: never).
+    pub(crate) fn set_token_expiry(&self, exp: Option<u64>) {
+        self.token_expires.store(exp.unwrap_or(0), Relaxed);
+    }
+
+    /// When the client's token expires (Unix seconds), if it does.
+    pub(crate) fn token_expiry(&self) -> Option<u64> {
+        Some(self.token_expires.load(Relaxed)).filter(|&e| e != 0)
     }
 
     /// Queues a frame (reply, pong, ping); overflow starts a slow-consumer close.

@@ -4,7 +4,8 @@
 //! frame from a client (pong, message, its own ping) counts as alive.
 //! Browsers answer pings by themselves, so plain clients need nothing.
 //! The same sweep cuts `/ws` clients that never send a command
-//! (`connect_timeout`), so a connection cannot sit on a slot for free.
+//! (`connect_timeout`), so a connection cannot sit on a slot for free, and
+//! clients whose token expired without a refresh (3006).
 
 use duplex_protocol::code::CloseCode;
 use duplex_protocol::ws::{encode_frame, OpCode};
@@ -35,6 +36,7 @@ pub(crate) async fn run(node: Node, shutdown: CancellationToken) {
             _ = tick.tick() => {}
         }
         let now = node.now_ms();
+        let unix_now = crate::auth::unix_now();
         let mut pinged = 0usize;
         for conn in node.connections() {
             let silent = now.saturating_sub(conn.last_seen_ms());
@@ -46,7 +48,11 @@ pub(crate) async fn run(node: Node, shutdown: CancellationToken) {
                 continue;
             }
             let waited = conn.waiting_since_ms().map(|t| now.saturating_sub(t));
-            if connect_timeout > 0 && waited.is_some_and(|w| w > connect_timeout) {
+            if conn.token_expiry().is_some_and(|exp| unix_now >= exp) {
+                Stats::bump(&node.stats().token_expirations);
+                tracing::info!(conn = %conn.id, addr = %conn.remote, "closing connection: token expired without a refresh");
+                conn.close(CloseCode::TokenExpired.as_u16(), "token expired", false);
+            } else if connect_timeout > 0 && waited.is_some_and(|w| w > connect_timeout) {
                 Stats::bump(&node.stats().connect_timeouts);
                 tracing::info!(conn = %conn.id, addr = %conn.remote, "closing connection: no command within connect_timeout");
                 let reason = format!("no valid command within {connect_timeout} ms of connecting");

@@ -4,6 +4,7 @@
 //! # Layout (in the order a message flows)
 //!
 //! - [`config`]: settings from flags, `DUPLEX_*` environment and TOML.
+//! - [`auth`]: connection tokens (JWT): who a client is.
 //! - [`server`]: listener, routes, graceful shutdown.
 //! - [`transport`]: WebSocket upgrade, per-connection reader and writer
 //!   tasks, the bounded outbound queue.
@@ -20,6 +21,7 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod auth;
 pub mod broker;
 pub mod config;
 pub mod conn;

@@ -21,6 +21,7 @@ use futures_util::future::{BoxFuture, FutureExt};
 use parking_lot::Mutex;
 use serde::Serialize;
 
+use crate::auth::Verifier;
 use crate::broker::memory::MemoryBroker;
 use crate::broker::redis::{RedisBroker, RedisSettings};
 use crate::broker::{Broker, BrokerError, BrokerHandler, BrokerState, BrokerStatus};
@@ -43,6 +44,9 @@ pub enum NodeError {
     /// The Redis URL was refused by the client library.
     #[error("invalid redis configuration: {0}")]
     Redis(#[from] redis::RedisError),
+    /// The token key settings cannot be used.
+    #[error(transparent)]
+    Auth(#[from] crate::auth::AuthError),
 }
 
 /// Why a new connection was refused at the upgrade.
@@ -65,6 +69,8 @@ pub struct Node {
 struct Inner {
     id: String,
     config: Config,
+    /// Checks connection tokens; None when token auth is off.
+    verifier: Option<Verifier>,
     started: Instant,
     stats: Arc<Stats>,
     hub: Arc<Hub<Conn>>,
@@ -126,6 +132,7 @@ pub struct NodeInfo {
 impl Node {
     /// Builds a node and starts its broker (Redis: connects in the background).
     pub fn start(config: Config) -> Result<Node, NodeError> {
+        let verifier = Verifier::from_config(&config)?;
         let stats = Arc::new(Stats::default());
         let hub = Arc::new(Hub::new(Arc::clone(&stats)));
         let handler: Arc<dyn BrokerHandler> = Arc::new(Deliver {
@@ -154,6 +161,7 @@ impl Node {
             inner: Arc::new(Inner {
                 id,
                 config,
+                verifier,
                 started: Instant::now(),
                 stats,
                 hub,
@@ -176,6 +184,11 @@ impl Node {
     /// The settings the node runs with.
     pub fn config(&self) -> &Config {
         &self.inner.config
+    }
+
+    /// The token checker, when clients must present tokens.
+    pub(crate) fn verifier(&self) -> Option<&Verifier> {
+        self.inner.verifier.as_ref()
     }
 
     /// Counters.

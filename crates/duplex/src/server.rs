@@ -95,7 +95,8 @@ pub async fn run(
         %addr,
         node = node.id(),
         broker = node.broker_state().kind,
-        api_key = !node.config().api_key.is_empty(),
+        api_key = node.config().api_keys().next().is_some(),
+        token_auth = node.config().token_auth(),
         "duplex listening: plain clients at ws://{addr}/, native protocol at ws://{addr}/ws, HTTP API at http://{addr}/api"
     );
     if node.config().insecure && !addr.ip().is_loopback() {

@@ -35,6 +35,10 @@ pub struct Stats {
     pub handshake_timeouts: AtomicU64,
     /// `/ws` clients cut for sending no command within `connect_timeout`.
     pub connect_timeouts: AtomicU64,
+    /// Tokens refused (invalid, expired, missing) and commands denied for lack of rights.
+    pub auth_denials: AtomicU64,
+    /// Clients cut because their token expired without a refresh.
+    pub token_expirations: AtomicU64,
 }
 
 /// A consistent-enough copy of the counters for JSON output.
@@ -62,6 +66,10 @@ pub struct StatsSnapshot {
     pub handshake_timeouts: u64,
     /// See [`Stats::connect_timeouts`].
     pub connect_timeouts: u64,
+    /// See [`Stats::auth_denials`].
+    pub auth_denials: u64,
+    /// See [`Stats::token_expirations`].
+    pub token_expirations: u64,
 }
 
 impl Stats {
@@ -84,6 +92,8 @@ impl Stats {
             protocol_errors: self.protocol_errors.load(Relaxed),
             handshake_timeouts: self.handshake_timeouts.load(Relaxed),
             connect_timeouts: self.connect_timeouts.load(Relaxed),
+            auth_denials: self.auth_denials.load(Relaxed),
+            token_expirations: self.token_expirations.load(Relaxed),
         }
     }
 }

@@ -130,7 +130,8 @@ async fn bad_requests_get_clear_json_errors() {
 #[tokio::test]
 async fn api_key_is_required_when_set() {
     let node = TestNode::start(duplex::config::Settings {
-        api_key: Some("s3cret".into()),
+        // Two keys at once, so one can be rotated out.
+        api_key: Some("old-key,s3cret".into()),
         ..settings()
     })
     .await;
@@ -159,6 +160,14 @@ async fn api_key_is_required_when_set() {
         .await
         .unwrap();
     assert_eq!(right.status(), 200);
+    let old = http
+        .post(node.http("/api/publish"))
+        .header("Authorization", "apikey old-key")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(old.status(), 200);
     let info = http.get(node.http("/api/info")).send().await.unwrap();
     assert_eq!(info.status(), 401);
     // Health stays open for load balancers.

@@ -1,4 +1,4 @@
-//! The `duplex` binary: --version, publish, subscribe.
+//! The `duplex` binary: --version, publish, subscribe, token.
 
 mod support;
 
@@ -143,4 +143,44 @@ async fn subscribe_prints_what_publish_sends() {
             .unwrap();
         assert_eq!(line.as_deref(), Some(expected));
     }
+}
+
+/// `duplex token` mints what a node with the same secret accepts, and
+/// `serve --token-secret` turns token auth on.
+#[tokio::test]
+async fn minted_tokens_open_the_door() {
+    let out = duplex()
+        .args([
+            "token",
+            "--user",
+            "42",
+            "--ttl",
+            "10m",
+            "--channels",
+            "news",
+        ])
+        .env("DUPLEX_TOKEN_SECRET", "cli-secret")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let node = support::process::NodeProcess::start(&["--token-secret", "cli-secret"]).await;
+    let mut client = support::client::Client::connect(&node.ws("/ws")).await;
+    let reply = client
+        .command("connect", serde_json::json!({"token": token}))
+        .await;
+    assert_eq!(reply["result"]["user"], "42", "{reply}");
+    assert_eq!(reply["result"]["channels"], serde_json::json!(["news"]));
+    // Without a secret there is nothing to sign with.
+    let out = duplex()
+        .args(["token", "--user", "1"])
+        .env_remove("DUPLEX_TOKEN_SECRET")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("token_secret"));
 }

@@ -1,5 +1,6 @@
 //! API key check for `/api/*`: `Authorization: apikey <key>`, compared in
-//! constant time so the key cannot be guessed byte by byte from timings.
+//! constant time so a key cannot be guessed byte by byte from timings.
+//! Several keys may be valid at once, so a key can be rotated without downtime.
 
 use axum::extract::{Request, State};
 use axum::http::{header, StatusCode};
@@ -14,8 +15,8 @@ pub(super) async fn require_api_key(
     req: Request,
     next: Next,
 ) -> Response {
-    let expected = &app.node.config().api_key;
-    if expected.is_empty() {
+    let config = app.node.config();
+    if config.api_keys().next().is_none() {
         return next.run(req).await;
     }
     let given = req
@@ -24,8 +25,14 @@ pub(super) async fn require_api_key(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("apikey "))
         .map(str::trim);
+    // Compare against every key (no early exit), so timing says nothing about which.
+    let accepted = given.is_some_and(|key| {
+        config.api_keys().fold(false, |ok, k| {
+            constant_time_eq(key.as_bytes(), k.as_bytes()) | ok
+        })
+    });
     match given {
-        Some(key) if constant_time_eq(key.as_bytes(), expected.as_bytes()) => next.run(req).await,
+        Some(_) if accepted => next.run(req).await,
         _ => ApiError::new(
             StatusCode::UNAUTHORIZED,
             "unauthorized",

@@ -1,7 +1,8 @@
-//! Command-line interface: `serve`, `publish`, `subscribe`.
+//! Command-line interface: `serve`, `publish`, `subscribe`, `token`.
 //! The only place that uses `anyhow`: errors here end with a message to a person.
 
 mod poke;
+mod token;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -33,6 +34,8 @@ enum Command {
     Publish(poke::PublishArgs),
     /// Print every message of the given channels, one line each, until interrupted.
     Subscribe(poke::SubscribeArgs),
+    /// Mint a connection token (HS256) from the node's secret.
+    Token(token::TokenArgs),
 }
 
 /// Runs the command and turns errors into a message and exit code 1.
@@ -53,6 +56,7 @@ pub(crate) fn main() -> ExitCode {
             Command::Serve { config, settings } => serve(config, *settings).await,
             Command::Publish(args) => poke::publish(args).await,
             Command::Subscribe(args) => poke::subscribe(args).await,
+            Command::Token(args) => token::token(args),
         }
     });
     match result {

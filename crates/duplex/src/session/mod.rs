@@ -18,8 +18,55 @@ use duplex_protocol::channel::ChannelName;
 use duplex_protocol::code::CloseCode;
 use duplex_protocol::ws::MessageKind;
 
+use crate::auth::TokenError;
 use crate::conn::Conn;
 use crate::node::Node;
+use crate::stats::Stats;
+
+/// Channels a backend uses to reach every connection of one user, on every node.
+pub(crate) const USER_CHANNEL_PREFIX: &str = "#user:";
+
+/// Who a client is, from its token.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Identity {
+    /// User id; empty for anonymous clients.
+    pub(crate) user: String,
+    /// Token expiry, Unix seconds.
+    pub(crate) expires: Option<u64>,
+    /// Channels the token subscribes the client to.
+    pub(crate) channels: Vec<String>,
+}
+
+/// `#user:<id>` belongs to the connections of user `<id>` (never to anonymous ones).
+pub(crate) fn is_own_user_channel(channel: &ChannelName, user: Option<&str>) -> bool {
+    match (channel.as_str().strip_prefix(USER_CHANNEL_PREFIX), user) {
+        (Some(id), Some(user)) => !user.is_empty() && id == user,
+        _ => false,
+    }
+}
+
+/// Checks a client's token. Without token auth everyone is anonymous; with
+/// it, a missing token is refused unless `allow_anonymous`.
+pub(crate) fn authenticate(node: &Node, token: Option<&str>) -> Result<Identity, TokenError> {
+    let Some(verifier) = node.verifier() else {
+        return Ok(Identity::default());
+    };
+    let result = match token.filter(|t| !t.is_empty()) {
+        Some(token) => verifier.verify(token).map(|claims| Identity {
+            user: claims.sub,
+            expires: claims.exp,
+            channels: claims.channels,
+        }),
+        None if node.config().allow_anonymous => Ok(Identity::default()),
+        None => Err(TokenError::Invalid(
+            "a token is required: send it in connect (or ?token= on /)".to_string(),
+        )),
+    };
+    if result.is_err() {
+        Stats::bump(&node.stats().auth_denials);
+    }
+    result
+}
 
 /// What transport does after a message.
 #[derive(Debug, PartialEq, Eq)]

@@ -6,19 +6,22 @@ use std::sync::Arc;
 use bytes::Bytes;
 use duplex_protocol::channel::ChannelName;
 use duplex_protocol::code::{CloseCode, ErrorCode};
-use duplex_protocol::command::{self, Command, ConnectParams, PublishParams};
+use duplex_protocol::command::{self, Command, ConnectParams, PublishParams, RefreshParams};
 use duplex_protocol::payload::bytes_from_json;
-use duplex_protocol::push::{self, ChannelsResult, ConnectResult, Empty};
+use duplex_protocol::push::{self, ChannelsResult, ConnectResult, Empty, RefreshResult};
 use duplex_protocol::ws::MessageKind;
 use duplex_protocol::PROTOCOL_VERSION;
 use indexmap::IndexSet;
 
 use super::rate::{RateLimit, Verdict};
-use super::Flow;
+use super::{Flow, Identity};
+use crate::auth::TokenError;
 use crate::broker::BrokerError;
 use crate::conn::Conn;
 use crate::message::Publication;
 use crate::node::Node;
+use crate::session::is_own_user_channel;
+use crate::stats::Stats;
 
 /// Where the client is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,17 +36,34 @@ enum Status {
 #[derive(Debug)]
 pub(crate) struct NativeSession {
     status: Status,
+    identity: Identity,
     channels: IndexSet<ChannelName>,
     publish_rate: RateLimit,
 }
 
-/// A reply frame, or the error to answer with.
-type Reply = Result<Bytes, (ErrorCode, String)>;
+/// Why a command got no result.
+#[derive(Debug)]
+enum Refusal {
+    /// Answer with this error; the connection lives on.
+    Error(ErrorCode, String),
+    /// End the connection.
+    Close(CloseCode, String),
+}
+
+impl From<(ErrorCode, String)> for Refusal {
+    fn from((code, message): (ErrorCode, String)) -> Self {
+        Refusal::Error(code, message)
+    }
+}
+
+/// A reply frame, or why there is none.
+type Reply = Result<Bytes, Refusal>;
 
 impl NativeSession {
     pub(crate) fn new(max_publish_rate: u32) -> Self {
         NativeSession {
             status: Status::Connecting,
+            identity: Identity::default(),
             channels: IndexSet::new(),
             publish_rate: RateLimit::new(max_publish_rate),
         }
@@ -72,20 +92,21 @@ impl NativeSession {
                 let id = request.id;
                 let result = match self.rate_verdict(&request.command) {
                     Verdict::Allow => self.run(node, conn, id, request.command).await,
-                    Verdict::Refuse => Err((
+                    Verdict::Refuse => Err(Refusal::Error(
                         ErrorCode::TooManyRequests,
                         "publish rate limit exceeded; slow down".to_string(),
                     )),
-                    Verdict::Close => {
-                        return Flow::Close(
-                            CloseCode::TooManyRequests,
-                            "kept publishing over the rate limit".to_string(),
-                        );
-                    }
+                    Verdict::Close => Err(Refusal::Close(
+                        CloseCode::TooManyRequests,
+                        "kept publishing over the rate limit".to_string(),
+                    )),
                 };
                 match result {
                     Ok(frame) => frame,
-                    Err((code, message)) => push::error_reply(Some(id), code, &message),
+                    Err(Refusal::Error(code, message)) => {
+                        push::error_reply(Some(id), code, &message)
+                    }
+                    Err(Refusal::Close(code, reason)) => return Flow::Close(code, reason),
                 }
             }
         };
@@ -103,34 +124,72 @@ impl NativeSession {
 
     async fn run(&mut self, node: &Node, conn: &Arc<Conn>, id: u64, command: Command) -> Reply {
         if let Command::Connect(params) = command {
-            return self.connect(node, conn, id, params);
+            return self.connect(node, conn, id, params).await;
         }
-        self.status = Status::Connected;
+        if self.status == Status::Connecting {
+            if node.verifier().is_some() && !node.config().allow_anonymous {
+                Stats::bump(&node.stats().auth_denials);
+                return Err(Refusal::Error(
+                    ErrorCode::Unauthorized,
+                    "send connect with a token first".to_string(),
+                ));
+            }
+            // Without token auth, any command introduces the client anonymously.
+            self.status = Status::Connected;
+        }
         match command {
             Command::Subscribe(p) => self.subscribe(node, conn, id, p.into_names()).await,
             Command::Unsubscribe(p) => self.unsubscribe(node, conn, id, p.into_names()).await,
-            Command::Publish(p) => publish(node, id, p).await,
+            Command::Publish(p) => Ok(publish(node, id, p).await?),
+            Command::Refresh(p) => self.refresh(node, conn, id, p),
             Command::Ping => Ok(push::reply(id, &Empty {})),
-            _ => Err((ErrorCode::UnknownMethod, "method not supported".to_string())),
+            _ => Err(Refusal::Error(
+                ErrorCode::UnknownMethod,
+                "method not supported".to_string(),
+            )),
         }
     }
 
-    fn connect(&mut self, node: &Node, conn: &Arc<Conn>, id: u64, params: ConnectParams) -> Reply {
+    async fn connect(
+        &mut self,
+        node: &Node,
+        conn: &Arc<Conn>,
+        id: u64,
+        params: ConnectParams,
+    ) -> Reply {
         if self.status == Status::Connected {
-            return Err((ErrorCode::AlreadyConnected, "already connected".to_string()));
+            return Err(Refusal::Error(
+                ErrorCode::AlreadyConnected,
+                "already connected".to_string(),
+            ));
         }
         if let Some(v) = params.protocol.filter(|v| *v != PROTOCOL_VERSION) {
-            return Err((
+            return Err(Refusal::Error(
                 ErrorCode::UnsupportedVersion,
                 format!(
                     "protocol version {v} is not supported; this server speaks {PROTOCOL_VERSION}"
                 ),
             ));
         }
+        let identity = authenticate(node, conn, params.token.as_deref())?;
+        // Channels from a signed token are trusted: they may be reserved ones.
+        let mut granted = Vec::new();
+        for name in &identity.channels {
+            let channel =
+                ChannelName::parse(name, node.config().max_channel_length).map_err(|e| {
+                    Refusal::Close(CloseCode::InvalidToken, format!("token channel: {e}"))
+                })?;
+            if !self.channels.contains(&channel) {
+                node.subscribe(conn, &channel).await.map_err(broker_error)?;
+                self.channels.insert(channel);
+            }
+            granted.push(name.as_str());
+        }
         self.status = Status::Connected;
-        tracing::debug!(conn = %conn.id, name = params.name.as_deref().unwrap_or(""), version = params.version.as_deref().unwrap_or(""), "client connected");
+        conn.set_token_expiry(identity.expires);
+        tracing::debug!(conn = %conn.id, user = identity.user, name = params.name.as_deref().unwrap_or(""), version = params.version.as_deref().unwrap_or(""), "client connected");
         let ping_interval = node.config().ping_interval.as_secs().max(1);
-        Ok(push::reply(
+        let reply = push::reply(
             id,
             &ConnectResult {
                 client: &conn.id,
@@ -138,6 +197,36 @@ impl NativeSession {
                 version: env!("CARGO_PKG_VERSION"),
                 protocol: PROTOCOL_VERSION,
                 ping_interval,
+                user: &identity.user,
+                expires: identity.expires,
+                channels: &granted,
+            },
+        );
+        self.identity = identity;
+        Ok(reply)
+    }
+
+    fn refresh(&mut self, node: &Node, conn: &Arc<Conn>, id: u64, params: RefreshParams) -> Reply {
+        if node.verifier().is_none() {
+            return Err(Refusal::Error(
+                ErrorCode::BadRequest,
+                "this server does not use tokens".to_string(),
+            ));
+        }
+        let fresh = authenticate(node, conn, Some(&params.token))?;
+        if fresh.user != self.identity.user {
+            Stats::bump(&node.stats().auth_denials);
+            return Err(Refusal::Close(
+                CloseCode::InvalidToken,
+                "refresh token is for another user".to_string(),
+            ));
+        }
+        conn.set_token_expiry(fresh.expires);
+        self.identity.expires = fresh.expires;
+        Ok(push::reply(
+            id,
+            &RefreshResult {
+                expires: fresh.expires,
             },
         ))
     }
@@ -149,14 +238,14 @@ impl NativeSession {
         id: u64,
         names: Vec<String>,
     ) -> Reply {
-        let channels = parse_channels(node, &names)?;
+        let channels = parse_channels(node, &names, Some(&self.identity.user))?;
         let new: IndexSet<&ChannelName> = channels
             .iter()
             .filter(|c| !self.channels.contains(*c))
             .collect();
         let max = node.config().max_subscriptions;
         if self.channels.len() + new.len() > max {
-            return Err((
+            return Err(Refusal::Error(
                 ErrorCode::LimitExceeded,
                 format!("subscription limit: at most {max} channels per connection"),
             ));
@@ -175,7 +264,7 @@ impl NativeSession {
         id: u64,
         names: Vec<String>,
     ) -> Reply {
-        let channels = parse_channels(node, &names)?;
+        let channels = parse_channels(node, &names, Some(&self.identity.user))?;
         for channel in &channels {
             if self.channels.shift_remove(channel) {
                 node.unsubscribe(conn, channel).await;
@@ -189,8 +278,12 @@ impl NativeSession {
     }
 }
 
-async fn publish(node: &Node, id: u64, params: PublishParams) -> Reply {
-    let channel = parse_channel(node, &params.channel)?;
+async fn publish(
+    node: &Node,
+    id: u64,
+    params: PublishParams,
+) -> Result<Bytes, (ErrorCode, String)> {
+    let channel = parse_channel(node, &params.channel, None)?;
     let (payload, kind) = bytes_from_json(&params.data, params.encoding)
         .map_err(|e| (ErrorCode::BadRequest, e.to_string()))?;
     let publication = Publication {
@@ -203,33 +296,67 @@ async fn publish(node: &Node, id: u64, params: PublishParams) -> Reply {
     Ok(push::reply(id, &Empty {}))
 }
 
-fn parse_channel(node: &Node, name: &str) -> Result<ChannelName, (ErrorCode, String)> {
+/// Parses a channel a client names. Reserved (`#`) channels are refused,
+/// except the user's own `#user:<id>` when `user` (the client's id) allows it.
+fn parse_channel(
+    node: &Node,
+    name: &str,
+    user: Option<&str>,
+) -> Result<ChannelName, (ErrorCode, String)> {
     let channel = ChannelName::parse(name, node.config().max_channel_length).map_err(|e| {
         let shown: String = name.chars().take(64).collect();
         (ErrorCode::InvalidChannel, format!("{e}: {shown:?}"))
     })?;
-    if channel.is_reserved() {
+    if channel.is_reserved() && !is_own_user_channel(&channel, user) {
+        Stats::bump(&node.stats().auth_denials);
+        tracing::debug!(%channel, "reserved channel refused");
         return Err((
             ErrorCode::PermissionDenied,
-            format!("channel {channel:?}: names starting with '#' are reserved for the server"),
+            format!("channel {channel:?}: permission denied"),
         ));
     }
     Ok(channel)
 }
 
-fn parse_channels(node: &Node, names: &[String]) -> Result<Vec<ChannelName>, (ErrorCode, String)> {
+fn parse_channels(
+    node: &Node,
+    names: &[String],
+    user: Option<&str>,
+) -> Result<Vec<ChannelName>, (ErrorCode, String)> {
     if names.is_empty() {
         return Err((
             ErrorCode::BadRequest,
             "no channel given: use \"channel\" or \"channels\"".to_string(),
         ));
     }
-    names.iter().map(|n| parse_channel(node, n)).collect()
+    names.iter().map(|n| parse_channel(node, n, user)).collect()
 }
 
 fn channels_reply(id: u64, names: &[String]) -> Bytes {
     let refs: Vec<&str> = names.iter().map(String::as_str).collect();
     push::reply(id, &ChannelsResult { channels: &refs })
+}
+
+/// Checks the token a client presents; `None` when the server has no token auth.
+fn authenticate(node: &Node, conn: &Conn, token: Option<&str>) -> Result<Identity, Refusal> {
+    match super::authenticate(node, token) {
+        Ok(identity) => Ok(identity),
+        Err(TokenError::Expired) => {
+            tracing::debug!(conn = %conn.id, "expired token refused");
+            Err(Refusal::Error(
+                ErrorCode::TokenExpired,
+                "token expired: get a fresh one and send it again".to_string(),
+            ))
+        }
+        Err(TokenError::Invalid(why)) if token.is_none_or(str::is_empty) => {
+            tracing::debug!(conn = %conn.id, why, "connect without a token refused");
+            Err(Refusal::Error(ErrorCode::Unauthorized, why))
+        }
+        Err(TokenError::Invalid(why)) => {
+            tracing::debug!(conn = %conn.id, why, "invalid token refused");
+            Err(Refusal::Close(CloseCode::InvalidToken, why))
+        }
+    }
 }
 
 fn broker_error(e: BrokerError) -> (ErrorCode, String) {

@@ -79,6 +79,14 @@ impl PlainSession {
         let Some(channel) = self.channels.first() else {
             return Flow::Continue;
         };
+        if channel.is_reserved() {
+            // `#user:` and other server channels are written by backends only.
+            Stats::bump(&node.stats().auth_denials);
+            return Flow::Close(
+                CloseCode::PolicyViolation,
+                format!("clients cannot publish to {channel:?}: put another channel first"),
+            );
+        }
         let publication = Publication {
             channel: channel.clone(),
             payload,

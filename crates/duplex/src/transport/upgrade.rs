@@ -18,12 +18,14 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 use super::reader;
+use crate::auth::TokenError;
 use crate::hub::Wire;
 use crate::node::{Node, Refused};
 use crate::server::AppState;
 use crate::session::native::NativeSession;
 use crate::session::plain::PlainSession;
-use crate::session::Session;
+use crate::session::{self, is_own_user_channel, Identity, Session};
+use crate::stats::Stats;
 
 /// `GET /`: plain mode (the classic demo).
 pub async fn plain(
@@ -43,7 +45,13 @@ pub async fn native(
     upgrade(app, remote, req, Wire::Native).await
 }
 
-fn plain_channels(node: &Node, query: Option<&str>) -> Result<Vec<ChannelName>, String> {
+/// The channels a plain client asks for (`?channel=`), checked against what
+/// its identity may read; the token's own channels are added by the caller.
+fn plain_channels(
+    node: &Node,
+    query: Option<&str>,
+    identity: &Identity,
+) -> Result<Vec<ChannelName>, String> {
     let config = node.config();
     let mut channels: Vec<ChannelName> = Vec::new();
     for (key, value) in url::form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
@@ -56,10 +64,9 @@ fn plain_channels(node: &Node, query: Option<&str>) -> Result<Vec<ChannelName>, 
                 value.chars().take(64).collect::<String>()
             )
         })?;
-        if channel.is_reserved() {
-            return Err(format!(
-                "channel {channel:?}: names starting with '#' are reserved for the server"
-            ));
+        if channel.is_reserved() && !is_own_user_channel(&channel, Some(&identity.user)) {
+            Stats::bump(&node.stats().auth_denials);
+            return Err(format!("channel {channel:?}: permission denied"));
         }
         if !channels.contains(&channel) {
             channels.push(channel);
@@ -71,6 +78,14 @@ fn plain_channels(node: &Node, query: Option<&str>) -> Result<Vec<ChannelName>, 
             ));
         }
     }
+    for name in &identity.channels {
+        // Signed by the backend: trusted, reserved names included.
+        let channel = ChannelName::parse(name, config.max_channel_length)
+            .map_err(|e| format!("token channel {name:?}: {e}"))?;
+        if !channels.contains(&channel) {
+            channels.push(channel);
+        }
+    }
     if channels.is_empty() {
         channels.push(
             ChannelName::parse(&config.default_channel, usize::MAX)
@@ -79,6 +94,30 @@ fn plain_channels(node: &Node, query: Option<&str>) -> Result<Vec<ChannelName>, 
     }
     Ok(channels)
 }
+
+/// The token a plain client presents: `?token=`, or a `Sec-WebSocket-Protocol`
+/// entry `token.<jwt>` (browsers cannot set headers, but can offer protocols;
+/// that entry is echoed back, as browsers require).
+fn plain_token(req: &Request<Body>) -> (Option<String>, Option<HeaderValue>) {
+    let query = req.uri().query().unwrap_or("");
+    if let Some((_, token)) =
+        url::form_urlencoded::parse(query.as_bytes()).find(|(k, _)| k == "token")
+    {
+        return (Some(token.into_owned()), None);
+    }
+    for value in req.headers().get_all(header::SEC_WEBSOCKET_PROTOCOL) {
+        let Ok(list) = value.to_str() else { continue };
+        for entry in list.split(',').map(str::trim) {
+            if let Some(token) = entry.strip_prefix(TOKEN_PROTOCOL_PREFIX) {
+                return (Some(token.to_string()), HeaderValue::from_str(entry).ok());
+            }
+        }
+    }
+    (None, None)
+}
+
+/// `Sec-WebSocket-Protocol` entries starting with this carry a token.
+const TOKEN_PROTOCOL_PREFIX: &str = "token.";
 
 fn header_has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
     headers.get_all(name).iter().any(|v| {
@@ -172,11 +211,24 @@ async fn upgrade(
     if app.shutdown.is_cancelled() {
         return refuse(StatusCode::SERVICE_UNAVAILABLE, "server shutting down");
     }
+    // Plain clients authenticate at the upgrade. A refused token still gets
+    // the 101, then a close frame with the code: a browser sees close codes,
+    // never the status or body of a failed handshake.
+    let mut protocol = None;
+    let mut auth: Result<Identity, TokenError> = Ok(Identity::default());
     let channels = match wire {
-        Wire::Plain => match plain_channels(&app.node, req.uri().query()) {
-            Ok(channels) => channels,
-            Err(reason) => return refuse(StatusCode::BAD_REQUEST, &reason),
-        },
+        Wire::Plain => {
+            let (token, echoed) = plain_token(&req);
+            protocol = echoed;
+            auth = session::authenticate(&app.node, token.as_deref());
+            match &auth {
+                Ok(identity) => match plain_channels(&app.node, req.uri().query(), identity) {
+                    Ok(channels) => channels,
+                    Err(reason) => return refuse(StatusCode::BAD_REQUEST, &reason),
+                },
+                Err(_) => Vec::new(),
+            }
+        }
         Wire::Native => Vec::new(),
     };
     // Register and subscribe before answering 101: once a client sees the
@@ -209,7 +261,20 @@ async fn upgrade(
             }
         },
     };
-    tracing::debug!(conn = %conn.id, %remote, ?wire, "client connected");
+    match &auth {
+        Ok(identity) => {
+            conn.set_token_expiry(identity.expires);
+            tracing::debug!(conn = %conn.id, %remote, ?wire, user = identity.user, "client connected");
+        }
+        Err(e) => {
+            let code = match e {
+                TokenError::Expired => CloseCode::TokenExpired,
+                TokenError::Invalid(_) => CloseCode::InvalidToken,
+            };
+            tracing::debug!(conn = %conn.id, %remote, error = %e, "plain client refused: token");
+            conn.close(code.as_u16(), &e.to_string(), false);
+        }
+    }
     let on_upgrade = hyper::upgrade::on(&mut req);
     app.tracker.spawn(async move {
         let parts = match on_upgrade.await.map(|u| u.downcast::<TokioIo<TcpStream>>()) {
@@ -241,5 +306,8 @@ async fn upgrade(
     headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
     headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
     headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
+    if let Some(protocol) = protocol {
+        headers.insert(header::SEC_WEBSOCKET_PROTOCOL, protocol);
+    }
     response
 }

@@ -32,6 +32,11 @@ impl Client {
         Client { ws, next_id: 1 }
     }
 
+    /// Wraps a stream connected some other way (custom headers).
+    pub fn from_ws(ws: Ws) -> Client {
+        Client { ws, next_id: 1 }
+    }
+
     pub async fn send_text(&mut self, text: &str) {
         self.ws.send(Message::text(text)).await.expect("send");
     }

@@ -1,0 +1,252 @@
+//! Who a client is: connection tokens (JWT) minted by the application's
+//! backend and checked here with a shared secret (HS256/384/512) or a public
+//! key (RS256/384/512, ES256/384), so the backend never talks to the node to
+//! let a client in.
+//!
+//! The key is chosen by the token's `alg` family and each key only accepts
+//! its own family: an HS256 token "signed" with the RSA public key as an HMAC
+//! secret (the classic confusion attack) meets no HMAC key, and `alg: none`
+//! is not an algorithm at all.
+
+use std::collections::HashSet;
+use std::path::Path;
+
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use crate::config::Config;
+
+/// What a verified connection token says about the client.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Claims {
+    /// User id; empty means anonymous.
+    #[serde(default)]
+    pub sub: String,
+    /// Expiry, Unix seconds; absent means the token never expires.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exp: Option<u64>,
+    /// Not valid before, Unix seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<u64>,
+    /// Issued at, Unix seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iat: Option<u64>,
+    /// Application data attached to the connection, passed on as is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub info: Option<Box<RawValue>>,
+    /// Channels the server subscribes the client to at connect.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub channels: Vec<String>,
+}
+
+/// Why a token was not accepted; the two cases tell the client different things.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    /// Well signed but past `exp`: get a fresh token and try again.
+    #[error("token expired")]
+    Expired,
+    /// Never acceptable: bad signature, algorithm, audience, shape...
+    #[error("invalid token: {0}")]
+    Invalid(String),
+}
+
+/// Why the token settings cannot be used; shown to the operator at start.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    /// The public key file could not be read.
+    #[error("cannot read token_public_key {path}: {source}")]
+    Read {
+        /// File that failed.
+        path: String,
+        /// Underlying I/O error.
+        source: std::io::Error,
+    },
+    /// The file is not an RSA or EC public key in PEM.
+    #[error("token_public_key {0} is not an RSA or EC (P-256/P-384) public key in PEM format")]
+    NotAKey(String),
+    /// Minting needs the shared secret.
+    #[error("no token_secret configured (--token-secret or DUPLEX_TOKEN_SECRET)")]
+    NoSecret,
+    /// The token library refused to sign.
+    #[error("cannot sign the token: {0}")]
+    Sign(#[from] jsonwebtoken::errors::Error),
+}
+
+/// One key and the algorithms it may verify.
+struct KeyEntry {
+    key: DecodingKey,
+    validation: Validation,
+}
+
+/// Checks connection tokens against the configured keys.
+pub struct Verifier {
+    keys: Vec<KeyEntry>,
+}
+
+impl std::fmt::Debug for Verifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print key material.
+        f.debug_struct("Verifier")
+            .field("keys", &self.keys.len())
+            .finish()
+    }
+}
+
+const HMAC: &[Algorithm] = &[Algorithm::HS256, Algorithm::HS384, Algorithm::HS512];
+const RSA: &[Algorithm] = &[Algorithm::RS256, Algorithm::RS384, Algorithm::RS512];
+const EC: &[Algorithm] = &[Algorithm::ES256, Algorithm::ES384];
+
+impl Verifier {
+    /// The verifier the config asks for; `None` when no token key is set
+    /// (every client is anonymous and the classic demo works as is).
+    pub fn from_config(config: &Config) -> Result<Option<Verifier>, AuthError> {
+        let mut keys = Vec::new();
+        let validation = |algorithms: &[Algorithm]| {
+            let mut v = Validation::new(algorithms[0]);
+            v.algorithms = algorithms.to_vec();
+            v.leeway = 0;
+            v.validate_nbf = true;
+            v.required_spec_claims = HashSet::new();
+            if config.token_audience.is_empty() {
+                v.validate_aud = false;
+            } else {
+                v.set_audience(&[&config.token_audience]);
+                v.required_spec_claims.insert("aud".to_string());
+            }
+            if !config.token_issuer.is_empty() {
+                v.set_issuer(&[&config.token_issuer]);
+                v.required_spec_claims.insert("iss".to_string());
+            }
+            v
+        };
+        if !config.token_secret.is_empty() {
+            keys.push(KeyEntry {
+                key: DecodingKey::from_secret(config.token_secret.expose().as_bytes()),
+                validation: validation(HMAC),
+            });
+        }
+        if !config.token_public_key.is_empty() {
+            let path = &config.token_public_key;
+            let pem = std::fs::read(Path::new(path)).map_err(|source| AuthError::Read {
+                path: path.clone(),
+                source,
+            })?;
+            let entry = if let Ok(key) = DecodingKey::from_rsa_pem(&pem) {
+                KeyEntry {
+                    key,
+                    validation: validation(RSA),
+                }
+            } else if let Ok(key) = DecodingKey::from_ec_pem(&pem) {
+                KeyEntry {
+                    key,
+                    validation: validation(EC),
+                }
+            } else {
+                return Err(AuthError::NotAKey(path.clone()));
+            };
+            keys.push(entry);
+        }
+        Ok((!keys.is_empty()).then_some(Verifier { keys }))
+    }
+
+    /// Verifies signature and time and audience/issuer claims.
+    pub fn verify(&self, token: &str) -> Result<Claims, TokenError> {
+        let header = jsonwebtoken::decode_header(token)
+            .map_err(|e| TokenError::Invalid(format!("malformed: {e}")))?;
+        let entry = self
+            .keys
+            .iter()
+            .find(|k| k.validation.algorithms.contains(&header.alg))
+            .ok_or_else(|| {
+                TokenError::Invalid(format!("algorithm {:?} is not accepted here", header.alg))
+            })?;
+        match jsonwebtoken::decode::<Claims>(token, &entry.key, &entry.validation) {
+            Ok(data) => Ok(data.claims),
+            Err(e) => match e.kind() {
+                jsonwebtoken::errors::ErrorKind::ExpiredSignature => Err(TokenError::Expired),
+                jsonwebtoken::errors::ErrorKind::ImmatureSignature => {
+                    Err(TokenError::Invalid("not valid yet (nbf)".to_string()))
+                }
+                _ => Err(TokenError::Invalid(e.to_string())),
+            },
+        }
+    }
+}
+
+/// Mints an HS256 token from the shared secret: for `duplex token`, tests,
+/// and backends without a JWT library.
+pub fn mint(secret: &str, claims: &Claims) -> Result<String, AuthError> {
+    if secret.is_empty() {
+        return Err(AuthError::NoSecret);
+    }
+    Ok(jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        claims,
+        &EncodingKey::from_secret(secret.as_bytes()),
+    )?)
+}
+
+/// Seconds since the Unix epoch, the unit of `exp`.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Secret, Settings};
+
+    fn verifier(secret: &str) -> Verifier {
+        let config = Settings {
+            token_secret: Some(Secret::from(secret)),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap();
+        Verifier::from_config(&config).unwrap().unwrap()
+    }
+
+    #[test]
+    fn minted_tokens_verify_and_carry_their_claims() {
+        let claims = Claims {
+            sub: "42".into(),
+            exp: Some(unix_now() + 60),
+            info: Some(RawValue::from_string(r#"{"name":"Ada"}"#.into()).unwrap()),
+            channels: vec!["news".into()],
+            ..Default::default()
+        };
+        let token = mint("s3cret", &claims).unwrap();
+        let got = verifier("s3cret").verify(&token).unwrap();
+        assert_eq!(got.sub, "42");
+        assert_eq!(got.channels, vec!["news".to_string()]);
+        assert_eq!(got.info.unwrap().get(), r#"{"name":"Ada"}"#);
+    }
+
+    #[test]
+    fn expired_and_forged_tokens_are_told_apart() {
+        let expired = Claims {
+            sub: "1".into(),
+            exp: Some(unix_now() - 1),
+            ..Default::default()
+        };
+        let v = verifier("s3cret");
+        assert_eq!(
+            v.verify(&mint("s3cret", &expired).unwrap()).unwrap_err(),
+            TokenError::Expired
+        );
+        let forged = mint("other", &Claims::default()).unwrap();
+        assert!(matches!(v.verify(&forged), Err(TokenError::Invalid(_))));
+        assert!(matches!(v.verify("not.a.jwt"), Err(TokenError::Invalid(_))));
+        assert!(matches!(v.verify(""), Err(TokenError::Invalid(_))));
+    }
+
+    #[test]
+    fn debug_output_holds_no_key() {
+        let v = verifier("very-secret-value");
+        assert!(!format!("{v:?}").contains("very-secret-value"));
+    }
+}

@@ -1,0 +1,328 @@
+//! Connection tokens: every rule with its positive and negative case, over
+//! real sockets, as a client sees them (error codes, close codes).
+
+mod support;
+
+use std::time::Duration;
+
+use duplex::auth::unix_now;
+use duplex::config::Settings;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde_json::{json, Value};
+use support::client::Client;
+use support::node::{settings, TestNode};
+use support::raw::Raw;
+
+const SECRET: &str = "test-secret-of-decent-length";
+
+fn fixture(name: &str) -> String {
+    format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+fn sign(alg: Algorithm, key: &EncodingKey, claims: &Value) -> String {
+    jsonwebtoken::encode(&Header::new(alg), claims, key).expect("sign")
+}
+
+fn hs256(claims: Value) -> String {
+    sign(
+        Algorithm::HS256,
+        &EncodingKey::from_secret(SECRET.as_bytes()),
+        &claims,
+    )
+}
+
+fn user(sub: &str) -> String {
+    hs256(json!({"sub": sub, "exp": unix_now() + 600}))
+}
+
+async fn node_with(extra: Settings) -> TestNode {
+    TestNode::start(Settings {
+        token_secret: Some(SECRET.into()),
+        ..extra
+    })
+    .await
+}
+
+async fn secret_node() -> TestNode {
+    node_with(settings()).await
+}
+
+/// A native client that has sent `connect` with `token`; returns it and the reply.
+async fn connect(node: &TestNode, token: &str) -> (Client, Value) {
+    let mut client = Client::connect(&node.ws("/ws")).await;
+    let reply = client.command("connect", json!({"token": token})).await;
+    (client, reply)
+}
+
+/// Sends `connect` with `token` and expects the `disconnect` push, then the close.
+async fn assert_closed_with(node: &TestNode, token: &str, code: u16, what: &str) {
+    let mut client = Client::connect(&node.ws("/ws")).await;
+    let command = json!({"id": 1, "method": "connect", "params": {"token": token}});
+    client.send_text(&command.to_string()).await;
+    let push = client.next_json().await;
+    assert_eq!(
+        (&push["push"], &push["code"], &push["reconnect"]),
+        (&json!("disconnect"), &json!(code), &json!(code < 3500)),
+        "{what}: {push}"
+    );
+    assert_eq!(client.expect_close().await.code, code, "{what}");
+}
+
+#[tokio::test]
+async fn native_connect_with_a_valid_token_names_the_user() {
+    let node = secret_node().await;
+    let token = hs256(json!({"sub": "42", "exp": unix_now() + 600, "channels": ["news"]}));
+    let (mut client, reply) = connect(&node, &token).await;
+    assert_eq!(reply["result"]["user"], "42", "{reply}");
+    assert_eq!(reply["result"]["channels"], json!(["news"]));
+    assert!(reply["result"]["expires"].as_u64().unwrap() > unix_now());
+    // Subscribed by the token: messages arrive without a subscribe.
+    node.post_json("/api/publish", &json!({"channel": "news", "data": "hi"}))
+        .await;
+    assert_eq!(client.next_push().await, ("news".to_string(), json!("hi")));
+}
+
+#[tokio::test]
+async fn native_commands_need_a_connect_with_a_token_first() {
+    let node = secret_node().await;
+    let mut client = Client::connect(&node.ws("/ws")).await;
+    let reply = client
+        .command("subscribe", json!({"channel": "news"}))
+        .await;
+    assert_eq!(reply["error"]["code"], 112, "{reply}");
+    let reply = client.command("connect", json!({})).await;
+    assert_eq!(reply["error"]["code"], 112, "{reply}");
+    // Still open: a good token now works.
+    let reply = client.command("connect", json!({"token": user("7")})).await;
+    assert_eq!(reply["result"]["user"], "7", "{reply}");
+    client.subscribe(&["news"]).await;
+}
+
+#[tokio::test]
+async fn bad_tokens_close_with_3500_and_expired_ones_get_111() {
+    let node = secret_node().await;
+    let cases = [
+        (
+            "bad signature",
+            sign(
+                Algorithm::HS256,
+                &EncodingKey::from_secret(b"another secret"),
+                &json!({"sub": "1"}),
+            ),
+        ),
+        (
+            "alg none",
+            // Header {"alg":"none"} and an empty signature.
+            format!(
+                "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.{}.",
+                base64_url(br#"{"sub":"1"}"#)
+            ),
+        ),
+        ("garbage", "not-a-token".to_string()),
+        (
+            "not valid yet",
+            hs256(json!({"sub": "1", "nbf": unix_now() + 3600})),
+        ),
+        (
+            "RS256 when only a secret is configured",
+            sign(
+                Algorithm::RS256,
+                &EncodingKey::from_rsa_pem(&std::fs::read(fixture("rsa_private.pem")).unwrap())
+                    .unwrap(),
+                &json!({"sub": "1"}),
+            ),
+        ),
+    ];
+    for (what, token) in cases {
+        assert_closed_with(&node, &token, 3500, what).await;
+    }
+    let expired = hs256(json!({"sub": "1", "exp": unix_now() - 10}));
+    let (mut client, reply) = connect(&node, &expired).await;
+    assert_eq!(reply["error"]["code"], 111, "{reply}");
+    // The client fetches a fresh token and tries again on the same connection.
+    let reply = client.command("connect", json!({"token": user("1")})).await;
+    assert_eq!(reply["result"]["user"], "1", "{reply}");
+    let denials = node.info().await["stats"]["auth_denials"].as_u64().unwrap();
+    assert_eq!(denials, 6);
+}
+
+fn base64_url(bytes: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+#[tokio::test]
+async fn public_keys_verify_rs256_and_es256_and_refuse_hs_confusion() {
+    for (public, private, alg) in [
+        ("rsa_public.pem", "rsa_private.pem", Algorithm::RS256),
+        ("ec_public.pem", "ec_private.pem", Algorithm::ES256),
+    ] {
+        let node = TestNode::start(Settings {
+            token_public_key: Some(fixture(public)),
+            ..settings()
+        })
+        .await;
+        let pem = std::fs::read(fixture(private)).unwrap();
+        let key = match alg {
+            Algorithm::RS256 => EncodingKey::from_rsa_pem(&pem),
+            _ => EncodingKey::from_ec_pem(&pem),
+        }
+        .unwrap();
+        let token = sign(alg, &key, &json!({"sub": "alice", "exp": unix_now() + 60}));
+        let (_client, reply) = connect(&node, &token).await;
+        assert_eq!(reply["result"]["user"], "alice", "{alg:?}: {reply}");
+        // The public key used as an HMAC secret: the classic confusion attack.
+        let public_pem = std::fs::read(fixture(public)).unwrap();
+        let forged = sign(
+            Algorithm::HS256,
+            &EncodingKey::from_secret(&public_pem),
+            &json!({"sub": "admin"}),
+        );
+        assert_closed_with(&node, &forged, 3500, "HS256 signed with the public key").await;
+    }
+}
+
+#[tokio::test]
+async fn audience_and_issuer_are_checked_when_configured() {
+    let node = node_with(Settings {
+        token_audience: Some("chat".into()),
+        token_issuer: Some("https://backend".into()),
+        ..settings()
+    })
+    .await;
+    let exp = unix_now() + 60;
+    let good = hs256(json!({"sub": "1", "exp": exp, "aud": "chat", "iss": "https://backend"}));
+    let (_client, reply) = connect(&node, &good).await;
+    assert_eq!(reply["result"]["user"], "1", "{reply}");
+    for (what, claims) in [
+        (
+            "wrong audience",
+            json!({"sub": "1", "aud": "billing", "iss": "https://backend"}),
+        ),
+        ("no audience", json!({"sub": "1", "iss": "https://backend"})),
+        (
+            "wrong issuer",
+            json!({"sub": "1", "aud": "chat", "iss": "https://evil"}),
+        ),
+    ] {
+        assert_closed_with(&node, &hs256(claims), 3500, what).await;
+    }
+}
+
+#[tokio::test]
+async fn refresh_keeps_a_connection_past_its_first_expiry() {
+    let node = node_with(Settings {
+        ping_interval: Some(Duration::from_millis(100)),
+        pong_timeout: Some(Duration::from_millis(5000)),
+        ..settings()
+    })
+    .await;
+    let short = hs256(json!({"sub": "9", "exp": unix_now() + 1}));
+    let (mut refreshed, _) = connect(&node, &short).await;
+    let (mut lapsed, _) = connect(&node, &short).await;
+    let reply = refreshed
+        .command("refresh", json!({"token": user("9")}))
+        .await;
+    assert!(
+        reply["result"]["expires"].as_u64().unwrap() > unix_now() + 60,
+        "{reply}"
+    );
+    // The one that did not refresh is closed when its token runs out...
+    assert_eq!(lapsed.expect_close().await.code, 3006);
+    // ...the refreshed one lives on.
+    refreshed.subscribe(&["news"]).await;
+    assert_eq!(node.info().await["stats"]["token_expirations"], 1);
+    // A refresh for someone else is an invalid token.
+    let refresh = json!({"id": 99, "method": "refresh", "params": {"token": user("10")}});
+    refreshed.send_text(&refresh.to_string()).await;
+    assert_eq!(refreshed.expect_close().await.code, 3500);
+}
+
+#[tokio::test]
+async fn plain_clients_present_tokens_in_the_query_or_the_protocol_header() {
+    let node = secret_node().await;
+    let mut by_query = Client::connect(&node.ws(&format!("/?token={}", user("1")))).await;
+    let mut request =
+        tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
+            node.ws("/"),
+        )
+        .unwrap();
+    let offered = format!("token.{}", user("2"));
+    request
+        .headers_mut()
+        .insert("Sec-WebSocket-Protocol", offered.parse().unwrap());
+    // tungstenite fails the handshake unless the server echoes the protocol.
+    let (ws, response) = tokio_tungstenite::connect_async(request)
+        .await
+        .expect("connects");
+    assert_eq!(
+        response.headers()["sec-websocket-protocol"],
+        offered.as_str()
+    );
+    let mut by_protocol = Client::from_ws(ws);
+    node.post_json("/api/publish", &json!({"channel": "channel", "data": "hi"}))
+        .await;
+    assert_eq!(by_query.next_text().await, "hi");
+    assert_eq!(by_protocol.next_text().await, "hi");
+
+    // Refused tokens: the upgrade succeeds (browsers see close codes, not
+    // statuses), then the close code says what to do; nothing is delivered.
+    let expired = hs256(json!({"sub": "1", "exp": unix_now() - 1}));
+    for (query, code) in [
+        ("/".to_string(), 3500),
+        ("/?token=forged".to_string(), 3500),
+        (format!("/?token={expired}"), 3006),
+    ] {
+        let mut raw = Raw::connect(node.addr, &query).await;
+        assert_eq!(raw.close_code().await, code, "{query}");
+    }
+    assert_eq!(node.info().await["connections"], 2);
+}
+
+#[tokio::test]
+async fn user_channels_belong_to_their_user() {
+    let node = node_with(Settings {
+        allow_anonymous: Some(true),
+        ..settings()
+    })
+    .await;
+    let (mut alice, _) = connect(&node, &user("alice")).await;
+    alice.subscribe(&["#user:alice"]).await;
+    let reply = alice
+        .command("subscribe", json!({"channel": "#user:bob"}))
+        .await;
+    assert_eq!(reply["error"]["code"], 105, "{reply}");
+    let reply = alice
+        .command("publish", json!({"channel": "#user:alice", "data": 1}))
+        .await;
+    assert_eq!(
+        reply["error"]["code"], 105,
+        "clients never publish there: {reply}"
+    );
+    // Anonymous clients own no user channel.
+    let mut anonymous = Client::connect(&node.ws("/ws")).await;
+    let reply = anonymous
+        .command("subscribe", json!({"channel": "#user:"}))
+        .await;
+    assert_eq!(reply["error"]["code"], 105, "{reply}");
+    // Plain: the own channel via ?channel=, another user's refused at the upgrade.
+    let mut plain =
+        Client::connect(&node.ws(&format!("/?channel=%23user:alice&token={}", user("alice"))))
+            .await;
+    let refused = tokio_tungstenite::connect_async(
+        node.ws(&format!("/?channel=%23user:bob&token={}", user("alice"))),
+    )
+    .await;
+    assert!(refused.is_err(), "another user's channel is refused");
+    // The backend reaches every connection of the user.
+    node.post_json(
+        "/api/publish",
+        &json!({"channel": "#user:alice", "data": "for alice"}),
+    )
+    .await;
+    assert_eq!(
+        alice.next_push().await,
+        ("#user:alice".to_string(), json!("for alice"))
+    );
+    assert_eq!(plain.next_text().await, "for alice");
+}
