@@ -189,6 +189,8 @@ settings! {
     token_audience: String = String::new(), "DUPLEX_TOKEN_AUDIENCE";
     /// Required `iss` claim of connection tokens [default: not checked].
     token_issuer: String = String::new(), "DUPLEX_TOKEN_ISSUER";
+    /// Web origins allowed to open WebSockets, comma-separated (`https://app.example`), `*` = any [default: the node's own host, plus loopback pages when listening on loopback].
+    allowed_origins: String = String::new(), "DUPLEX_ALLOWED_ORIGINS";
     /// With token auth on, also let clients without a token in, as anonymous [default: false].
     allow_anonymous: bool = false, "DUPLEX_ALLOW_ANONYMOUS";
     /// Whether plain clients' frames are published to their channel [default: true].

@@ -8,6 +8,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ConnectInfo;
@@ -24,6 +25,7 @@ use tower::ServiceExt;
 use crate::config::Config;
 use crate::node::{Node, NodeError};
 use crate::stats::Stats;
+use crate::transport::origin::OriginPolicy;
 use crate::transport::upgrade;
 use crate::{api, heartbeat};
 
@@ -54,6 +56,8 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     /// Every connection task, so shutdown can wait for them.
     pub tracker: TaskTracker,
+    /// Which web pages may open WebSockets.
+    pub(crate) origins: Arc<OriginPolicy>,
 }
 
 /// Why the server stopped with an error.
@@ -82,11 +86,14 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServerError> {
+    let listen_ip = listener.local_addr()?.ip();
+    let origins = OriginPolicy::from_setting(&config.allowed_origins, listen_ip.is_loopback());
     let node = Node::start(config)?;
     let state = AppState {
         node: node.clone(),
         shutdown: CancellationToken::new(),
         tracker: TaskTracker::new(),
+        origins: Arc::new(origins),
     };
     wait_for_broker(&node).await;
     let heartbeat = tokio::spawn(heartbeat::run(node.clone(), state.shutdown.clone()));

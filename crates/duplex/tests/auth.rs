@@ -326,3 +326,52 @@ async fn user_channels_belong_to_their_user() {
     );
     assert_eq!(plain.next_text().await, "for alice");
 }
+
+async fn upgrade_with_origin(url: &str, origin: &str) -> Result<(), (u16, String)> {
+    let mut request =
+        tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(url)
+            .unwrap();
+    request
+        .headers_mut()
+        .insert("Origin", origin.parse().unwrap());
+    match tokio_tungstenite::connect_async(request).await {
+        Ok(_) => Ok(()),
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => Err((
+            response.status().as_u16(),
+            String::from_utf8_lossy(response.body().as_deref().unwrap_or_default()).to_string(),
+        )),
+        Err(e) => panic!("unexpected error {e}"),
+    }
+}
+
+#[tokio::test]
+async fn foreign_origins_cannot_open_websockets() {
+    let node = TestNode::memory().await;
+    let own = format!("http://{}", node.addr);
+    for path in ["/", "/ws"] {
+        let url = node.ws(path);
+        assert_eq!(upgrade_with_origin(&url, &own).await, Ok(()));
+        // Listening on loopback is development: local pages (a dev server) may connect.
+        assert_eq!(
+            upgrade_with_origin(&url, "http://localhost:5173").await,
+            Ok(())
+        );
+        let (status, body) = upgrade_with_origin(&url, "https://evil.example")
+            .await
+            .unwrap_err();
+        assert_eq!(status, 403);
+        assert!(body.contains("allowed_origins"), "{body}");
+    }
+    let listed = TestNode::start(Settings {
+        allowed_origins: Some("https://app.example".into()),
+        ..settings()
+    })
+    .await;
+    let url = listed.ws("/");
+    assert_eq!(
+        upgrade_with_origin(&url, "https://app.example").await,
+        Ok(())
+    );
+    let refused = upgrade_with_origin(&url, "http://localhost:5173").await;
+    assert_eq!(refused.map_err(|e| e.0), Err(403));
+}

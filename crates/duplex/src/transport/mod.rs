@@ -6,10 +6,12 @@
 //!   session, and tears everything down at the end.
 //! - [`writer`]: drains the outbound queue with coalesced vectored writes.
 //! - [`outbound`]: the bounded queue between producers and the writer.
+//! - [`origin`]: which web pages may open WebSockets (CSWSH protection).
 //!
 //! Frames are decoded by `duplex_protocol::ws`, a sans-IO decoder whose
 //! buffers we own: an idle connection holds no read buffer at all.
 
+pub(crate) mod origin;
 pub(crate) mod outbound;
 pub(crate) mod reader;
 pub mod upgrade;

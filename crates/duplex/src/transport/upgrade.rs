@@ -208,6 +208,16 @@ async fn upgrade(
             return refuse_handshake(status, &reason);
         }
     };
+    let origin_checked = {
+        let header_str = |name| req.headers().get(name).and_then(|v| v.to_str().ok());
+        app.origins
+            .check(header_str(header::ORIGIN), header_str(header::HOST))
+    };
+    if let Err(reason) = origin_checked {
+        Stats::bump(&app.node.stats().auth_denials);
+        tracing::info!(%remote, reason, "refused upgrade: origin");
+        return refuse(StatusCode::FORBIDDEN, &reason);
+    }
     if app.shutdown.is_cancelled() {
         return refuse(StatusCode::SERVICE_UNAVAILABLE, "server shutting down");
     }
