@@ -330,10 +330,10 @@ async fn user_channels_belong_to_their_user() {
 async fn upgrade_with_origin(url: &str, origin: &str) -> Result<(), (u16, String)> {
     let mut request =
         tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(url)
-            .unwrap();
+            .expect("ws URL");
     request
         .headers_mut()
-        .insert("Origin", origin.parse().unwrap());
+        .insert("Origin", origin.parse().expect("header value"));
     match tokio_tungstenite::connect_async(request).await {
         Ok(_) => Ok(()),
         Err(tokio_tungstenite::tungstenite::Error::Http(response)) => Err((
