@@ -77,16 +77,19 @@ pub struct ChannelsParams {
     /// Several channels at once.
     #[serde(default)]
     pub channels: Vec<String>,
+    /// Subscription token (JWT with `channel` and `sub`) for a private `channel`.
+    #[serde(default)]
+    pub token: Option<String>,
 }
 
 impl ChannelsParams {
-    /// All named channels, `channel` first, in request order.
-    pub fn into_names(self) -> Vec<String> {
+    /// All named channels, `channel` first, in request order, and the token.
+    pub fn into_names(self) -> (Vec<String>, Option<String>) {
         let mut names = self.channels;
         if let Some(one) = self.channel {
             names.insert(0, one);
         }
-        names
+        (names, self.token)
     }
 }
 
@@ -226,12 +229,12 @@ mod tests {
             decode(br#"{"id":1,"method":"subscribe","params":{"channels":["a","b"]}}"#).unwrap();
         assert_eq!(r.id, 1);
         match r.command {
-            Command::Subscribe(p) => assert_eq!(p.into_names(), ["a", "b"]),
+            Command::Subscribe(p) => assert_eq!(p.into_names().0, ["a", "b"]),
             other => panic!("{other:?}"),
         }
         let r = decode(br#"{"id":2,"method":"unsubscribe","params":{"channel":"a"}}"#).unwrap();
         match r.command {
-            Command::Unsubscribe(p) => assert_eq!(p.into_names(), ["a"]),
+            Command::Unsubscribe(p) => assert_eq!(p.into_names().0, ["a"]),
             other => panic!("{other:?}"),
         }
         let r = decode(br#"{"method":"publish","id":3,"params":{"channel":"c","data":{"x":1}}}"#)

@@ -38,6 +38,9 @@ pub struct Claims {
     /// Channels the server subscribes the client to at connect.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub channels: Vec<String>,
+    /// Set only in subscription tokens: the one private channel they open.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channel: Option<String>,
 }
 
 /// Why a token was not accepted; the two cases tell the client different things.

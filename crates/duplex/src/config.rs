@@ -12,6 +12,8 @@ use std::time::Duration;
 use clap::Args;
 use serde::Deserialize;
 
+use crate::permissions::{Namespace, Permissions};
+
 /// Why the settings cannot run a node; shown to the operator as is.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -106,12 +108,19 @@ macro_rules! settings {
                 #[serde(default, deserialize_with = "de_opt")]
                 pub $name: Option<$ty>,
             )*
+            /// Channel namespaces and their permissions (config file only: `[[namespaces]]`).
+            #[arg(skip)]
+            #[serde(default)]
+            pub namespaces: Option<Vec<Namespace>>,
         }
 
         impl Settings {
             /// Fills every unset field of `self` from `lower`.
             pub fn or(self, lower: Settings) -> Settings {
-                Settings { $( $name: self.$name.or(lower.$name), )* }
+                Settings {
+                    $( $name: self.$name.or(lower.$name), )*
+                    namespaces: self.namespaces.or(lower.namespaces),
+                }
             }
         }
 
@@ -119,18 +128,23 @@ macro_rules! settings {
         #[derive(Debug, Clone)]
         pub struct Config {
             $( $(#[$doc])* pub $name: $ty, )*
+            /// Channel namespaces and their permissions, in match order.
+            pub namespaces: Vec<Namespace>,
         }
 
         impl Default for Config {
             fn default() -> Self {
-                Config { $( $name: $default, )* }
+                Config { $( $name: $default, )* namespaces: Vec::new() }
             }
         }
 
         impl Settings {
             fn with_defaults(self) -> Config {
                 let d = Config::default();
-                Config { $( $name: self.$name.unwrap_or(d.$name), )* }
+                Config {
+                    $( $name: self.$name.unwrap_or(d.$name), )*
+                    namespaces: self.namespaces.unwrap_or_default(),
+                }
             }
         }
     };
@@ -342,6 +356,9 @@ impl Config {
                 "ping_interval",
                 "ping_interval and pong_timeout must be above zero",
             );
+        }
+        if let Err(e) = Permissions::new(self.namespaces.clone()) {
+            return invalid("namespaces", &e.to_string());
         }
         if self.handshake_timeout.is_zero() {
             return invalid("handshake_timeout", "must be above zero");

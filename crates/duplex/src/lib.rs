@@ -10,6 +10,7 @@
 //!   tasks, the bounded outbound queue.
 //! - `session`: one client's state machine (plain mode, native protocol).
 //! - [`node`]: the handle that wires the hub to the broker.
+//! - [`permissions`]: namespaces: who may subscribe and publish where.
 //! - [`hub`]: channel → local subscribers; fan-out of shared frame bytes.
 //! - [`broker`]: the `Broker` trait, the memory and Redis brokers.
 //! - [`api`]: HTTP publish API, info, health.
@@ -28,6 +29,7 @@ pub mod conn;
 pub mod hub;
 pub mod message;
 pub mod node;
+pub mod permissions;
 pub mod server;
 pub mod stats;
 pub mod transport;

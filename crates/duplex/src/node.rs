@@ -29,6 +29,7 @@ use crate::config::Config;
 use crate::conn::Conn;
 use crate::hub::{Hub, Wire};
 use crate::message::Publication;
+use crate::permissions::Permissions;
 use crate::stats::{Stats, StatsSnapshot};
 use crate::throttle::Throttle;
 use crate::transport::outbound::{PushError, QueueLimits};
@@ -47,6 +48,9 @@ pub enum NodeError {
     /// The token key settings cannot be used.
     #[error(transparent)]
     Auth(#[from] crate::auth::AuthError),
+    /// A namespace cannot be used.
+    #[error(transparent)]
+    Namespace(#[from] crate::permissions::InvalidNamespace),
 }
 
 /// Why a new connection was refused at the upgrade.
@@ -71,6 +75,8 @@ struct Inner {
     config: Config,
     /// Checks connection tokens; None when token auth is off.
     verifier: Option<Verifier>,
+    /// Who may subscribe and publish where.
+    permissions: Permissions,
     started: Instant,
     stats: Arc<Stats>,
     hub: Arc<Hub<Conn>>,
@@ -133,6 +139,7 @@ impl Node {
     /// Builds a node and starts its broker (Redis: connects in the background).
     pub fn start(config: Config) -> Result<Node, NodeError> {
         let verifier = Verifier::from_config(&config)?;
+        let permissions = Permissions::new(config.namespaces.clone())?;
         let stats = Arc::new(Stats::default());
         let hub = Arc::new(Hub::new(Arc::clone(&stats)));
         let handler: Arc<dyn BrokerHandler> = Arc::new(Deliver {
@@ -162,6 +169,7 @@ impl Node {
                 id,
                 config,
                 verifier,
+                permissions,
                 started: Instant::now(),
                 stats,
                 hub,
@@ -189,6 +197,11 @@ impl Node {
     /// The token checker, when clients must present tokens.
     pub(crate) fn verifier(&self) -> Option<&Verifier> {
         self.inner.verifier.as_ref()
+    }
+
+    /// Channel permissions.
+    pub(crate) fn permissions(&self) -> &Permissions {
+        &self.inner.permissions
     }
 
     /// Counters.

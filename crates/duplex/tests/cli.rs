@@ -184,3 +184,44 @@ async fn minted_tokens_open_the_door() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("token_secret"));
 }
+
+#[test]
+fn check_config_prints_the_effective_rules_without_secrets() {
+    let dir = std::env::temp_dir().join(format!("duplex-check-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("duplex.toml");
+    std::fs::write(
+        &file,
+        "token_secret = \"super-secret-value\"\napi_key = \"key-one,key-two\"\nredis = \"redis://:hunter2@127.0.0.1:6379\"\n\n[[namespaces]]\npattern = \"chat:*\"\nsubscribe = \"authenticated\"\npublish = \"subscribers\"\n",
+    )
+    .unwrap();
+    let out = duplex()
+        .args(["serve", "--check-config", "--config"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("config OK"), "{text}");
+    assert!(
+        text.contains("chat:*") && text.contains("authenticated") && text.contains("subscribers"),
+        "{text}"
+    );
+    assert!(text.contains("2 API key(s)"), "{text}");
+    for secret in ["super-secret-value", "key-one", "hunter2"] {
+        assert!(!text.contains(secret), "{secret} printed: {text}");
+    }
+    std::fs::write(&file, "[[namespaces]]\npattern = \"a*b\"\n").unwrap();
+    let out = duplex()
+        .args(["serve", "--check-config", "--config"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("'*' may only end a pattern"), "{err}");
+}

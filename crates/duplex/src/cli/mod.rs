@@ -1,6 +1,7 @@
 //! Command-line interface: `serve`, `publish`, `subscribe`, `token`.
 //! The only place that uses `anyhow`: errors here end with a message to a person.
 
+mod check;
 mod poke;
 mod token;
 
@@ -27,6 +28,9 @@ enum Command {
         /// TOML file with the same settings (snake_case keys); flags and DUPLEX_* env win over it.
         #[arg(long, env = "DUPLEX_CONFIG")]
         config: Option<PathBuf>,
+        /// Validate the settings, print the effective rules (no secrets), and exit.
+        #[arg(long)]
+        check_config: bool,
         #[command(flatten)]
         settings: Box<Settings>,
     },
@@ -53,7 +57,11 @@ pub(crate) fn main() -> ExitCode {
     };
     let result = runtime.block_on(async move {
         match cli.command {
-            Command::Serve { config, settings } => serve(config, *settings).await,
+            Command::Serve {
+                config,
+                check_config,
+                settings,
+            } => serve(config, check_config, *settings).await,
             Command::Publish(args) => poke::publish(args).await,
             Command::Subscribe(args) => poke::subscribe(args).await,
             Command::Token(args) => token::token(args),
@@ -68,12 +76,15 @@ pub(crate) fn main() -> ExitCode {
     }
 }
 
-async fn serve(file: Option<PathBuf>, flags: Settings) -> anyhow::Result<()> {
+async fn serve(file: Option<PathBuf>, check_only: bool, flags: Settings) -> anyhow::Result<()> {
     let settings = match &file {
         Some(path) => flags.or(Settings::from_file(path)?),
         None => flags,
     };
     let config = settings.resolve()?;
+    if check_only {
+        return check::check(&config);
+    }
     init_logging(config.log_format, &config.log_level)?;
     let listener = duplex::server::bind(config.listen)
         .with_context(|| format!("cannot listen on {}", config.listen))?;

@@ -45,6 +45,27 @@ pub(crate) fn is_own_user_channel(channel: &ChannelName, user: Option<&str>) -> 
     }
 }
 
+/// Checks a subscription token: signed, unexpired, for this channel and this user.
+pub(crate) fn check_channel_token(
+    node: &Node,
+    token: &str,
+    channel: &str,
+    user: &str,
+) -> Result<(), TokenError> {
+    let Some(verifier) = node.verifier() else {
+        return Err(TokenError::Invalid(
+            "this server has no token keys".to_string(),
+        ));
+    };
+    let claims = verifier.verify(token)?;
+    if claims.channel.as_deref() != Some(channel) || claims.sub != user {
+        return Err(TokenError::Invalid(
+            "subscription token is for another channel or user".to_string(),
+        ));
+    }
+    Ok(())
+}
+
 /// Checks a client's token. Without token auth everyone is anonymous; with
 /// it, a missing token is refused unless `allow_anonymous`.
 pub(crate) fn authenticate(node: &Node, token: Option<&str>) -> Result<Identity, TokenError> {
@@ -52,10 +73,17 @@ pub(crate) fn authenticate(node: &Node, token: Option<&str>) -> Result<Identity,
         return Ok(Identity::default());
     };
     let result = match token.filter(|t| !t.is_empty()) {
-        Some(token) => verifier.verify(token).map(|claims| Identity {
-            user: claims.sub,
-            expires: claims.exp,
-            channels: claims.channels,
+        Some(token) => verifier.verify(token).and_then(|claims| {
+            if claims.channel.is_some() {
+                return Err(TokenError::Invalid(
+                    "a subscription token is not a connection token".to_string(),
+                ));
+            }
+            Ok(Identity {
+                user: claims.sub,
+                expires: claims.exp,
+                channels: claims.channels,
+            })
         }),
         None if node.config().allow_anonymous => Ok(Identity::default()),
         None => Err(TokenError::Invalid(

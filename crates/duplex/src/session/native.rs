@@ -20,6 +20,7 @@ use crate::broker::BrokerError;
 use crate::conn::Conn;
 use crate::message::Publication;
 use crate::node::Node;
+use crate::permissions::{Asker, Denied};
 use crate::session::is_own_user_channel;
 use crate::stats::Stats;
 
@@ -138,9 +139,12 @@ impl NativeSession {
             self.status = Status::Connected;
         }
         match command {
-            Command::Subscribe(p) => self.subscribe(node, conn, id, p.into_names()).await,
-            Command::Unsubscribe(p) => self.unsubscribe(node, conn, id, p.into_names()).await,
-            Command::Publish(p) => Ok(publish(node, id, p).await?),
+            Command::Subscribe(p) => {
+                let (names, token) = p.into_names();
+                self.subscribe(node, conn, id, names, token).await
+            }
+            Command::Unsubscribe(p) => self.unsubscribe(node, conn, id, p.into_names().0).await,
+            Command::Publish(p) => self.publish(node, conn, id, p).await,
             Command::Refresh(p) => self.refresh(node, conn, id, p),
             Command::Ping => Ok(push::reply(id, &Empty {})),
             _ => Err(Refusal::Error(
@@ -237,12 +241,22 @@ impl NativeSession {
         conn: &Arc<Conn>,
         id: u64,
         names: Vec<String>,
+        token: Option<String>,
     ) -> Reply {
         let channels = parse_channels(node, &names, Some(&self.identity.user))?;
         let new: IndexSet<&ChannelName> = channels
             .iter()
             .filter(|c| !self.channels.contains(*c))
             .collect();
+        if token.is_some() && channels.len() != 1 {
+            return Err(Refusal::Error(
+                ErrorCode::BadRequest,
+                "a subscription token goes with exactly one channel".to_string(),
+            ));
+        }
+        for channel in &new {
+            self.may_subscribe(node, conn, channel, token.as_deref())?;
+        }
         let max = node.config().max_subscriptions;
         if self.channels.len() + new.len() > max {
             return Err(Refusal::Error(
@@ -278,12 +292,73 @@ impl NativeSession {
     }
 }
 
+impl NativeSession {
+    /// The namespace rule for subscribing (own `#user:` channels are always allowed).
+    fn may_subscribe(
+        &self,
+        node: &Node,
+        conn: &Conn,
+        channel: &ChannelName,
+        token: Option<&str>,
+    ) -> Result<(), Refusal> {
+        if channel.is_reserved() {
+            return Ok(()); // parse_channel let only the user's own through
+        }
+        let user = self.identity.user.as_str();
+        let has_channel_token = match token {
+            None => false,
+            Some(token) => match super::check_channel_token(node, token, channel.as_str(), user) {
+                Ok(()) => true,
+                Err(TokenError::Expired) => {
+                    Stats::bump(&node.stats().auth_denials);
+                    return Err(Refusal::Error(
+                        ErrorCode::TokenExpired,
+                        "subscription token expired: get a fresh one".to_string(),
+                    ));
+                }
+                Err(TokenError::Invalid(why)) => {
+                    tracing::debug!(conn = %conn.id, %channel, why, "subscription token refused");
+                    false
+                }
+            },
+        };
+        let asker = Asker {
+            user,
+            has_channel_token,
+            subscribed: false,
+        };
+        node.permissions()
+            .can_subscribe(channel.as_str(), asker)
+            .map_err(|denied| deny(node, conn, channel, denied))
+    }
+
+    async fn publish(&self, node: &Node, conn: &Conn, id: u64, params: PublishParams) -> Reply {
+        let channel = parse_channel(node, &params.channel, None)?;
+        let asker = Asker {
+            user: &self.identity.user,
+            has_channel_token: false,
+            subscribed: self.channels.contains(&channel),
+        };
+        node.permissions()
+            .can_publish(channel.as_str(), asker)
+            .map_err(|denied| deny(node, conn, &channel, denied))?;
+        Ok(publish(node, id, channel, params).await?)
+    }
+}
+
+/// Counts and logs a denial; the answer never says whether the channel exists.
+fn deny(node: &Node, conn: &Conn, channel: &ChannelName, denied: Denied) -> Refusal {
+    Stats::bump(&node.stats().auth_denials);
+    tracing::debug!(conn = %conn.id, %channel, %denied, "permission denied");
+    Refusal::Error(ErrorCode::PermissionDenied, denied.to_string())
+}
+
 async fn publish(
     node: &Node,
     id: u64,
+    channel: ChannelName,
     params: PublishParams,
 ) -> Result<Bytes, (ErrorCode, String)> {
-    let channel = parse_channel(node, &params.channel, None)?;
     let (payload, kind) = bytes_from_json(&params.data, params.encoding)
         .map_err(|e| (ErrorCode::BadRequest, e.to_string()))?;
     let publication = Publication {

@@ -17,6 +17,7 @@ use super::Flow;
 use crate::conn::Conn;
 use crate::message::Publication;
 use crate::node::Node;
+use crate::permissions::{Asker, Denied};
 use crate::stats::Stats;
 
 /// State of one plain client.
@@ -24,6 +25,8 @@ use crate::stats::Stats;
 pub(crate) struct PlainSession {
     /// Subscribed channels; the first is where the client's frames go.
     channels: Vec<ChannelName>,
+    /// User id from the token; empty for anonymous clients.
+    user: String,
     publish_rate: RateLimit,
 }
 
@@ -33,9 +36,11 @@ impl PlainSession {
         node: &Node,
         conn: &Arc<Conn>,
         channels: Vec<ChannelName>,
+        user: String,
     ) -> Result<Self, (Self, String)> {
         let mut session = PlainSession {
             channels: Vec::with_capacity(channels.len()),
+            user,
             publish_rate: RateLimit::new(node.config().max_publish_rate),
         };
         for channel in channels {
@@ -79,12 +84,24 @@ impl PlainSession {
         let Some(channel) = self.channels.first() else {
             return Flow::Continue;
         };
-        if channel.is_reserved() {
+        let asker = Asker {
+            user: &self.user,
+            has_channel_token: false,
+            subscribed: true,
+        };
+        let denied = if channel.is_reserved() {
             // `#user:` and other server channels are written by backends only.
+            Some(Denied::Forbidden)
+        } else {
+            node.permissions()
+                .can_publish(channel.as_str(), asker)
+                .err()
+        };
+        if let Some(denied) = denied {
             Stats::bump(&node.stats().auth_denials);
             return Flow::Close(
                 CloseCode::PolicyViolation,
-                format!("clients cannot publish to {channel:?}: put another channel first"),
+                format!("{denied} ({channel:?}, the first channel of this connection)"),
             );
         }
         let publication = Publication {

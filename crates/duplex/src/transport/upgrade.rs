@@ -21,6 +21,7 @@ use super::reader;
 use crate::auth::TokenError;
 use crate::hub::Wire;
 use crate::node::{Node, Refused};
+use crate::permissions::Asker;
 use crate::server::AppState;
 use crate::session::native::NativeSession;
 use crate::session::plain::PlainSession;
@@ -64,10 +65,7 @@ fn plain_channels(
                 value.chars().take(64).collect::<String>()
             )
         })?;
-        if channel.is_reserved() && !is_own_user_channel(&channel, Some(&identity.user)) {
-            Stats::bump(&node.stats().auth_denials);
-            return Err(format!("channel {channel:?}: permission denied"));
-        }
+        may_subscribe(node, &channel, identity)?;
         if !channels.contains(&channel) {
             channels.push(channel);
         }
@@ -87,12 +85,35 @@ fn plain_channels(
         }
     }
     if channels.is_empty() {
-        channels.push(
-            ChannelName::parse(&config.default_channel, usize::MAX)
-                .map_err(|e| format!("default channel: {e}"))?,
-        );
+        let channel = ChannelName::parse(&config.default_channel, usize::MAX)
+            .map_err(|e| format!("default channel: {e}"))?;
+        may_subscribe(node, &channel, identity)?;
+        channels.push(channel);
     }
     Ok(channels)
+}
+
+/// The namespace rule for a plain client's channel. Plain clients cannot
+/// present subscription tokens: private channels are for `/ws`.
+fn may_subscribe(node: &Node, channel: &ChannelName, identity: &Identity) -> Result<(), String> {
+    let allowed = if channel.is_reserved() {
+        is_own_user_channel(channel, Some(&identity.user))
+    } else {
+        let asker = Asker {
+            user: &identity.user,
+            has_channel_token: false,
+            subscribed: false,
+        };
+        node.permissions()
+            .can_subscribe(channel.as_str(), asker)
+            .is_ok()
+    };
+    if allowed {
+        Ok(())
+    } else {
+        Stats::bump(&node.stats().auth_denials);
+        Err(format!("channel {channel:?}: permission denied"))
+    }
 }
 
 /// The token a plain client presents: `?token=`, or a `Sec-WebSocket-Protocol`
@@ -258,7 +279,14 @@ async fn upgrade(
     };
     let session = match wire {
         Wire::Native => Session::Native(NativeSession::new(node.config().max_publish_rate)),
-        Wire::Plain => match PlainSession::start(&node, &conn, channels).await {
+        Wire::Plain => match PlainSession::start(
+            &node,
+            &conn,
+            channels,
+            auth.as_ref().map(|i| i.user.clone()).unwrap_or_default(),
+        )
+        .await
+        {
             Ok(session) => Session::Plain(session),
             Err((session, error)) => {
                 tracing::warn!(conn = %conn.id, error, "could not subscribe plain client");
