@@ -12,6 +12,17 @@ if ! command -v redis-server >/dev/null 2>&1; then
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
 fi
 
+if ! command -v php >/dev/null 2>&1; then
+    echo "== installing php-cli (the PHP backend example is tested)"
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq php-cli >/dev/null
+fi
+if ! command -v python3 >/dev/null 2>&1; then
+    echo "== installing python3 (the Python backend example is tested)"
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3 >/dev/null
+fi
+
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"

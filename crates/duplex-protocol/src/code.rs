@@ -114,6 +114,8 @@ pub enum CloseCode {
     ConnectTimeout,
     /// 3006: the connection token expired and was not refreshed; reconnect with a new one.
     TokenExpired,
+    /// 3007: the user already holds `max_connections_per_user` connections.
+    TooManyConnections,
     /// 3500: the token is invalid; do not reconnect with the same token.
     InvalidToken,
     /// 3501: the client sent something the protocol forbids; fix the client.
@@ -138,6 +140,7 @@ impl CloseCode {
             CloseCode::TooManyRequests => 3004,
             CloseCode::ConnectTimeout => 3005,
             CloseCode::TokenExpired => 3006,
+            CloseCode::TooManyConnections => 3007,
             CloseCode::InvalidToken => 3500,
             CloseCode::BadRequest => 3501,
         }
@@ -160,6 +163,7 @@ impl CloseCode {
             3004 => CloseCode::TooManyRequests,
             3005 => CloseCode::ConnectTimeout,
             3006 => CloseCode::TokenExpired,
+            3007 => CloseCode::TooManyConnections,
             3500 => CloseCode::InvalidToken,
             3501 => CloseCode::BadRequest,
             _ => return None,
@@ -198,6 +202,7 @@ mod tests {
             CloseCode::TooManyRequests,
             CloseCode::ConnectTimeout,
             CloseCode::TokenExpired,
+            CloseCode::TooManyConnections,
             CloseCode::InvalidToken,
             CloseCode::BadRequest,
         ] {

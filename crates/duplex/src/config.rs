@@ -219,6 +219,10 @@ settings! {
     max_connections: usize = 100_000, "DUPLEX_MAX_CONNECTIONS";
     /// Most open connections from one client address, 0 = no limit; more get HTTP 429 [default: 0].
     max_connections_per_ip: usize = 0, "DUPLEX_MAX_CONNECTIONS_PER_IP";
+    /// Most open connections of one user (the token's `sub`), 0 = no limit; more are closed with 3007 [default: 0].
+    max_connections_per_user: usize = 0, "DUPLEX_MAX_CONNECTIONS_PER_USER";
+    /// WebSocket handshakes per second from one client address (burst as large), 0 = no limit; more get HTTP 429 [default: 0].
+    max_handshakes_per_ip: u32 = 0, "DUPLEX_MAX_HANDSHAKES_PER_IP";
     /// Publishes per second one connection may make (burst as large), 0 = no limit [default: 1000].
     max_publish_rate: u32 = 1000, "DUPLEX_MAX_PUBLISH_RATE";
     /// Most channels one connection may subscribe to [default: 10000].

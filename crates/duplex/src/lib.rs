@@ -35,5 +35,7 @@ pub mod stats;
 pub mod transport;
 
 mod heartbeat;
+mod limits;
+mod rate;
 mod session;
 mod throttle;

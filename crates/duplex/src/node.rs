@@ -28,6 +28,7 @@ use crate::broker::{Broker, BrokerError, BrokerHandler, BrokerState, BrokerStatu
 use crate::config::Config;
 use crate::conn::Conn;
 use crate::hub::{Hub, Wire};
+use crate::limits::{HandshakeLimit, UserLimit, UserSlot};
 use crate::message::Publication;
 use crate::permissions::Permissions;
 use crate::stats::{Stats, StatsSnapshot};
@@ -62,6 +63,11 @@ pub enum Refused {
     /// `max_connections_per_ip` reached for the client's address.
     #[error("too many connections from your address (limit {0})")]
     AddressFull(usize),
+    /// `max_handshakes_per_ip` exceeded.
+    #[error(
+        "too many connection attempts from your address (limit {0} per second); retry with backoff"
+    )]
+    HandshakeRate(u32),
 }
 
 /// Handle to a running node; clone freely.
@@ -77,6 +83,10 @@ struct Inner {
     verifier: Option<Verifier>,
     /// Who may subscribe and publish where.
     permissions: Permissions,
+    /// Connections per user.
+    users: Arc<UserLimit>,
+    /// Handshakes per second per address.
+    handshakes: HandshakeLimit,
     started: Instant,
     stats: Arc<Stats>,
     hub: Arc<Hub<Conn>>,
@@ -140,6 +150,8 @@ impl Node {
     pub fn start(config: Config) -> Result<Node, NodeError> {
         let verifier = Verifier::from_config(&config)?;
         let permissions = Permissions::new(config.namespaces.clone())?;
+        let users = UserLimit::new(config.max_connections_per_user);
+        let handshakes = HandshakeLimit::new(config.max_handshakes_per_ip);
         let stats = Arc::new(Stats::default());
         let hub = Arc::new(Hub::new(Arc::clone(&stats)));
         let handler: Arc<dyn BrokerHandler> = Arc::new(Deliver {
@@ -170,6 +182,8 @@ impl Node {
                 config,
                 verifier,
                 permissions,
+                users,
+                handshakes,
                 started: Instant::now(),
                 stats,
                 hub,
@@ -241,8 +255,32 @@ impl Node {
         Ok(conn)
     }
 
+    /// Counts a connection of `user` against `max_connections_per_user`;
+    /// the slot is released when dropped.
+    pub(crate) fn claim_user(&self, user: &str) -> Result<Option<UserSlot>, usize> {
+        let claimed = self.inner.users.claim(user);
+        if claimed.is_err() {
+            Stats::bump(&self.inner.stats.connections_refused);
+        }
+        claimed
+    }
+
     /// Counts a new connection against the node and per-address limits.
     fn admit(&self, ip: IpAddr) -> Result<(), Refused> {
+        if !self.inner.handshakes.allow(ip) {
+            Stats::bump(&self.inner.stats.connections_refused);
+            return Err(Refused::HandshakeRate(
+                self.inner.config.max_handshakes_per_ip,
+            ));
+        }
+        let refused = self.admit_counted(ip);
+        if refused.is_err() {
+            Stats::bump(&self.inner.stats.connections_refused);
+        }
+        refused
+    }
+
+    fn admit_counted(&self, ip: IpAddr) -> Result<(), Refused> {
         let config = &self.inner.config;
         let open = self.inner.stats.connections.fetch_add(1, Relaxed);
         if config.max_connections > 0 && open >= config.max_connections as u64 {

@@ -39,6 +39,8 @@ pub struct Stats {
     pub auth_denials: AtomicU64,
     /// Clients cut because their token expired without a refresh.
     pub token_expirations: AtomicU64,
+    /// Connections refused at admission: node, address, user or handshake-rate limits.
+    pub connections_refused: AtomicU64,
 }
 
 /// A consistent-enough copy of the counters for JSON output.
@@ -70,6 +72,8 @@ pub struct StatsSnapshot {
     pub auth_denials: u64,
     /// See [`Stats::token_expirations`].
     pub token_expirations: u64,
+    /// See [`Stats::connections_refused`].
+    pub connections_refused: u64,
 }
 
 impl Stats {
@@ -94,6 +98,7 @@ impl Stats {
             connect_timeouts: self.connect_timeouts.load(Relaxed),
             auth_denials: self.auth_denials.load(Relaxed),
             token_expirations: self.token_expirations.load(Relaxed),
+            connections_refused: self.connections_refused.load(Relaxed),
         }
     }
 }

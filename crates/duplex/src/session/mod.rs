@@ -9,7 +9,6 @@
 
 pub(crate) mod native;
 pub(crate) mod plain;
-mod rate;
 
 use std::sync::Arc;
 
@@ -20,6 +19,7 @@ use duplex_protocol::ws::MessageKind;
 
 use crate::auth::TokenError;
 use crate::conn::Conn;
+use crate::limits::UserSlot;
 use crate::node::Node;
 use crate::stats::Stats;
 
@@ -43,6 +43,33 @@ pub(crate) fn is_own_user_channel(channel: &ChannelName, user: Option<&str>) -> 
         (Some(id), Some(user)) => !user.is_empty() && id == user,
         _ => false,
     }
+}
+
+/// What a token established about a connection. Boxed in the sessions, so
+/// anonymous connections (the common idle case) pay one pointer for it.
+#[derive(Debug)]
+pub(crate) struct Authenticated {
+    /// User id (`sub`).
+    user: Box<str>,
+    /// The connection's place in `max_connections_per_user`, freed on drop.
+    _slot: Option<UserSlot>,
+}
+
+impl Authenticated {
+    /// `None` for an anonymous, uncounted connection.
+    pub(crate) fn new(user: &str, slot: Option<UserSlot>) -> Option<Box<Self>> {
+        (!user.is_empty() || slot.is_some()).then(|| {
+            Box::new(Authenticated {
+                user: user.into(),
+                _slot: slot,
+            })
+        })
+    }
+}
+
+/// The user id of a session's client; empty when anonymous.
+pub(crate) fn user_of(auth: &Option<Box<Authenticated>>) -> &str {
+    auth.as_deref().map_or("", |a| &a.user)
 }
 
 /// Checks a subscription token: signed, unexpired, for this channel and this user.

@@ -13,14 +13,14 @@ use duplex_protocol::ws::MessageKind;
 use duplex_protocol::PROTOCOL_VERSION;
 use indexmap::IndexSet;
 
-use super::rate::{RateLimit, Verdict};
-use super::{Flow, Identity};
+use super::{user_of, Authenticated, Flow, Identity};
 use crate::auth::TokenError;
 use crate::broker::BrokerError;
 use crate::conn::Conn;
 use crate::message::Publication;
 use crate::node::Node;
 use crate::permissions::{Asker, Denied};
+use crate::rate::{RateLimit, Verdict};
 use crate::session::is_own_user_channel;
 use crate::stats::Stats;
 
@@ -37,7 +37,8 @@ enum Status {
 #[derive(Debug)]
 pub(crate) struct NativeSession {
     status: Status,
-    identity: Identity,
+    /// Who the token said the client is; None while anonymous.
+    auth: Option<Box<Authenticated>>,
     channels: IndexSet<ChannelName>,
     publish_rate: RateLimit,
 }
@@ -64,7 +65,7 @@ impl NativeSession {
     pub(crate) fn new(max_publish_rate: u32) -> Self {
         NativeSession {
             status: Status::Connecting,
-            identity: Identity::default(),
+            auth: None,
             channels: IndexSet::new(),
             publish_rate: RateLimit::new(max_publish_rate),
         }
@@ -176,6 +177,12 @@ impl NativeSession {
             ));
         }
         let identity = authenticate(node, conn, params.token.as_deref())?;
+        let slot = node.claim_user(&identity.user).map_err(|max| {
+            Refusal::Close(
+                CloseCode::TooManyConnections,
+                format!("this user already has {max} connections"),
+            )
+        })?;
         // Channels from a signed token are trusted: they may be reserved ones.
         let mut granted = Vec::new();
         for name in &identity.channels {
@@ -206,7 +213,7 @@ impl NativeSession {
                 channels: &granted,
             },
         );
-        self.identity = identity;
+        self.auth = Authenticated::new(&identity.user, slot);
         Ok(reply)
     }
 
@@ -218,7 +225,7 @@ impl NativeSession {
             ));
         }
         let fresh = authenticate(node, conn, Some(&params.token))?;
-        if fresh.user != self.identity.user {
+        if fresh.user != user_of(&self.auth) {
             Stats::bump(&node.stats().auth_denials);
             return Err(Refusal::Close(
                 CloseCode::InvalidToken,
@@ -226,7 +233,6 @@ impl NativeSession {
             ));
         }
         conn.set_token_expiry(fresh.expires);
-        self.identity.expires = fresh.expires;
         Ok(push::reply(
             id,
             &RefreshResult {
@@ -243,7 +249,7 @@ impl NativeSession {
         names: Vec<String>,
         token: Option<String>,
     ) -> Reply {
-        let channels = parse_channels(node, &names, Some(&self.identity.user))?;
+        let channels = parse_channels(node, &names, Some(user_of(&self.auth)))?;
         let new: IndexSet<&ChannelName> = channels
             .iter()
             .filter(|c| !self.channels.contains(*c))
@@ -278,7 +284,7 @@ impl NativeSession {
         id: u64,
         names: Vec<String>,
     ) -> Reply {
-        let channels = parse_channels(node, &names, Some(&self.identity.user))?;
+        let channels = parse_channels(node, &names, Some(user_of(&self.auth)))?;
         for channel in &channels {
             if self.channels.shift_remove(channel) {
                 node.unsubscribe(conn, channel).await;
@@ -304,7 +310,7 @@ impl NativeSession {
         if channel.is_reserved() {
             return Ok(()); // parse_channel let only the user's own through
         }
-        let user = self.identity.user.as_str();
+        let user = user_of(&self.auth);
         let has_channel_token = match token {
             None => false,
             Some(token) => match super::check_channel_token(node, token, channel.as_str(), user) {
@@ -335,7 +341,7 @@ impl NativeSession {
     async fn publish(&self, node: &Node, conn: &Conn, id: u64, params: PublishParams) -> Reply {
         let channel = parse_channel(node, &params.channel, None)?;
         let asker = Asker {
-            user: &self.identity.user,
+            user: user_of(&self.auth),
             has_channel_token: false,
             subscribed: self.channels.contains(&channel),
         };

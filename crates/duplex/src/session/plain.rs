@@ -12,12 +12,12 @@ use duplex_protocol::channel::ChannelName;
 use duplex_protocol::code::CloseCode;
 use duplex_protocol::ws::MessageKind;
 
-use super::rate::{RateLimit, Verdict};
-use super::Flow;
+use super::{user_of, Authenticated, Flow};
 use crate::conn::Conn;
 use crate::message::Publication;
 use crate::node::Node;
 use crate::permissions::{Asker, Denied};
+use crate::rate::{RateLimit, Verdict};
 use crate::stats::Stats;
 
 /// State of one plain client.
@@ -25,8 +25,8 @@ use crate::stats::Stats;
 pub(crate) struct PlainSession {
     /// Subscribed channels; the first is where the client's frames go.
     channels: Vec<ChannelName>,
-    /// User id from the token; empty for anonymous clients.
-    user: String,
+    /// Who the token said the client is; None while anonymous.
+    auth: Option<Box<Authenticated>>,
     publish_rate: RateLimit,
 }
 
@@ -36,11 +36,11 @@ impl PlainSession {
         node: &Node,
         conn: &Arc<Conn>,
         channels: Vec<ChannelName>,
-        user: String,
+        auth: Option<Box<Authenticated>>,
     ) -> Result<Self, (Self, String)> {
         let mut session = PlainSession {
             channels: Vec::with_capacity(channels.len()),
-            user,
+            auth,
             publish_rate: RateLimit::new(node.config().max_publish_rate),
         };
         for channel in channels {
@@ -85,7 +85,7 @@ impl PlainSession {
             return Flow::Continue;
         };
         let asker = Asker {
-            user: &self.user,
+            user: user_of(&self.auth),
             has_channel_token: false,
             subscribed: true,
         };

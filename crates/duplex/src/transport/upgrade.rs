@@ -25,7 +25,7 @@ use crate::permissions::Asker;
 use crate::server::AppState;
 use crate::session::native::NativeSession;
 use crate::session::plain::PlainSession;
-use crate::session::{self, is_own_user_channel, Identity, Session};
+use crate::session::{self, is_own_user_channel, Authenticated, Identity, Session};
 use crate::stats::Stats;
 
 /// `GET /`: plain mode (the classic demo).
@@ -246,12 +246,30 @@ async fn upgrade(
     // the 101, then a close frame with the code: a browser sees close codes,
     // never the status or body of a failed handshake.
     let mut protocol = None;
-    let mut auth: Result<Identity, TokenError> = Ok(Identity::default());
+    let mut auth: Result<Identity, (CloseCode, String)> = Ok(Identity::default());
+    let mut user_slot = None;
     let channels = match wire {
         Wire::Plain => {
             let (token, echoed) = plain_token(&req);
             protocol = echoed;
-            auth = session::authenticate(&app.node, token.as_deref());
+            auth = session::authenticate(&app.node, token.as_deref()).map_err(|e| {
+                let code = match e {
+                    TokenError::Expired => CloseCode::TokenExpired,
+                    TokenError::Invalid(_) => CloseCode::InvalidToken,
+                };
+                (code, e.to_string())
+            });
+            if let Ok(identity) = &auth {
+                match app.node.claim_user(&identity.user) {
+                    Ok(slot) => user_slot = slot,
+                    Err(max) => {
+                        auth = Err((
+                            CloseCode::TooManyConnections,
+                            format!("this user already has {max} connections"),
+                        ))
+                    }
+                }
+            }
             match &auth {
                 Ok(identity) => match plain_channels(&app.node, req.uri().query(), identity) {
                     Ok(channels) => channels,
@@ -271,7 +289,9 @@ async fn upgrade(
         Err(refused) => {
             let status = match refused {
                 Refused::NodeFull(_) => StatusCode::SERVICE_UNAVAILABLE,
-                Refused::AddressFull(_) => StatusCode::TOO_MANY_REQUESTS,
+                Refused::AddressFull(_) | Refused::HandshakeRate(_) => {
+                    StatusCode::TOO_MANY_REQUESTS
+                }
             };
             tracing::info!(%remote, reason = %refused, "refused connection");
             return refuse(status, &refused.to_string());
@@ -283,7 +303,9 @@ async fn upgrade(
             &node,
             &conn,
             channels,
-            auth.as_ref().map(|i| i.user.clone()).unwrap_or_default(),
+            auth.as_ref()
+                .ok()
+                .and_then(|i| Authenticated::new(&i.user, user_slot)),
         )
         .await
         {
@@ -304,13 +326,9 @@ async fn upgrade(
             conn.set_token_expiry(identity.expires);
             tracing::debug!(conn = %conn.id, %remote, ?wire, user = identity.user, "client connected");
         }
-        Err(e) => {
-            let code = match e {
-                TokenError::Expired => CloseCode::TokenExpired,
-                TokenError::Invalid(_) => CloseCode::InvalidToken,
-            };
-            tracing::debug!(conn = %conn.id, %remote, error = %e, "plain client refused: token");
-            conn.close(code.as_u16(), &e.to_string(), false);
+        Err((code, reason)) => {
+            tracing::debug!(conn = %conn.id, %remote, code = code.as_u16(), reason, "plain client refused");
+            conn.close(code.as_u16(), reason, false);
         }
     }
     let on_upgrade = hyper::upgrade::on(&mut req);

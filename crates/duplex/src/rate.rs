@@ -1,7 +1,8 @@
-//! Per-connection publish rate limit: a token bucket refilled at `rate` per
-//! second up to `burst`. A client over the limit is told (error 108 on
-//! `/ws`); one that keeps going after `burst` refusals in a row is closed
-//! with 3004, so a flood costs the node a bounded amount of work.
+//! Token buckets refilled at `rate` per second up to `burst`: the
+//! per-connection publish rate limit (over it a client is told, error 108 on
+//! `/ws`, and one that keeps going after `burst` refusals in a row is closed
+//! with 3004, so a flood costs the node a bounded amount of work), and the
+//! per-address handshake rate in `limits`.
 
 use std::time::Instant;
 
@@ -36,6 +37,12 @@ impl RateLimit {
             last: Instant::now(),
             refused_in_row: 0,
         }
+    }
+
+    /// Whether the bucket has refilled completely (an idle client).
+    pub(crate) fn is_full(&self) -> bool {
+        let elapsed = self.last.elapsed().as_secs_f64();
+        self.tokens + elapsed * self.rate >= self.burst
     }
 
     pub(crate) fn check(&mut self) -> Verdict {

@@ -1,0 +1,84 @@
+//! The backend examples in `examples/auth/` (Python and PHP, standard
+//! libraries only) mint tokens a node accepts and publish to one user.
+//! `scripts/test.sh` installs php-cli when it is missing.
+
+mod support;
+
+use duplex::config::Settings;
+use serde_json::json;
+use support::client::Client;
+use support::node::{settings, TestNode};
+
+const SECRET: &str = "examples-secret";
+const API_KEY: &str = "examples-api-key";
+
+/// Runs the example without blocking the runtime: the node under test is
+/// served by the same (single) test thread.
+async fn run(interpreter: &str, script: &str, node: &TestNode, args: &[&str]) -> String {
+    let path = format!(
+        "{}/../../examples/auth/{script}",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let out = tokio::process::Command::new(interpreter)
+        .arg(&path)
+        .args(args)
+        .env("DUPLEX_TOKEN_SECRET", SECRET)
+        .env("DUPLEX_API_KEY", API_KEY)
+        .env("DUPLEX_NODE", node.http(""))
+        .output()
+        .await
+        .unwrap_or_else(|e| panic!("cannot run {interpreter} (scripts/test.sh installs it): {e}"));
+    assert!(
+        out.status.success(),
+        "{interpreter} {script} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[tokio::test]
+async fn python_and_php_backends_mint_tokens_and_reach_their_user() {
+    let node = TestNode::start(Settings {
+        token_secret: Some(SECRET.into()),
+        api_key: Some(API_KEY.into()),
+        namespaces: Some(vec![duplex::permissions::Namespace {
+            pattern: "private:*".into(),
+            subscribe: duplex::permissions::SubscribeRule::Token,
+            publish: duplex::permissions::PublishRule::Nobody,
+        }]),
+        ..settings()
+    })
+    .await;
+    for (interpreter, script) in [("python3", "backend.py"), ("php", "backend.php")] {
+        let user = format!("user-{interpreter}");
+        let token = run(interpreter, script, &node, &["token", &user]).await;
+        let mut client = Client::connect(&node.ws("/ws")).await;
+        let reply = client.command("connect", json!({"token": token})).await;
+        assert_eq!(reply["result"]["user"], user.as_str(), "{script}: {reply}");
+        let own = format!("#user:{user}");
+        client.subscribe(&[&own]).await;
+        let private = format!("private:{user}");
+        let sub_token = run(
+            interpreter,
+            script,
+            &node,
+            &["subscription-token", &user, &private],
+        )
+        .await;
+        let reply = client
+            .command("subscribe", json!({"channel": private, "token": sub_token}))
+            .await;
+        assert!(reply.get("result").is_some(), "{script}: {reply}");
+
+        let answer = run(interpreter, script, &node, &["publish", &own, "hello"]).await;
+        let answer: serde_json::Value = serde_json::from_str(&answer).expect("JSON answer");
+        assert_eq!(answer, json!({"ok": true}), "{script}");
+        assert_eq!(client.next_push().await, (own, json!("hello")), "{script}");
+        run(interpreter, script, &node, &["publish", &private, "secret"]).await;
+        assert_eq!(
+            client.next_push().await,
+            (private, json!("secret")),
+            "{script}"
+        );
+    }
+}
