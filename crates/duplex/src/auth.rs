@@ -3,6 +3,10 @@
 //! key (RS256/384/512, ES256/384), so the backend never talks to the node to
 //! let a client in.
 //!
+//! Public keys may also come from a JWKS URL (an identity provider's key
+//! set), matched by the token's `kid` and re-fetched in the background so
+//! keys can rotate; a failed fetch keeps the previous keys.
+//!
 //! The key is chosen by the token's `alg` family and each key only accepts
 //! its own family: an HS256 token "signed" with the RSA public key as an HMAC
 //! secret (the classic confusion attack) meets no HMAC key, and `alg: none`
@@ -10,6 +14,11 @@
 
 use std::collections::HashSet;
 use std::path::Path;
+use std::sync::Weak;
+use std::time::Duration;
+
+use jsonwebtoken::jwk::{AlgorithmParameters, JwkSet};
+use parking_lot::RwLock;
 
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
@@ -74,6 +83,14 @@ pub enum AuthError {
     /// The token library refused to sign.
     #[error("cannot sign the token: {0}")]
     Sign(#[from] jsonwebtoken::errors::Error),
+    /// The JWKS could not be fetched or read.
+    #[error("JWKS {url}: {reason}")]
+    Jwks {
+        /// Where it was fetched from.
+        url: String,
+        /// What went wrong.
+        reason: String,
+    },
 }
 
 /// One key and the algorithms it may verify.
@@ -85,6 +102,18 @@ struct KeyEntry {
 /// Checks connection tokens against the configured keys.
 pub struct Verifier {
     keys: Vec<KeyEntry>,
+    jwks: Option<Jwks>,
+}
+
+/// Keys from a JWKS URL, replaced as a whole on each successful fetch.
+struct Jwks {
+    url: String,
+    refresh: Duration,
+    audience: String,
+    issuer: String,
+    /// (`kid`, key) pairs; empty until the first successful fetch.
+    keys: RwLock<Vec<(Option<String>, KeyEntry)>>,
+    http: reqwest::Client,
 }
 
 impl std::fmt::Debug for Verifier {
@@ -92,6 +121,7 @@ impl std::fmt::Debug for Verifier {
         // Never print key material.
         f.debug_struct("Verifier")
             .field("keys", &self.keys.len())
+            .field("jwks", &self.jwks.as_ref().map(|j| &j.url))
             .finish()
     }
 }
@@ -106,22 +136,7 @@ impl Verifier {
     pub fn from_config(config: &Config) -> Result<Option<Verifier>, AuthError> {
         let mut keys = Vec::new();
         let validation = |algorithms: &[Algorithm]| {
-            let mut v = Validation::new(algorithms[0]);
-            v.algorithms = algorithms.to_vec();
-            v.leeway = 0;
-            v.validate_nbf = true;
-            v.required_spec_claims = HashSet::new();
-            if config.token_audience.is_empty() {
-                v.validate_aud = false;
-            } else {
-                v.set_audience(&[&config.token_audience]);
-                v.required_spec_claims.insert("aud".to_string());
-            }
-            if !config.token_issuer.is_empty() {
-                v.set_issuer(&[&config.token_issuer]);
-                v.required_spec_claims.insert("iss".to_string());
-            }
-            v
+            make_validation(algorithms, &config.token_audience, &config.token_issuer)
         };
         if !config.token_secret.is_empty() {
             keys.push(KeyEntry {
@@ -150,31 +165,157 @@ impl Verifier {
             };
             keys.push(entry);
         }
-        Ok((!keys.is_empty()).then_some(Verifier { keys }))
+        let jwks = (!config.token_jwks_url.is_empty()).then(|| Jwks {
+            url: config.token_jwks_url.clone(),
+            refresh: config.token_jwks_refresh,
+            audience: config.token_audience.clone(),
+            issuer: config.token_issuer.clone(),
+            keys: RwLock::default(),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .unwrap_or_default(),
+        });
+        Ok((!keys.is_empty() || jwks.is_some()).then_some(Verifier { keys, jwks }))
+    }
+
+    /// Fetches the JWKS now; returns how many usable keys it holds.
+    pub async fn refresh_jwks(&self) -> Result<usize, AuthError> {
+        let Some(jwks) = &self.jwks else {
+            return Ok(0);
+        };
+        let failed = |reason: String| AuthError::Jwks {
+            url: jwks.url.clone(),
+            reason,
+        };
+        let set: JwkSet = jwks
+            .http
+            .get(&jwks.url)
+            .send()
+            .await
+            .and_then(|r| r.error_for_status())
+            .map_err(|e| failed(e.to_string()))?
+            .json()
+            .await
+            .map_err(|e| failed(format!("not a JWKS: {e}")))?;
+        let mut entries = Vec::new();
+        for jwk in &set.keys {
+            // Only public-key families: an HMAC key published in a JWKS would
+            // let anyone who reads it sign tokens.
+            let algorithms = match &jwk.algorithm {
+                AlgorithmParameters::RSA(_) => RSA,
+                AlgorithmParameters::EllipticCurve(_) => EC,
+                _ => continue,
+            };
+            let Ok(key) = DecodingKey::from_jwk(jwk) else {
+                continue;
+            };
+            let validation = make_validation(algorithms, &jwks.audience, &jwks.issuer);
+            entries.push((jwk.common.key_id.clone(), KeyEntry { key, validation }));
+        }
+        if entries.is_empty() {
+            return Err(failed("no RSA or EC keys in it".to_string()));
+        }
+        let count = entries.len();
+        *jwks.keys.write() = entries;
+        Ok(count)
+    }
+
+    /// Re-fetches the JWKS every `token_jwks_refresh` until the verifier is
+    /// dropped; failures keep the previous keys and retry sooner.
+    pub async fn keep_jwks_fresh(verifier: Weak<Verifier>) {
+        loop {
+            let Some(v) = verifier.upgrade() else { return };
+            let Some(jwks) = &v.jwks else { return };
+            let wait = match v.refresh_jwks().await {
+                Ok(count) => {
+                    tracing::debug!(url = jwks.url, keys = count, "JWKS refreshed");
+                    jwks.refresh
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "JWKS refresh failed; keeping the previous keys");
+                    jwks.refresh.min(Duration::from_secs(10))
+                }
+            };
+            drop(v);
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    /// Whether keys from the JWKS are loaded (true when there is no JWKS).
+    pub fn jwks_ready(&self) -> bool {
+        self.jwks.as_ref().is_none_or(|j| !j.keys.read().is_empty())
     }
 
     /// Verifies signature and time and audience/issuer claims.
     pub fn verify(&self, token: &str) -> Result<Claims, TokenError> {
         let header = jsonwebtoken::decode_header(token)
             .map_err(|e| TokenError::Invalid(format!("malformed: {e}")))?;
-        let entry = self
-            .keys
-            .iter()
-            .find(|k| k.validation.algorithms.contains(&header.alg))
-            .ok_or_else(|| {
-                TokenError::Invalid(format!("algorithm {:?} is not accepted here", header.alg))
-            })?;
-        match jsonwebtoken::decode::<Claims>(token, &entry.key, &entry.validation) {
-            Ok(data) => Ok(data.claims),
-            Err(e) => match e.kind() {
-                jsonwebtoken::errors::ErrorKind::ExpiredSignature => Err(TokenError::Expired),
-                jsonwebtoken::errors::ErrorKind::ImmatureSignature => {
-                    Err(TokenError::Invalid("not valid yet (nbf)".to_string()))
-                }
-                _ => Err(TokenError::Invalid(e.to_string())),
-            },
+        let accepts = |k: &KeyEntry| k.validation.algorithms.contains(&header.alg);
+        if let Some(entry) = self.keys.iter().find(|k| accepts(k)) {
+            return check(token, entry);
         }
+        if let Some(jwks) = &self.jwks {
+            let keys = jwks.keys.read();
+            let mut candidates = keys
+                .iter()
+                .filter(|(kid, k)| accepts(k) && (header.kid.is_none() || *kid == header.kid))
+                .peekable();
+            if candidates.peek().is_none() {
+                return Err(TokenError::Invalid(format!(
+                    "no key for kid {:?} and algorithm {:?}",
+                    header.kid, header.alg
+                )));
+            }
+            let mut last = TokenError::Invalid("no key".to_string());
+            for (_, entry) in candidates {
+                match check(token, entry) {
+                    Ok(claims) => return Ok(claims),
+                    Err(TokenError::Expired) => return Err(TokenError::Expired),
+                    Err(e) => last = e,
+                }
+            }
+            return Err(last);
+        }
+        Err(TokenError::Invalid(format!(
+            "algorithm {:?} is not accepted here",
+            header.alg
+        )))
     }
+}
+
+/// Verifies with one key; maps the library's errors to what the client is told.
+fn check(token: &str, entry: &KeyEntry) -> Result<Claims, TokenError> {
+    match jsonwebtoken::decode::<Claims>(token, &entry.key, &entry.validation) {
+        Ok(data) => Ok(data.claims),
+        Err(e) => match e.kind() {
+            jsonwebtoken::errors::ErrorKind::ExpiredSignature => Err(TokenError::Expired),
+            jsonwebtoken::errors::ErrorKind::ImmatureSignature => {
+                Err(TokenError::Invalid("not valid yet (nbf)".to_string()))
+            }
+            _ => Err(TokenError::Invalid(e.to_string())),
+        },
+    }
+}
+
+/// The checks every key applies: its algorithms, exact times, aud/iss when set.
+fn make_validation(algorithms: &[Algorithm], audience: &str, issuer: &str) -> Validation {
+    let mut v = Validation::new(algorithms[0]);
+    v.algorithms = algorithms.to_vec();
+    v.leeway = 0;
+    v.validate_nbf = true;
+    v.required_spec_claims = HashSet::new();
+    if audience.is_empty() {
+        v.validate_aud = false;
+    } else {
+        v.set_audience(&[audience]);
+        v.required_spec_claims.insert("aud".to_string());
+    }
+    if !issuer.is_empty() {
+        v.set_issuer(&[issuer]);
+        v.required_spec_claims.insert("iss".to_string());
+    }
+    v
 }
 
 /// Mints an HS256 token from the shared secret: for `duplex token`, tests,

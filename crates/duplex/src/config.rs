@@ -199,6 +199,10 @@ settings! {
     token_secret: Secret = Secret::default(), "DUPLEX_TOKEN_SECRET";
     /// PEM file with the RSA or EC public key that verifies RS256/ES256 connection tokens [default: none].
     token_public_key: String = String::new(), "DUPLEX_TOKEN_PUBLIC_KEY";
+    /// URL of a JWKS (JSON Web Key Set) with RSA/EC keys for RS/ES tokens, matched by `kid` and re-fetched in the background [default: none].
+    token_jwks_url: String = String::new(), "DUPLEX_TOKEN_JWKS_URL";
+    /// How often the JWKS is re-fetched [default: 5m].
+    token_jwks_refresh: Duration = Duration::from_secs(300), "DUPLEX_TOKEN_JWKS_REFRESH", humantime::parse_duration;
     /// Required `aud` claim of connection tokens [default: not checked].
     token_audience: String = String::new(), "DUPLEX_TOKEN_AUDIENCE";
     /// Required `iss` claim of connection tokens [default: not checked].
@@ -282,7 +286,9 @@ impl Config {
 
     /// Whether clients must present connection tokens.
     pub fn token_auth(&self) -> bool {
-        !self.token_secret.is_empty() || !self.token_public_key.is_empty()
+        !self.token_secret.is_empty()
+            || !self.token_public_key.is_empty()
+            || !self.token_jwks_url.is_empty()
     }
 
     /// The accepted API keys; none means the API is open.
@@ -363,6 +369,15 @@ impl Config {
         }
         if let Err(e) = Permissions::new(self.namespaces.clone()) {
             return invalid("namespaces", &e.to_string());
+        }
+        if !self.token_jwks_url.is_empty() {
+            match url::Url::parse(&self.token_jwks_url) {
+                Ok(u) if u.scheme() == "http" || u.scheme() == "https" => {}
+                _ => return invalid("token_jwks_url", "must be an http:// or https:// URL"),
+            }
+            if self.token_jwks_refresh.is_zero() {
+                return invalid("token_jwks_refresh", "must be above zero");
+            }
         }
         if self.handshake_timeout.is_zero() {
             return invalid("handshake_timeout", "must be above zero");

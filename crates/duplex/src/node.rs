@@ -80,7 +80,7 @@ struct Inner {
     id: String,
     config: Config,
     /// Checks connection tokens; None when token auth is off.
-    verifier: Option<Verifier>,
+    verifier: Option<Arc<Verifier>>,
     /// Who may subscribe and publish where.
     permissions: Permissions,
     /// Connections per user.
@@ -148,7 +148,12 @@ pub struct NodeInfo {
 impl Node {
     /// Builds a node and starts its broker (Redis: connects in the background).
     pub fn start(config: Config) -> Result<Node, NodeError> {
-        let verifier = Verifier::from_config(&config)?;
+        let verifier = Verifier::from_config(&config)?.map(Arc::new);
+        if let Some(v) = &verifier {
+            if !config.token_jwks_url.is_empty() {
+                tokio::spawn(Verifier::keep_jwks_fresh(Arc::downgrade(v)));
+            }
+        }
         let permissions = Permissions::new(config.namespaces.clone())?;
         let users = UserLimit::new(config.max_connections_per_user);
         let handshakes = HandshakeLimit::new(config.max_handshakes_per_ip);
@@ -210,7 +215,7 @@ impl Node {
 
     /// The token checker, when clients must present tokens.
     pub(crate) fn verifier(&self) -> Option<&Verifier> {
-        self.inner.verifier.as_ref()
+        self.inner.verifier.as_deref()
     }
 
     /// Channel permissions.

@@ -116,13 +116,21 @@ pub async fn run(
     Ok(())
 }
 
-/// Gives the broker up to `redis_timeout` to connect before serving, so the
-/// first clients are not served by a node that cannot reach Redis yet. If it
-/// cannot connect, the node starts degraded (`/health` 503) and keeps trying.
+/// Gives the broker (and a JWKS, if configured) up to `redis_timeout` to
+/// connect before serving, so the first clients are not served by a node that
+/// cannot reach Redis or check tokens yet. If it cannot, the node starts
+/// degraded (`/health` 503) and keeps trying.
 async fn wait_for_broker(node: &Node) {
     let deadline = tokio::time::Instant::now() + node.config().redis_timeout;
-    while !node.is_healthy() && tokio::time::Instant::now() < deadline {
+    let ready = || node.is_healthy() && node.verifier().is_none_or(|v| v.jwks_ready());
+    while !ready() && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    if node.verifier().is_some_and(|v| !v.jwks_ready()) {
+        tracing::warn!(
+            url = node.config().token_jwks_url,
+            "no keys from the JWKS yet; tokens signed with them are refused until a fetch succeeds"
+        );
     }
     if !node.is_healthy() {
         let state = node.broker_state();

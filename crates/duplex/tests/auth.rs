@@ -375,3 +375,92 @@ async fn foreign_origins_cannot_open_websockets() {
     let refused = upgrade_with_origin(&url, "http://localhost:5173").await;
     assert_eq!(refused.map_err(|e| e.0), Err(403));
 }
+
+/// A JWKS endpoint the test controls: serves whatever set is current.
+async fn jwks_server(
+    set: std::sync::Arc<parking_lot::Mutex<Value>>,
+    fetches: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) -> String {
+    let app = axum::Router::new().route(
+        "/jwks.json",
+        axum::routing::get(move || {
+            let set = std::sync::Arc::clone(&set);
+            fetches.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            async move { axum::Json(set.lock().clone()) }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    format!("http://{addr}/jwks.json")
+}
+
+fn jwk(private_pem: &str, alg: Algorithm, kid: &str) -> (EncodingKey, Value) {
+    let pem = std::fs::read(fixture(private_pem)).expect("fixture");
+    let key = match alg {
+        Algorithm::RS256 => EncodingKey::from_rsa_pem(&pem),
+        _ => EncodingKey::from_ec_pem(&pem),
+    }
+    .expect("key");
+    let mut jwk = jsonwebtoken::jwk::Jwk::from_encoding_key(&key, alg).expect("jwk");
+    jwk.common.key_id = Some(kid.to_string());
+    (key, serde_json::to_value(jwk).expect("jwk json"))
+}
+
+fn sign_kid(alg: Algorithm, key: &EncodingKey, kid: &str, sub: &str) -> String {
+    let mut header = Header::new(alg);
+    header.kid = Some(kid.to_string());
+    jsonwebtoken::encode(&header, &json!({"sub": sub, "exp": unix_now() + 60}), key).expect("sign")
+}
+
+#[tokio::test]
+async fn jwks_keys_are_fetched_and_rotated_in_the_background() {
+    let (rsa, rsa_jwk) = jwk("rsa_private.pem", Algorithm::RS256, "k1");
+    let (ec, ec_jwk) = jwk("ec_private.pem", Algorithm::ES256, "k2");
+    let set = std::sync::Arc::new(parking_lot::Mutex::new(json!({"keys": [rsa_jwk]})));
+    let fetches = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let url = jwks_server(std::sync::Arc::clone(&set), std::sync::Arc::clone(&fetches)).await;
+    let node = TestNode::start(Settings {
+        token_jwks_url: Some(url),
+        token_jwks_refresh: Some(Duration::from_millis(100)),
+        ..settings()
+    })
+    .await;
+    let first = sign_kid(Algorithm::RS256, &rsa, "k1", "alice");
+    let (_c, reply) = connect(&node, &first).await;
+    assert_eq!(reply["result"]["user"], "alice", "{reply}");
+    let rotated = sign_kid(Algorithm::ES256, &ec, "k2", "bob");
+    assert_closed_with(&node, &rotated, 3500, "k2 before rotation").await;
+    // The identity provider rotates: k2 in, k1 out.
+    *set.lock() = json!({"keys": [ec_jwk]});
+    support::eventually("rotated key accepted", || async {
+        accepted_user(&node, &rotated).await.as_deref() == Some("bob")
+    })
+    .await;
+    assert_closed_with(&node, &first, 3500, "k1 after rotation").await;
+    // A JWKS that turns into garbage keeps the last good keys.
+    *set.lock() = json!({"not": "a jwks"});
+    let served = fetches.load(std::sync::atomic::Ordering::SeqCst);
+    support::eventually("garbage fetched twice", || async {
+        fetches.load(std::sync::atomic::Ordering::SeqCst) >= served + 2
+    })
+    .await;
+    let (_c, reply) = connect(&node, &rotated).await;
+    assert_eq!(reply["result"]["user"], "bob", "{reply}");
+}
+
+/// The user a `connect` with `token` gets, or None if the node refuses it.
+async fn accepted_user(node: &TestNode, token: &str) -> Option<String> {
+    let mut client = Client::connect(&node.ws("/ws")).await;
+    let command = json!({"id": 1, "method": "connect", "params": {"token": token}});
+    client.send_text(&command.to_string()).await;
+    match client.next_message().await {
+        tokio_tungstenite::tungstenite::Message::Text(text) => {
+            let reply: Value = serde_json::from_str(&text).ok()?;
+            reply["result"]["user"].as_str().map(str::to_string)
+        }
+        _ => None,
+    }
+}
