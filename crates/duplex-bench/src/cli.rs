@@ -25,6 +25,8 @@ pub(crate) enum Command {
     Channels(ChannelsArgs),
     /// Open and hold N connections: connect rate and server RSS per connection.
     Idle(IdleArgs),
+    /// Soak: a churning population of native clients, steady HTTP publishes, a delivery check.
+    Churn(ChurnArgs),
 }
 
 impl Command {
@@ -34,6 +36,7 @@ impl Command {
             Command::Fanout(a) => &a.common,
             Command::Channels(a) => &a.common,
             Command::Idle(a) => &a.common,
+            Command::Churn(a) => &a.common,
         }
     }
 }
@@ -168,4 +171,67 @@ pub(crate) struct IdleArgs {
     /// Subscribe connection i to its own channel `<channel>-<i>` instead.
     #[arg(long)]
     pub(crate) own_channel: bool,
+}
+
+/// `churn` flags. Clients always speak the native protocol (`--protocol` is
+/// ignored) and publishes go through `POST /api/publish`.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct ChurnArgs {
+    /// Common flags.
+    #[command(flatten)]
+    pub(crate) common: Common,
+    /// Clients kept connected (the population).
+    #[arg(long, default_value_t = 3000)]
+    pub(crate) clients: usize,
+    /// Channels in the pool.
+    #[arg(long, default_value_t = 100)]
+    pub(crate) channels: usize,
+    /// Channel name prefix: the pool is `<prefix>0..<prefix><channels - 1>`.
+    #[arg(long, default_value = "soak-")]
+    pub(crate) prefix: String,
+    /// Publishes per second over the pool (HTTP API, one request at a time).
+    #[arg(long, default_value_t = 200.0)]
+    pub(crate) rate: f64,
+    /// How long to churn.
+    #[arg(long, default_value = "30m", value_parser = humantime::parse_duration)]
+    pub(crate) duration: Duration,
+    /// Payload bytes.
+    #[arg(long, default_value_t = 64)]
+    pub(crate) size: usize,
+    /// Fewest channels a client subscribes to.
+    #[arg(long, default_value_t = 1)]
+    pub(crate) min_subs: usize,
+    /// Most channels a client subscribes to.
+    #[arg(long, default_value_t = 4)]
+    pub(crate) max_subs: usize,
+    /// Shortest client life.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    pub(crate) min_life: Duration,
+    /// Longest client life (uniform in between).
+    #[arg(long, default_value = "115s", value_parser = humantime::parse_duration)]
+    pub(crate) max_life: Duration,
+    /// Mean time between a client's leave-one-join-another (uniform 0.5x..1.5x).
+    #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
+    pub(crate) flip_every: Duration,
+    /// Share of clients that end with a TCP reset instead of a WebSocket close.
+    #[arg(long, default_value_t = 0.3)]
+    pub(crate) abrupt: f64,
+    /// Most new clients started per second (the ramp, and replacements).
+    #[arg(long, default_value_t = 500)]
+    pub(crate) spawn_rate: u32,
+    /// Source addresses clients rotate over (127.0.0.(1 + offset)..).
+    #[arg(long, default_value_t = 8)]
+    pub(crate) sources: u32,
+    /// Duplex API key, sent as `Authorization: apikey <key>`.
+    #[arg(long)]
+    pub(crate) api_key: Option<String>,
+    /// Interval of the `/health` poll that finds the broker outages.
+    #[arg(long, default_value = "200ms", value_parser = humantime::parse_duration)]
+    pub(crate) health_every: Duration,
+    /// Wait after the last publish before closing every client.
+    #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+    pub(crate) drain: Duration,
+    /// Interval of the progress line on stderr.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub(crate) progress_every: Duration,
 }

@@ -8,7 +8,7 @@ use serde::Serialize;
 use crate::protocol::Protocol;
 use crate::publish::Via;
 use crate::stats::Latency;
-use crate::workload::Drain;
+use crate::workload::{ChurnReport, Drain};
 
 /// The result of any workload.
 #[derive(Debug)]
@@ -17,6 +17,8 @@ pub(crate) enum Report {
     Delivery(Box<DeliveryReport>),
     /// `idle`.
     Idle(Box<IdleReport>),
+    /// `churn`.
+    Churn(Box<ChurnReport>),
 }
 
 impl Report {
@@ -25,6 +27,7 @@ impl Report {
         let value = match self {
             Report::Delivery(r) => serde_json::to_string(r),
             Report::Idle(r) => serde_json::to_string(r),
+            Report::Churn(r) => serde_json::to_string(r),
         };
         value.unwrap_or_else(|e| format!("{{\"error\":\"serializing the report: {e}\"}}"))
     }
@@ -34,6 +37,7 @@ impl Report {
         match self {
             Report::Delivery(r) => r.summary(),
             Report::Idle(r) => r.summary(),
+            Report::Churn(r) => r.summary(),
         }
     }
 }

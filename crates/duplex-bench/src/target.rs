@@ -103,6 +103,14 @@ impl Sources {
     }
 }
 
+impl Sources {
+    /// Local address of source `slot` (127.0.0.(1 + offset + slot)), for
+    /// workloads that rotate over a few addresses instead of filling them.
+    pub(crate) fn for_slot(&self, slot: u32) -> Result<Option<SocketAddr>, String> {
+        self.for_index(slot as usize * self.per_source as usize)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -180,3 +180,54 @@ async fn connect_failures_are_reported_not_panics() {
         "errors name the cause: {r}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tiny_churn_checks_every_subscription() {
+    let (addr, _stop) = start_node().await;
+    let server = format!("ws://{addr}");
+    let r = bench(&[
+        "churn",
+        "--server",
+        &server,
+        "--clients",
+        "30",
+        "--channels",
+        "5",
+        "--rate",
+        "100",
+        // Lives and subscriptions longer than the 2 s tail grace, so
+        // some messages are expected.
+        "--duration",
+        "6s",
+        "--min-life",
+        "2500ms",
+        "--max-life",
+        "4s",
+        "--flip-every",
+        "3s",
+        "--drain",
+        "500ms",
+        "--json",
+    ])
+    .await;
+    let n = |k: &str| r[k].as_u64().unwrap_or_else(|| panic!("{k} in {r}"));
+    let check = |k: &str| {
+        r["check"][k]
+            .as_u64()
+            .unwrap_or_else(|| panic!("{k} in {r}"))
+    };
+    // Clients came and went: more connects than the population.
+    assert!(n("connects") > 30, "{r}");
+    assert_eq!(n("connect_failures"), 0, "{r}");
+    assert_eq!(n("dropped_by_server"), 0, "{r}");
+    assert!(n("closes_graceful") + n("closes_abrupt") > 0, "{r}");
+    assert!(n("unsubscribes") > 0, "{r}");
+    assert_eq!(n("clients_left"), 0, "{r}");
+    assert!(n("published") > 200, "{r}");
+    assert_eq!(n("publish_refused"), 0, "{r}");
+    assert!(check("expected") > 0, "{r}");
+    assert_eq!(check("lost"), 0, "{r}");
+    assert_eq!(n("duplicates"), 0, "{r}");
+    // No outage: nothing counted apart.
+    assert_eq!(check("outage_expected"), 0, "{r}");
+}

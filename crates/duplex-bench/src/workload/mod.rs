@@ -2,10 +2,12 @@
 //! subscribers, run the publisher, wait for the last deliveries, measure.
 
 mod channels;
+mod churn;
 mod delivery;
 mod fanout;
 mod idle;
 
+pub(crate) use churn::ChurnReport;
 pub(crate) use delivery::Drain;
 
 use crate::cli::{Command, Common};
@@ -19,6 +21,7 @@ pub(crate) async fn run(command: Command) -> Result<Report, String> {
         Command::Fanout(args) => fanout::run(args).await,
         Command::Channels(args) => channels::run(args).await,
         Command::Idle(args) => idle::run(args).await,
+        Command::Churn(args) => churn::run(args).await,
     }
 }
 
