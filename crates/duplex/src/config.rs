@@ -207,6 +207,10 @@ settings! {
     token_audience: String = String::new(), "DUPLEX_TOKEN_AUDIENCE";
     /// Required `iss` claim of connection tokens [default: not checked].
     token_issuer: String = String::new(), "DUPLEX_TOKEN_ISSUER";
+    /// PEM file with the TLS certificate chain; with tls_key, serves wss:// and https:// [default: none, plain ws://].
+    tls_cert: String = String::new(), "DUPLEX_TLS_CERT";
+    /// PEM file with the TLS private key (PKCS#8, PKCS#1 or SEC1) for tls_cert [default: none].
+    tls_key: String = String::new(), "DUPLEX_TLS_KEY";
     /// Web origins allowed to open WebSockets, comma-separated (`https://app.example`), `*` = any [default: the node's own host, plus loopback pages when listening on loopback].
     allowed_origins: String = String::new(), "DUPLEX_ALLOWED_ORIGINS";
     /// With token auth on, also let clients without a token in, as anonymous [default: false].
@@ -291,6 +295,11 @@ impl Config {
             || !self.token_jwks_url.is_empty()
     }
 
+    /// Whether the node serves TLS (`wss://`, `https://`).
+    pub fn tls(&self) -> bool {
+        !self.tls_cert.is_empty() || !self.tls_key.is_empty()
+    }
+
     /// The accepted API keys; none means the API is open.
     pub fn api_keys(&self) -> impl Iterator<Item = &str> {
         self.api_key
@@ -339,6 +348,12 @@ impl Config {
                     ),
                 );
             }
+        }
+        if self.tls_cert.is_empty() != self.tls_key.is_empty() {
+            return invalid(
+                if self.tls_cert.is_empty() { "tls_cert" } else { "tls_key" },
+                "tls_cert and tls_key go together: set both (PEM files) to serve wss:// and https://, or neither for plain ws://",
+            );
         }
         if self.allow_anonymous && !self.token_auth() {
             return invalid(
@@ -454,6 +469,29 @@ mod tests {
         };
         let config = secured.resolve().unwrap();
         assert_eq!(config.api_keys().collect::<Vec<_>>(), ["k1", "k2"]);
+    }
+
+    #[test]
+    fn tls_needs_both_files() {
+        let cert_only = Settings {
+            tls_cert: Some("cert.pem".into()),
+            ..Default::default()
+        };
+        let err = cert_only.resolve().unwrap_err().to_string();
+        assert!(err.contains("tls_key") && err.contains("both"), "{err}");
+        let key_only = Settings {
+            tls_key: Some("key.pem".into()),
+            ..Default::default()
+        };
+        let err = key_only.resolve().unwrap_err().to_string();
+        assert!(err.contains("tls_cert"), "{err}");
+        let both = Settings {
+            tls_cert: Some("cert.pem".into()),
+            tls_key: Some("key.pem".into()),
+            ..Default::default()
+        };
+        assert!(both.resolve().unwrap().tls());
+        assert!(!Config::default().tls());
     }
 
     #[test]

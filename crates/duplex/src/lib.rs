@@ -6,6 +6,7 @@
 //! - [`config`]: settings from flags, `DUPLEX_*` environment and TOML.
 //! - [`auth`]: connection tokens (JWT): who a client is.
 //! - [`server`]: listener, routes, graceful shutdown.
+//! - [`tls`]: the certificate and key for `wss://` and `https://`.
 //! - [`transport`]: WebSocket upgrade, per-connection reader and writer
 //!   tasks, the bounded outbound queue.
 //! - `session`: one client's state machine (plain mode, native protocol).
@@ -32,6 +33,7 @@ pub mod node;
 pub mod permissions;
 pub mod server;
 pub mod stats;
+pub mod tls;
 pub mod transport;
 
 mod heartbeat;

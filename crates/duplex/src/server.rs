@@ -8,6 +8,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,7 +18,9 @@ use axum::Router;
 use duplex_protocol::code::CloseCode;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
@@ -25,6 +28,7 @@ use tower::ServiceExt;
 use crate::config::Config;
 use crate::node::{Node, NodeError};
 use crate::stats::Stats;
+use crate::tls::TlsError;
 use crate::transport::origin::OriginPolicy;
 use crate::transport::upgrade;
 use crate::{api, heartbeat};
@@ -69,6 +73,9 @@ pub enum ServerError {
     /// The listener's address could not be read.
     #[error("listener: {0}")]
     Listener(#[from] std::io::Error),
+    /// The TLS certificate or key cannot be used.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
 }
 
 /// All routes of a node.
@@ -86,6 +93,14 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServerError> {
+    let tls = if config.tls() {
+        Some(crate::tls::acceptor(
+            Path::new(&config.tls_cert),
+            Path::new(&config.tls_key),
+        )?)
+    } else {
+        None
+    };
     let listen_ip = listener.local_addr()?.ip();
     let origins = OriginPolicy::from_setting(&config.allowed_origins, listen_ip.is_loopback());
     let node = Node::start(config)?;
@@ -98,18 +113,24 @@ pub async fn run(
     wait_for_broker(&node).await;
     let heartbeat = tokio::spawn(heartbeat::run(node.clone(), state.shutdown.clone()));
     let addr = listener.local_addr()?;
+    let (ws, http) = if tls.is_some() {
+        ("wss", "https")
+    } else {
+        ("ws", "http")
+    };
     tracing::info!(
         %addr,
         node = node.id(),
         broker = node.broker_state().kind,
         api_key = node.config().api_keys().next().is_some(),
         token_auth = node.config().token_auth(),
-        "duplex listening: plain clients at ws://{addr}/, native protocol at ws://{addr}/ws, HTTP API at http://{addr}/api"
+        tls = tls.is_some(),
+        "duplex listening: plain clients at {ws}://{addr}/, native protocol at {ws}://{addr}/ws, HTTP API at {http}://{addr}/api"
     );
     if node.config().insecure && !addr.ip().is_loopback() {
         tracing::warn!(%addr, "INSECURE: listening on a non-loopback address without client authentication; anyone who can reach it can read and write every channel");
     }
-    accept_loop(&listener, &state, shutdown).await;
+    accept_loop(&listener, &state, tls, shutdown).await;
     drop(listener);
     shut_down(&state).await;
     let _ = heartbeat.await;
@@ -138,7 +159,12 @@ async fn wait_for_broker(node: &Node) {
     }
 }
 
-async fn accept_loop(listener: &TcpListener, state: &AppState, shutdown: impl Future<Output = ()>) {
+async fn accept_loop(
+    listener: &TcpListener,
+    state: &AppState,
+    tls: Option<TlsAcceptor>,
+    shutdown: impl Future<Output = ()>,
+) {
     let app = router(state.clone());
     tokio::pin!(shutdown);
     loop {
@@ -161,19 +187,30 @@ async fn accept_loop(listener: &TcpListener, state: &AppState, shutdown: impl Fu
                     req.extensions_mut().insert(ConnectInfo(remote));
                     req
                 });
-        let cancel = state.shutdown.clone();
-        state.tracker.spawn(serve_http(
-            tcp,
-            remote,
-            TowerToHyperService::new(service),
-            state.node.clone(),
-            cancel,
-        ));
+        let service = TowerToHyperService::new(service);
+        let (node, cancel) = (state.node.clone(), state.shutdown.clone());
+        match &tls {
+            None => state
+                .tracker
+                .spawn(serve_http(tcp, remote, service, node, cancel)),
+            Some(acceptor) => state.tracker.spawn(serve_tls(
+                acceptor.clone(),
+                tcp,
+                remote,
+                service,
+                node,
+                cancel,
+            )),
+        };
     }
 }
 
-async fn serve_http<S>(
-    tcp: tokio::net::TcpStream,
+/// Completes the TLS handshake, then serves HTTP over it. The handshake is
+/// bounded by `handshake_timeout` (a client that opens TCP and never sends a
+/// ClientHello must not hold a task), and abandoned when shutdown starts.
+async fn serve_tls<S>(
+    acceptor: TlsAcceptor,
+    tcp: TcpStream,
     remote: SocketAddr,
     service: S,
     node: Node,
@@ -187,12 +224,48 @@ async fn serve_http<S>(
     S::Future: Send + 'static,
     S::Error: std::error::Error + Send + Sync + 'static,
 {
+    let timeout = node.config().handshake_timeout;
+    let stream = tokio::select! {
+        _ = shutdown.cancelled() => return,
+        accepted = tokio::time::timeout(timeout, acceptor.accept(tcp)) => match accepted {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => {
+                tracing::debug!(%remote, error = %e, "TLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                Stats::bump(&node.stats().handshake_timeouts);
+                tracing::info!(%remote, "closing connection: TLS handshake not completed within handshake_timeout");
+                return;
+            }
+        },
+    };
+    serve_http(stream, remote, service, node, shutdown).await;
+}
+
+/// Serves HTTP/1.1 (with upgrades) on one connection, plain TCP or TLS.
+async fn serve_http<I, S>(
+    io: I,
+    remote: SocketAddr,
+    service: S,
+    node: Node,
+    shutdown: CancellationToken,
+) where
+    S: hyper::service::Service<
+            axum::http::Request<hyper::body::Incoming>,
+            Response = axum::response::Response,
+        > + Send
+        + 'static,
+    S::Future: Send + 'static,
+    S::Error: std::error::Error + Send + Sync + 'static,
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(node.config().handshake_timeout);
     let conn = builder
-        .serve_connection(TokioIo::new(tcp), service)
+        .serve_connection(TokioIo::new(io), service)
         .with_upgrades();
     tokio::pin!(conn);
     let result = tokio::select! {

@@ -1,7 +1,9 @@
 //! WebSocket transport: the HTTP upgrade, then two tasks per connection.
 //!
-//! - [`upgrade`]: checks the handshake, answers 101, and hands the raw TCP
-//!   stream to a connection task (or refuses with a status and a reason).
+//! - [`upgrade`]: checks the handshake, answers 101, and hands the raw
+//!   stream (TCP or TLS) to a connection task (or refuses with a status and
+//!   a reason).
+//! - [`stream`]: what reading and writing mean on plain TCP and on TLS.
 //! - [`reader`]: the connection task: reads, decodes frames, feeds the
 //!   session, and tears everything down at the end.
 //! - [`writer`]: drains the outbound queue with coalesced vectored writes.
@@ -14,6 +16,7 @@
 pub(crate) mod origin;
 pub(crate) mod outbound;
 pub(crate) mod reader;
+pub(crate) mod stream;
 pub mod upgrade;
 pub(crate) mod writer;
 

@@ -113,7 +113,9 @@ impl Outbound {
         }
     }
 
-    /// Hands the socket's write half to this connection (once).
+    /// Hands the socket's write half to this connection (once). Plain TCP
+    /// only: a TLS connection attaches none, so its producers always queue
+    /// and its writer task alone writes through rustls.
     pub(crate) fn attach(&self, socket: OwnedWriteHalf) {
         if self.socket.set(socket).is_err() {
             debug_assert!(false, "socket attached twice");

@@ -1,7 +1,9 @@
 //! The connection task: reads the socket, decodes frames, drives the
 //! session, and on the way out releases every subscription and waits for
-//! the writer. The read buffer exists only while bytes are in flight: an
-//! idle connection waits for readability holding no buffer at all.
+//! the writer. On plain TCP the read buffer exists only while bytes are in
+//! flight: an idle connection waits for readability holding no buffer at
+//! all. The loop is generic over the stream (see `stream`), so TLS
+//! connections run the same code through their own compiled copy.
 
 use std::sync::Arc;
 
@@ -10,7 +12,9 @@ use duplex_protocol::code::CloseCode;
 use duplex_protocol::ws::{encode_frame, Decoder, DecoderLimits, Event, OpCode};
 use tokio::net::tcp::OwnedReadHalf;
 use tokio::net::TcpStream;
+use tokio::task::JoinHandle;
 
+use super::stream::{ReadSource, Tls, TlsReader};
 use super::{writer, CLOSE_GRACE};
 use crate::conn::Conn;
 use crate::node::Node;
@@ -31,36 +35,24 @@ enum End {
     Aborted,
 }
 
-/// Waits until the socket is readable, through the socket's single reader
-/// waker slot rather than `readable()`'s waiter list. This matters: hyper
-/// leaves its connection task's waker in that slot when it hands the socket
-/// over, and until something replaces it, that waker keeps the finished
-/// task's ~1.2 KiB allocation alive for the whole life of the connection
-/// (found with massif: it was a quarter of all idle memory).
-fn read_ready(
-    socket: &OwnedReadHalf,
-) -> impl std::future::Future<Output = std::io::Result<()>> + '_ {
-    std::future::poll_fn(move |cx| socket.as_ref().poll_read_ready(cx))
-}
-
 /// After we fail a connection, keep reading (and discarding) for a moment
 /// so the peer can read our close frame: closing a socket with unread input
 /// makes the kernel send a reset, which can destroy the close frame in flight.
-async fn linger(socket: &OwnedReadHalf, conn: &Conn) {
+async fn linger<R: ReadSource>(socket: &mut R, conn: &Conn) {
     let deadline = tokio::time::sleep(CLOSE_GRACE);
     tokio::pin!(deadline);
-    let mut sink = [0u8; 4096];
+    let mut sink = BytesMut::new();
     loop {
         tokio::select! {
             _ = &mut deadline => return,
             _ = conn.abort.cancelled() => return,
-            ready = read_ready(socket) => {
+            ready = socket.ready(READ_CHUNK) => {
                 if ready.is_err() {
                     return;
                 }
-                match socket.try_read(&mut sink) {
+                match socket.try_read_buf(&mut sink, READ_CHUNK) {
                     Ok(0) => return,
-                    Ok(_) => {}
+                    Ok(_) => sink.clear(),
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
                     Err(_) => return,
                 }
@@ -69,17 +61,64 @@ async fn linger(socket: &OwnedReadHalf, conn: &Conn) {
     }
 }
 
-/// Runs one upgraded connection to its end.
-pub(crate) async fn run(
+/// A connection's stream, split: the read half stays with the reader task,
+/// the write half goes to a writer task started here.
+pub(crate) trait Halves: Send + 'static {
+    /// What the reader task reads from.
+    type Reader: ReadSource;
+    /// Splits the stream and starts the connection's writer task.
+    fn start(self, conn: &Arc<Conn>) -> (Self::Reader, JoinHandle<()>);
+}
+
+impl Halves for TcpStream {
+    type Reader = OwnedReadHalf;
+
+    /// Producers write directly to the attached write half while the
+    /// queue is idle; the writer task takes over when it is not.
+    fn start(self, conn: &Arc<Conn>) -> (OwnedReadHalf, JoinHandle<()>) {
+        let (socket, write_half) = self.into_split();
+        conn.outbound.attach(write_half);
+        (socket, tokio::spawn(writer::run(Arc::clone(conn))))
+    }
+}
+
+impl Halves for Box<Tls> {
+    type Reader = TlsReader;
+
+    /// The write half goes to the writer task alone (producers only
+    /// queue): rustls state cannot be written from several threads without
+    /// a lock on every delivery. Boxed until here, so that a connection
+    /// task's future does not carry rustls' state inline.
+    fn start(self, conn: &Arc<Conn>) -> (TlsReader, JoinHandle<()>) {
+        let (socket, write_half) = tokio::io::split(*self);
+        let writer = tokio::spawn(writer::run_tls(Arc::clone(conn), write_half));
+        (TlsReader::new(socket), writer)
+    }
+}
+
+/// Runs one upgraded connection, plain TCP or TLS, to its end.
+///
+/// Not a wrapper `async fn` around the generic loop: that would store the
+/// arguments twice in every connection's future (once in each).
+pub(crate) fn run<S: Halves>(
     node: Node,
     conn: Arc<Conn>,
-    stream: TcpStream,
+    stream: S,
+    leftover: BytesMut,
+    session: Session,
+) -> impl std::future::Future<Output = ()> + Send {
+    serve(node, conn, stream, leftover, session)
+}
+
+/// The read loop, then the teardown.
+async fn serve<S: Halves>(
+    node: Node,
+    conn: Arc<Conn>,
+    stream: S,
     leftover: BytesMut,
     mut session: Session,
 ) {
-    let (socket, write_half) = stream.into_split();
-    conn.outbound.attach(write_half);
-    let mut writer = tokio::spawn(writer::run(Arc::clone(&conn)));
+    let (mut socket, mut writer) = stream.start(&conn);
     // Frames queued before the socket was attached (between subscribing and
     // the handover) are waiting: let the writer look.
     conn.outbound.kick();
@@ -134,12 +173,11 @@ pub(crate) async fn run(
         tokio::select! {
             biased;
             _ = conn.abort.cancelled() => break End::Aborted,
-            ready = read_ready(&socket) => {
+            ready = socket.ready(wanted) => {
                 if let Err(e) = ready {
                     break End::ReadError(e);
                 }
-                buf.reserve(wanted);
-                match socket.try_read_buf(&mut buf) {
+                match socket.try_read_buf(&mut buf, wanted) {
                     Ok(0) => break End::Eof,
                     Ok(_) => {}
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
@@ -168,7 +206,7 @@ pub(crate) async fn run(
     drop(buf);
     Box::pin(node.deregister(&conn, session.into_channels())).await;
     if matches!(end, End::ProtocolError(..) | End::SessionClosed(..)) {
-        Box::pin(linger(&socket, &conn)).await;
+        Box::pin(linger(&mut socket, &conn)).await;
     }
     conn.done_reading.cancel();
     if !conn.outbound.is_closing() {

@@ -1,23 +1,21 @@
 //! The WebSocket handshake (RFC 6455 section 4.2) on top of hyper.
 //!
 //! The HTTP server stays hyper/axum so that `/api`, `/health` and (later)
-//! the console share the port. After the 101 the raw `TcpStream` is taken
-//! back from hyper, so the connection's reader and writer own their halves
-//! without a lock between them, and our own frame codec runs on it.
+//! the console share the port. After the 101 the raw stream (`TcpStream`,
+//! or the TLS stream over it) is taken back from hyper, so the connection's
+//! reader and writer own their halves, and our own frame codec runs on it.
 
 use std::net::SocketAddr;
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
-use bytes::BytesMut;
 use duplex_protocol::channel::ChannelName;
 use duplex_protocol::code::CloseCode;
 use duplex_protocol::ws::accept_key;
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
 
 use super::reader;
+use super::stream::Stream;
 use crate::auth::TokenError;
 use crate::hub::Wire;
 use crate::node::{Node, Refused};
@@ -333,10 +331,10 @@ async fn upgrade(
     }
     let on_upgrade = hyper::upgrade::on(&mut req);
     app.tracker.spawn(async move {
-        let parts = match on_upgrade.await.map(|u| u.downcast::<TokioIo<TcpStream>>()) {
-            Ok(Ok(parts)) => parts,
-            Ok(Err(_)) => {
-                tracing::error!(conn = %conn.id, "upgraded connection is not a TCP stream; closing");
+        let (stream, leftover) = match on_upgrade.await.map(Stream::from_upgraded) {
+            Ok(Some(taken)) => taken,
+            Ok(None) => {
+                tracing::error!(conn = %conn.id, "upgraded connection is neither TCP nor TLS; closing");
                 node.deregister(&conn, session.into_channels()).await;
                 return;
             }
@@ -346,15 +344,14 @@ async fn upgrade(
                 return;
             }
         };
-        // Copy what hyper read past the request, then drop its buffer: the
-        // `read_buf` bytes keep hyper's whole 8 KiB read buffer alive.
-        let leftover = BytesMut::from(&parts.read_buf[..]);
-        let stream = parts.io.into_inner();
-        drop(parts.read_buf);
         if app.shutdown.is_cancelled() {
             conn.close(CloseCode::GoingAway.as_u16(), "server shutting down", false);
         }
-        reader::run(node, conn, stream, leftover, session).await;
+        match stream {
+            Stream::Tcp(tcp) => reader::run(node, conn, tcp, leftover, session).await,
+            // Boxed: this task's future must stay the size of a plain one.
+            Stream::Tls(tls) => Box::pin(reader::run(node, conn, tls, leftover, session)).await,
+        }
     });
     let mut response = Response::new(Body::empty());
     *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;

@@ -9,16 +9,21 @@
 //! arrives mid-frame, the writer finishes that frame first; if the peer does
 //! not take it within [`CLOSE_GRACE`], the connection is dropped without a
 //! close frame rather than with a corrupt one.
+//!
+//! The loop is generic over the stream's [`WriteSink`]: plain TCP shares the
+//! socket with direct-writing producers, TLS owns its write half here.
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::io::IoSlice;
 use std::sync::Arc;
 
 use bytes::{Buf, Bytes};
 use duplex_protocol::push;
 use duplex_protocol::ws::encode_close;
-use tokio::net::TcpStream;
+use tokio::io::WriteHalf;
 
+use super::stream::{Attached, SinkSource, Tls, WriteSink};
 use super::CLOSE_GRACE;
 use crate::conn::Conn;
 use crate::hub::Wire;
@@ -37,9 +42,22 @@ enum Stop {
     StuckWhileClosing,
 }
 
-/// Runs until the connection closes; always ends with `conn.abort` cancelled.
-pub(crate) async fn run(conn: Arc<Conn>) {
-    let Some(socket) = conn.outbound.socket() else {
+/// Runs a plain TCP connection's writer until the connection closes;
+/// always ends with `conn.abort` cancelled.
+pub(crate) fn run(conn: Arc<Conn>) -> impl Future<Output = ()> + Send {
+    drive(conn, Attached)
+}
+
+/// Runs a TLS connection's writer, the only one writing to `socket`, until
+/// the connection closes; always ends with `conn.abort` cancelled.
+pub(crate) fn run_tls(conn: Arc<Conn>, socket: WriteHalf<Tls>) -> impl Future<Output = ()> + Send {
+    drive(conn, socket)
+}
+
+/// The writer loop. Not wrapped in the `run` functions' own `async fn`s:
+/// that would store the arguments twice in every connection's writer.
+async fn drive<S: SinkSource>(conn: Arc<Conn>, mut source: S) {
+    let Some(mut socket) = source.open(&conn) else {
         conn.abort.cancel();
         return;
     };
@@ -49,7 +67,7 @@ pub(crate) async fn run(conn: Arc<Conn>) {
         if !batch.is_empty() {
             match write_batch(
                 &conn,
-                socket,
+                &mut socket,
                 &mut batch,
                 Batch::Data {
                     front_partial: taken.front_partial,
@@ -76,7 +94,7 @@ pub(crate) async fn run(conn: Arc<Conn>) {
         if let Some(closing) = taken.closing {
             // Boxed: the close path's timers would otherwise sit in every
             // idle connection's task.
-            Box::pin(finish(&conn, socket, closing)).await;
+            Box::pin(finish(&conn, &mut socket, closing)).await;
             break;
         }
         tokio::select! {
@@ -90,7 +108,7 @@ pub(crate) async fn run(conn: Arc<Conn>) {
 
 /// Writes the last frames (disconnect push on `/ws`, close frame), half-closes
 /// the socket and gives the peer a moment to answer with its close frame.
-async fn finish(conn: &Conn, socket: &TcpStream, closing: Closing) {
+async fn finish<S: WriteSink>(conn: &Conn, socket: &mut S, closing: Closing) {
     let mut last = VecDeque::with_capacity(2);
     if closing.announce && conn.wire == Wire::Native {
         last.push_back(push::disconnect(closing.code, &closing.reason));
@@ -102,19 +120,14 @@ async fn finish(conn: &Conn, socket: &TcpStream, closing: Closing) {
     )
     .await;
     if let Ok(Ok(())) = written {
-        let _ = socket2::SockRef::from(socket).shutdown(std::net::Shutdown::Write);
+        // Immediate on TCP; on TLS it sends close_notify, which could wait.
+        let _ = tokio::time::timeout(CLOSE_GRACE, socket.shutdown()).await;
         tokio::select! {
             _ = conn.done_reading.cancelled() => {}
             _ = conn.abort.cancelled() => {}
             _ = tokio::time::sleep(CLOSE_GRACE) => {}
         }
     }
-}
-
-/// Waits for room in the socket through its single writer waker slot (see
-/// `reader::read_ready` for why not `writable()`).
-fn write_ready(socket: &TcpStream) -> impl std::future::Future<Output = std::io::Result<()>> + '_ {
-    std::future::poll_fn(move |cx| socket.poll_write_ready(cx))
 }
 
 /// What a batch holds.
@@ -127,13 +140,14 @@ enum Batch {
     Closing,
 }
 
-/// Writes every frame of `batch`, front to back, with vectored writes.
+/// Writes every frame of `batch`, front to back, with vectored writes, then
+/// flushes what the stream buffered itself (nothing on TCP).
 ///
 /// For data, it checks between writes for a close that drops queued frames:
 /// then only the frame already begun is finished.
-async fn write_batch(
+async fn write_batch<S: WriteSink>(
     conn: &Conn,
-    socket: &TcpStream,
+    socket: &mut S,
     batch: &mut VecDeque<Bytes>,
     kind: Batch,
 ) -> Result<(), Stop> {
@@ -146,10 +160,12 @@ async fn write_batch(
         if closing_now && is_data {
             batch.truncate(usize::from(front_partial));
         }
-        if batch.is_empty() {
-            return Ok(());
-        }
-        let attempt = {
+        let attempt = if batch.is_empty() {
+            match socket.try_flush() {
+                Ok(()) => return Ok(()),
+                Err(e) => Err(e),
+            }
+        } else {
             let mut iov = [IoSlice::new(&[]); MAX_IOVECS];
             let mut n = 0;
             for frame in batch.iter().take(MAX_IOVECS) {
@@ -179,7 +195,7 @@ async fn write_batch(
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                 if closing_now {
                     // Finishing the begun frame is worth a short wait, no more.
-                    match tokio::time::timeout(CLOSE_GRACE, write_ready(socket)).await {
+                    match tokio::time::timeout(CLOSE_GRACE, socket.ready()).await {
                         Ok(Ok(())) => {}
                         Ok(Err(e)) => return Err(Stop::Io(e)),
                         Err(_) => return Err(Stop::StuckWhileClosing),
@@ -189,7 +205,7 @@ async fn write_batch(
                 tokio::select! {
                     biased;
                     _ = conn.abort.cancelled() => return Err(Stop::Aborted),
-                    ready = write_ready(socket) => ready.map_err(Stop::Io)?,
+                    ready = socket.ready() => ready.map_err(Stop::Io)?,
                     // A close may arrive while the socket is full.
                     _ = conn.outbound.wait() => {}
                 }
