@@ -188,3 +188,49 @@ async fn silently_dead_redis_connection_is_detected_and_replaced() {
         }
     }
 }
+
+/// Right after Redis comes back, the node's publish connection works before
+/// its subscriber has resubscribed (it may still be in its reconnect
+/// backoff). A publish the node acknowledges must reach its own clients: until
+/// the subscriber is back it is refused (503 / 107), never "ok" and lost.
+#[tokio::test]
+async fn an_acknowledged_publish_after_a_restart_is_delivered_here() {
+    let mut redis = RedisServer::start();
+    let node = TestNode::start(duplex::config::Settings {
+        redis: Some(redis.url()),
+        // A long backoff keeps the subscriber away for a while after the restart.
+        redis_max_backoff: Some(std::time::Duration::from_secs(3)),
+        ..support::node::settings()
+    })
+    .await;
+    support::eventually("healthy", || async { node.health().await == 200 }).await;
+    let mut plain = Client::connect(&node.ws("/")).await;
+    redis.kill();
+    support::eventually("health turns 503", || async { node.health().await == 503 }).await;
+    // The outage lasts two seconds (the scenario, not a wait for an event):
+    // long enough for the subscriber's reconnect backoff to pass a second.
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    redis.restart();
+    let mut refused = 0;
+    for attempt in 0.. {
+        assert!(attempt < 500, "publishes never accepted again");
+        let (status, _) = node
+            .post_json(
+                "/api/publish",
+                &json!({"channel": "channel", "data": format!("m{attempt}")}),
+            )
+            .await;
+        if status == 200 {
+            assert_eq!(
+                plain.next_text().await,
+                format!("m{attempt}"),
+                "acknowledged, so delivered"
+            );
+            break;
+        }
+        assert_eq!(status, 503);
+        refused += 1;
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    eprintln!("{refused} publishes refused while the subscriber came back");
+}
