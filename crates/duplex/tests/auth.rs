@@ -464,3 +464,63 @@ async fn accepted_user(node: &TestNode, token: &str) -> Option<String> {
         _ => None,
     }
 }
+
+/// Secrets and tokens never reach the log, even at the most verbose level.
+#[tokio::test]
+async fn secrets_and_tokens_never_reach_the_log() {
+    let node = support::process::NodeProcess::start_logged(&[
+        "--token-secret",
+        SECRET,
+        "--api-key",
+        "api-key-in-logs?",
+        "--log-level",
+        "trace",
+    ])
+    .await;
+    let token = user("7");
+    let mut plain = Client::connect(&node.ws(&format!("/?token={token}"))).await;
+    let mut native = Client::connect(&node.ws("/ws")).await;
+    let reply = native.command("connect", json!({"token": token})).await;
+    assert_eq!(reply["result"]["user"], "7", "{reply}");
+    // Refused ones too: a forged token, a wrong API key.
+    let forged = format!("{token}x");
+    let mut refused = Raw::connect(node.addr, &format!("/?token={forged}")).await;
+    assert_eq!(refused.close_code().await, 3500);
+    let wrong_key = reqwest::Client::new()
+        .get(node.http("/api/info"))
+        .header("Authorization", "apikey wrong-key-in-logs")
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(wrong_key.status(), 401);
+    let info = reqwest::Client::new()
+        .get(node.http("/api/info"))
+        .header("Authorization", "apikey api-key-in-logs?")
+        .send()
+        .await
+        .expect("GET")
+        .text()
+        .await
+        .expect("body");
+    plain.close().await;
+    native.close().await;
+    node.terminate();
+    let log = node.log();
+    assert!(
+        log.contains("TRACE") || log.contains("DEBUG"),
+        "verbose log captured: {log}"
+    );
+    for secret in [
+        SECRET,
+        "api-key-in-logs",
+        "wrong-key-in-logs",
+        &token,
+        &forged,
+    ] {
+        assert!(!log.contains(secret), "{secret:?} in the log");
+        assert!(!info.contains(secret), "{secret:?} in /api/info");
+    }
+    // The signature part alone must not leak either.
+    let signature = token.rsplit('.').next().expect("jwt");
+    assert!(!log.contains(signature));
+}

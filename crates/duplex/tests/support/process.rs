@@ -10,11 +10,35 @@ use serde_json::Value;
 pub struct NodeProcess {
     pub addr: SocketAddr,
     pub child: Child,
+    /// Where its stderr (the log) goes, when captured.
+    log: Option<std::path::PathBuf>,
 }
 
 impl NodeProcess {
     /// Starts `duplex serve --listen <free port> <args>` and waits until it answers HTTP.
     pub async fn start(args: &[&str]) -> NodeProcess {
+        Self::spawn(args, None).await
+    }
+
+    /// Like [`NodeProcess::start`], with its log kept for [`NodeProcess::log`].
+    pub async fn start_logged(args: &[&str]) -> NodeProcess {
+        let path = std::env::temp_dir().join(format!(
+            "duplex-test-{}-{}.log",
+            std::process::id(),
+            rand_suffix()
+        ));
+        Self::spawn(args, Some(path)).await
+    }
+
+    /// Everything the node logged so far.
+    pub fn log(&self) -> String {
+        self.log
+            .as_ref()
+            .and_then(|p| std::fs::read_to_string(p).ok())
+            .unwrap_or_default()
+    }
+
+    async fn spawn(args: &[&str], log: Option<std::path::PathBuf>) -> NodeProcess {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("free port")
@@ -24,10 +48,13 @@ impl NodeProcess {
             .args(["serve", "--listen", &addr.to_string()])
             .args(args)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(match &log {
+                Some(path) => Stdio::from(std::fs::File::create(path).expect("log file")),
+                None => Stdio::null(),
+            })
             .spawn()
             .expect("spawn duplex");
-        let node = NodeProcess { addr, child };
+        let node = NodeProcess { addr, child, log };
         super::eventually("node process answers HTTP", || async {
             reqwest::get(node.http("/health")).await.is_ok()
         })
@@ -103,5 +130,14 @@ impl NodeProcess {
 impl Drop for NodeProcess {
     fn drop(&mut self) {
         self.kill();
+        if let Some(path) = &self.log {
+            let _ = std::fs::remove_file(path);
+        }
     }
+}
+
+fn rand_suffix() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    NEXT.fetch_add(1, Ordering::Relaxed)
 }
