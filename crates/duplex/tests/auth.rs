@@ -478,7 +478,7 @@ async fn secrets_and_tokens_never_reach_the_log() {
     ])
     .await;
     let token = user("7");
-    let mut plain = Client::connect(&node.ws(&format!("/?token={token}"))).await;
+    let plain = Client::connect(&node.ws(&format!("/?token={token}"))).await;
     let mut native = Client::connect(&node.ws("/ws")).await;
     let reply = native.command("connect", json!({"token": token})).await;
     assert_eq!(reply["result"]["user"], "7", "{reply}");
