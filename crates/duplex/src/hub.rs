@@ -203,9 +203,14 @@ impl<S: Subscriber> Hub<S> {
 
     fn deliver(&self, channel: &ChannelName, subs: &[Arc<S>], frames: &Frames) -> Fanout {
         let mut out = Fanout::default();
+        let mut bytes = 0usize;
         for sub in subs {
-            match sub.deliver(frames.get(sub.wire())) {
-                Ok(()) => out.delivered += 1,
+            let frame = frames.get(sub.wire());
+            match sub.deliver(frame) {
+                Ok(()) => {
+                    out.delivered += 1;
+                    bytes += frame.len();
+                }
                 Err(Undelivered::Closed) => {}
                 Err(Undelivered::SlowConsumer) => {
                     out.slow += 1;
@@ -217,6 +222,9 @@ impl<S: Subscriber> Hub<S> {
         self.stats
             .deliveries
             .fetch_add(out.delivered as u64, std::sync::atomic::Ordering::Relaxed);
+        self.stats
+            .delivered_bytes
+            .fetch_add(bytes as u64, std::sync::atomic::Ordering::Relaxed);
         self.stats
             .slow_consumer_disconnects
             .fetch_add(out.slow as u64, std::sync::atomic::Ordering::Relaxed);

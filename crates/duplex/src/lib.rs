@@ -16,7 +16,8 @@
 //! - [`broker`]: the `Broker` trait, the memory and Redis brokers.
 //! - [`api`]: HTTP publish API, info, health.
 //! - `heartbeat`: one sweeper that pings clients and drops dead ones.
-//! - [`stats`]: counters for everything dropped or cut.
+//! - [`stats`]: counters for everything dropped or cut; [`metrics`] shows
+//!   them to Prometheus.
 //!
 //! The wire formats (frames, JSON protocol, codes) live in the pure
 //! `duplex-protocol` crate.
@@ -29,6 +30,7 @@ pub mod config;
 pub mod conn;
 pub mod hub;
 pub mod message;
+pub mod metrics;
 pub mod node;
 pub mod permissions;
 pub mod server;

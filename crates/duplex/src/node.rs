@@ -118,7 +118,12 @@ impl BrokerHandler for Deliver {
     fn handle_publication(&self, publication: Publication) -> BoxFuture<'_, ()> {
         Stats::bump(&self.stats.messages_received);
         async move {
+            let started = Instant::now();
             Hub::broadcast_parallel(&self.hub, publication).await;
+            self.stats
+                .fanout_seconds
+                .0
+                .observe(started.elapsed().as_secs_f64());
         }
         .boxed()
     }
@@ -257,6 +262,9 @@ impl Node {
             .lock()
             .insert(seq, Arc::clone(&conn));
         Stats::bump(&self.inner.stats.connects);
+        if wire == Wire::Native {
+            Stats::bump(&self.inner.stats.native_connections);
+        }
         Ok(conn)
     }
 
@@ -328,6 +336,9 @@ impl Node {
             self.unsubscribe(conn, &channel).await;
         }
         self.registry_shard(conn.seq).lock().remove(&conn.seq);
+        if conn.wire == Wire::Native {
+            self.inner.stats.native_connections.fetch_sub(1, Relaxed);
+        }
         self.release(conn.remote.ip());
     }
 

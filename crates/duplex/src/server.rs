@@ -62,6 +62,8 @@ pub struct AppState {
     pub tracker: TaskTracker,
     /// Which web pages may open WebSockets.
     pub(crate) origins: Arc<OriginPolicy>,
+    /// What `/metrics` renders.
+    pub(crate) metrics: Arc<prometheus_client::registry::Registry>,
 }
 
 /// Why the server stopped with an error.
@@ -109,6 +111,7 @@ pub async fn run(
         shutdown: CancellationToken::new(),
         tracker: TaskTracker::new(),
         origins: Arc::new(origins),
+        metrics: Arc::new(crate::metrics::registry(&node)),
     };
     wait_for_broker(&node).await;
     let heartbeat = tokio::spawn(heartbeat::run(node.clone(), state.shutdown.clone()));

@@ -6,11 +6,27 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use serde::Serialize;
 
-/// Monotonic counters plus two gauges; cheap to bump from any task.
+/// Monotonic counters plus a few gauges; cheap to bump from any task.
 #[derive(Debug, Default)]
 pub struct Stats {
     /// Connections currently open (gauge).
     pub connections: AtomicU64,
+    /// Of those, native-protocol (`/ws`) ones (gauge); the rest are plain.
+    pub native_connections: AtomicU64,
+    /// Connections ended, by why (indexed by [`Disconnect`]).
+    pub disconnects: [AtomicU64; Disconnect::ALL.len()],
+    /// Messages clients sent (frames of complete messages).
+    pub client_messages: AtomicU64,
+    /// Payload bytes of those messages.
+    pub client_bytes: AtomicU64,
+    /// Publishes made by clients (native `publish`, plain frames).
+    pub client_publishes: AtomicU64,
+    /// Publishes made through the HTTP API.
+    pub http_publishes: AtomicU64,
+    /// Bytes of the frames queued to clients (deliveries × frame size).
+    pub delivered_bytes: AtomicU64,
+    /// Time from a publication's arrival from the broker to its last queued frame.
+    pub fanout_seconds: FanoutHistogram,
     /// Subscriptions currently held by all connections (gauge).
     pub subscriptions: AtomicU64,
     /// Connections accepted since start.
@@ -76,7 +92,67 @@ pub struct StatsSnapshot {
     pub connections_refused: u64,
 }
 
+/// Why a connection ended, as a metrics label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Disconnect {
+    /// The client sent a close frame.
+    ClientClose,
+    /// The TCP stream ended without a close frame.
+    Eof,
+    /// Reading the socket failed (reset...).
+    ReadError,
+    /// The client broke the WebSocket protocol.
+    ProtocolError,
+    /// The session closed it (rate limit, bad token, policy...).
+    SessionClose,
+    /// The node cut it (slow consumer, heartbeat, token expiry, shutdown).
+    ServerCut,
+}
+
+impl Disconnect {
+    /// Every reason, in index order.
+    pub const ALL: [Disconnect; 6] = [
+        Disconnect::ClientClose,
+        Disconnect::Eof,
+        Disconnect::ReadError,
+        Disconnect::ProtocolError,
+        Disconnect::SessionClose,
+        Disconnect::ServerCut,
+    ];
+
+    /// The label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            Disconnect::ClientClose => "client_close",
+            Disconnect::Eof => "eof",
+            Disconnect::ReadError => "read_error",
+            Disconnect::ProtocolError => "protocol_error",
+            Disconnect::SessionClose => "session_close",
+            Disconnect::ServerCut => "server_cut",
+        }
+    }
+}
+
+/// The fan-out latency histogram (buckets from 50 µs to 1 s).
+#[derive(Debug, Clone)]
+pub struct FanoutHistogram(pub prometheus_client::metrics::histogram::Histogram);
+
+impl Default for FanoutHistogram {
+    fn default() -> Self {
+        FanoutHistogram(prometheus_client::metrics::histogram::Histogram::new([
+            0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+            0.5, 1.0,
+        ]))
+    }
+}
+
 impl Stats {
+    /// Counts a connection's end.
+    pub fn disconnected(&self, why: Disconnect) {
+        let index = Disconnect::ALL.iter().position(|d| *d == why).unwrap_or(0);
+        self.disconnects[index].fetch_add(1, Relaxed);
+    }
+
     /// Adds one to a counter.
     pub fn bump(counter: &AtomicU64) {
         counter.fetch_add(1, Relaxed);

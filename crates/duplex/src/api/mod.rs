@@ -7,8 +7,10 @@
 //! - `GET  /api/channels`  channels with local subscriber counts
 //! - `GET  /api/info`      node id, uptime, connections, broker state, counters
 //! - `GET  /health`        200 while the broker is usable, else 503
+//! - `GET  /metrics`       Prometheus text format
 //!
-//! With an API key configured, `/api/*` needs `Authorization: apikey <key>`.
+//! With an API key configured, `/api/*` and `/metrics` need
+//! `Authorization: apikey <key>`.
 
 mod auth;
 mod error;
@@ -38,7 +40,11 @@ pub fn routes(state: &AppState) -> Router<AppState> {
             auth::require_api_key,
         ))
         .layer(DefaultBodyLimit::max(state.node.config().max_http_body));
+    let metrics = Router::new().route("/metrics", get(status::metrics)).layer(
+        middleware::from_fn_with_state(state.clone(), auth::require_api_key),
+    );
     Router::new()
         .nest("/api", api)
+        .merge(metrics)
         .route("/health", get(status::health))
 }

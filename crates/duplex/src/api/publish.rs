@@ -15,6 +15,7 @@ use crate::broker::BrokerError;
 use crate::message::Publication;
 use crate::node::Node;
 use crate::server::AppState;
+use crate::stats::Stats;
 
 #[derive(Debug, Deserialize)]
 pub(super) struct PublishRequest {
@@ -38,6 +39,7 @@ pub(super) async fn publish(
 ) -> Result<Json<Value>, ApiError> {
     let channel = channel(&app.node, &req.channel)?;
     let publication = publication(channel, &req.data, req.encoding)?;
+    Stats::bump(&app.node.stats().http_publishes);
     app.node.publish(publication).await.map_err(unavailable)?;
     Ok(Json(json!({"ok": true})))
 }
@@ -65,6 +67,7 @@ pub(super) async fn broadcast(
             channel,
             ..first.clone()
         };
+        Stats::bump(&app.node.stats().http_publishes);
         if let Err(e) = app.node.publish(p).await {
             let mut err = unavailable(e);
             err.message = format!(

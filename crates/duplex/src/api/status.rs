@@ -36,3 +36,19 @@ pub(super) async fn health(State(app): State<AppState>) -> (StatusCode, Json<Val
         )
     }
 }
+
+/// `GET /metrics`: Prometheus text exposition.
+pub(super) async fn metrics(State(app): State<AppState>) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    match crate::metrics::render(&app.metrics) {
+        Ok(text) => (
+            [(
+                axum::http::header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            text,
+        )
+            .into_response(),
+        Err(_) => axum::http::StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
+}

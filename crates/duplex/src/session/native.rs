@@ -373,6 +373,7 @@ async fn publish(
         kind,
         exclude: None,
     };
+    Stats::bump(&node.stats().client_publishes);
     node.publish(publication).await.map_err(broker_error)?;
     Ok(push::reply(id, &Empty {}))
 }

@@ -110,6 +110,7 @@ impl PlainSession {
             kind,
             exclude: (!config.plain_echo).then_some(conn.seq),
         };
+        Stats::bump(&node.stats().client_publishes);
         if let Err(e) = node.publish(publication).await {
             Stats::bump(&node.stats().plain_publish_dropped);
             // Node::publish already logged it (throttled); this one is at debug.

@@ -5,6 +5,7 @@
 //! all. The loop is generic over the stream (see `stream`), so TLS
 //! connections run the same code through their own compiled copy.
 
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
 use bytes::BytesMut;
@@ -19,7 +20,7 @@ use super::{writer, CLOSE_GRACE};
 use crate::conn::Conn;
 use crate::node::Node;
 use crate::session::{Flow, Session};
-use crate::stats::Stats;
+use crate::stats::{Disconnect, Stats};
 
 /// Smallest read; larger when a frame in progress needs more.
 const READ_CHUNK: usize = 4096;
@@ -27,7 +28,8 @@ const READ_CHUNK: usize = 4096;
 /// Why reading stopped, for the log line.
 #[derive(Debug)]
 enum End {
-    PeerClosed(Option<u16>),
+    /// The peer's close frame; `true` when it answered ours.
+    PeerClosed(Option<u16>, bool),
     Eof,
     ReadError(std::io::Error),
     ProtocolError(u16, String),
@@ -142,6 +144,9 @@ async fn serve<S: Halves>(
             conn.touch(node.now_ms());
             match event {
                 Event::Message { kind, payload } => {
+                    let stats = node.stats();
+                    Stats::bump(&stats.client_messages);
+                    stats.client_bytes.fetch_add(payload.len() as u64, Relaxed);
                     if let Flow::Close(code, reason) =
                         // Boxed: an idle connection's task must not carry the
                         // state of the largest command handler (measured: the
@@ -157,9 +162,10 @@ async fn serve<S: Halves>(
                 }
                 Event::Pong(_) => {}
                 Event::Close { code, .. } => {
+                    let answered_ours = conn.outbound.is_closing();
                     // Echo the peer's code, as RFC 6455 5.5.1 asks.
                     conn.echo_close(code.unwrap_or(1000));
-                    break 'conn End::PeerClosed(code);
+                    break 'conn End::PeerClosed(code, answered_ours);
                 }
             }
         }
@@ -194,7 +200,7 @@ async fn serve<S: Halves>(
         End::SessionClosed(code, reason) => {
             tracing::info!(conn = %conn.id, addr = %conn.remote, code = code.as_u16(), reason, "closing connection");
         }
-        End::PeerClosed(code) => {
+        End::PeerClosed(code, _) => {
             tracing::debug!(conn = %conn.id, code, "client closed the connection")
         }
         End::ReadError(e) => {
@@ -203,6 +209,14 @@ async fn serve<S: Halves>(
         End::Eof => tracing::debug!(conn = %conn.id, "connection ended: end of stream"),
         End::Aborted => tracing::debug!(conn = %conn.id, "connection ended by the server"),
     }
+    node.stats().disconnected(match end {
+        End::PeerClosed(_, false) => Disconnect::ClientClose,
+        End::PeerClosed(_, true) | End::Aborted => Disconnect::ServerCut,
+        End::Eof => Disconnect::Eof,
+        End::ReadError(_) => Disconnect::ReadError,
+        End::ProtocolError(..) => Disconnect::ProtocolError,
+        End::SessionClosed(..) => Disconnect::SessionClose,
+    });
     drop(buf);
     Box::pin(node.deregister(&conn, session.into_channels())).await;
     if matches!(end, End::ProtocolError(..) | End::SessionClosed(..)) {

@@ -1,0 +1,261 @@
+//! `GET /metrics`: the node's counters in the Prometheus text format. The
+//! counters are the same atomics `/api/info` shows, read at scrape time by a
+//! collector, so the hot paths pay nothing for metrics beyond their atomics;
+//! only the fan-out latency is a real histogram (one observation per
+//! publication, not per delivery).
+
+use std::sync::atomic::Ordering::Relaxed;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::{Registry, Unit};
+
+use crate::broker::BrokerStatus;
+use crate::node::Node;
+use crate::stats::Disconnect;
+
+/// The registry of one node, built once at start.
+pub fn registry(node: &Node) -> Registry {
+    let mut registry = Registry::with_prefix("duplex");
+    registry.register_with_unit(
+        "fanout_duration",
+        "Time from a publication's arrival from the broker to its last frame queued to a local client",
+        Unit::Seconds,
+        node.stats().fanout_seconds.0.clone(),
+    );
+    registry.register_collector(Box::new(NodeCollector { node: node.clone() }));
+    registry
+}
+
+/// Renders the registry in the Prometheus text format.
+pub fn render(registry: &Registry) -> Result<String, std::fmt::Error> {
+    let mut out = String::new();
+    prometheus_client::encoding::text::encode(&mut out, registry)?;
+    Ok(out)
+}
+
+/// Reads the node's counters on every scrape.
+#[derive(Debug)]
+struct NodeCollector {
+    node: Node,
+}
+
+fn counter(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    unit: Option<&Unit>,
+    value: u64,
+) -> Result<(), std::fmt::Error> {
+    let metric = ConstCounter::new(value);
+    metric.encode(encoder.encode_descriptor(name, help, unit, metric.metric_type())?)
+}
+
+fn gauge(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    value: i64,
+) -> Result<(), std::fmt::Error> {
+    let metric = ConstGauge::new(value);
+    metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)
+}
+
+/// One metric with a single label, one series per `(label value, value)`.
+fn labelled(
+    encoder: &mut DescriptorEncoder,
+    (name, help, kind): (&str, &str, MetricType),
+    label: &str,
+    series: &[(&str, u64)],
+) -> Result<(), std::fmt::Error> {
+    let mut family = encoder.encode_descriptor(name, help, None, kind)?;
+    for (value_label, value) in series {
+        let labels = [(label, *value_label)];
+        let series_encoder = family.encode_family(&labels)?;
+        match kind {
+            MetricType::Gauge => {
+                ConstGauge::new(i64::try_from(*value).unwrap_or(i64::MAX)).encode(series_encoder)?
+            }
+            _ => ConstCounter::new(*value).encode(series_encoder)?,
+        }
+    }
+    Ok(())
+}
+
+impl Collector for NodeCollector {
+    fn encode(&self, mut e: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let node = &self.node;
+        let s = node.stats();
+        let load = |a: &std::sync::atomic::AtomicU64| a.load(Relaxed);
+        let gauge_of = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+
+        let open = load(&s.connections);
+        let native = load(&s.native_connections).min(open);
+        labelled(
+            &mut e,
+            ("connections", "Open client connections", MetricType::Gauge),
+            "transport",
+            &[("plain", open - native), ("native", native)],
+        )?;
+        gauge(
+            &mut e,
+            "subscriptions",
+            "Subscriptions held by open connections",
+            gauge_of(load(&s.subscriptions)),
+        )?;
+        gauge(
+            &mut e,
+            "channels",
+            "Channels with at least one local subscriber",
+            gauge_of(node.info().channels as u64),
+        )?;
+        let broker = node.broker_state();
+        gauge(
+            &mut e,
+            "broker_up",
+            "1 while the broker is connected, else 0",
+            i64::from(broker.status == BrokerStatus::Connected),
+        )?;
+        counter(
+            &mut e,
+            "broker_reconnects",
+            "Times the broker connection was re-established",
+            None,
+            broker.reconnects,
+        )?;
+        counter(
+            &mut e,
+            "connects",
+            "Connections accepted",
+            None,
+            load(&s.connects),
+        )?;
+        let reasons: Vec<(&str, u64)> = Disconnect::ALL
+            .iter()
+            .zip(s.disconnects.iter())
+            .map(|(d, n)| (d.label(), load(n)))
+            .collect();
+        labelled(
+            &mut e,
+            (
+                "disconnects",
+                "Connections ended, by reason",
+                MetricType::Counter,
+            ),
+            "reason",
+            &reasons,
+        )?;
+        counter(
+            &mut e,
+            "connections_refused",
+            "Connections refused by node, address, user or handshake-rate limits",
+            None,
+            load(&s.connections_refused),
+        )?;
+        counter(
+            &mut e,
+            "client_messages",
+            "Messages received from clients",
+            None,
+            load(&s.client_messages),
+        )?;
+        counter(
+            &mut e,
+            "client_received",
+            "Payload bytes received from clients",
+            Some(&Unit::Bytes),
+            load(&s.client_bytes),
+        )?;
+        labelled(
+            &mut e,
+            (
+                "publishes",
+                "Publishes made through this node, by source",
+                MetricType::Counter,
+            ),
+            "source",
+            &[
+                ("client", load(&s.client_publishes)),
+                ("http", load(&s.http_publishes)),
+            ],
+        )?;
+        counter(
+            &mut e,
+            "publish_failures",
+            "Publishes the broker refused (the publisher was told)",
+            None,
+            load(&s.publish_failures),
+        )?;
+        counter(
+            &mut e,
+            "broker_messages",
+            "Publications received from the broker for local delivery (any publisher, Redis PUBLISH included)",
+            None,
+            load(&s.messages_received),
+        )?;
+        counter(
+            &mut e,
+            "deliveries",
+            "Frames queued to clients, one per subscriber per message",
+            None,
+            load(&s.deliveries),
+        )?;
+        counter(
+            &mut e,
+            "delivered",
+            "Bytes of the frames queued to clients",
+            Some(&Unit::Bytes),
+            load(&s.delivered_bytes),
+        )?;
+        labelled(
+            &mut e,
+            (
+                "dropped_messages",
+                "Messages dropped, by reason (each also logged)",
+                MetricType::Counter,
+            ),
+            "reason",
+            &[("plain_publish_refused", load(&s.plain_publish_dropped))],
+        )?;
+        labelled(
+            &mut e,
+            (
+                "forced_disconnects",
+                "Clients cut by the node, by reason",
+                MetricType::Counter,
+            ),
+            "reason",
+            &[
+                ("slow_consumer", load(&s.slow_consumer_disconnects)),
+                ("heartbeat_timeout", load(&s.heartbeat_timeouts)),
+                ("protocol_error", load(&s.protocol_errors)),
+                ("connect_timeout", load(&s.connect_timeouts)),
+                ("token_expired", load(&s.token_expirations)),
+            ],
+        )?;
+        counter(
+            &mut e,
+            "handshake_timeouts",
+            "HTTP connections closed for not sending request headers (or a TLS handshake) in time",
+            None,
+            load(&s.handshake_timeouts),
+        )?;
+        counter(
+            &mut e,
+            "auth_denials",
+            "Tokens refused and commands denied by permissions",
+            None,
+            load(&s.auth_denials),
+        )?;
+        gauge(
+            &mut e,
+            "uptime_seconds",
+            "Seconds since the node started",
+            gauge_of(node.info().uptime_seconds),
+        )?;
+        Ok(())
+    }
+}
