@@ -23,6 +23,9 @@ pub mod api;
 pub mod broker;
 pub mod config;
 pub mod conn;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod hub;
 pub mod message;
 pub mod node;
