@@ -496,19 +496,22 @@ fn runtime() -> &'static tokio::runtime::Runtime {
 
 fuzz_target!(|input: Input| {
     runtime().block_on(async {
+        let rate = u32::from(input.rate % 5);
+        let max_subscriptions = usize::from(input.max_subscriptions % 7);
+        let max_channel_length = 1 + usize::from(input.max_channel_length % 24);
         let config = Config {
             node_id: "fuzz".to_string(),
-            max_publish_rate: u32::from(input.rate % 5),
-            max_subscriptions: usize::from(input.max_subscriptions % 7),
-            max_channel_length: 1 + usize::from(input.max_channel_length % 24),
+            max_publish_rate: rate,
+            max_subscriptions,
+            max_channel_length,
             ..Config::default()
         };
         let node = Node::start(config).expect("memory broker node");
         let mut world = World {
             slots: [Slot::new(&node), Slot::new(&node)],
-            rate_limited: input.rate % 5 != 0,
-            max_subscriptions: usize::from(input.max_subscriptions % 7),
-            max_channel_length: 1 + usize::from(input.max_channel_length % 24),
+            rate_limited: rate != 0,
+            max_subscriptions,
+            max_channel_length,
             node,
         };
         for step in input.steps.iter().take(64) {
