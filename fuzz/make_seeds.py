@@ -85,6 +85,7 @@ RAW = {
     "array": b'[1,"ping"]',
     "lone-surrogate": b'{"id":11,"method":"publish","params":{"channel":"a","data":"\\ud800"}}',
     "bad-base64": b'{"id":12,"method":"publish","params":{"channel":"a","data":"!!","encoding":"base64"}}',
+    "publish-null": b'{"id":14,"method":"publish","params":{"channel":"a","data":null}}',
     "invalid-utf8": b'{"id":13,"method":"ping","x":"\xff"}',
 }
 for name, raw in RAW.items():

@@ -5,7 +5,9 @@ The target reads an `Input` with `arbitrary`; this is the inverse for the few
 types it uses (enum tags are little-endian u32 scaled to the variant count,
 collections are "continue?" bytes before each element, string lengths are
 single bytes taken from the end while the input is at most 256 bytes).
-Run from fuzz/; check a seed with `cargo +nightly fuzz fmt session FILE`.
+seed-publish-null is not written here: it is the input (found by the
+fuzzer) that caught the harness reading `"data":null` as absent. Run from
+fuzz/; check a seed with `cargo +nightly fuzz fmt session FILE`.
 """
 
 

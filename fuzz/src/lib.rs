@@ -31,7 +31,7 @@ pub struct ServerMessage<'a> {
     /// Reply id (absent on pushes and on errors for unreadable ids).
     pub id: Option<u64>,
     /// Result of a successful command.
-    #[serde(borrow)]
+    #[serde(default, borrow, deserialize_with = "present")]
     pub result: Option<&'a RawValue>,
     /// Error of a failed command.
     pub error: Option<ErrorBody>,
@@ -39,11 +39,16 @@ pub struct ServerMessage<'a> {
     pub push: Option<String>,
     /// Channel of a message push.
     pub channel: Option<String>,
-    /// Data of a message push.
-    #[serde(borrow)]
+    /// Data of a message push (`null` is data too, not an absent field).
+    #[serde(default, borrow, deserialize_with = "present")]
     pub data: Option<&'a RawValue>,
     /// `base64` when `data` is base64.
     pub encoding: Option<String>,
+}
+
+/// Reads a field that is present as `Some`, even when it is `null` (serde maps `null` to `None` otherwise).
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+    <&'de RawValue>::deserialize(d).map(Some)
 }
 
 /// The `error` object of an error reply.
