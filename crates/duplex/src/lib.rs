@@ -28,6 +28,9 @@ pub mod auth;
 pub mod broker;
 pub mod config;
 pub mod conn;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod hub;
 pub mod message;
 pub mod metrics;
