@@ -96,7 +96,7 @@ fuzz_target!(|data: &[u8]| {
                 assert_eq!(Some(request.id), valid_id(v));
             }
             match request.command {
-                Command::Subscribe(p) | Command::Unsubscribe(p) => check_names(&p.into_names()),
+                Command::Subscribe(p) | Command::Unsubscribe(p) => check_names(&p.into_names().0),
                 Command::Publish(p) => {
                     check_names(std::slice::from_ref(&p.channel));
                     check_publish(&p);

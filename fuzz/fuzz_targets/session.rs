@@ -424,6 +424,11 @@ impl World {
                 self.slots[who].connected = true;
                 Ok(())
             }
+            // No token auth on this node: there is nothing to refresh.
+            Command::Refresh(_) => {
+                self.slots[who].connected = true;
+                Err(ErrorCode::BadRequest)
+            }
             other => panic!("a method the model does not know: {other:?}"),
         };
         assert!(
@@ -445,8 +450,14 @@ impl World {
         reply: &ServerMessage<'_>,
     ) -> Expected {
         self.slots[who].connected = true;
-        let names = params.into_names();
+        let (names, token) = params.into_names();
         self.parse_channels(&names)?;
+        // A subscription token goes with exactly one channel (without token
+        // auth on this node it grants nothing, and the default namespace
+        // lets anyone subscribe).
+        if token.is_some() && names.len() != 1 {
+            return Err(ErrorCode::BadRequest);
+        }
         let held = &mut self.slots[who].channels;
         let new: BTreeSet<&String> = names.iter().filter(|n| !held.contains(*n)).collect();
         if held.len() + new.len() > self.max_subscriptions {
@@ -464,7 +475,7 @@ impl World {
         reply: &ServerMessage<'_>,
     ) -> Expected {
         self.slots[who].connected = true;
-        let names = params.into_names();
+        let (names, _token) = params.into_names();
         self.parse_channels(&names)?;
         for name in &names {
             self.slots[who].channels.remove(name);
