@@ -206,6 +206,14 @@ fn parse_params<'a, T: Deserialize<'a>>(
     method: &str,
     params: &'a str,
 ) -> Result<T, CommandError> {
+    // serde would also read a JSON array positionally; the protocol says object.
+    if !params.trim_start().starts_with('{') {
+        return Err(CommandError::new(
+            Some(id),
+            ErrorCode::BadRequest,
+            format!("invalid params for {method}: must be a JSON object"),
+        ));
+    }
     serde_json::from_str(params).map_err(|e| {
         CommandError::new(
             Some(id),
@@ -221,6 +229,15 @@ mod tests {
 
     fn err(frame: &str) -> CommandError {
         decode(frame.as_bytes()).unwrap_err()
+    }
+
+    #[test]
+    fn params_must_be_an_object_not_an_array() {
+        let e = err(r#"{"id":3,"method":"subscribe","params":["a"]}"#);
+        assert_eq!((e.id, e.code), (Some(3), ErrorCode::BadRequest));
+        assert!(e.message.contains("JSON object"), "{}", e.message);
+        let e = err(r#"{"id":4,"method":"publish","params":"x"}"#);
+        assert_eq!((e.id, e.code), (Some(4), ErrorCode::BadRequest));
     }
 
     #[test]
