@@ -208,6 +208,30 @@ async fn accept_loop(
     }
 }
 
+/// The router as hyper drives it, one connection at a time; named once so
+/// both the TCP and the TLS paths can say it.
+trait HttpService:
+    hyper::service::Service<
+        axum::http::Request<hyper::body::Incoming>,
+        Response = axum::response::Response,
+        Future: Send + 'static,
+        Error: std::error::Error + Send + Sync + 'static,
+    > + Send
+    + 'static
+{
+}
+
+impl<T> HttpService for T where
+    T: hyper::service::Service<
+            axum::http::Request<hyper::body::Incoming>,
+            Response = axum::response::Response,
+            Future: Send + 'static,
+            Error: std::error::Error + Send + Sync + 'static,
+        > + Send
+        + 'static
+{
+}
+
 /// Completes the TLS handshake, then serves HTTP over it. The handshake is
 /// bounded by `handshake_timeout` (a client that opens TCP and never sends a
 /// ClientHello must not hold a task), and abandoned when shutdown starts.
@@ -219,13 +243,7 @@ async fn serve_tls<S>(
     node: Node,
     shutdown: CancellationToken,
 ) where
-    S: hyper::service::Service<
-            axum::http::Request<hyper::body::Incoming>,
-            Response = axum::response::Response,
-        > + Send
-        + 'static,
-    S::Future: Send + 'static,
-    S::Error: std::error::Error + Send + Sync + 'static,
+    S: HttpService,
 {
     let timeout = node.config().handshake_timeout;
     let stream = tokio::select! {
@@ -254,13 +272,7 @@ async fn serve_http<I, S>(
     node: Node,
     shutdown: CancellationToken,
 ) where
-    S: hyper::service::Service<
-            axum::http::Request<hyper::body::Incoming>,
-            Response = axum::response::Response,
-        > + Send
-        + 'static,
-    S::Future: Send + 'static,
-    S::Error: std::error::Error + Send + Sync + 'static,
+    S: HttpService,
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let mut builder = hyper::server::conn::http1::Builder::new();

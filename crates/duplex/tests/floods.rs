@@ -79,9 +79,8 @@ async fn ping_flood_from_a_non_reader_is_cut_and_memory_stays_bounded() {
     })
     .await;
     for i in 0..50 {
-        let (status, _) = post(
-            &node,
-            "/api/publish",
+        let (status, _) = support::post_json(
+            &node.http("/api/publish"),
             &json!({"channel": "news", "data": i}),
         )
         .await;
@@ -105,17 +104,6 @@ async fn ping_flood_from_a_non_reader_is_cut_and_memory_stays_bounded() {
         peak < baseline + FLOOD_BUDGET_KIB,
         "peak RSS {peak} KiB vs {baseline} KiB before the flood"
     );
-}
-
-async fn post(node: &NodeProcess, path: &str, body: &Value) -> (u16, Value) {
-    let response = reqwest::Client::new()
-        .post(node.http(path))
-        .json(body)
-        .send()
-        .await
-        .expect("POST");
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap_or(Value::Null))
 }
 
 /// Thousands of subscribe/unsubscribe commands, pipelined, over hundreds of
@@ -231,9 +219,8 @@ async fn hostile_frames_from_many_clients_cost_bounded_memory() {
         }));
     }
     for i in 0..20 {
-        post(
-            &node,
-            "/api/publish",
+        support::post_json(
+            &node.http("/api/publish"),
             &json!({"channel": "news", "data": i}),
         )
         .await;

@@ -92,14 +92,7 @@ impl TestNode {
     }
 
     pub async fn post_json(&self, path: &str, body: &Value) -> (u16, Value) {
-        let response = reqwest::Client::new()
-            .post(self.http(path))
-            .json(body)
-            .send()
-            .await
-            .expect("POST");
-        let status = response.status().as_u16();
-        (status, response.json().await.unwrap_or(Value::Null))
+        super::post_json(&self.http(path), body).await
     }
 
     pub async fn info(&self) -> Value {
