@@ -20,7 +20,7 @@ use serde_json::value::RawValue;
 use crate::ws::MessageKind;
 
 /// How the `data` field of a publish is to be read.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Encoding {
     /// `data` is JSON: a string is delivered as its text, other values as JSON text.

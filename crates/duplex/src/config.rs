@@ -213,6 +213,8 @@ settings! {
     tls_key: String = String::new(), "DUPLEX_TLS_KEY";
     /// Web origins allowed to open WebSockets, comma-separated (`https://app.example`), `*` = any [default: the node's own host, plus loopback pages when listening on loopback].
     allowed_origins: String = String::new(), "DUPLEX_ALLOWED_ORIGINS";
+    /// Subscribe every authenticated connection to its user's `#user:<id>` channel, so backends reach a user with no client action [default: true].
+    user_channels: bool = true, "DUPLEX_USER_CHANNELS";
     /// With token auth on, also let clients without a token in, as anonymous [default: false].
     allow_anonymous: bool = false, "DUPLEX_ALLOW_ANONYMOUS";
     /// Whether plain clients' frames are published to their channel [default: true].

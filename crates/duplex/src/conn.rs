@@ -38,6 +38,8 @@ pub struct Conn {
     introduced: AtomicBool,
     /// When the client's token expires, Unix seconds; 0 = never.
     token_expires: AtomicU64,
+    /// The token's user id, once authenticated (for orders addressed to a user).
+    user: std::sync::OnceLock<Box<str>>,
     /// Ends the reader and writer at once (no more I/O for this client).
     pub(crate) abort: Signal,
     /// Fired when the reader has finished (the peer closed or failed).
@@ -94,6 +96,7 @@ impl Conn {
             opened_ms: now_ms,
             introduced: AtomicBool::new(wire == Wire::Plain),
             token_expires: AtomicU64::new(0),
+            user: std::sync::OnceLock::new(),
             abort: Signal::default(),
             done_reading: Signal::default(),
         })
@@ -116,6 +119,18 @@ impl Conn {
     /// When the client has not sent a command yet: since when it has been waiting.
     pub(crate) fn waiting_since_ms(&self) -> Option<u64> {
         (!self.introduced.load(Relaxed)).then_some(self.opened_ms)
+    }
+
+    /// Records the user the token named (once per connection; anonymous: never).
+    pub(crate) fn set_user(&self, user: &str) {
+        if !user.is_empty() {
+            let _ = self.user.set(user.into());
+        }
+    }
+
+    /// The user id, if the client presented a token naming one.
+    pub(crate) fn user(&self) -> Option<&str> {
+        self.user.get().map(|u| &**u)
     }
 
     /// Records the expiry of the token the client presented (None: never).

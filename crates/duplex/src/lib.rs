@@ -15,6 +15,8 @@
 //! - [`hub`]: channel → local subscribers; fan-out of shared frame bytes.
 //! - [`broker`]: the `Broker` trait, the memory and Redis brokers.
 //! - [`api`]: HTTP publish API, info, health.
+//! - [`control`]: orders for every node (disconnect, send to one connection)
+//!   on the broker's `#control` channel.
 //! - `heartbeat`: one sweeper that pings clients and drops dead ones.
 //! - [`stats`]: counters for everything dropped or cut; [`metrics`] shows
 //!   them to Prometheus.
@@ -28,6 +30,7 @@ pub mod auth;
 pub mod broker;
 pub mod config;
 pub mod conn;
+pub mod control;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;

@@ -234,6 +234,7 @@ impl Collector for NodeCollector {
                 ("protocol_error", load(&s.protocol_errors)),
                 ("connect_timeout", load(&s.connect_timeouts)),
                 ("token_expired", load(&s.token_expirations)),
+                ("disconnect_order", load(&s.api_disconnects)),
             ],
         )?;
         counter(

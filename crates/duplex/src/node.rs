@@ -17,6 +17,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use duplex_protocol::channel::ChannelName;
+use duplex_protocol::ws::MessageKind;
 use futures_util::future::{BoxFuture, FutureExt};
 use parking_lot::Mutex;
 use serde::Serialize;
@@ -27,6 +28,8 @@ use crate::broker::redis::{RedisBroker, RedisSettings};
 use crate::broker::{Broker, BrokerError, BrokerHandler, BrokerState, BrokerStatus};
 use crate::config::Config;
 use crate::conn::Conn;
+use crate::control::{Order, Target, CONN_CHANNEL_PREFIX, CONTROL_CHANNEL};
+use crate::hub::{native_frame, plain_frame};
 use crate::hub::{Hub, Wire};
 use crate::limits::{HandshakeLimit, UserLimit, UserSlot};
 use crate::message::Publication;
@@ -108,14 +111,22 @@ impl std::fmt::Debug for Inner {
     }
 }
 
-/// Hands broker deliveries to the hub.
+/// Hands broker deliveries to the hub, and orders on `#control` to the node.
 struct Deliver {
     hub: Arc<Hub<Conn>>,
     stats: Arc<Stats>,
+    /// The node, once built (the broker needs this handler before it exists).
+    node: std::sync::OnceLock<std::sync::Weak<Inner>>,
 }
 
 impl BrokerHandler for Deliver {
     fn handle_publication(&self, publication: Publication) -> BoxFuture<'_, ()> {
+        if publication.channel.as_str() == CONTROL_CHANNEL {
+            if let Some(inner) = self.node.get().and_then(std::sync::Weak::upgrade) {
+                Node { inner }.apply_order(&publication.payload);
+            }
+            return async {}.boxed();
+        }
         Stats::bump(&self.stats.messages_received);
         async move {
             let started = Instant::now();
@@ -164,10 +175,12 @@ impl Node {
         let handshakes = HandshakeLimit::new(config.max_handshakes_per_ip);
         let stats = Arc::new(Stats::default());
         let hub = Arc::new(Hub::new(Arc::clone(&stats)));
-        let handler: Arc<dyn BrokerHandler> = Arc::new(Deliver {
+        let deliver = Arc::new(Deliver {
             hub: Arc::clone(&hub),
             stats: Arc::clone(&stats),
+            node: std::sync::OnceLock::new(),
         });
+        let handler: Arc<dyn BrokerHandler> = Arc::clone(&deliver) as Arc<dyn BrokerHandler>;
         let broker: Box<dyn Broker> = match config.redis_url() {
             None => Box::new(MemoryBroker::new(handler)),
             Some(url) => Box::new(RedisBroker::start(
@@ -186,7 +199,7 @@ impl Node {
         } else {
             config.node_id.clone()
         };
-        Ok(Node {
+        let node = Node {
             inner: Arc::new(Inner {
                 id,
                 config,
@@ -205,7 +218,127 @@ impl Node {
                 publish_warnings: Throttle::new(1000),
                 per_ip: Mutex::default(),
             }),
-        })
+        };
+        let _ = deliver.node.set(Arc::downgrade(&node.inner));
+        Ok(node)
+    }
+
+    /// Starts listening for orders on `#control` (once, at start).
+    pub async fn listen_for_orders(&self) -> Result<(), BrokerError> {
+        let channel = ChannelName::parse(CONTROL_CHANNEL, usize::MAX)
+            .map_err(|e| BrokerError::Unavailable(e.to_string()))?;
+        self.inner.broker.subscribe(channel).await
+    }
+
+    /// Publishes an order for every node (this one included).
+    pub async fn publish_order(&self, order: &Order) -> Result<(), BrokerError> {
+        let channel = ChannelName::parse(CONTROL_CHANNEL, usize::MAX)
+            .map_err(|e| BrokerError::Unavailable(e.to_string()))?;
+        let payload =
+            serde_json::to_vec(order).map_err(|e| BrokerError::Unavailable(e.to_string()))?;
+        self.inner
+            .broker
+            .publish(Publication {
+                channel,
+                payload: payload.into(),
+                kind: MessageKind::Text,
+                exclude: None,
+            })
+            .await
+    }
+
+    /// Carries out an order read from `#control` on this node's connections.
+    fn apply_order(&self, payload: &[u8]) {
+        let order = match Order::parse(payload) {
+            Ok(order) => order,
+            Err(e) => {
+                tracing::warn!(error = %e, "ignoring a bad order on #control");
+                return;
+            }
+        };
+        match order {
+            Order::Disconnect {
+                target,
+                code,
+                reason,
+            } => {
+                let reason = if reason.is_empty() {
+                    "disconnected by the server".to_string()
+                } else {
+                    reason
+                };
+                let mut closed = 0usize;
+                for conn in self.addressed(&target) {
+                    conn.close(code, &reason, false);
+                    closed += 1;
+                }
+                if closed > 0 {
+                    self.inner
+                        .stats
+                        .api_disconnects
+                        .fetch_add(closed as u64, Relaxed);
+                    tracing::info!(?target, code, closed, "disconnected by order");
+                }
+            }
+            Order::Send {
+                connection,
+                data,
+                encoding,
+            } => self.send_to_connection(&connection, &data, encoding),
+        }
+    }
+
+    /// Delivers a `send` order's data to one of this node's connections, on
+    /// the channel `#conn:<id>`.
+    fn send_to_connection(
+        &self,
+        id: &str,
+        data: &serde_json::Value,
+        encoding: duplex_protocol::payload::Encoding,
+    ) {
+        let Some(conn) = self.local_connection(id) else {
+            return;
+        };
+        let (Ok((payload, kind)), Ok(channel)) = (
+            crate::control::send_payload(data, encoding),
+            ChannelName::parse(&format!("{CONN_CHANNEL_PREFIX}{id}"), usize::MAX),
+        ) else {
+            return;
+        };
+        let publication = Publication {
+            channel,
+            payload,
+            kind,
+            exclude: None,
+        };
+        let frame = match conn.wire {
+            Wire::Plain => plain_frame(&publication),
+            Wire::Native => native_frame(&publication),
+        };
+        Stats::bump(&self.inner.stats.deliveries);
+        self.send_to(&conn, frame, "message to one connection");
+    }
+
+    /// The connection with this id, if it is on this node (`<node id>.<seq>`).
+    fn local_connection(&self, id: &str) -> Option<Arc<Conn>> {
+        let seq = id
+            .strip_prefix(self.inner.id.as_str())?
+            .strip_prefix('.')?
+            .parse::<u64>()
+            .ok()?;
+        self.registry_shard(seq).lock().get(&seq).cloned()
+    }
+
+    /// This node's connections an order is for.
+    fn addressed(&self, target: &Target) -> Vec<Arc<Conn>> {
+        match target {
+            Target::Connection(id) => self.local_connection(id).into_iter().collect(),
+            Target::User(_) => self
+                .connections()
+                .into_iter()
+                .filter(|c| target.matches(&c.id, c.user()))
+                .collect(),
+        }
     }
 
     /// Node id, unique among nodes sharing a broker.

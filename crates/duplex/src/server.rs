@@ -113,6 +113,9 @@ pub async fn run(
         origins: Arc::new(origins),
         metrics: Arc::new(crate::metrics::registry(&node)),
     };
+    if let Err(e) = node.listen_for_orders().await {
+        tracing::warn!(error = %e, "cannot listen for orders on #control yet; retried with the broker connection");
+    }
     wait_for_broker(&node).await;
     let heartbeat = tokio::spawn(heartbeat::run(node.clone(), state.shutdown.clone()));
     let addr = listener.local_addr()?;

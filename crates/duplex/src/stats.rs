@@ -57,6 +57,8 @@ pub struct Stats {
     pub token_expirations: AtomicU64,
     /// Connections refused at admission: node, address, user or handshake-rate limits.
     pub connections_refused: AtomicU64,
+    /// Connections closed by a `disconnect` order (HTTP API or `#control`).
+    pub api_disconnects: AtomicU64,
 }
 
 /// A consistent-enough copy of the counters for JSON output.
@@ -90,6 +92,8 @@ pub struct StatsSnapshot {
     pub token_expirations: u64,
     /// See [`Stats::connections_refused`].
     pub connections_refused: u64,
+    /// See [`Stats::api_disconnects`].
+    pub api_disconnects: u64,
 }
 
 /// Why a connection ended, as a metrics label.
@@ -175,6 +179,7 @@ impl Stats {
             auth_denials: self.auth_denials.load(Relaxed),
             token_expirations: self.token_expirations.load(Relaxed),
             connections_refused: self.connections_refused.load(Relaxed),
+            api_disconnects: self.api_disconnects.load(Relaxed),
         }
     }
 }

@@ -74,7 +74,8 @@ async fn native_connect_with_a_valid_token_names_the_user() {
     let token = hs256(json!({"sub": "42", "exp": unix_now() + 600, "channels": ["news"]}));
     let (mut client, reply) = connect(&node, &token).await;
     assert_eq!(reply["result"]["user"], "42", "{reply}");
-    assert_eq!(reply["result"]["channels"], json!(["news"]));
+    // The token's channels, and the user's own channel, joined by itself.
+    assert_eq!(reply["result"]["channels"], json!(["news", "#user:42"]));
     assert!(reply["result"]["expires"].as_u64().unwrap() > unix_now());
     // Subscribed by the token: messages arrive without a subscribe.
     node.post_json("/api/publish", &json!({"channel": "news", "data": "hi"}))

@@ -174,7 +174,10 @@ async fn minted_tokens_open_the_door() {
         .command("connect", serde_json::json!({"token": token}))
         .await;
     assert_eq!(reply["result"]["user"], "42", "{reply}");
-    assert_eq!(reply["result"]["channels"], serde_json::json!(["news"]));
+    assert_eq!(
+        reply["result"]["channels"],
+        serde_json::json!(["news", "#user:42"])
+    );
     // Without a secret there is nothing to sign with.
     let out = duplex()
         .args(["token", "--user", "1"])

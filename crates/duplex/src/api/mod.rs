@@ -4,6 +4,7 @@
 //!
 //! - `POST /api/publish`   `{"channel":"news","data":...}`
 //! - `POST /api/broadcast` `{"channels":["a","b"],"data":...}`
+//! - `POST /api/disconnect` `{"user":"42"}` or `{"connection":"n1.7"}`, optional `code`, `reason`
 //! - `GET  /api/channels`  channels with local subscriber counts
 //! - `GET  /api/info`      node id, uptime, connections, broker state, counters
 //! - `GET  /health`        200 while the broker is usable, else 503
@@ -32,6 +33,7 @@ pub fn routes(state: &AppState) -> Router<AppState> {
     let api = Router::new()
         .route("/publish", post(publish::publish))
         .route("/broadcast", post(publish::broadcast))
+        .route("/disconnect", post(publish::disconnect))
         .route("/channels", get(status::channels))
         .route("/info", get(status::info))
         .fallback(error::not_found)

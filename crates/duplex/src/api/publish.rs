@@ -1,4 +1,6 @@
-//! `POST /api/publish` and `POST /api/broadcast`.
+//! `POST /api/publish`, `POST /api/broadcast` and `POST /api/disconnect`.
+//! A publish to `#conn:<id>` becomes a `send` order on `#control`, so it
+//! reaches that one connection on whichever node holds it.
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -12,6 +14,7 @@ use serde_json::{json, Value};
 use super::json::Body;
 use super::ApiError;
 use crate::broker::BrokerError;
+use crate::control::{Order, Target, CONN_CHANNEL_PREFIX, DEFAULT_DISCONNECT_CODE};
 use crate::message::Publication;
 use crate::node::Node;
 use crate::server::AppState;
@@ -38,6 +41,16 @@ pub(super) async fn publish(
     Body(req): Body<PublishRequest>,
 ) -> Result<Json<Value>, ApiError> {
     let channel = channel(&app.node, &req.channel)?;
+    if let Some(id) = channel.as_str().strip_prefix(CONN_CHANNEL_PREFIX) {
+        let data = serde_json::from_str(req.data.get())
+            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_data", e.to_string()))?;
+        let order = Order::Send {
+            connection: id.to_string(),
+            data,
+            encoding: req.encoding,
+        };
+        return send_order(&app, order).await;
+    }
     let publication = publication(channel, &req.data, req.encoding)?;
     Stats::bump(&app.node.stats().http_publishes);
     app.node.publish(publication).await.map_err(unavailable)?;
@@ -114,4 +127,51 @@ fn unavailable(e: BrokerError) -> ApiError {
         "broker_unavailable",
         e.to_string(),
     )
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct DisconnectRequest {
+    #[serde(default)]
+    connection: Option<String>,
+    #[serde(default)]
+    user: Option<String>,
+    #[serde(default)]
+    code: Option<u16>,
+    #[serde(default)]
+    reason: String,
+}
+
+/// `POST /api/disconnect`: closes one connection, or every connection of a
+/// user, on every node.
+pub(super) async fn disconnect(
+    State(app): State<AppState>,
+    Body(req): Body<DisconnectRequest>,
+) -> Result<Json<Value>, ApiError> {
+    let target = match (req.connection, req.user) {
+        (Some(id), None) if !id.is_empty() => Target::Connection(id),
+        (None, Some(user)) if !user.is_empty() => Target::User(user),
+        _ => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "give exactly one of \"connection\" and \"user\"",
+            ))
+        }
+    };
+    let order = Order::Disconnect {
+        target,
+        code: req.code.unwrap_or(DEFAULT_DISCONNECT_CODE),
+        reason: req.reason,
+    };
+    send_order(&app, order).await
+}
+
+/// Checks an order and publishes it on `#control` for every node.
+async fn send_order(app: &AppState, order: Order) -> Result<Json<Value>, ApiError> {
+    order
+        .check()
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e.to_string()))?;
+    app.node.publish_order(&order).await.map_err(unavailable)?;
+    Ok(Json(json!({"ok": true})))
 }

@@ -72,6 +72,20 @@ pub(crate) fn user_of(auth: &Option<Box<Authenticated>>) -> &str {
     auth.as_deref().map_or("", |a| &a.user)
 }
 
+/// The channels a connection joins when its token is accepted: the token's
+/// `channels`, and the user's own `#user:<id>` (with `user_channels` on), so
+/// a backend reaches every connection of a user with no client action.
+pub(crate) fn channels_at_connect(node: &Node, identity: &Identity) -> Vec<String> {
+    let mut channels = identity.channels.clone();
+    if node.config().user_channels && !identity.user.is_empty() {
+        let own = format!("{USER_CHANNEL_PREFIX}{}", identity.user);
+        if !channels.contains(&own) {
+            channels.push(own);
+        }
+    }
+    channels
+}
+
 /// Checks a subscription token: signed, unexpired, for this channel and this user.
 pub(crate) fn check_channel_token(
     node: &Node,

@@ -184,8 +184,9 @@ impl NativeSession {
             )
         })?;
         // Channels from a signed token are trusted: they may be reserved ones.
+        let wanted = super::channels_at_connect(node, &identity);
         let mut granted = Vec::new();
-        for name in &identity.channels {
+        for name in &wanted {
             let channel =
                 ChannelName::parse(name, node.config().max_channel_length).map_err(|e| {
                     Refusal::Close(CloseCode::InvalidToken, format!("token channel: {e}"))
@@ -198,6 +199,7 @@ impl NativeSession {
         }
         self.status = Status::Connected;
         conn.set_token_expiry(identity.expires);
+        conn.set_user(&identity.user);
         tracing::debug!(conn = %conn.id, user = identity.user, name = params.name.as_deref().unwrap_or(""), version = params.version.as_deref().unwrap_or(""), "client connected");
         let ping_interval = node.config().ping_interval.as_secs().max(1);
         let reply = push::reply(

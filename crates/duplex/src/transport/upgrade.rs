@@ -74,19 +74,21 @@ fn plain_channels(
             ));
         }
     }
-    for name in &identity.channels {
-        // Signed by the backend: trusted, reserved names included.
+    // No channel named, by the query or the token: the default channel (the
+    // user's own channel, joined below, does not count: it is not a choice).
+    if channels.is_empty() && identity.channels.is_empty() {
+        let channel = ChannelName::parse(&config.default_channel, usize::MAX)
+            .map_err(|e| format!("default channel: {e}"))?;
+        may_subscribe(node, &channel, identity)?;
+        channels.push(channel);
+    }
+    for name in &session::channels_at_connect(node, identity) {
+        // Signed by the backend (or the user's own): trusted, reserved names included.
         let channel = ChannelName::parse(name, config.max_channel_length)
             .map_err(|e| format!("token channel {name:?}: {e}"))?;
         if !channels.contains(&channel) {
             channels.push(channel);
         }
-    }
-    if channels.is_empty() {
-        let channel = ChannelName::parse(&config.default_channel, usize::MAX)
-            .map_err(|e| format!("default channel: {e}"))?;
-        may_subscribe(node, &channel, identity)?;
-        channels.push(channel);
     }
     Ok(channels)
 }
@@ -322,6 +324,7 @@ async fn upgrade(
     match &auth {
         Ok(identity) => {
             conn.set_token_expiry(identity.expires);
+            conn.set_user(&identity.user);
             tracing::debug!(conn = %conn.id, %remote, ?wire, user = identity.user, "client connected");
         }
         Err((code, reason)) => {

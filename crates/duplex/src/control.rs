@@ -1,0 +1,173 @@
+//! Orders for every node, carried by the broker on the reserved channel
+//! `#control`: each node subscribes to it at start and applies what it reads
+//! to its own connections. The HTTP API publishes them (`/api/disconnect`,
+//! `/api/publish` to `#conn:<id>`), and so can any backend with a Redis
+//! client: `PUBLISH #control '{"op":"disconnect","user":"42"}'`.
+//!
+//! Pure: parsing and matching; the node does the I/O.
+
+use duplex_protocol::payload::{bytes_from_json, Encoding};
+use duplex_protocol::ws::MessageKind;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+/// The channel every node listens to for orders.
+pub const CONTROL_CHANNEL: &str = "#control";
+
+/// Channels that address one connection: `#conn:<connection id>`.
+pub const CONN_CHANNEL_PREFIX: &str = "#conn:";
+
+/// Close code when no code is given: "disconnected by the server" (reconnect allowed).
+pub const DEFAULT_DISCONNECT_CODE: u16 = 3003;
+
+/// Which connections an order is for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Target {
+    /// One connection, by its id (`<node>.<n>`).
+    Connection(String),
+    /// Every connection of one user (the token's `sub`).
+    User(String),
+}
+
+impl Target {
+    /// Whether a connection with this id and user is addressed.
+    pub fn matches(&self, conn_id: &str, user: Option<&str>) -> bool {
+        match self {
+            Target::Connection(id) => id == conn_id,
+            Target::User(u) => !u.is_empty() && Some(u.as_str()) == user,
+        }
+    }
+}
+
+/// One order, as JSON on `#control`.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Order {
+    /// Close the addressed connections with a code and reason.
+    Disconnect {
+        /// Who.
+        #[serde(flatten)]
+        target: Target,
+        /// Close code, 3000–4999.
+        #[serde(default = "default_code")]
+        code: u16,
+        /// Close reason, at most 123 bytes.
+        #[serde(default)]
+        reason: String,
+    },
+    /// Deliver a message to one connection (`#conn:<id>` addressing).
+    Send {
+        /// The connection id.
+        connection: String,
+        /// The data, as in `/api/publish`. (A `Value`, not a `RawValue`:
+        /// serde cannot buffer raw values inside a tagged enum.)
+        data: serde_json::Value,
+        /// `text` (default) or `base64`.
+        #[serde(default)]
+        encoding: Encoding,
+    },
+}
+
+fn default_code() -> u16 {
+    DEFAULT_DISCONNECT_CODE
+}
+
+/// Why an order cannot be carried out.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BadOrder {
+    /// Not JSON of a known order.
+    #[error("not a control order: {0}")]
+    Malformed(String),
+    /// A close code applications may not send.
+    #[error("close code {0} is outside 3000-4999")]
+    Code(u16),
+    /// A reason that does not fit a close frame.
+    #[error("close reason is over 123 bytes")]
+    Reason,
+    /// Data that cannot become bytes.
+    #[error("bad data: {0}")]
+    Data(String),
+}
+
+impl Order {
+    /// Parses and checks an order read from `#control`.
+    pub fn parse(payload: &[u8]) -> Result<Order, BadOrder> {
+        let order: Order =
+            serde_json::from_slice(payload).map_err(|e| BadOrder::Malformed(e.to_string()))?;
+        order.check()?;
+        Ok(order)
+    }
+
+    /// Checks what serde cannot.
+    pub fn check(&self) -> Result<(), BadOrder> {
+        match self {
+            Order::Disconnect { code, reason, .. } => {
+                if !(3000..=4999).contains(code) {
+                    return Err(BadOrder::Code(*code));
+                }
+                if reason.len() > 123 {
+                    return Err(BadOrder::Reason);
+                }
+            }
+            Order::Send { data, encoding, .. } => {
+                send_payload(data, *encoding)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The bytes and kind of a `send` order's data.
+pub fn send_payload(
+    data: &serde_json::Value,
+    encoding: Encoding,
+) -> Result<(bytes::Bytes, MessageKind), BadOrder> {
+    let raw: Box<RawValue> =
+        serde_json::value::to_raw_value(data).map_err(|e| BadOrder::Data(e.to_string()))?;
+    bytes_from_json(&raw, encoding).map_err(|e| BadOrder::Data(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn orders_parse_and_check() {
+        let order = Order::parse(br#"{"op":"disconnect","user":"42"}"#).unwrap();
+        match order {
+            Order::Disconnect { target, code, .. } => {
+                assert_eq!(target, Target::User("42".into()));
+                assert_eq!(code, 3003);
+                assert!(target.matches("n1.1", Some("42")));
+                assert!(!target.matches("n1.1", Some("43")));
+                assert!(!target.matches("n1.1", None));
+            }
+            other => panic!("{other:?}"),
+        }
+        let order =
+            Order::parse(br#"{"op":"disconnect","connection":"n1.7","code":4000,"reason":"bye"}"#)
+                .unwrap();
+        assert!(matches!(order, Order::Disconnect { code: 4000, .. }));
+        assert!(Order::parse(br#"{"op":"send","connection":"n1.7","data":{"a":1}}"#).is_ok());
+        for bad in [
+            &br#"{"op":"disconnect","user":"1","code":1000}"#[..],
+            br#"{"op":"explode"}"#,
+            br#"not json"#,
+            br#"{"op":"send","connection":"x","data":"!!","encoding":"base64"}"#,
+        ] {
+            assert!(
+                Order::parse(bad).is_err(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        let long = format!(
+            r#"{{"op":"disconnect","user":"1","reason":"{}"}}"#,
+            "x".repeat(124)
+        );
+        assert_eq!(Order::parse(long.as_bytes()).unwrap_err(), BadOrder::Reason);
+        // The empty user never matches anonymous connections.
+        assert!(!Target::User(String::new()).matches("n1.1", Some("")));
+    }
+}
