@@ -338,7 +338,7 @@ export class Duplex extends Emitter {
         this._dropSocket(ws);
         if (err.code === ErrorCode.TOKEN_EXPIRED) {
           // A second expired token (or no getToken to ask): try later with a new one.
-          this._token = null;
+          if (this._getToken) this._token = null;
           this._lost(err.code, err.message, Boolean(this._getToken));
         } else if (err.temporary || err.code === ErrorCode.CLIENT_TIMEOUT || err.code === ErrorCode.CONNECTION_LOST) {
           this._lost(CloseCode.ABNORMAL, err.message, true);
@@ -363,7 +363,8 @@ export class Duplex extends Emitter {
       clearTimeout(sub._retryTimer);
       if (sub.state === "subscribed") sub._setState("subscribing");
     }
-    if (code === CloseCode.TOKEN_EXPIRED) this._token = null; // ask getToken for a new one
+    // Ask getToken for a new one; a fixed token is kept (the server will say 111).
+    if (code === CloseCode.TOKEN_EXPIRED && this._getToken) this._token = null;
     if (!this._wanted || !reconnect) {
       this._wanted = false;
       this._rejectQueue(new DuplexError(ErrorCode.CLIENT_CLOSED, `disconnected: ${code} ${reason}`.trim()));

@@ -106,3 +106,16 @@ test("without a token the server's 112 stops the client", async () => {
   assert.equal(e.code, ErrorCode.UNAUTHORIZED);
   assert.equal(e.reconnect, false);
 });
+
+test("a fixed token that expires: 3006, then the refused reconnect (111) stops the client", async () => {
+  const c = client({ token: signToken(SECRET, { sub: "5", ttl: 2 }) });
+  const seen = [];
+  c.on("disconnected", (e) => seen.push([e.code, e.reconnect]));
+  c.connect();
+  await nextState(c, "connected");
+  await nextState(c, "disconnected", (e) => !e.reconnect, 20000);
+  assert.deepEqual(seen, [
+    [3006, true],
+    [ErrorCode.TOKEN_EXPIRED, false],
+  ]);
+});
