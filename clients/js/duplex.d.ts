@@ -1,0 +1,255 @@
+// Types for duplex.js, the Duplex native-protocol client (protocol 1).
+
+/** Version of this client. */
+export const VERSION: string;
+/** Native protocol version this client speaks. */
+export const PROTOCOL_VERSION: 1;
+
+/** Server error codes (100-112) and client-side failure codes (1-4). */
+export const ErrorCode: Readonly<{
+  INTERNAL: 100;
+  BAD_REQUEST: 101;
+  UNKNOWN_METHOD: 102;
+  INVALID_CHANNEL: 103;
+  ALREADY_CONNECTED: 104;
+  PERMISSION_DENIED: 105;
+  LIMIT_EXCEEDED: 106;
+  BROKER_UNAVAILABLE: 107;
+  TOO_MANY_REQUESTS: 108;
+  TIMEOUT: 109;
+  UNSUPPORTED_VERSION: 110;
+  TOKEN_EXPIRED: 111;
+  UNAUTHORIZED: 112;
+  /** No reply (or no connection) within `timeout`. Temporary. */
+  CLIENT_TIMEOUT: 1;
+  /** The connection closed before the reply; the command may or may not have run. Temporary. */
+  CONNECTION_LOST: 2;
+  /** `disconnect()` was called, the client was never started, or it stopped for good. */
+  CLIENT_CLOSED: 3;
+  /** rpc, send, presence, history: needs a newer server. */
+  NOT_SUPPORTED: 4;
+}>;
+
+/** Close codes the client treats specially. */
+export const CloseCode: Readonly<{
+  NORMAL: 1000;
+  GOING_AWAY: 1001;
+  ABNORMAL: 1006;
+  SLOW_CONSUMER: 3001;
+  HEARTBEAT_TIMEOUT: 3002;
+  TOO_MANY_REQUESTS: 3004;
+  CONNECT_TIMEOUT: 3005;
+  TOKEN_EXPIRED: 3006;
+  TOO_MANY_CONNECTIONS: 3007;
+  INVALID_TOKEN: 3500;
+  BAD_REQUEST: 3501;
+}>;
+
+/** The server's rule: 1001, 1006, 1011-1014 and 3000-3499 allow reconnecting. */
+export function reconnectAllowed(code: number): boolean;
+
+/** A failed command: a server error reply, or a client-side failure (code below 100). */
+export class DuplexError extends Error {
+  constructor(code: number, message: string, temporary?: boolean);
+  readonly name: "DuplexError";
+  /** Server error code (100-112, more in later versions) or an ErrorCode client code (1-4). */
+  code: number;
+  /** True when the same command may succeed if retried later. */
+  temporary: boolean;
+}
+
+/** A WebSocket constructor compatible with the browser's (e.g. the `ws` package). */
+export interface WebSocketLike {
+  new (url: string): {
+    send(data: string): void;
+    close(code?: number, reason?: string): void;
+    onopen: ((ev: any) => void) | null;
+    onmessage: ((ev: { data: any }) => void) | null;
+    onerror: ((ev: any) => void) | null;
+    onclose: ((ev: { code: number; reason: string }) => void) | null;
+  };
+}
+
+export interface DuplexOptions {
+  /** A fixed connection token (JWT). Without `getToken` it cannot be renewed. */
+  token?: string;
+  /**
+   * Fetches a connection token from your backend. Called before the first
+   * connect (when `token` is not given), after an expired-token reply (111)
+   * or close (3006), and before `expires` to `refresh` the connection.
+   * A rejection is reported as an `error` event and retried with backoff.
+   */
+  getToken?: () => Promise<string> | string;
+  /** Client software name sent in `connect` (logged by the server). Default "duplex-js". */
+  name?: string;
+  /** Client software version sent in `connect`. Default: this client's VERSION. */
+  version?: string;
+  /** WebSocket constructor; default `globalThis.WebSocket`. */
+  WebSocket?: WebSocketLike;
+  /** Smallest backoff delay in ms. Default 500. */
+  minReconnectDelay?: number;
+  /** Largest backoff delay in ms. Default 20000. */
+  maxReconnectDelay?: number;
+  /** A connection that lasted this long (ms) resets the backoff. Default 10000. */
+  stableAfter?: number;
+  /**
+   * Ms to wait for a reply, for the connection (handshake plus `connect`
+   * reply), and for a command queued while disconnected. Default 10000.
+   */
+  timeout?: number;
+}
+
+/** The `connect` result (docs/PROTOCOL.md 3.2). Unknown fields may appear. */
+export interface ConnectInfo {
+  client: string;
+  node: string;
+  version: string;
+  protocol: number;
+  ping_interval: number;
+  user?: string;
+  /** Token expiry, Unix seconds. */
+  expires?: number;
+  /** Channels the token subscribed the connection to. */
+  channels?: string[];
+  [key: string]: unknown;
+}
+
+export type ConnectionState = "disconnected" | "connecting" | "connected";
+
+export interface ConnectingEvent {
+  state: "connecting";
+  /** Failed attempts since the last stable connection. */
+  attempt: number;
+}
+export interface ConnectedEvent {
+  state: "connected";
+  info: ConnectInfo;
+}
+export interface DisconnectedEvent {
+  state: "disconnected";
+  /**
+   * The close code (1000-4999), or, when `connect` itself was refused, the
+   * server's error code (110 unsupported version, 111 token expired, 112 unauthorized).
+   */
+  code: number;
+  reason: string;
+  /** Whether the client will try again; false means it stopped for good. */
+  reconnect: boolean;
+  /** When `reconnect`: ms until the next attempt. */
+  delay?: number;
+}
+export type StateEvent = ConnectingEvent | ConnectedEvent | DisconnectedEvent;
+
+/** Context of a received message. */
+export interface MessageContext {
+  channel: string;
+  /** "base64" when `data` is a Uint8Array (a binary message), else "json". */
+  encoding: "json" | "base64";
+}
+
+/** JSON value from the message, or the bytes of a binary message. */
+export type MessageData = unknown;
+
+export type MessageHandler = (data: MessageData, ctx: MessageContext) => void;
+
+export interface SubscribeOptions {
+  onMessage?: MessageHandler;
+  /** The server confirmed the subscription (again after every reconnect). */
+  onSubscribed?: () => void;
+  /** A subscribe failed; the subscription stays only if the error was temporary. */
+  onError?: (error: unknown) => void;
+  /** The subscription ended: by `unsubscribe()` or a permanent error (`error` set). */
+  onUnsubscribed?: (event: { error?: DuplexError }) => void;
+  /** A subscription token for a private channel (docs/AUTH.md). */
+  token?: string;
+  /** Fetches a subscription token; called when none is held and after 111 (expired). */
+  getToken?: (channel: string) => Promise<string> | string;
+  /** Reserved: presence `join` pushes, once a server sends them. */
+  onJoin?: (push: object) => void;
+  /** Reserved: presence `leave` pushes, once a server sends them. */
+  onLeave?: (push: object) => void;
+}
+
+export type SubscriptionState = "subscribing" | "subscribed" | "unsubscribed";
+
+export interface SubscriptionEvents {
+  message: MessageHandler;
+  subscribed: (event: {}) => void;
+  subscribing: (event: {}) => void;
+  unsubscribed: (event: { error?: DuplexError }) => void;
+  error: (error: unknown) => void;
+  join: (push: object) => void;
+  leave: (push: object) => void;
+}
+
+export class Subscription {
+  readonly client: Duplex;
+  readonly channel: string;
+  readonly state: SubscriptionState;
+  on<E extends keyof SubscriptionEvents>(event: E, handler: SubscriptionEvents[E]): () => void;
+  off<E extends keyof SubscriptionEvents>(event: E, handler: SubscriptionEvents[E]): void;
+  /** Resolves once subscribed; rejects if the subscription ends first. */
+  ready(): Promise<void>;
+  /** Ends the subscription (no resubscribe after reconnect). */
+  unsubscribe(): Promise<void>;
+  publish(data: unknown): Promise<{}>;
+  /** Reserved: rejects with NOT_SUPPORTED on protocol 1. */
+  presence(): Promise<never>;
+  /** Reserved: rejects with NOT_SUPPORTED on protocol 1. */
+  history(options?: object): Promise<never>;
+}
+
+export interface DuplexEvents {
+  state: (event: StateEvent) => void;
+  connecting: (event: Omit<ConnectingEvent, "state">) => void;
+  connected: (event: Omit<ConnectedEvent, "state">) => void;
+  disconnected: (event: Omit<DisconnectedEvent, "state">) => void;
+  /** Every message on every subscribed channel (also those the token subscribed). */
+  message: MessageHandler;
+  /** A `refresh` succeeded; `expires` is the new expiry (Unix seconds) if any. */
+  refreshed: (result: { expires?: number }) => void;
+  /** Failures not tied to a command: getToken, refused connect, unreadable frames. */
+  error: (error: unknown) => void;
+  /** Push types this client does not know. */
+  push: (push: { push: string; [key: string]: unknown }) => void;
+}
+
+export class Duplex {
+  constructor(url: string, options?: DuplexOptions);
+  readonly url: string;
+  readonly state: ConnectionState;
+  /** The current connection's `connect` result, or null. */
+  readonly info: ConnectInfo | null;
+
+  on<E extends keyof DuplexEvents>(event: E, handler: DuplexEvents[E]): () => void;
+  off<E extends keyof DuplexEvents>(event: E, handler: DuplexEvents[E]): void;
+
+  /** Starts connecting; reconnects by the close-code policy until `disconnect()`. */
+  connect(): void;
+  /** Closes for good (code 1000); pending and queued commands reject with CLIENT_CLOSED. */
+  disconnect(): void;
+
+  /** Subscribes now and after every reconnect. Throws if already subscribed to `channel`. */
+  subscribe(channel: string, options?: SubscribeOptions | MessageHandler): Subscription;
+  getSubscription(channel: string): Subscription | null;
+  subscriptions(): Subscription[];
+
+  /**
+   * Publishes to `channel`: JSON values as JSON (a string arrives as text),
+   * a Uint8Array / ArrayBuffer / DataView as a binary message (base64 on the wire).
+   */
+  publish(channel: string, data: unknown): Promise<{}>;
+  /** Application-level ping; resolves with the round trip in ms. */
+  ping(): Promise<number>;
+
+  /** Reserved until the server supports it: rejects with NOT_SUPPORTED. */
+  rpc(method: string, data?: unknown): Promise<never>;
+  /** Reserved until the server supports it: rejects with NOT_SUPPORTED. */
+  send(data: unknown): Promise<never>;
+  /** Reserved until the server supports it: rejects with NOT_SUPPORTED. */
+  presence(channel: string): Promise<never>;
+  /** Reserved until the server supports it: rejects with NOT_SUPPORTED. */
+  history(channel: string, options?: object): Promise<never>;
+}
+
+export default Duplex;

@@ -1,0 +1,687 @@
+// Duplex JavaScript client: one dependency-free ES module for browsers and
+// Node 20+ that speaks the native protocol (docs/PROTOCOL.md, version 1).
+//
+//   import { Duplex } from "./duplex.js";
+//   const client = new Duplex("ws://localhost:1234/ws", { getToken });
+//   client.subscribe("news", { onMessage(data) { console.log(data); } });
+//   client.connect();
+//
+// Types: duplex.d.ts next to this file. Policy and examples: README.md.
+
+/** Version of this client. */
+export const VERSION = "0.1.0";
+/** Native protocol version this client speaks (sent in `connect`). */
+export const PROTOCOL_VERSION = 1;
+
+/** Server error codes (docs/PROTOCOL.md section 4). */
+export const ErrorCode = Object.freeze({
+  INTERNAL: 100,
+  BAD_REQUEST: 101,
+  UNKNOWN_METHOD: 102,
+  INVALID_CHANNEL: 103,
+  ALREADY_CONNECTED: 104,
+  PERMISSION_DENIED: 105,
+  LIMIT_EXCEEDED: 106,
+  BROKER_UNAVAILABLE: 107,
+  TOO_MANY_REQUESTS: 108,
+  TIMEOUT: 109,
+  UNSUPPORTED_VERSION: 110,
+  TOKEN_EXPIRED: 111,
+  UNAUTHORIZED: 112,
+  // Client-side failures (never sent by a server): below 100.
+  /** No reply (or no connection) within `timeout`. */
+  CLIENT_TIMEOUT: 1,
+  /** The connection closed before the reply came; the command may or may not have run. */
+  CONNECTION_LOST: 2,
+  /** `disconnect()` was called, or the client stopped for good. */
+  CLIENT_CLOSED: 3,
+  /** The feature needs a newer server (rpc, send, presence, history). */
+  NOT_SUPPORTED: 4,
+});
+
+/** Close codes the client treats specially (docs/PROTOCOL.md section 5). */
+export const CloseCode = Object.freeze({
+  NORMAL: 1000,
+  GOING_AWAY: 1001,
+  ABNORMAL: 1006,
+  SLOW_CONSUMER: 3001,
+  HEARTBEAT_TIMEOUT: 3002,
+  TOO_MANY_REQUESTS: 3004,
+  CONNECT_TIMEOUT: 3005,
+  TOKEN_EXPIRED: 3006,
+  TOO_MANY_CONNECTIONS: 3007,
+  INVALID_TOKEN: 3500,
+  BAD_REQUEST: 3501,
+});
+
+/**
+ * Whether a close code allows reconnecting; the same rule as the server's
+ * `reconnect_allowed` (crates/duplex-protocol/src/code.rs).
+ * @param {number} code
+ * @returns {boolean}
+ */
+export function reconnectAllowed(code) {
+  return (
+    code === 1001 ||
+    code === 1006 ||
+    (code >= 1011 && code <= 1014) ||
+    (code >= 3000 && code <= 3499)
+  );
+}
+
+/** A failed command: a server error reply or a client-side failure. */
+export class DuplexError extends Error {
+  /**
+   * @param {number} code
+   * @param {string} message
+   * @param {boolean} [temporary]
+   */
+  constructor(code, message, temporary = false) {
+    super(message);
+    this.name = "DuplexError";
+    this.code = code;
+    this.temporary = temporary;
+  }
+}
+
+const notSupported = (what) =>
+  Promise.reject(
+    new DuplexError(ErrorCode.NOT_SUPPORTED, `${what} is not supported by this server version (protocol ${PROTOCOL_VERSION})`),
+  );
+
+// Tiny event emitter: on() returns a function that removes the handler.
+class Emitter {
+  constructor() {
+    this._handlers = new Map();
+  }
+  on(event, fn) {
+    if (!this._handlers.has(event)) this._handlers.set(event, new Set());
+    this._handlers.get(event).add(fn);
+    return () => this.off(event, fn);
+  }
+  off(event, fn) {
+    this._handlers.get(event)?.delete(fn);
+  }
+  _emit(event, ...args) {
+    for (const fn of [...(this._handlers.get(event) ?? [])]) {
+      try {
+        fn(...args);
+      } catch (err) {
+        // A throwing handler must not break the connection logic.
+        console.error(`duplex: "${event}" handler threw`, err);
+      }
+    }
+  }
+}
+
+function toBase64(bytes) {
+  const u8 = bytes instanceof Uint8Array ? bytes : new Uint8Array(bytes.buffer ?? bytes, bytes.byteOffset ?? 0, bytes.byteLength);
+  let s = "";
+  for (let i = 0; i < u8.length; i += 0x8000) s += String.fromCharCode(...u8.subarray(i, i + 0x8000));
+  return btoa(s);
+}
+
+function fromBase64(text) {
+  const s = atob(text);
+  const out = new Uint8Array(s.length);
+  for (let i = 0; i < s.length; i++) out[i] = s.charCodeAt(i);
+  return out;
+}
+
+/** One channel subscription; made by `client.subscribe()`. */
+export class Subscription extends Emitter {
+  constructor(client, channel, options) {
+    super();
+    this.client = client;
+    this.channel = channel;
+    /** @type {"subscribing"|"subscribed"|"unsubscribed"} */
+    this.state = "subscribing";
+    this._token = options.token ?? null;
+    this._getToken = options.getToken ?? null;
+    this._retries = 0;
+    this._retryTimer = null;
+    for (const [event, key] of [
+      ["message", "onMessage"],
+      ["subscribed", "onSubscribed"],
+      ["error", "onError"],
+      ["unsubscribed", "onUnsubscribed"],
+      ["join", "onJoin"],
+      ["leave", "onLeave"],
+    ]) {
+      if (typeof options[key] === "function") this.on(event, options[key]);
+    }
+  }
+
+  /** Resolves once the server confirmed the subscription (at once if it already has). */
+  ready() {
+    if (this.state === "subscribed") return Promise.resolve();
+    if (this.state === "unsubscribed") {
+      return Promise.reject(new DuplexError(ErrorCode.CLIENT_CLOSED, `not subscribed to ${this.channel}`));
+    }
+    return new Promise((resolve, reject) => {
+      const offs = [
+        this.on("subscribed", () => (offs.forEach((f) => f()), resolve())),
+        this.on("unsubscribed", (e) => (offs.forEach((f) => f()), reject(e?.error ?? new DuplexError(ErrorCode.CLIENT_CLOSED, "unsubscribed")))),
+      ];
+    });
+  }
+
+  /** Stops the subscription: no more messages, and no resubscribe after a reconnect. */
+  unsubscribe() {
+    return this.client._unsubscribe(this);
+  }
+
+  /** Reserved for a later protocol version: who is on the channel. */
+  presence() {
+    return notSupported("presence");
+  }
+  /** Reserved for a later protocol version: recent messages on the channel. */
+  history(_options) {
+    return notSupported("history");
+  }
+  /** Publishes on this subscription's channel. */
+  publish(data) {
+    return this.client.publish(this.channel, data);
+  }
+
+  _setState(state, detail) {
+    if (this.state === state) return;
+    this.state = state;
+    this._emit(state, detail ?? {});
+  }
+}
+
+/** A client for one Duplex node (or a load balancer in front of several). */
+export class Duplex extends Emitter {
+  /**
+   * @param {string} url  e.g. "ws://localhost:1234/ws"
+   * @param {object} [options]  see duplex.d.ts (DuplexOptions)
+   */
+  constructor(url, options = {}) {
+    super();
+    this.url = url;
+    this.options = {
+      name: "duplex-js",
+      version: VERSION,
+      minReconnectDelay: 500,
+      maxReconnectDelay: 20000,
+      stableAfter: 10000,
+      timeout: 10000,
+      ...options,
+    };
+    this._WebSocket = options.WebSocket ?? globalThis.WebSocket;
+    if (typeof this._WebSocket !== "function") {
+      throw new TypeError("no WebSocket: pass options.WebSocket (Node 20: run with --experimental-websocket)");
+    }
+    this._token = options.token ?? null;
+    this._getToken = options.getToken ?? null;
+    /** @type {"disconnected"|"connecting"|"connected"} */
+    this.state = "disconnected";
+    /** The `connect` result of the current connection, or null. */
+    this.info = null;
+    this._ws = null;
+    this._nextId = 1;
+    this._pending = new Map(); // id -> {resolve, reject, timer}
+    this._queue = []; // commands waiting for a connection
+    this._subs = new Map(); // channel -> Subscription
+    this._wanted = false; // connect() called and not disconnect()
+    this._attempt = 0;
+    this._reconnectTimer = null;
+    this._refreshTimer = null;
+    this._connectTimer = null;
+    this._connectedAt = 0;
+    this._gen = 0; // bumped by every _open() and _stop(): stale async steps give up
+  }
+
+  // ---- connection ------------------------------------------------------
+
+  /** Starts connecting (and keeps reconnecting per the close-code policy). */
+  connect() {
+    if (this._wanted) return;
+    this._wanted = true;
+    this._attempt = 0;
+    this._open();
+  }
+
+  /** Closes the connection for good; pending and queued commands are rejected. */
+  disconnect() {
+    if (!this._wanted && this.state === "disconnected") return;
+    this._wanted = false;
+    this._stop(1000, "client disconnect", ErrorCode.CLIENT_CLOSED);
+  }
+
+  async _open() {
+    const gen = ++this._gen;
+    clearTimeout(this._reconnectTimer);
+    this._reconnectTimer = null;
+    this._setState("connecting", { attempt: this._attempt });
+    let token = this._token;
+    try {
+      if (!token && this._getToken) token = this._token = await this._getToken();
+    } catch (err) {
+      this._emit("error", err);
+      if (gen === this._gen && this._wanted && this.state === "connecting") this._lost(CloseCode.ABNORMAL, `getToken failed: ${err?.message ?? err}`, true);
+      return;
+    }
+    if (gen !== this._gen || !this._wanted || this.state !== "connecting") return;
+    let ws;
+    try {
+      ws = new this._WebSocket(this.url);
+    } catch (err) {
+      this._emit("error", err);
+      this._wanted = false;
+      this._stop(CloseCode.ABNORMAL, `cannot open WebSocket: ${err?.message ?? err}`, ErrorCode.CLIENT_CLOSED);
+      return;
+    }
+    this._ws = ws;
+    this._serverDisconnect = null;
+    this._tokenRetried = false;
+    // Connection plus `connect` reply must finish within `timeout`.
+    this._connectTimer = setTimeout(() => {
+      if (this._ws === ws && this.state === "connecting") {
+        this._dropSocket(ws);
+        this._lost(CloseCode.ABNORMAL, "connect timed out", true);
+      }
+    }, this.options.timeout);
+    ws.onopen = () => {
+      if (this._ws === ws) this._sendConnect(ws, token);
+    };
+    ws.onmessage = (event) => {
+      if (this._ws === ws) this._onFrame(event.data);
+    };
+    ws.onerror = () => {}; // a close event always follows
+    ws.onclose = (event) => {
+      if (this._ws !== ws) return;
+      this._ws = null;
+      // The disconnect push carries the untruncated reason and the server's verdict.
+      const push = this._serverDisconnect;
+      const code = push?.code ?? event.code;
+      const reason = push?.reason ?? event.reason ?? "";
+      const reconnect = push ? push.reconnect === true : reconnectAllowed(code);
+      this._lost(code, reason, reconnect);
+    };
+  }
+
+  _sendConnect(ws, token) {
+    const params = { name: this.options.name, version: this.options.version, protocol: PROTOCOL_VERSION };
+    if (token) params.token = token;
+    this._command("connect", params, { direct: true }).then(
+      (result) => {
+        if (this._ws !== ws) return;
+        clearTimeout(this._connectTimer);
+        this.info = result;
+        this._connectedAt = Date.now();
+        this._setState("connected", { info: result });
+        this._scheduleRefresh(result.expires);
+        for (const sub of this._subs.values()) this._sendSubscribe(sub);
+        const queued = this._queue;
+        this._queue = [];
+        for (const cmd of queued) this._write(cmd);
+      },
+      async (err) => {
+        if (this._ws !== ws) return;
+        if (err.code === ErrorCode.TOKEN_EXPIRED && this._getToken && !this._tokenRetried) {
+          // Expired: fetch a fresh token and send connect again, once.
+          this._tokenRetried = true;
+          try {
+            this._token = await this._getToken();
+          } catch (e) {
+            this._emit("error", e);
+            this._dropSocket(ws);
+            this._lost(CloseCode.ABNORMAL, `getToken failed: ${e?.message ?? e}`, true);
+            return;
+          }
+          if (this._ws === ws) this._sendConnect(ws, this._token);
+          return;
+        }
+        this._emit("error", err);
+        this._dropSocket(ws);
+        if (err.code === ErrorCode.TOKEN_EXPIRED) {
+          // A second expired token (or no getToken to ask): try later with a new one.
+          if (this._getToken) this._token = null;
+          this._lost(err.code, err.message, Boolean(this._getToken));
+        } else if (err.temporary || err.code === ErrorCode.CLIENT_TIMEOUT || err.code === ErrorCode.CONNECTION_LOST) {
+          this._lost(CloseCode.ABNORMAL, err.message, true);
+        } else {
+          // 110 unsupported version, 112 unauthorized, ...: retrying will not help.
+          this._lost(err.code, err.message, false);
+        }
+      },
+    );
+  }
+
+  // Called once per lost connection (or failed attempt).
+  _lost(code, reason, reconnect) {
+    clearTimeout(this._connectTimer);
+    clearTimeout(this._refreshTimer);
+    this._refreshTimer = null;
+    if (this._connectedAt && Date.now() - this._connectedAt >= this.options.stableAfter) this._attempt = 0;
+    this._connectedAt = 0;
+    this.info = null;
+    this._rejectPending(new DuplexError(ErrorCode.CONNECTION_LOST, `connection closed: ${code} ${reason}`.trim(), true));
+    for (const sub of this._subs.values()) {
+      clearTimeout(sub._retryTimer);
+      if (sub.state === "subscribed") sub._setState("subscribing");
+    }
+    // Ask getToken for a new one; a fixed token is kept (the server will say 111).
+    if (code === CloseCode.TOKEN_EXPIRED && this._getToken) this._token = null;
+    if (!this._wanted || !reconnect) {
+      this._wanted = false;
+      this._rejectQueue(new DuplexError(ErrorCode.CLIENT_CLOSED, `disconnected: ${code} ${reason}`.trim()));
+      this._setState("disconnected", { code, reason, reconnect: false });
+      return;
+    }
+    const delay = this._reconnectDelay(code);
+    this._attempt++;
+    this._setState("disconnected", { code, reason, reconnect: true, delay });
+    this._reconnectTimer = setTimeout(() => {
+      if (this._wanted) this._open();
+    }, delay);
+  }
+
+  _reconnectDelay(code) {
+    const { minReconnectDelay: min, maxReconnectDelay: max } = this.options;
+    // Going away: at once, with a little jitter so a node's clients spread out.
+    if (code === CloseCode.GOING_AWAY) return Math.floor(Math.random() * Math.min(min, 1000));
+    // Exponential backoff with full jitter above the floor `min`.
+    const cap = Math.min(max, min * 2 ** Math.min(this._attempt, 30));
+    return Math.floor(min + Math.random() * (cap - min));
+  }
+
+  _stop(code, reason, errorCode) {
+    this._gen++;
+    clearTimeout(this._reconnectTimer);
+    clearTimeout(this._connectTimer);
+    clearTimeout(this._refreshTimer);
+    this._reconnectTimer = this._refreshTimer = null;
+    for (const sub of this._subs.values()) {
+      clearTimeout(sub._retryTimer);
+      if (sub.state === "subscribed") sub._setState("subscribing");
+    }
+    const ws = this._ws;
+    this._ws = null;
+    if (ws) this._dropSocket(ws);
+    this.info = null;
+    this._connectedAt = 0;
+    const err = new DuplexError(errorCode, `disconnected: ${reason}`);
+    this._rejectPending(err);
+    this._rejectQueue(err);
+    this._setState("disconnected", { code, reason, reconnect: false });
+  }
+
+  _dropSocket(ws) {
+    if (this._ws === ws) this._ws = null;
+    ws.onopen = ws.onmessage = ws.onclose = null;
+    ws.onerror = () => {};
+    try {
+      ws.close(1000); // browsers refuse to send other codes below 3000
+    } catch {
+      // already closing, or a code the implementation will not send
+    }
+  }
+
+  // "disconnected" is emitted for every lost connection (with `reconnect`);
+  // the other states only on change.
+  _setState(state, detail) {
+    if (this.state === state && state !== "disconnected") return;
+    this.state = state;
+    this._emit("state", { state, ...detail });
+    this._emit(state, detail);
+  }
+
+  // ---- token refresh ---------------------------------------------------
+
+  _scheduleRefresh(expires) {
+    clearTimeout(this._refreshTimer);
+    this._refreshTimer = null;
+    if (!expires || !this._getToken) return;
+    const remaining = expires * 1000 - Date.now();
+    // Refresh when a third of the remaining life is left, at most 60 s early.
+    const delay = Math.max(0, remaining - Math.min(60000, remaining / 3));
+    this._refreshTimer = setTimeout(() => this._refresh(), delay);
+  }
+
+  async _refresh(retried = false) {
+    const ws = this._ws;
+    try {
+      const token = await this._getToken();
+      if (this._ws !== ws || this.state !== "connected") return;
+      this._token = token;
+      const result = await this._command("refresh", { token });
+      this._emit("refreshed", result);
+      if (this._ws === ws) this._scheduleRefresh(result?.expires);
+    } catch (err) {
+      if (this._ws !== ws) return;
+      this._emit("error", err);
+      if (err?.code === ErrorCode.CONNECTION_LOST || err?.code === ErrorCode.CLIENT_CLOSED) return;
+      // Try once more shortly; if that fails too the server closes with 3006
+      // and the reconnect fetches a new token.
+      if (!retried) this._refreshTimer = setTimeout(() => this._refresh(true), this.options.minReconnectDelay);
+    }
+  }
+
+  // ---- commands --------------------------------------------------------
+
+  _command(method, params, { direct = false } = {}) {
+    return new Promise((resolve, reject) => {
+      const id = this._nextId++;
+      const frame = JSON.stringify(params === undefined ? { id, method } : { id, method, params });
+      const entry = { id, frame, resolve, reject };
+      entry.timer = setTimeout(() => {
+        this._pending.delete(id);
+        const i = this._queue.indexOf(entry);
+        if (i >= 0) this._queue.splice(i, 1);
+        reject(new DuplexError(ErrorCode.CLIENT_TIMEOUT, `${method}: no reply within ${this.options.timeout} ms`, true));
+      }, this.options.timeout);
+      if (direct || this.state === "connected") {
+        this._write(entry);
+      } else if (this._wanted) {
+        this._queue.push(entry); // sent once connected, or rejected at `timeout`
+      } else {
+        clearTimeout(entry.timer);
+        reject(new DuplexError(ErrorCode.CLIENT_CLOSED, `${method}: client is not connected (call connect() first)`));
+      }
+    });
+  }
+
+  _write(entry) {
+    this._pending.set(entry.id, entry);
+    try {
+      this._ws.send(entry.frame);
+    } catch (err) {
+      this._pending.delete(entry.id);
+      clearTimeout(entry.timer);
+      entry.reject(new DuplexError(ErrorCode.CONNECTION_LOST, `send failed: ${err?.message ?? err}`, true));
+    }
+  }
+
+  _rejectPending(err) {
+    const pending = [...this._pending.values()];
+    this._pending.clear();
+    for (const p of pending) {
+      clearTimeout(p.timer);
+      p.reject(err);
+    }
+  }
+
+  _rejectQueue(err) {
+    const queued = this._queue;
+    this._queue = [];
+    for (const p of queued) {
+      clearTimeout(p.timer);
+      p.reject(err);
+    }
+  }
+
+  _onFrame(data) {
+    let msg;
+    try {
+      msg = JSON.parse(typeof data === "string" ? data : new TextDecoder().decode(data));
+    } catch {
+      this._emit("error", new DuplexError(ErrorCode.BAD_REQUEST, "server sent a frame that is not JSON"));
+      return;
+    }
+    if (msg === null || typeof msg !== "object") return;
+    if (typeof msg.push === "string") {
+      this._onPush(msg);
+      return;
+    }
+    const entry = typeof msg.id === "number" ? this._pending.get(msg.id) : undefined;
+    if (!entry) {
+      if (msg.error) this._emit("error", new DuplexError(msg.error.code, msg.error.message, msg.error.temporary === true));
+      return;
+    }
+    this._pending.delete(msg.id);
+    clearTimeout(entry.timer);
+    if (msg.error) entry.reject(new DuplexError(msg.error.code, msg.error.message, msg.error.temporary === true));
+    else entry.resolve(msg.result ?? {});
+  }
+
+  _onPush(msg) {
+    switch (msg.push) {
+      case "message": {
+        const data = msg.encoding === "base64" ? fromBase64(msg.data) : msg.data;
+        const ctx = { channel: msg.channel, encoding: msg.encoding ?? "json" };
+        this._emit("message", data, ctx);
+        const sub = this._subs.get(msg.channel);
+        if (sub) sub._emit("message", data, ctx);
+        break;
+      }
+      case "disconnect":
+        this._serverDisconnect = msg;
+        break;
+      case "join":
+      case "leave": {
+        // Reserved for presence in a later protocol version; routed if it comes.
+        const sub = this._subs.get(msg.channel);
+        if (sub) sub._emit(msg.push, msg);
+        break;
+      }
+      default:
+        this._emit("push", msg); // unknown push types are ignored by the client
+    }
+  }
+
+  /** Sends `ping` and resolves with the round trip time in ms. */
+  async ping() {
+    const start = Date.now();
+    await this._command("ping");
+    return Date.now() - start;
+  }
+
+  /**
+   * Publishes `data` to `channel`. Strings and JSON values go as JSON;
+   * a Uint8Array / ArrayBuffer / DataView goes as base64 (a binary message).
+   */
+  publish(channel, data) {
+    if (data instanceof ArrayBuffer || ArrayBuffer.isView(data)) {
+      return this._command("publish", { channel, data: toBase64(data), encoding: "base64" });
+    }
+    if (data === undefined) return Promise.reject(new TypeError("publish: data is required"));
+    return this._command("publish", { channel, data });
+  }
+
+  /** Reserved: a request answered by the application backend (upstream issue). */
+  rpc(_method, _data) {
+    return notSupported("rpc");
+  }
+  /** Reserved: a one-way message to the application backend (upstream issue). */
+  send(_data) {
+    return notSupported("send");
+  }
+  /** Reserved for a later protocol version. */
+  presence(_channel) {
+    return notSupported("presence");
+  }
+  /** Reserved for a later protocol version. */
+  history(_channel, _options) {
+    return notSupported("history");
+  }
+
+  // ---- subscriptions ---------------------------------------------------
+
+  /**
+   * Subscribes to `channel` now and after every reconnect.
+   * @returns {Subscription}
+   */
+  subscribe(channel, options = {}) {
+    if (typeof options === "function") options = { onMessage: options };
+    if (this._subs.has(channel)) throw new Error(`already subscribed to ${channel}: unsubscribe first or use getSubscription()`);
+    const sub = new Subscription(this, channel, options);
+    this._subs.set(channel, sub);
+    if (this.state === "connected") this._sendSubscribe(sub);
+    return sub;
+  }
+
+  /** The live subscription to `channel`, if any. */
+  getSubscription(channel) {
+    return this._subs.get(channel) ?? null;
+  }
+
+  /** All live subscriptions. */
+  subscriptions() {
+    return [...this._subs.values()];
+  }
+
+  async _sendSubscribe(sub, tokenRetried = false) {
+    const ws = this._ws;
+    const params = { channel: sub.channel };
+    try {
+      if (sub._getToken && (!sub._token || tokenRetried)) sub._token = await sub._getToken(sub.channel);
+      if (sub._token) params.token = sub._token;
+    } catch (err) {
+      if (this._subs.get(sub.channel) !== sub) return;
+      sub._emit("error", err);
+      this._retrySubscribe(sub, ws);
+      return;
+    }
+    if (this._ws !== ws || this._subs.get(sub.channel) !== sub || this.state !== "connected") return;
+    try {
+      await this._command("subscribe", params);
+      if (this._subs.get(sub.channel) !== sub || this._ws !== ws) return;
+      sub._retries = 0;
+      sub._setState("subscribed");
+    } catch (err) {
+      if (this._subs.get(sub.channel) !== sub || this._ws !== ws) return;
+      if (err.code === ErrorCode.CONNECTION_LOST || err.code === ErrorCode.CLIENT_CLOSED) return; // resubscribed on reconnect
+      if (err.code === ErrorCode.TOKEN_EXPIRED && sub._getToken && !tokenRetried) {
+        this._sendSubscribe(sub, true);
+        return;
+      }
+      sub._emit("error", err);
+      if (err.temporary) {
+        this._retrySubscribe(sub, ws);
+      } else {
+        // Permanent (105 denied, 103 invalid, 106 limit, expired token without getToken): give up.
+        this._subs.delete(sub.channel);
+        sub._setState("unsubscribed", { error: err });
+      }
+    }
+  }
+
+  _retrySubscribe(sub, ws) {
+    const { minReconnectDelay: min, maxReconnectDelay: max } = this.options;
+    const cap = Math.min(max, min * 2 ** Math.min(sub._retries++, 30));
+    clearTimeout(sub._retryTimer);
+    sub._retryTimer = setTimeout(() => {
+      if (this._ws === ws && this.state === "connected" && this._subs.get(sub.channel) === sub) this._sendSubscribe(sub);
+    }, min + Math.random() * (cap - min));
+  }
+
+  async _unsubscribe(sub) {
+    if (this._subs.get(sub.channel) !== sub) return;
+    this._subs.delete(sub.channel);
+    clearTimeout(sub._retryTimer);
+    const wasOnServer = this.state === "connected";
+    sub._setState("unsubscribed", {});
+    if (wasOnServer) {
+      try {
+        await this._command("unsubscribe", { channel: sub.channel });
+      } catch {
+        // Lost connection: nothing to undo, the server dropped it anyway.
+      }
+    }
+  }
+}
+
+export default Duplex;
