@@ -23,6 +23,12 @@ if ! command -v python3 >/dev/null 2>&1; then
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3 >/dev/null
 fi
 
+if ! command -v node >/dev/null 2>&1; then
+    echo "== installing nodejs (the JavaScript client is tested; it needs Node 20+)"
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs >/dev/null
+fi
+
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
@@ -31,6 +37,13 @@ LOG=target/test-output.log
 mkdir -p target
 echo "== cargo test"
 cargo test --workspace 2>&1 | tee "$LOG"
+echo "== JavaScript client (node --test against real nodes)"
+JS_LOG=target/js-test-output.log
+clients/js/test.sh 2>&1 | tee "$JS_LOG" | grep -E "^# (tests|pass|fail)|^not ok" || true
+if ! grep -q "^# fail 0" "$JS_LOG"; then
+    echo "JavaScript client tests failed (full output in $JS_LOG)"
+    exit 1
+fi
 echo "== WebSocket conformance (Autobahn sections 1-7, 9)"
 ./scripts/autobahn.sh
 
@@ -38,4 +51,5 @@ echo "== WebSocket conformance (Autobahn sections 1-7, 9)"
 passed=$(awk '/^test result:/ {for (i = 1; i <= NF; i++) if ($(i+1) ~ /^passed/) n += $i} END {print n + 0}' "$LOG")
 failed=$(awk '/^test result:/ {for (i = 1; i <= NF; i++) if ($(i+1) ~ /^failed/) n += $i} END {print n + 0}' "$LOG")
 cases=$(awk '$1 == "all" {print $2 + $3 + $4}' target/autobahn-report/summary.txt 2>/dev/null || echo 0)
-echo "total: $((passed + cases)) passed, $failed failed"
+js=$(awk '$1 == "#" && $2 == "pass" {print $3}' "$JS_LOG")
+echo "total: $((passed + cases + js)) passed, $failed failed"
