@@ -31,19 +31,26 @@ pub struct Conn {
     pub(crate) outbound: Outbound,
     /// Milliseconds since node start when the client last sent any frame.
     last_seen_ms: AtomicU64,
-    /// Milliseconds since node start when the connection opened.
-    opened_ms: u64,
-    /// Whether the client has sent a command yet (native protocol; plain
-    /// clients need not send anything and start introduced).
-    introduced: AtomicBool,
-    /// When the client's token expires, Unix seconds; 0 = never.
-    token_expires: AtomicU64,
-    /// The token's user id, once authenticated (for orders addressed to a user).
-    user: std::sync::OnceLock<Box<str>>,
+    /// Milliseconds since node start when the connection opened, until the
+    /// client sends its first command (native protocol); then `u64::MAX`.
+    /// Plain clients need not send anything and start at `u64::MAX`.
+    waiting_since_ms: AtomicU64,
+    /// What the client's token said; boxed and set once, so anonymous
+    /// connections (the common idle case) pay 16 bytes for it.
+    auth: std::sync::OnceLock<Box<ConnAuth>>,
     /// Ends the reader and writer at once (no more I/O for this client).
     pub(crate) abort: Signal,
     /// Fired when the reader has finished (the peer closed or failed).
     pub(crate) done_reading: Signal,
+}
+
+/// What a connection's token established.
+#[derive(Debug)]
+struct ConnAuth {
+    /// User id (`sub`); empty for an anonymous token.
+    user: Box<str>,
+    /// Expiry, Unix seconds; 0 = never.
+    expires: AtomicU64,
 }
 
 /// A one-shot, many-waiter flag stored inline: what a `CancellationToken`
@@ -93,10 +100,12 @@ impl Conn {
             remote,
             outbound: Outbound::new(limits),
             last_seen_ms: AtomicU64::new(now_ms),
-            opened_ms: now_ms,
-            introduced: AtomicBool::new(wire == Wire::Plain),
-            token_expires: AtomicU64::new(0),
-            user: std::sync::OnceLock::new(),
+            waiting_since_ms: AtomicU64::new(if wire == Wire::Plain {
+                u64::MAX
+            } else {
+                now_ms
+            }),
+            auth: std::sync::OnceLock::new(),
             abort: Signal::default(),
             done_reading: Signal::default(),
         })
@@ -113,34 +122,43 @@ impl Conn {
 
     /// Records that the client sent its first command.
     pub(crate) fn mark_introduced(&self) {
-        self.introduced.store(true, Relaxed);
+        self.waiting_since_ms.store(u64::MAX, Relaxed);
     }
 
     /// When the client has not sent a command yet: since when it has been waiting.
     pub(crate) fn waiting_since_ms(&self) -> Option<u64> {
-        (!self.introduced.load(Relaxed)).then_some(self.opened_ms)
+        Some(self.waiting_since_ms.load(Relaxed)).filter(|&t| t != u64::MAX)
     }
 
-    /// Records the user the token named (once per connection; anonymous: never).
-    pub(crate) fn set_user(&self, user: &str) {
-        if !user.is_empty() {
-            let _ = self.user.set(user.into());
+    /// Records who an accepted token says the client is (the first time:
+    /// the user never changes on a connection) and when the token expires.
+    pub(crate) fn authenticated(&self, user: &str, expires: Option<u64>) {
+        if user.is_empty() && expires.is_none() && self.auth.get().is_none() {
+            return;
         }
+        let auth = self.auth.get_or_init(|| {
+            Box::new(ConnAuth {
+                user: user.into(),
+                expires: AtomicU64::new(0),
+            })
+        });
+        auth.expires.store(expires.unwrap_or(0), Relaxed);
     }
 
     /// The user id, if the client presented a token naming one.
     pub(crate) fn user(&self) -> Option<&str> {
-        self.user.get().map(|u| &**u)
-    }
-
-    /// Records the expiry of the token the client presented (None: never).
-    pub(crate) fn set_token_expiry(&self, exp: Option<u64>) {
-        self.token_expires.store(exp.unwrap_or(0), Relaxed);
+        self.auth
+            .get()
+            .map(|a| &*a.user)
+            .filter(|u| !u.is_empty())
     }
 
     /// When the client's token expires (Unix seconds), if it does.
     pub(crate) fn token_expiry(&self) -> Option<u64> {
-        Some(self.token_expires.load(Relaxed)).filter(|&e| e != 0)
+        self.auth
+            .get()
+            .map(|a| a.expires.load(Relaxed))
+            .filter(|&e| e != 0)
     }
 
     /// Queues a frame (reply, pong, ping); overflow starts a slow-consumer close.

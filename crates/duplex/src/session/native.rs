@@ -198,8 +198,7 @@ impl NativeSession {
             granted.push(name.as_str());
         }
         self.status = Status::Connected;
-        conn.set_token_expiry(identity.expires);
-        conn.set_user(&identity.user);
+        conn.authenticated(&identity.user, identity.expires);
         tracing::debug!(conn = %conn.id, user = identity.user, name = params.name.as_deref().unwrap_or(""), version = params.version.as_deref().unwrap_or(""), "client connected");
         let ping_interval = node.config().ping_interval.as_secs().max(1);
         let reply = push::reply(
@@ -234,7 +233,7 @@ impl NativeSession {
                 "refresh token is for another user".to_string(),
             ));
         }
-        conn.set_token_expiry(fresh.expires);
+        conn.authenticated(&fresh.user, fresh.expires);
         Ok(push::reply(
             id,
             &RefreshResult {

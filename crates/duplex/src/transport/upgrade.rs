@@ -323,8 +323,7 @@ async fn upgrade(
     };
     match &auth {
         Ok(identity) => {
-            conn.set_token_expiry(identity.expires);
-            conn.set_user(&identity.user);
+            conn.authenticated(&identity.user, identity.expires);
             tracing::debug!(conn = %conn.id, %remote, ?wire, user = identity.user, "client connected");
         }
         Err((code, reason)) => {
