@@ -95,13 +95,13 @@ impl std::str::FromStr for Secret {
 }
 
 macro_rules! settings {
-    ($( $(#[$doc:meta])* $name:ident : $ty:ty = $default:expr, $env:literal $(, $parser:expr)? ; )*) => {
+    ($( $(#[doc = $doc:literal])* $name:ident : $ty:ty = $default:expr, $env:literal $(, $parser:expr)? ; )*) => {
         /// Every setting of `duplex serve`, each optional so layers can be merged.
         #[derive(Debug, Clone, Default, Args, Deserialize)]
         #[serde(deny_unknown_fields)]
         pub struct Settings {
             $(
-                $(#[$doc])*
+                $(#[doc = $doc])*
                 // A bare flag means "true", so `--insecure` works as well as
                 // `--plain-echo false`.
                 #[arg(long, env = $env, num_args = 0..=1, default_missing_value = "true" $(, value_parser = $parser)?)]
@@ -127,7 +127,7 @@ macro_rules! settings {
         /// Resolved settings the node runs with.
         #[derive(Debug, Clone)]
         pub struct Config {
-            $( $(#[$doc])* pub $name: $ty, )*
+            $( $(#[doc = $doc])* pub $name: $ty, )*
             /// Channel namespaces and their permissions, in match order.
             pub namespaces: Vec<Namespace>,
         }
@@ -135,6 +135,22 @@ macro_rules! settings {
         impl Default for Config {
             fn default() -> Self {
                 Config { $( $name: $default, )* namespaces: Vec::new() }
+            }
+        }
+
+        impl Config {
+            /// A complete config file of the defaults, each setting with its
+            /// documentation and environment variable: `duplex genconfig`.
+            pub fn default_file() -> String {
+                let d = Config::default();
+                let mut out = String::from(DEFAULT_FILE_HEADER);
+                $(
+                    $( out.push_str("#"); out.push_str($doc); out.push('\n'); )*
+                    out.push_str(concat!("# env: ", $env, "\n"));
+                    out.push_str(&format!("{} = {}\n\n", stringify!($name), d.$name.to_toml()));
+                )*
+                out.push_str(DEFAULT_FILE_NAMESPACES);
+                out
             }
         }
 
@@ -148,6 +164,75 @@ macro_rules! settings {
             }
         }
     };
+}
+
+/// The top of `duplex genconfig`'s output.
+const DEFAULT_FILE_HEADER: &str = "\
+# Duplex configuration: every setting with its default.
+# Use with `duplex serve --config duplex.toml`; check with `--check-config`.
+# Flags and DUPLEX_* environment variables override what is here.
+
+";
+
+/// The namespaces example at the end of `duplex genconfig`'s output.
+const DEFAULT_FILE_NAMESPACES: &str = "\
+# Channel namespaces (file only), first match wins; a \"*\" pattern sets the default.
+# subscribe: anyone | authenticated | token    publish: anyone | authenticated | subscribers | nobody
+#
+# [[namespaces]]
+# pattern = \"chat:*\"
+# subscribe = \"authenticated\"
+# publish = \"subscribers\"
+";
+
+/// How a default is written in `duplex genconfig`'s file.
+trait ToToml {
+    fn to_toml(&self) -> String;
+}
+
+macro_rules! toml_as_is {
+    ($($t:ty),*) => {$(
+        impl ToToml for $t {
+            fn to_toml(&self) -> String {
+                self.to_string()
+            }
+        }
+    )*};
+}
+toml_as_is!(bool, usize, u32);
+
+macro_rules! toml_quoted {
+    ($($t:ty),*) => {$(
+        impl ToToml for $t {
+            fn to_toml(&self) -> String {
+                toml::Value::String(self.to_string()).to_string()
+            }
+        }
+    )*};
+}
+toml_quoted!(String, SocketAddr);
+
+impl ToToml for Duration {
+    fn to_toml(&self) -> String {
+        toml::Value::String(humantime::format_duration(*self).to_string()).to_string()
+    }
+}
+
+impl ToToml for Secret {
+    fn to_toml(&self) -> String {
+        // Defaults hold no secrets; never print a real one here.
+        "\"\"".to_string()
+    }
+}
+
+impl ToToml for LogFormat {
+    fn to_toml(&self) -> String {
+        match self {
+            LogFormat::Text => "\"text\"",
+            LogFormat::Json => "\"json\"",
+        }
+        .to_string()
+    }
 }
 
 /// How each setting type is read from the TOML file (durations as "25s").
@@ -494,6 +579,18 @@ mod tests {
         };
         assert!(both.resolve().unwrap().tls());
         assert!(!Config::default().tls());
+    }
+
+    #[test]
+    fn the_default_file_reads_back_as_the_defaults() {
+        let text = Config::default_file();
+        let settings: Settings = toml::from_str(&text).expect("valid TOML");
+        let config = settings.resolve().expect("valid settings");
+        assert_eq!(config.listen, Config::default().listen);
+        assert_eq!(config.ping_interval, Duration::from_secs(25));
+        assert_eq!(config.token_jwks_refresh, Duration::from_secs(300));
+        assert!(text.contains("# env: DUPLEX_MAX_MESSAGE_SIZE\nmax_message_size = 65536"));
+        assert!(text.contains("[[namespaces]]"));
     }
 
     #[test]

@@ -147,10 +147,7 @@ impl Conn {
 
     /// The user id, if the client presented a token naming one.
     pub(crate) fn user(&self) -> Option<&str> {
-        self.auth
-            .get()
-            .map(|a| &*a.user)
-            .filter(|u| !u.is_empty())
+        self.auth.get().map(|a| &*a.user).filter(|u| !u.is_empty())
     }
 
     /// When the client's token expires (Unix seconds), if it does.

@@ -173,3 +173,20 @@ async fn api_key_is_required_when_set() {
     // Health stays open for load balancers.
     assert_eq!(node.health().await, 200);
 }
+
+#[tokio::test]
+async fn the_javascript_client_is_served_by_the_node() {
+    let node = TestNode::memory().await;
+    let response = reqwest::get(node.http("/duplex.js")).await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(response.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/javascript"));
+    let body = response.text().await.unwrap();
+    assert_eq!(body, include_str!("../../../clients/js/duplex.js"));
+    assert!(
+        body.contains("export class Duplex"),
+        "an ES module exporting Duplex"
+    );
+}

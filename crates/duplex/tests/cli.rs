@@ -228,3 +228,34 @@ fn check_config_prints_the_effective_rules_without_secrets() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("'*' may only end a pattern"), "{err}");
 }
+
+#[test]
+fn genconfig_prints_a_file_that_check_config_accepts() {
+    let out = duplex().arg("genconfig").output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    for key in [
+        "listen = ",
+        "redis = ",
+        "max_message_size = 65536",
+        "ping_interval = \"25s\"",
+        "token_secret = \"\"",
+    ] {
+        assert!(text.contains(key), "{key} in genconfig");
+    }
+    let dir = std::env::temp_dir().join(format!("duplex-genconfig-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("duplex.toml");
+    std::fs::write(&file, &text).unwrap();
+    let check = duplex()
+        .args(["serve", "--check-config", "--config"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    assert!(String::from_utf8_lossy(&check.stdout).contains("config OK"));
+}

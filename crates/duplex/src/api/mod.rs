@@ -9,6 +9,7 @@
 //! - `GET  /api/info`      node id, uptime, connections, broker state, counters
 //! - `GET  /health`        200 while the broker is usable, else 503
 //! - `GET  /metrics`       Prometheus text format
+//! - `GET  /duplex.js`     the JavaScript client (`clients/js/duplex.js`), embedded
 //!
 //! With an API key configured, `/api/*` and `/metrics` need
 //! `Authorization: apikey <key>`.
@@ -49,4 +50,23 @@ pub fn routes(state: &AppState) -> Router<AppState> {
         .nest("/api", api)
         .merge(metrics)
         .route("/health", get(status::health))
+        .route("/duplex.js", get(client_js))
+}
+
+/// The JavaScript client, built into the binary so a page served anywhere
+/// can `import { Duplex } from "http://node:1234/duplex.js"` with no CDN.
+const CLIENT_JS: &str = include_str!("../../../../clients/js/duplex.js");
+
+async fn client_js() -> impl axum::response::IntoResponse {
+    (
+        [
+            (
+                axum::http::header::CONTENT_TYPE,
+                "text/javascript; charset=utf-8",
+            ),
+            (axum::http::header::CACHE_CONTROL, "public, max-age=300"),
+            (axum::http::header::ACCESS_CONTROL_ALLOW_ORIGIN, "*"),
+        ],
+        CLIENT_JS,
+    )
 }

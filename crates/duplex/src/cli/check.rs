@@ -10,16 +10,23 @@ use duplex::permissions::Permissions;
 pub(crate) fn check(config: &Config) -> anyhow::Result<()> {
     let verifier = Verifier::from_config(config)?;
     let permissions = Permissions::new(config.namespaces.clone())?;
-    println!("config OK");
+    let mut out = String::new();
+    macro_rules! say {
+        ($($arg:tt)*) => {{
+            out.push_str(&format!($($arg)*));
+            out.push('\n');
+        }};
+    }
+    say!("config OK");
     let scope = if config.listen.ip().is_loopback() {
         "loopback only"
     } else {
         "public"
     };
-    println!("listen:     {} ({scope})", config.listen);
+    say!("listen:     {} ({scope})", config.listen);
     match config.redis_url() {
-        Some(url) => println!("broker:     redis {}", redact_url(url)),
-        None => println!("broker:     memory (single node)"),
+        Some(url) => say!("broker:     redis {}", redact_url(url)),
+        None => say!("broker:     memory (single node)"),
     }
     let mut auth = Vec::new();
     if !config.token_secret.is_empty() {
@@ -32,7 +39,7 @@ pub(crate) fn check(config: &Config) -> anyhow::Result<()> {
         ));
     }
     match verifier {
-        Some(_) => println!(
+        Some(_) => say!(
             "tokens:     {}; anonymous clients {}",
             auth.join(", "),
             if config.allow_anonymous {
@@ -41,37 +48,38 @@ pub(crate) fn check(config: &Config) -> anyhow::Result<()> {
                 "refused"
             }
         ),
-        None => println!("tokens:     off (every client is anonymous)"),
+        None => say!("tokens:     off (every client is anonymous)"),
     }
     if !config.token_audience.is_empty() || !config.token_issuer.is_empty() {
-        println!(
+        say!(
             "claims:     aud = {:?}, iss = {:?}",
-            config.token_audience, config.token_issuer
+            config.token_audience,
+            config.token_issuer
         );
     }
     let keys = config.api_keys().count();
     if keys == 0 {
-        println!("http api:   open (no API key)");
+        say!("http api:   open (no API key)");
     } else {
-        println!("http api:   {keys} API key(s)");
+        say!("http api:   {keys} API key(s)");
     }
     if config.allowed_origins.is_empty() {
-        println!("origins:    same host (and loopback pages when listening on loopback)");
+        say!("origins:    same host (and loopback pages when listening on loopback)");
     } else {
-        println!("origins:    {}", config.allowed_origins);
+        say!("origins:    {}", config.allowed_origins);
     }
-    println!("namespaces (first match wins; backends may always publish):");
-    println!("  {:<24} {:<14} publish", "pattern", "subscribe");
+    say!("namespaces (first match wins; backends may always publish):");
+    say!("  {:<24} {:<14} publish", "pattern", "subscribe");
     for ns in permissions.effective() {
-        println!(
+        say!(
             "  {:<24} {:<14} {}",
             ns.pattern,
             label(&ns.subscribe),
             label(&ns.publish)
         );
     }
-    println!("  {:<24} {:<14} nobody", "#user:<id>", "that user");
-    Ok(())
+    say!("  {:<24} {:<14} nobody", "#user:<id>", "that user");
+    super::print(&out)
 }
 
 /// Hides the password of a `redis://user:password@host` URL.

@@ -1,4 +1,4 @@
-//! Command-line interface: `serve`, `publish`, `subscribe`, `token`.
+//! Command-line interface: `serve`, `publish`, `subscribe`, `token`, `genconfig`.
 //! The only place that uses `anyhow`: errors here end with a message to a person.
 
 mod check;
@@ -40,6 +40,8 @@ enum Command {
     Subscribe(poke::SubscribeArgs),
     /// Mint a connection token (HS256) from the node's secret.
     Token(token::TokenArgs),
+    /// Print a complete, commented config file of the defaults.
+    Genconfig,
 }
 
 /// Runs the command and turns errors into a message and exit code 1.
@@ -65,6 +67,7 @@ pub(crate) fn main() -> ExitCode {
             Command::Publish(args) => poke::publish(args).await,
             Command::Subscribe(args) => poke::subscribe(args).await,
             Command::Token(args) => token::token(args),
+            Command::Genconfig => print(&duplex::config::Config::default_file()),
         }
     });
     match result {
@@ -106,6 +109,15 @@ fn init_logging(format: LogFormat, level: &str) -> anyhow::Result<()> {
         LogFormat::Json => builder.json().try_init(),
     }
     .map_err(|e| anyhow::anyhow!("cannot start logging: {e}"))
+}
+
+/// Writes to stdout; a closed pipe (`duplex genconfig | head`) is not an error.
+fn print(text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    match std::io::stdout().lock().write_all(text.as_bytes()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(()),
+    }
 }
 
 /// Resolves on SIGINT (Ctrl-C) or SIGTERM.
