@@ -244,8 +244,8 @@ export class Duplex {
 
   /** Reserved until the server supports it: rejects with NOT_SUPPORTED. */
   rpc(method: string, data?: unknown): Promise<never>;
-  /** Reserved until the server supports it: rejects with NOT_SUPPORTED. */
-  send(data: unknown): Promise<never>;
+  /** Sends data up to the backends (a Redis Stream); resolves once handed over. */
+  send(data: unknown): Promise<{}>;
   /** Reserved until the server supports it: rejects with NOT_SUPPORTED. */
   presence(channel: string): Promise<never>;
   /** Reserved until the server supports it: rejects with NOT_SUPPORTED. */

@@ -585,9 +585,17 @@ export class Duplex extends Emitter {
   rpc(_method, _data) {
     return notSupported("rpc");
   }
-  /** Reserved: a one-way message to the application backend (upstream issue). */
-  send(_data) {
-    return notSupported("send");
+  /**
+   * Sends `data` up to the application's backends (a Redis Stream the
+   * workers read; see docs/UPSTREAM.md). Resolves once the node has handed
+   * it over; a node on the memory broker answers UNKNOWN_METHOD (102).
+   */
+  send(data) {
+    if (data instanceof ArrayBuffer || ArrayBuffer.isView(data)) {
+      return this._command("send", { data: toBase64(data), encoding: "base64" });
+    }
+    if (data === undefined) return Promise.reject(new TypeError("send: data is required"));
+    return this._command("send", { data });
   }
   /** Reserved for a later protocol version. */
   presence(_channel) {

@@ -357,7 +357,7 @@ impl World {
         };
         if let Some((code, _)) = closed {
             assert!(
-                matches!(request.command, Command::Publish(_)),
+                matches!(request.command, Command::Publish(_) | Command::Send(_)),
                 "only floods close"
             );
             assert!(self.rate_limited);
@@ -376,7 +376,7 @@ impl World {
             _ => panic!("a reply has exactly one of result and error: {reply:?}"),
         };
         if outcome == Err(ErrorCode::TooManyRequests.as_u32()) {
-            assert!(matches!(request.command, Command::Publish(_)) && self.rate_limited);
+            assert!(matches!(request.command, Command::Publish(_) | Command::Send(_)) && self.rate_limited);
             assert!(pushes.is_empty() && frames[other].is_empty());
             return;
         }
@@ -423,6 +423,14 @@ impl World {
             Command::Ping => {
                 self.slots[who].connected = true;
                 Ok(())
+            }
+            // The memory broker has no upstream: bad data first, then 102.
+            Command::Send(params) => {
+                self.slots[who].connected = true;
+                match bytes_from_json(&params.data, params.encoding) {
+                    Err(_) => Err(ErrorCode::BadRequest),
+                    Ok(_) => Err(ErrorCode::UnknownMethod),
+                }
             }
             // No token auth on this node: there is nothing to refresh.
             Command::Refresh(_) => {

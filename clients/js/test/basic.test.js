@@ -99,9 +99,15 @@ test("server errors reject with DuplexError", async () => {
   assert.equal(c.getSubscription("bad name"), null);
 });
 
-test("rpc, send, presence and history are stubs until the server supports them", async () => {
+test("send reaches the server: a node on the memory broker answers 102", async () => {
   const c = client();
-  for (const p of [c.rpc("m", {}), c.send({}), c.presence("x"), c.history("x")]) {
+  c.connect();
+  await assert.rejects(c.send({ order: 1 }), (e) => e.code === ErrorCode.UNKNOWN_METHOD && /--redis/.test(e.message));
+});
+
+test("rpc, presence and history are stubs until the server supports them", async () => {
+  const c = client();
+  for (const p of [c.rpc("m", {}), c.presence("x"), c.history("x")]) {
     await assert.rejects(p, (e) => e.code === ErrorCode.NOT_SUPPORTED && /not supported/.test(e.message));
   }
 });

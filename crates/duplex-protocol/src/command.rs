@@ -42,6 +42,18 @@ pub enum Command {
     Ping,
     /// Presents a fresh connection token before the current one expires.
     Refresh(RefreshParams),
+    /// Sends a message up to the backends (fire and forget; acknowledged once handed over).
+    Send(SendParams),
+}
+
+/// Parameters of `send`.
+#[derive(Debug, Deserialize)]
+pub struct SendParams {
+    /// Message data; see [`crate::payload`] for how it becomes bytes.
+    pub data: Box<RawValue>,
+    /// How `data` is to be read.
+    #[serde(default)]
+    pub encoding: Encoding,
 }
 
 /// Parameters of `refresh`.
@@ -189,6 +201,7 @@ pub fn decode(frame: &[u8]) -> Result<Request, CommandError> {
         "publish" => Command::Publish(parse_params(id, "publish", params)?),
         "ping" => Command::Ping,
         "refresh" => Command::Refresh(parse_params(id, "refresh", params)?),
+        "send" => Command::Send(parse_params(id, "send", params)?),
         other => {
             let shown: String = other.chars().take(64).collect();
             return Err(CommandError::new(

@@ -272,6 +272,10 @@ settings! {
     redis_timeout: Duration = Duration::from_secs(5), "DUPLEX_REDIS_TIMEOUT", humantime::parse_duration;
     /// Interval of the health PING on the Redis subscriber connection [default: 5s].
     redis_health_interval: Duration = Duration::from_secs(5), "DUPLEX_REDIS_HEALTH_INTERVAL", humantime::parse_duration;
+    /// Redis Stream that client `send` messages are appended to, for backend workers [default: duplex:upstream].
+    upstream_stream: String = "duplex:upstream".to_string(), "DUPLEX_UPSTREAM_STREAM";
+    /// Approximate cap on the upstream stream's length (`XADD MAXLEN ~`) [default: 100000].
+    upstream_maxlen: usize = 100_000, "DUPLEX_UPSTREAM_MAXLEN";
     /// Longest wait between Redis reconnect attempts [default: 2s].
     redis_max_backoff: Duration = Duration::from_secs(2), "DUPLEX_REDIS_MAX_BACKOFF", humantime::parse_duration;
     /// Node id shown in APIs and connection ids [default: random].

@@ -25,7 +25,7 @@ use serde::Serialize;
 use crate::auth::Verifier;
 use crate::broker::memory::MemoryBroker;
 use crate::broker::redis::{RedisBroker, RedisSettings};
-use crate::broker::{Broker, BrokerError, BrokerHandler, BrokerState, BrokerStatus};
+use crate::broker::{Broker, BrokerError, BrokerHandler, BrokerState, BrokerStatus, Upstream};
 use crate::config::Config;
 use crate::conn::Conn;
 use crate::control::{Order, Target, CONN_CHANNEL_PREFIX, CONTROL_CHANNEL};
@@ -190,6 +190,7 @@ impl Node {
                     timeout: config.redis_timeout,
                     health_interval: config.redis_health_interval,
                     max_backoff: config.redis_max_backoff,
+                    upstream_maxlen: config.upstream_maxlen,
                 },
                 handler,
             )?),
@@ -228,6 +229,49 @@ impl Node {
         let channel = ChannelName::parse(CONTROL_CHANNEL, usize::MAX)
             .map_err(|e| BrokerError::Unavailable(e.to_string()))?;
         self.inner.broker.subscribe(channel).await
+    }
+
+    /// Hands a client's `send` to the backends (Redis: the upstream stream),
+    /// with who sent it; the entry's fields are documented in docs/UPSTREAM.md.
+    pub(crate) async fn send_upstream(
+        &self,
+        conn: &Conn,
+        payload: Bytes,
+        kind: MessageKind,
+    ) -> Result<(), BrokerError> {
+        let millis = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis())
+            .unwrap_or(0);
+        let kind = match kind {
+            MessageKind::Text => "text",
+            MessageKind::Binary => "binary",
+        };
+        let fields = vec![
+            ("kind", Bytes::from_static(b"send")),
+            ("data", payload),
+            ("encoding", Bytes::from_static(kind.as_bytes())),
+            ("connection", Bytes::copy_from_slice(conn.id.as_bytes())),
+            (
+                "user",
+                Bytes::copy_from_slice(conn.user().unwrap_or("").as_bytes()),
+            ),
+            ("node", Bytes::copy_from_slice(self.inner.id.as_bytes())),
+            ("ts", Bytes::from(millis.to_string())),
+        ];
+        let result = self
+            .inner
+            .broker
+            .append_upstream(Upstream {
+                stream: self.inner.config.upstream_stream.clone(),
+                fields,
+            })
+            .await;
+        match &result {
+            Ok(()) => Stats::bump(&self.inner.stats.upstream_messages),
+            Err(_) => Stats::bump(&self.inner.stats.upstream_failures),
+        }
+        result
     }
 
     /// Publishes an order for every node (this one included).

@@ -59,6 +59,10 @@ pub struct Stats {
     pub connections_refused: AtomicU64,
     /// Connections closed by a `disconnect` order (HTTP API or `#control`).
     pub api_disconnects: AtomicU64,
+    /// Client `send` messages handed to the backends.
+    pub upstream_messages: AtomicU64,
+    /// Client `send` messages the broker refused (the client was told).
+    pub upstream_failures: AtomicU64,
 }
 
 /// A consistent-enough copy of the counters for JSON output.
@@ -94,6 +98,10 @@ pub struct StatsSnapshot {
     pub connections_refused: u64,
     /// See [`Stats::api_disconnects`].
     pub api_disconnects: u64,
+    /// See [`Stats::upstream_messages`].
+    pub upstream_messages: u64,
+    /// See [`Stats::upstream_failures`].
+    pub upstream_failures: u64,
 }
 
 /// Why a connection ended, as a metrics label.
@@ -180,6 +188,8 @@ impl Stats {
             token_expirations: self.token_expirations.load(Relaxed),
             connections_refused: self.connections_refused.load(Relaxed),
             api_disconnects: self.api_disconnects.load(Relaxed),
+            upstream_messages: self.upstream_messages.load(Relaxed),
+            upstream_failures: self.upstream_failures.load(Relaxed),
         }
     }
 }

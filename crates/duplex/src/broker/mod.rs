@@ -12,6 +12,7 @@
 
 use std::time::SystemTime;
 
+use bytes::Bytes;
 use duplex_protocol::channel::ChannelName;
 use futures_util::future::BoxFuture;
 use serde::Serialize;
@@ -42,6 +43,18 @@ pub enum BrokerError {
     /// The broker is shut down.
     #[error("broker is closed")]
     Closed,
+    /// This broker cannot do that (e.g. upstream messages on the memory broker).
+    #[error("{0}")]
+    Unsupported(&'static str),
+}
+
+/// One message from a client up to the backends: the fields of a stream entry.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    /// Stream (key) to append to.
+    pub stream: String,
+    /// Field-value pairs, in order.
+    pub fields: Vec<(&'static str, Bytes)>,
 }
 
 /// Connection state shown by `/health` and `/api/info`.
@@ -100,4 +113,13 @@ pub trait Broker: Send + Sync + 'static {
     fn state(&self) -> BrokerState;
     /// Leaves the broker cleanly (unsubscribe, close connections).
     fn close(&self) -> BoxFuture<'_, ()>;
+    /// Hands a client's message to the backends (Redis: `XADD` to a stream
+    /// that workers read with consumer groups).
+    fn append_upstream(&self, _message: Upstream) -> BoxFuture<'_, Result<(), BrokerError>> {
+        Box::pin(async {
+            Err(BrokerError::Unsupported(
+                "upstream messages need the Redis broker (--redis)",
+            ))
+        })
+    }
 }

@@ -29,7 +29,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::echo::EchoFilter;
-use super::{unix_now, Broker, BrokerError, BrokerHandler, BrokerState, BrokerStatus};
+use super::{unix_now, Broker, BrokerError, BrokerHandler, BrokerState, BrokerStatus, Upstream};
 use crate::message::Publication;
 
 /// Most subscription changes sent in one SUBSCRIBE/UNSUBSCRIBE command.
@@ -48,6 +48,8 @@ pub struct RedisSettings {
     pub health_interval: Duration,
     /// Longest pause between reconnect attempts.
     pub max_backoff: Duration,
+    /// Approximate length cap of upstream streams (`XADD MAXLEN ~`).
+    pub upstream_maxlen: usize,
 }
 
 struct Op {
@@ -156,6 +158,35 @@ impl RedisBroker {
         result
     }
 
+    /// `XADD <prefix><stream> MAXLEN ~ <max> * field value ...` on the
+    /// publish connection, bounded by the Redis timeout like a publish.
+    async fn do_append(&self, message: Upstream) -> Result<(), BrokerError> {
+        let timeout = self.shared.settings.timeout;
+        let mut conn = self.publisher().await?;
+        let mut cmd = redis::cmd("XADD");
+        cmd.arg(format!("{}{}", self.shared.settings.prefix, message.stream))
+            .arg("MAXLEN")
+            .arg("~")
+            .arg(self.shared.settings.upstream_maxlen)
+            .arg("*");
+        for (field, value) in &message.fields {
+            cmd.arg(*field).arg(value.as_ref());
+        }
+        match tokio::time::timeout(timeout, cmd.query_async::<String>(&mut conn)).await {
+            Ok(Ok(_id)) => Ok(()),
+            Ok(Err(e)) => {
+                if e.is_io_error() || e.is_connection_dropped() || e.is_timeout() {
+                    *self.publisher.lock() = None;
+                }
+                Err(BrokerError::Unavailable(e.to_string()))
+            }
+            Err(_) => {
+                *self.publisher.lock() = None;
+                Err(BrokerError::Timeout(timeout))
+            }
+        }
+    }
+
     async fn publish_bytes(&self, key: &str, payload: &Bytes) -> Result<(), BrokerError> {
         let timeout = self.shared.settings.timeout;
         let mut conn = self.publisher().await?;
@@ -215,6 +246,10 @@ impl Broker for RedisBroker {
 
     fn state(&self) -> BrokerState {
         self.shared.state.lock().clone()
+    }
+
+    fn append_upstream(&self, message: Upstream) -> BoxFuture<'_, Result<(), BrokerError>> {
+        self.do_append(message).boxed()
     }
 
     fn close(&self) -> BoxFuture<'_, ()> {

@@ -116,10 +116,10 @@ impl NativeSession {
         Flow::Continue
     }
 
-    /// Only publishes count against the rate limit.
+    /// Publishes and upstream sends count against the rate limit.
     fn rate_verdict(&mut self, command: &Command) -> Verdict {
         match command {
-            Command::Publish(_) => self.publish_rate.check(),
+            Command::Publish(_) | Command::Send(_) => self.publish_rate.check(),
             _ => Verdict::Allow,
         }
     }
@@ -147,6 +147,14 @@ impl NativeSession {
             Command::Unsubscribe(p) => self.unsubscribe(node, conn, id, p.into_names().0).await,
             Command::Publish(p) => self.publish(node, conn, id, p).await,
             Command::Refresh(p) => self.refresh(node, conn, id, p),
+            Command::Send(p) => {
+                let (payload, kind) = bytes_from_json(&p.data, p.encoding)
+                    .map_err(|e| Refusal::Error(ErrorCode::BadRequest, e.to_string()))?;
+                node.send_upstream(conn, payload, kind)
+                    .await
+                    .map_err(broker_error)?;
+                Ok(push::reply(id, &Empty {}))
+            }
             Command::Ping => Ok(push::reply(id, &Empty {})),
             _ => Err(Refusal::Error(
                 ErrorCode::UnknownMethod,
@@ -445,6 +453,7 @@ fn authenticate(node: &Node, conn: &Conn, token: Option<&str>) -> Result<Identit
 fn broker_error(e: BrokerError) -> (ErrorCode, String) {
     match e {
         BrokerError::Timeout(_) => (ErrorCode::Timeout, e.to_string()),
+        BrokerError::Unsupported(_) => (ErrorCode::UnknownMethod, e.to_string()),
         _ => (ErrorCode::BrokerUnavailable, e.to_string()),
     }
 }

@@ -1,0 +1,148 @@
+//! Client messages up to the backends: `send` appends to a Redis Stream that
+//! workers in any language read with consumer groups.
+
+mod support;
+
+use std::collections::HashMap;
+
+use duplex::auth::unix_now;
+use duplex::config::Settings;
+use serde_json::json;
+use support::client::Client;
+use support::node::{settings, TestNode};
+use support::redis_server::RedisServer;
+
+type Entry = (String, HashMap<String, String>);
+
+/// `XREADGROUP GROUP workers <consumer> COUNT 100 STREAMS duplex:upstream >`.
+async fn read_as_worker(redis: &RedisServer, consumer: &str) -> Vec<Entry> {
+    let mut conn = redis.connection().await;
+    let reply: redis::Value = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg("workers")
+        .arg(consumer)
+        .arg("COUNT")
+        .arg(100)
+        .arg("STREAMS")
+        .arg("duplex:upstream")
+        .arg(">")
+        .query_async(&mut conn)
+        .await
+        .expect("XREADGROUP");
+    entries(&reply)
+}
+
+fn text(v: &redis::Value) -> String {
+    match v {
+        redis::Value::BulkString(b) => String::from_utf8_lossy(b).to_string(),
+        redis::Value::SimpleString(s) => s.clone(),
+        other => panic!("not text: {other:?}"),
+    }
+}
+
+fn items(v: &redis::Value) -> Vec<&redis::Value> {
+    match v {
+        redis::Value::Array(items) => items.iter().collect(),
+        redis::Value::Map(pairs) => pairs.iter().flat_map(|(k, v)| [k, v]).collect(),
+        redis::Value::Nil => Vec::new(),
+        other => panic!("not a list: {other:?}"),
+    }
+}
+
+/// Entries of an XREADGROUP reply: [[stream, [[id, [field, value, ...]], ...]], ...].
+fn entries(reply: &redis::Value) -> Vec<Entry> {
+    let mut out = Vec::new();
+    let streams = items(reply);
+    for stream in streams.chunks(1) {
+        let parts = items(stream[0]);
+        for entry in items(parts[1]) {
+            let entry = items(entry);
+            let fields = items(entry[1])
+                .chunks(2)
+                .map(|kv| (text(kv[0]), text(kv[1])))
+                .collect();
+            out.push((text(entry[0]), fields));
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn sends_reach_a_worker_through_a_consumer_group() {
+    let mut redis = RedisServer::start();
+    let mut admin = redis.connection().await;
+    let _: () = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg("duplex:upstream")
+        .arg("workers")
+        .arg("$")
+        .arg("MKSTREAM")
+        .query_async(&mut admin)
+        .await
+        .expect("XGROUP CREATE");
+    let node = TestNode::start(Settings {
+        redis: Some(redis.url()),
+        token_secret: Some("upstream-secret".into()),
+        ..settings()
+    })
+    .await;
+    support::eventually("node on redis", || async { node.health().await == 200 }).await;
+    let token = jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &json!({"sub": "7", "exp": unix_now() + 600}),
+        &jsonwebtoken::EncodingKey::from_secret(b"upstream-secret"),
+    )
+    .expect("sign");
+    let mut client = Client::connect(&node.ws("/ws")).await;
+    let connected = client.command("connect", json!({"token": token})).await;
+    let conn_id = connected["result"]["client"].as_str().unwrap().to_string();
+    let node_id = connected["result"]["node"].as_str().unwrap().to_string();
+
+    let reply = client.command("send", json!({"data": {"order": 1}})).await;
+    assert_eq!(reply["result"], json!({}), "{reply}");
+    let reply = client
+        .command("send", json!({"data": "AAEC", "encoding": "base64"}))
+        .await;
+    assert_eq!(reply["result"], json!({}), "{reply}");
+
+    let entries = read_as_worker(&redis, "w1").await;
+    assert_eq!(entries.len(), 2, "{entries:?}");
+    let first = &entries[0].1;
+    assert_eq!(first["kind"], "send");
+    assert_eq!(first["data"], r#"{"order":1}"#);
+    assert_eq!(first["encoding"], "text");
+    assert_eq!(first["connection"], conn_id);
+    assert_eq!(first["user"], "7");
+    assert_eq!(first["node"], node_id);
+    let ts: u128 = first["ts"].parse().expect("ms timestamp");
+    assert!(ts > 1_700_000_000_000);
+    assert_eq!(entries[1].1["encoding"], "binary");
+    // Read once per group: a second worker gets nothing new.
+    assert!(read_as_worker(&redis, "w2").await.is_empty());
+    assert_eq!(node.info().await["stats"]["upstream_messages"], 2);
+
+    // Redis down: the client is told (temporary), nothing hangs.
+    redis.kill();
+    let reply = client.command("send", json!({"data": "lost"})).await;
+    assert_eq!(reply["error"]["code"], 107, "{reply}");
+    assert_eq!(reply["error"]["temporary"], true);
+}
+
+#[tokio::test]
+async fn the_memory_broker_says_sends_need_redis() {
+    let node = TestNode::memory().await;
+    let mut client = Client::connect(&node.ws("/ws")).await;
+    let reply = client.command("send", json!({"data": 1})).await;
+    assert_eq!(reply["error"]["code"], 102, "{reply}");
+    assert!(
+        reply["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("--redis"),
+        "{reply}"
+    );
+    let reply = client
+        .command("send", json!({"data": "!!", "encoding": "base64"}))
+        .await;
+    assert_eq!(reply["error"]["code"], 101, "{reply}");
+}
