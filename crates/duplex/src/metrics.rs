@@ -237,6 +237,15 @@ impl Collector for NodeCollector {
                 ("disconnect_order", load(&s.api_disconnects)),
             ],
         )?;
+        labelled(
+            &mut e,
+            ("upstream_messages", "Client send messages up to the backends, by outcome", MetricType::Counter),
+            "outcome",
+            &[
+                ("appended", load(&s.upstream_messages)),
+                ("refused", load(&s.upstream_failures)),
+            ],
+        )?;
         counter(
             &mut e,
             "handshake_timeouts",
