@@ -239,7 +239,11 @@ impl Collector for NodeCollector {
         )?;
         labelled(
             &mut e,
-            ("upstream_messages", "Client send messages up to the backends, by outcome", MetricType::Counter),
+            (
+                "upstream_messages",
+                "Client send messages up to the backends, by outcome",
+                MetricType::Counter,
+            ),
             "outcome",
             &[
                 ("appended", load(&s.upstream_messages)),
