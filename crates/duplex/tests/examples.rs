@@ -1,6 +1,8 @@
-//! The backend examples in `examples/auth/` (Python and PHP, standard
-//! libraries only) mint tokens a node accepts and publish to one user.
-//! `scripts/test.sh` installs php-cli when it is missing.
+//! The examples run against a real node: `examples/auth/` (Python and PHP,
+//! standard libraries only) mint tokens a node accepts and publish to one
+//! user; `examples/publish/` publishes from a shell (curl, redis-cli) and
+//! from Node.js (fetch). `scripts/test.sh` installs php-cli and nodejs when
+//! they are missing.
 
 mod support;
 
@@ -15,16 +17,17 @@ const API_KEY: &str = "examples-api-key";
 /// Runs the example without blocking the runtime: the node under test is
 /// served by the same (single) test thread.
 async fn run(interpreter: &str, script: &str, node: &TestNode, args: &[&str]) -> String {
-    let path = format!(
-        "{}/../../examples/auth/{script}",
-        env!("CARGO_MANIFEST_DIR")
-    );
+    let path = format!("{}/../../examples/{script}", env!("CARGO_MANIFEST_DIR"));
     let out = tokio::process::Command::new(interpreter)
         .arg(&path)
         .args(args)
         .env("DUPLEX_TOKEN_SECRET", SECRET)
         .env("DUPLEX_API_KEY", API_KEY)
         .env("DUPLEX_NODE", node.http(""))
+        .env(
+            "REDIS_URL",
+            std::env::var("EXAMPLE_REDIS_URL").unwrap_or_default(),
+        )
         .output()
         .await
         .unwrap_or_else(|e| panic!("cannot run {interpreter} (scripts/test.sh installs it): {e}"));
@@ -49,7 +52,7 @@ async fn python_and_php_backends_mint_tokens_and_reach_their_user() {
         ..settings()
     })
     .await;
-    for (interpreter, script) in [("python3", "backend.py"), ("php", "backend.php")] {
+    for (interpreter, script) in [("python3", "auth/backend.py"), ("php", "auth/backend.php")] {
         let user = format!("user-{interpreter}");
         let token = run(interpreter, script, &node, &["token", &user]).await;
         let mut client = Client::connect(&node.ws("/ws")).await;
@@ -81,4 +84,46 @@ async fn python_and_php_backends_mint_tokens_and_reach_their_user() {
             "{script}"
         );
     }
+}
+
+#[tokio::test]
+async fn shell_and_node_publish_examples_reach_subscribers() {
+    let redis = support::redis_server::RedisServer::start();
+    let node = TestNode::redis(&redis.url()).await;
+    let mut plain = Client::connect(&node.ws("/?channel=news")).await;
+    let mut native = Client::connect(&node.ws("/ws")).await;
+    native.subscribe(&["news"]).await;
+
+    let path = format!(
+        "{}/../../examples/publish/publish.sh",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let out = tokio::process::Command::new("sh")
+        .arg(&path)
+        .args(["news", "hello"])
+        .env("DUPLEX_NODE", node.http(""))
+        .env("REDIS_URL", redis.url())
+        .output()
+        .await
+        .expect("sh");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(plain.next_text().await, "hello (via HTTP)");
+    assert_eq!(plain.next_text().await, "hello (via Redis)");
+    assert_eq!(native.next_push().await.1, json!("hello (via HTTP)"));
+    assert_eq!(native.next_push().await.1, json!("hello (via Redis)"));
+
+    let answer = run(
+        "node",
+        "publish/publish.mjs",
+        &node,
+        &["news", r#"{"from":"node"}"#],
+    )
+    .await;
+    assert!(answer.starts_with("200"), "{answer}");
+    assert_eq!(plain.next_text().await, r#"{"from":"node"}"#);
+    assert_eq!(native.next_push().await.1, json!({"from": "node"}));
 }
