@@ -89,6 +89,7 @@ impl Collector for NodeCollector {
     fn encode(&self, mut e: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let node = &self.node;
         let s = node.stats();
+        let info = node.info();
         let load = |a: &std::sync::atomic::AtomicU64| a.load(Relaxed);
         let gauge_of = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
 
@@ -110,9 +111,9 @@ impl Collector for NodeCollector {
             &mut e,
             "channels",
             "Channels with at least one local subscriber",
-            gauge_of(node.info().channels as u64),
+            gauge_of(info.channels as u64),
         )?;
-        let broker = node.broker_state();
+        let broker = &info.broker;
         gauge(
             &mut e,
             "broker_up",
@@ -126,13 +127,20 @@ impl Collector for NodeCollector {
             None,
             broker.reconnects,
         )?;
-        counter(
-            &mut e,
-            "connects",
-            "Connections accepted",
-            None,
-            load(&s.connects),
-        )?;
+        // Plain counters, one series each.
+        let plain: [(&str, &str, &std::sync::atomic::AtomicU64); 8] = [
+            ("connects", "Connections accepted", &s.connects),
+            ("connections_refused", "Connections refused by node, address, user or handshake-rate limits", &s.connections_refused),
+            ("client_messages", "Messages received from clients", &s.client_messages),
+            ("publish_failures", "Publishes the broker refused (the publisher was told)", &s.publish_failures),
+            ("broker_messages", "Publications received from the broker for local delivery (any publisher, Redis PUBLISH included)", &s.messages_received),
+            ("deliveries", "Frames queued to clients, one per subscriber per message", &s.deliveries),
+            ("handshake_timeouts", "HTTP connections closed for not sending request headers (or a TLS handshake) in time", &s.handshake_timeouts),
+            ("auth_denials", "Tokens refused and commands denied by permissions", &s.auth_denials),
+        ];
+        for (name, help, value) in plain {
+            counter(&mut e, name, help, None, load(value))?;
+        }
         let reasons: Vec<(&str, u64)> = Disconnect::ALL
             .iter()
             .zip(s.disconnects.iter())
@@ -147,20 +155,6 @@ impl Collector for NodeCollector {
             ),
             "reason",
             &reasons,
-        )?;
-        counter(
-            &mut e,
-            "connections_refused",
-            "Connections refused by node, address, user or handshake-rate limits",
-            None,
-            load(&s.connections_refused),
-        )?;
-        counter(
-            &mut e,
-            "client_messages",
-            "Messages received from clients",
-            None,
-            load(&s.client_messages),
         )?;
         counter(
             &mut e,
@@ -181,27 +175,6 @@ impl Collector for NodeCollector {
                 ("client", load(&s.client_publishes)),
                 ("http", load(&s.http_publishes)),
             ],
-        )?;
-        counter(
-            &mut e,
-            "publish_failures",
-            "Publishes the broker refused (the publisher was told)",
-            None,
-            load(&s.publish_failures),
-        )?;
-        counter(
-            &mut e,
-            "broker_messages",
-            "Publications received from the broker for local delivery (any publisher, Redis PUBLISH included)",
-            None,
-            load(&s.messages_received),
-        )?;
-        counter(
-            &mut e,
-            "deliveries",
-            "Frames queued to clients, one per subscriber per message",
-            None,
-            load(&s.deliveries),
         )?;
         counter(
             &mut e,
@@ -250,25 +223,11 @@ impl Collector for NodeCollector {
                 ("refused", load(&s.upstream_failures)),
             ],
         )?;
-        counter(
-            &mut e,
-            "handshake_timeouts",
-            "HTTP connections closed for not sending request headers (or a TLS handshake) in time",
-            None,
-            load(&s.handshake_timeouts),
-        )?;
-        counter(
-            &mut e,
-            "auth_denials",
-            "Tokens refused and commands denied by permissions",
-            None,
-            load(&s.auth_denials),
-        )?;
         gauge(
             &mut e,
             "uptime_seconds",
             "Seconds since the node started",
-            gauge_of(node.info().uptime_seconds),
+            gauge_of(info.uptime_seconds),
         )?;
         Ok(())
     }

@@ -83,6 +83,9 @@ pub enum Denied {
     /// Clients may not publish here at all.
     #[error("permission denied: clients cannot publish here")]
     Forbidden,
+    /// A server channel (`#...`) that is not the client's own.
+    #[error("permission denied")]
+    Reserved,
 }
 
 /// All namespaces, in config order (first match wins), and the default rules.

@@ -21,6 +21,7 @@ use crate::auth::TokenError;
 use crate::conn::Conn;
 use crate::limits::UserSlot;
 use crate::node::Node;
+use crate::permissions::{Asker, Denied};
 use crate::stats::Stats;
 
 /// Channels a backend uses to reach every connection of one user, on every node.
@@ -65,6 +66,29 @@ impl Authenticated {
             })
         })
     }
+}
+
+/// The one subscribe rule of both modes: a reserved channel only when it is
+/// the client's own `#user:<id>`, any other by its namespace.
+pub(crate) fn subscribe_rule(
+    node: &Node,
+    channel: &ChannelName,
+    user: &str,
+    has_channel_token: bool,
+) -> Result<(), Denied> {
+    if channel.is_reserved() {
+        return if is_own_user_channel(channel, Some(user)) {
+            Ok(())
+        } else {
+            Err(Denied::Reserved)
+        };
+    }
+    let asker = Asker {
+        user,
+        has_channel_token,
+        subscribed: false,
+    };
+    node.permissions().can_subscribe(channel.as_str(), asker)
 }
 
 /// The user id of a session's client; empty when anonymous.

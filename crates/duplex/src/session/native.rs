@@ -316,9 +316,6 @@ impl NativeSession {
         channel: &ChannelName,
         token: Option<&str>,
     ) -> Result<(), Refusal> {
-        if channel.is_reserved() {
-            return Ok(()); // parse_channel let only the user's own through
-        }
         let user = user_of(&self.auth);
         let has_channel_token = match token {
             None => false,
@@ -337,13 +334,7 @@ impl NativeSession {
                 }
             },
         };
-        let asker = Asker {
-            user,
-            has_channel_token,
-            subscribed: false,
-        };
-        node.permissions()
-            .can_subscribe(channel.as_str(), asker)
+        super::subscribe_rule(node, channel, user, has_channel_token)
             .map_err(|denied| deny(node, conn, channel, denied))
     }
 

@@ -19,11 +19,10 @@ use super::stream::Stream;
 use crate::auth::TokenError;
 use crate::hub::Wire;
 use crate::node::{Node, Refused};
-use crate::permissions::Asker;
 use crate::server::AppState;
 use crate::session::native::NativeSession;
 use crate::session::plain::PlainSession;
-use crate::session::{self, is_own_user_channel, Authenticated, Identity, Session};
+use crate::session::{self, Authenticated, Identity, Session};
 use crate::stats::Stats;
 
 /// `GET /`: plain mode (the classic demo).
@@ -96,24 +95,10 @@ fn plain_channels(
 /// The namespace rule for a plain client's channel. Plain clients cannot
 /// present subscription tokens: private channels are for `/ws`.
 fn may_subscribe(node: &Node, channel: &ChannelName, identity: &Identity) -> Result<(), String> {
-    let allowed = if channel.is_reserved() {
-        is_own_user_channel(channel, Some(&identity.user))
-    } else {
-        let asker = Asker {
-            user: &identity.user,
-            has_channel_token: false,
-            subscribed: false,
-        };
-        node.permissions()
-            .can_subscribe(channel.as_str(), asker)
-            .is_ok()
-    };
-    if allowed {
-        Ok(())
-    } else {
+    session::subscribe_rule(node, channel, &identity.user, false).map_err(|_| {
         Stats::bump(&node.stats().auth_denials);
-        Err(format!("channel {channel:?}: permission denied"))
-    }
+        format!("channel {channel:?}: permission denied")
+    })
 }
 
 /// The token a plain client presents: `?token=`, or a `Sec-WebSocket-Protocol`
