@@ -5,6 +5,8 @@
 //! fall through to the next layer. [`Settings::resolve`] applies the defaults
 //! and checks the result, producing the [`Config`] the node runs with.
 
+mod default_file;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -13,6 +15,7 @@ use clap::Args;
 use serde::Deserialize;
 
 use crate::permissions::{Namespace, Permissions};
+use default_file::{ToToml, DEFAULT_FILE_HEADER, DEFAULT_FILE_NAMESPACES};
 
 /// Why the settings cannot run a node; shown to the operator as is.
 #[derive(Debug, thiserror::Error)]
@@ -164,75 +167,6 @@ macro_rules! settings {
             }
         }
     };
-}
-
-/// The top of `duplex genconfig`'s output.
-const DEFAULT_FILE_HEADER: &str = "\
-# Duplex configuration: every setting with its default.
-# Use with `duplex serve --config duplex.toml`; check with `--check-config`.
-# Flags and DUPLEX_* environment variables override what is here.
-
-";
-
-/// The namespaces example at the end of `duplex genconfig`'s output.
-const DEFAULT_FILE_NAMESPACES: &str = "\
-# Channel namespaces (file only), first match wins; a \"*\" pattern sets the default.
-# subscribe: anyone | authenticated | token    publish: anyone | authenticated | subscribers | nobody
-#
-# [[namespaces]]
-# pattern = \"chat:*\"
-# subscribe = \"authenticated\"
-# publish = \"subscribers\"
-";
-
-/// How a default is written in `duplex genconfig`'s file.
-trait ToToml {
-    fn to_toml(&self) -> String;
-}
-
-macro_rules! toml_as_is {
-    ($($t:ty),*) => {$(
-        impl ToToml for $t {
-            fn to_toml(&self) -> String {
-                self.to_string()
-            }
-        }
-    )*};
-}
-toml_as_is!(bool, usize, u32);
-
-macro_rules! toml_quoted {
-    ($($t:ty),*) => {$(
-        impl ToToml for $t {
-            fn to_toml(&self) -> String {
-                toml::Value::String(self.to_string()).to_string()
-            }
-        }
-    )*};
-}
-toml_quoted!(String, SocketAddr);
-
-impl ToToml for Duration {
-    fn to_toml(&self) -> String {
-        toml::Value::String(humantime::format_duration(*self).to_string()).to_string()
-    }
-}
-
-impl ToToml for Secret {
-    fn to_toml(&self) -> String {
-        // Defaults hold no secrets; never print a real one here.
-        "\"\"".to_string()
-    }
-}
-
-impl ToToml for LogFormat {
-    fn to_toml(&self) -> String {
-        match self {
-            LogFormat::Text => "\"text\"",
-            LogFormat::Json => "\"json\"",
-        }
-        .to_string()
-    }
 }
 
 /// How each setting type is read from the TOML file (durations as "25s").

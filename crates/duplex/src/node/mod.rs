@@ -8,6 +8,8 @@
 //! per channel so a concurrent first-subscribe and last-unsubscribe cannot
 //! leave the broker out of step with the hub.
 
+mod backends;
+
 use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::net::{IpAddr, SocketAddr};
@@ -17,7 +19,6 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use duplex_protocol::channel::ChannelName;
-use duplex_protocol::ws::MessageKind;
 use futures_util::future::{BoxFuture, FutureExt};
 use parking_lot::Mutex;
 use serde::Serialize;
@@ -25,11 +26,10 @@ use serde::Serialize;
 use crate::auth::Verifier;
 use crate::broker::memory::MemoryBroker;
 use crate::broker::redis::{RedisBroker, RedisSettings};
-use crate::broker::{Broker, BrokerError, BrokerHandler, BrokerState, BrokerStatus, Upstream};
+use crate::broker::{Broker, BrokerError, BrokerHandler, BrokerState, BrokerStatus};
 use crate::config::Config;
 use crate::conn::Conn;
-use crate::control::{Order, Target, CONN_CHANNEL_PREFIX, CONTROL_CHANNEL};
-use crate::hub::{native_frame, plain_frame};
+use crate::control::CONTROL_CHANNEL;
 use crate::hub::{Hub, Wire};
 use crate::limits::{HandshakeLimit, UserLimit, UserSlot};
 use crate::message::Publication;
@@ -222,167 +222,6 @@ impl Node {
         };
         let _ = deliver.node.set(Arc::downgrade(&node.inner));
         Ok(node)
-    }
-
-    /// Starts listening for orders on `#control` (once, at start).
-    pub async fn listen_for_orders(&self) -> Result<(), BrokerError> {
-        let channel = ChannelName::parse(CONTROL_CHANNEL, usize::MAX)
-            .map_err(|e| BrokerError::Unavailable(e.to_string()))?;
-        self.inner.broker.subscribe(channel).await
-    }
-
-    /// Hands a client's `send` to the backends (Redis: the upstream stream),
-    /// with who sent it; the entry's fields are documented in docs/UPSTREAM.md.
-    pub(crate) async fn send_upstream(
-        &self,
-        conn: &Conn,
-        payload: Bytes,
-        kind: MessageKind,
-    ) -> Result<(), BrokerError> {
-        let millis = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis())
-            .unwrap_or(0);
-        let kind = match kind {
-            MessageKind::Text => "text",
-            MessageKind::Binary => "binary",
-        };
-        let fields = vec![
-            ("kind", Bytes::from_static(b"send")),
-            ("data", payload),
-            ("encoding", Bytes::from_static(kind.as_bytes())),
-            ("connection", Bytes::copy_from_slice(conn.id.as_bytes())),
-            (
-                "user",
-                Bytes::copy_from_slice(conn.user().unwrap_or("").as_bytes()),
-            ),
-            ("node", Bytes::copy_from_slice(self.inner.id.as_bytes())),
-            ("ts", Bytes::from(millis.to_string())),
-        ];
-        let result = self
-            .inner
-            .broker
-            .append_upstream(Upstream {
-                stream: self.inner.config.upstream_stream.clone(),
-                fields,
-            })
-            .await;
-        match &result {
-            Ok(()) => Stats::bump(&self.inner.stats.upstream_messages),
-            Err(_) => Stats::bump(&self.inner.stats.upstream_failures),
-        }
-        result
-    }
-
-    /// Publishes an order for every node (this one included).
-    pub async fn publish_order(&self, order: &Order) -> Result<(), BrokerError> {
-        let channel = ChannelName::parse(CONTROL_CHANNEL, usize::MAX)
-            .map_err(|e| BrokerError::Unavailable(e.to_string()))?;
-        let payload =
-            serde_json::to_vec(order).map_err(|e| BrokerError::Unavailable(e.to_string()))?;
-        self.inner
-            .broker
-            .publish(Publication {
-                channel,
-                payload: payload.into(),
-                kind: MessageKind::Text,
-                exclude: None,
-            })
-            .await
-    }
-
-    /// Carries out an order read from `#control` on this node's connections.
-    fn apply_order(&self, payload: &[u8]) {
-        let order = match Order::parse(payload) {
-            Ok(order) => order,
-            Err(e) => {
-                tracing::warn!(error = %e, "ignoring a bad order on #control");
-                return;
-            }
-        };
-        match order {
-            Order::Disconnect {
-                target,
-                code,
-                reason,
-            } => {
-                let reason = if reason.is_empty() {
-                    "disconnected by the server".to_string()
-                } else {
-                    reason
-                };
-                let mut closed = 0usize;
-                for conn in self.addressed(&target) {
-                    conn.close(code, &reason, false);
-                    closed += 1;
-                }
-                if closed > 0 {
-                    self.inner
-                        .stats
-                        .api_disconnects
-                        .fetch_add(closed as u64, Relaxed);
-                    tracing::info!(?target, code, closed, "disconnected by order");
-                }
-            }
-            Order::Send {
-                connection,
-                data,
-                encoding,
-            } => self.send_to_connection(&connection, &data, encoding),
-        }
-    }
-
-    /// Delivers a `send` order's data to one of this node's connections, on
-    /// the channel `#conn:<id>`.
-    fn send_to_connection(
-        &self,
-        id: &str,
-        data: &serde_json::Value,
-        encoding: duplex_protocol::payload::Encoding,
-    ) {
-        let Some(conn) = self.local_connection(id) else {
-            return;
-        };
-        let (Ok((payload, kind)), Ok(channel)) = (
-            crate::control::send_payload(data, encoding),
-            ChannelName::parse(&format!("{CONN_CHANNEL_PREFIX}{id}"), usize::MAX),
-        ) else {
-            return;
-        };
-        let publication = Publication {
-            channel,
-            payload,
-            kind,
-            exclude: None,
-        };
-        let frame = match conn.wire {
-            Wire::Plain => plain_frame(&publication),
-            Wire::Native => native_frame(&publication),
-        };
-        Stats::bump(&self.inner.stats.deliveries);
-        self.send_to(&conn, frame, "message to one connection");
-    }
-
-    /// The connection with this id, if it is on this node (`<node id>.<seq>`).
-    fn local_connection(&self, id: &str) -> Option<Arc<Conn>> {
-        let seq = id
-            .strip_prefix(self.inner.id.as_str())?
-            .strip_prefix('.')?
-            .parse::<u64>()
-            .ok()?;
-        self.registry_shard(seq).lock().get(&seq).cloned()
-    }
-
-    /// This node's connections an order is for.
-    fn addressed(&self, target: &Target) -> Vec<Arc<Conn>> {
-        match target {
-            Target::Connection(id) => self.local_connection(id).into_iter().collect(),
-            Target::User(_) => self
-                .connections()
-                .into_iter()
-                .filter(|c| target.matches(&c.id, c.user()))
-                .collect(),
-        }
     }
 
     /// Node id, unique among nodes sharing a broker.
