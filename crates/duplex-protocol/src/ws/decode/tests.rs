@@ -352,14 +352,7 @@ fn single_frame_size_limit_is_inclusive() {
         };
         assert_eq!(payload.len(), max);
         let err = one(&frame(true, op, &vec![b'a'; max + 1])).expect_err("over");
-        assert_eq!(
-            err,
-            DecodeError::MessageTooLarge {
-                size: max as u64 + 1,
-                limit: max
-            }
-        );
-        assert_eq!(err.close_code(), 1009);
+        assert_one_over(&err, max);
     }
 }
 
@@ -415,14 +408,7 @@ fn fragmented_size_limit_is_inclusive() {
             assert_eq!(payload.len(), max);
         } else {
             let err = res.expect_err("over the limit");
-            assert_eq!(
-                err,
-                DecodeError::MessageTooLarge {
-                    size: max as u64 + 1,
-                    limit: max
-                }
-            );
-            assert_eq!(err.close_code(), 1009);
+            assert_one_over(&err, max);
         }
     }
 }
@@ -998,4 +984,16 @@ fn error_messages_are_clear() {
         DecodeError::ReservedOpcode(0xB).to_string(),
         "reserved opcode 0xb"
     );
+}
+
+/// A message one byte over `max` is refused with 1009, naming both sizes.
+fn assert_one_over(err: &DecodeError, max: usize) {
+    assert_eq!(
+        *err,
+        DecodeError::MessageTooLarge {
+            size: max as u64 + 1,
+            limit: max
+        }
+    );
+    assert_eq!(err.close_code(), 1009);
 }
