@@ -17,6 +17,16 @@ pub const CONTROL_CHANNEL: &str = "#control";
 /// Channels that address one connection: `#conn:<connection id>`.
 pub const CONN_CHANNEL_PREFIX: &str = "#conn:";
 
+/// The channel one node listens to for orders meant for it alone:
+/// `#node:<node id>`. Orders for one connection go there rather than to
+/// every node, and replies addressed to a node (rpc, queries) use it.
+pub const NODE_CHANNEL_PREFIX: &str = "#node:";
+
+/// The node that holds a connection: the part of its id before the last dot.
+pub fn node_of(connection: &str) -> Option<&str> {
+    connection.rsplit_once('.').map(|(node, _)| node)
+}
+
 /// Close code when no code is given: "disconnected by the server" (reconnect allowed).
 pub const DEFAULT_DISCONNECT_CODE: u16 = 3003;
 
@@ -31,6 +41,14 @@ pub enum Target {
 }
 
 impl Target {
+    /// The one node this target lives on, when it names one connection.
+    pub fn node(&self) -> Option<&str> {
+        match self {
+            Target::Connection(id) => node_of(id),
+            Target::User(_) => None,
+        }
+    }
+
     /// Whether a connection with this id and user is addressed.
     pub fn matches(&self, conn_id: &str, user: Option<&str>) -> bool {
         match self {
@@ -99,6 +117,19 @@ impl Order {
         Ok(order)
     }
 
+    /// The channel that reaches every node concerned: the holding node's
+    /// own channel for an order about one connection, else `#control`.
+    pub fn channel(&self) -> String {
+        let node = match self {
+            Order::Disconnect { target, .. } => target.node(),
+            Order::Send { connection, .. } => node_of(connection),
+        };
+        match node {
+            Some(node) => format!("{NODE_CHANNEL_PREFIX}{node}"),
+            None => CONTROL_CHANNEL.to_string(),
+        }
+    }
+
     /// Checks what serde cannot.
     pub fn check(&self) -> Result<(), BadOrder> {
         match self {
@@ -131,6 +162,18 @@ pub fn send_payload(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn orders_about_one_connection_go_to_its_node_only() {
+        assert_eq!(node_of("a.b.17"), Some("a.b"));
+        assert_eq!(node_of("nodots"), None);
+        let one = Order::parse(br#"{"op":"disconnect","connection":"n1.7"}"#).unwrap();
+        assert_eq!(one.channel(), "#node:n1");
+        let send = Order::parse(br#"{"op":"send","connection":"n2.3","data":1}"#).unwrap();
+        assert_eq!(send.channel(), "#node:n2");
+        let user = Order::parse(br#"{"op":"disconnect","user":"42"}"#).unwrap();
+        assert_eq!(user.channel(), CONTROL_CHANNEL);
+    }
 
     #[test]
     fn orders_parse_and_check() {

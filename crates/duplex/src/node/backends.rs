@@ -12,17 +12,26 @@ use duplex_protocol::ws::MessageKind;
 use super::Node;
 use crate::broker::{BrokerError, Upstream};
 use crate::conn::Conn;
-use crate::control::{Order, Target, CONN_CHANNEL_PREFIX, CONTROL_CHANNEL};
+use crate::control::{Order, Target, CONN_CHANNEL_PREFIX, CONTROL_CHANNEL, NODE_CHANNEL_PREFIX};
 use crate::hub::{native_frame, plain_frame, Wire};
 use crate::message::Publication;
 use crate::stats::Stats;
 
 impl Node {
-    /// Starts listening for orders on `#control` (once, at start).
+    /// Starts listening for orders on `#control` and on this node's own
+    /// `#node:<id>` (once, at start).
     pub async fn listen_for_orders(&self) -> Result<(), BrokerError> {
-        let channel = ChannelName::parse(CONTROL_CHANNEL, usize::MAX)
-            .map_err(|e| BrokerError::Unavailable(e.to_string()))?;
-        self.inner.broker.subscribe(channel).await
+        for name in [CONTROL_CHANNEL.to_string(), self.node_channel()] {
+            let channel = ChannelName::parse(&name, usize::MAX)
+                .map_err(|e| BrokerError::Unavailable(e.to_string()))?;
+            self.inner.broker.subscribe(channel).await?;
+        }
+        Ok(())
+    }
+
+    /// This node's own order channel, `#node:<id>`.
+    pub fn node_channel(&self) -> String {
+        format!("{NODE_CHANNEL_PREFIX}{}", self.inner.id)
     }
 
     /// Hands a client's `send` to the backends (Redis: the upstream stream),
@@ -68,9 +77,10 @@ impl Node {
         result
     }
 
-    /// Publishes an order for every node (this one included).
+    /// Publishes an order to the nodes it concerns (this one included): the
+    /// holding node for one connection, every node otherwise.
     pub async fn publish_order(&self, order: &Order) -> Result<(), BrokerError> {
-        let channel = ChannelName::parse(CONTROL_CHANNEL, usize::MAX)
+        let channel = ChannelName::parse(&order.channel(), usize::MAX)
             .map_err(|e| BrokerError::Unavailable(e.to_string()))?;
         let payload =
             serde_json::to_vec(order).map_err(|e| BrokerError::Unavailable(e.to_string()))?;
@@ -85,7 +95,7 @@ impl Node {
             .await
     }
 
-    /// Carries out an order read from `#control` on this node's connections.
+    /// Carries out an order read from `#control` or `#node:<id>` on this node's connections.
     pub(super) fn apply_order(&self, payload: &[u8]) {
         let order = match Order::parse(payload) {
             Ok(order) => order,

@@ -29,7 +29,7 @@ use crate::broker::redis::{RedisBroker, RedisSettings};
 use crate::broker::{Broker, BrokerError, BrokerHandler, BrokerState, BrokerStatus};
 use crate::config::Config;
 use crate::conn::Conn;
-use crate::control::CONTROL_CHANNEL;
+use crate::control::{CONTROL_CHANNEL, NODE_CHANNEL_PREFIX};
 use crate::hub::{Hub, Wire};
 use crate::limits::{HandshakeLimit, UserLimit, UserSlot};
 use crate::message::Publication;
@@ -121,7 +121,8 @@ struct Deliver {
 
 impl BrokerHandler for Deliver {
     fn handle_publication(&self, publication: Publication) -> BoxFuture<'_, ()> {
-        if publication.channel.as_str() == CONTROL_CHANNEL {
+        let name = publication.channel.as_str();
+        if name == CONTROL_CHANNEL || name.starts_with(NODE_CHANNEL_PREFIX) {
             if let Some(inner) = self.node.get().and_then(std::sync::Weak::upgrade) {
                 Node { inner }.apply_order(&publication.payload);
             }
