@@ -1,15 +1,28 @@
 #!/usr/bin/env bash
-# Side-by-side benchmark: Duplex, the one-write-per-delivery floor, and
-# Sockudo (a Rust Pusher-protocol server), measured one after the other on
-# this machine by the same generator (crates/duplex-bench). Prints a table
-# with ratios; raw JSON lines go to target/compare/results.jsonl.
+# Side-by-side benchmark: Duplex, the one-write-per-delivery floor, Sockudo
+# (a Rust Pusher-protocol server) and Socket.IO 4 (Node.js, with and without
+# its Redis adapter), measured one after the other on this machine by the
+# same generator (crates/duplex-bench). Prints a table with ratios; raw JSON
+# lines go to target/compare/results.jsonl.
 #
 #   bench/compare.sh                      # defaults below
 #   SUBS=2000 RATE=100 DURATION=10s IDLE=19000 bench/compare.sh
+#   CLIENTS=10000 CHRATE=10000 bench/compare.sh   # the personal-channels workload
+#   SUBS=2000 RATE=500 PROCS=2 bench/compare.sh    # overload: two generator processes
+#
+# Workloads: fanout (SUBS subscribers on one channel, RATE msg/s), channels
+# (CLIENTS clients each on its own channel, CHRATE publishes/s over them;
+# CLIENTS=0 skips it), idle (IDLE connections). With PROCS=N the fanout
+# subscribers are spread over N generator processes (one publishes, the
+# others run --listen-only with the same --start-at), for rates where one
+# generator process saturates before the server; their reports are merged
+# (deliveries and loss summed, latency percentiles: the worst process's).
 #
 # Sockudo is built once (about 15 min on 2 cores) and cached outside the repo
 # in $SOCKUDO_ROOT (default ~/.cache/duplex-bench/sockudo); set SKIP_SOCKUDO=1
-# to leave it out. Nothing of Sockudo goes into this repository.
+# to leave it out. Socket.IO is installed from npm into bench/socketio/
+# (node_modules, not committed); SKIP_SOCKETIO=1 leaves it out. None of the
+# peers' code goes into this repository.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,6 +30,9 @@ SUBS=${SUBS:-1000}
 RATE=${RATE:-100}
 DURATION=${DURATION:-10s}
 IDLE=${IDLE:-10000}
+CLIENTS=${CLIENTS:-0}
+PROCS=${PROCS:-1}
+CHRATE=${CHRATE:-5000}
 ROUNDS=${ROUNDS:-2}
 SOCKUDO_ROOT=${SOCKUDO_ROOT:-$HOME/.cache/duplex-bench/sockudo}
 OUT=target/compare
@@ -36,6 +52,11 @@ if [ -z "${SKIP_SOCKUDO:-}" ] && [ ! -x "$SOCKUDO_ROOT/bin/sockudo" ]; then
     command -v protoc >/dev/null || { apt-get install -y -qq protobuf-compiler >/dev/null; }
     echo "== building sockudo into $SOCKUDO_ROOT (once, ~15 min)" >&2
     cargo install sockudo --locked --features redis --root "$SOCKUDO_ROOT" >&2
+fi
+
+if [ -z "${SKIP_SOCKETIO:-}" ] && [ ! -d bench/socketio/node_modules ]; then
+    command -v npm >/dev/null || { echo "npm is needed for the Socket.IO peer (or SKIP_SOCKETIO=1)" >&2; exit 1; }
+    (cd bench/socketio && npm ci --no-audit --no-fund --silent)
 fi
 
 PIDS=()
@@ -65,6 +86,11 @@ start_sockudo() {
     ADAPTER_DRIVER=local CACHE_DRIVER=memory "$SOCKUDO_ROOT/bin/sockudo" >"$OUT/sockudo.log" 2>&1 & PIDS+=($!)
     SERVER_PID=$!; SERVER_URL=ws://127.0.0.1:$port; wait_port "$port"
 }
+start_socketio() { # extra env (REDIS_URL=...)
+    local port; port=$(free_port)
+    env PORT="$port" "$@" node bench/socketio/server.mjs >"$OUT/socketio.log" 2>&1 & PIDS+=($!)
+    SERVER_PID=$!; SERVER_URL=ws://127.0.0.1:$port; wait_port "$port"
+}
 stop_server() { kill "$SERVER_PID" 2>/dev/null || true; wait "$SERVER_PID" 2>/dev/null || true; }
 
 run() { # label, then bench args
@@ -74,18 +100,68 @@ run() { # label, then bench args
     python3 -c 'import json,sys; d=json.loads(sys.argv[2]); d["label"]=sys.argv[1]; print(json.dumps(d))' "$label" "$json" >> "$OUT/results.jsonl"
 }
 
-FANOUT=(fanout --subscribers "$SUBS" --rate "$RATE" --duration "$DURATION" --warmup 2s --concurrency 128)
+# A fanout run spread over $PROCS generator processes, merged into one row.
+run_fanout() { # label, then bench args (fanout args without --subscribers)
+    local label=$1; shift
+    if [ "$PROCS" -le 1 ]; then run "$label" fanout --subscribers "$SUBS" "$@"; return; fi
+    local start each k; each=$((SUBS / PROCS))
+    start=$(python3 -c 'import time; print(f"{time.time() + 4 + '"$SUBS"' / 2000:.3f}")')
+    local files=()
+    for k in $(seq 2 "$PROCS"); do
+        "$BENCH" fanout --subscribers "$each" "$@" --listen-only --start-at "$start" --source-offset $((k * 40)) \
+            --server "$SERVER_URL" --server-pid "$SERVER_PID" --json > "$OUT/split-$k.json" 2>/dev/null &
+        files+=("$OUT/split-$k.json")
+    done
+    "$BENCH" fanout --subscribers $((SUBS - each * (PROCS - 1))) "$@" --start-at "$start" \
+        --server "$SERVER_URL" --server-pid "$SERVER_PID" --json > "$OUT/split-1.json" 2>/dev/null || true
+    wait
+    python3 - "$label" "$OUT/split-1.json" "${files[@]}" >> "$OUT/results.jsonl" <<'PY'
+import json, sys
+label, parts = sys.argv[1], []
+for f in sys.argv[2:]:
+    try: parts.append(json.load(open(f)))
+    except Exception: print(json.dumps({"label": label, "error": True})); sys.exit()
+m = dict(parts[0]); m["label"] = label; m["processes"] = len(parts)
+for k in ("subscribers", "connected", "expected", "received", "lost", "duplicates", "reordered", "subscribers_with_loss", "generator_cpu_s"):
+    m[k] = sum(p.get(k) or 0 for p in parts)
+m["latency_us"] = {q: max(p["latency_us"][q] for p in parts) for q in parts[0]["latency_us"]}
+unique = m["received"] - m["duplicates"]
+if m.get("server_cpu_s") and unique: m["server_cpu_us_per_delivery"] = round(m["server_cpu_s"] * 1e6 / unique, 3)
+m["deliveries_per_s"] = round(m["received"] / m["duration_s"])
+print(json.dumps(m))
+PY
+}
+
+FANOUT=(--rate "$RATE" --duration "$DURATION" --warmup 2s --concurrency 128)
 for round in $(seq "$ROUNDS"); do
     echo "== round $round" >&2
-    start_duplex; run "duplex plain, http publish" "${FANOUT[@]}" --protocol plain --via http; stop_server
+    start_duplex; run_fanout "duplex plain, http publish" "${FANOUT[@]}" --protocol plain --via http; stop_server
     if [ -z "${SKIP_SOCKUDO:-}" ]; then
-        start_sockudo; run "sockudo pusher, http publish" "${FANOUT[@]}" --protocol pusher --via http; stop_server
+        start_sockudo; run_fanout "sockudo pusher, http publish" "${FANOUT[@]}" --protocol pusher --via http; stop_server
     fi
-    start_duplex --redis "$REDIS"; run "duplex plain, redis publish" "${FANOUT[@]}" --protocol plain --via redis --redis "$REDIS"; stop_server
-    start_floor; run "floor (1 write/delivery), redis publish" "${FANOUT[@]}" --protocol plain --via redis --redis "$REDIS"; stop_server
+    start_duplex --redis "$REDIS"; run_fanout "duplex plain, redis publish" "${FANOUT[@]}" --protocol plain --via redis --redis "$REDIS"; stop_server
+    start_floor; run_fanout "floor (1 write/delivery), redis publish" "${FANOUT[@]}" --protocol plain --via redis --redis "$REDIS"; stop_server
+    if [ -z "${SKIP_SOCKETIO:-}" ]; then
+        start_socketio; run_fanout "socket.io, http publish" "${FANOUT[@]}" --protocol socketio --via http; stop_server
+        start_socketio REDIS_URL="$REDIS"; run_fanout "socket.io redis adapter, http publish" "${FANOUT[@]}" --protocol socketio --via http; stop_server
+    fi
+    if [ "$CLIENTS" -gt 0 ]; then
+        CHANNELS=(channels --clients "$CLIENTS" --rate "$CHRATE" --duration "$DURATION" --warmup 2s --concurrency 128)
+        start_duplex; run "channels: duplex plain, http publish" "${CHANNELS[@]}" --protocol plain --via http; stop_server
+        start_duplex --redis "$REDIS"; run "channels: duplex plain, redis publish" "${CHANNELS[@]}" --protocol plain --via redis --redis "$REDIS"; stop_server
+        if [ -z "${SKIP_SOCKUDO:-}" ]; then
+            start_sockudo; run "channels: sockudo pusher, http publish" "${CHANNELS[@]}" --protocol pusher --via http; stop_server
+        fi
+        if [ -z "${SKIP_SOCKETIO:-}" ]; then
+            start_socketio; run "channels: socket.io, http publish" "${CHANNELS[@]}" --protocol socketio --via http; stop_server
+        fi
+    fi
     start_duplex; run "duplex idle" idle --connections "$IDLE" --concurrency 256 --hold 3s; stop_server
     if [ -z "${SKIP_SOCKUDO:-}" ]; then
         start_sockudo; run "sockudo idle" idle --protocol pusher --connections "$IDLE" --concurrency 256 --hold 3s; stop_server
+    fi
+    if [ -z "${SKIP_SOCKETIO:-}" ]; then
+        start_socketio; run "socket.io idle" idle --protocol socketio --connections "$IDLE" --concurrency 256 --hold 3s; stop_server
     fi
 done
 
@@ -101,12 +177,12 @@ def med(label, key, sub=None):
         v = r.get(key) if sub is None else (r.get(key) or {}).get(sub)
         if isinstance(v, (int, float)): vals.append(v)
     return statistics.median(vals) if vals else None
-print(f"{'run':42} {'srv us/deliv':>12} {'p50 ms':>8} {'p99 ms':>8} {'lost':>6}   {'RSS KiB/conn':>12} {'conn/s':>8}")
+print(f"{'run':44} {'srv us/deliv':>12} {'p50 ms':>8} {'p99 ms':>8} {'lost':>6}   {'RSS KiB/conn':>12} {'conn/s':>8}")
 for label in by:
     us = med(label, "server_cpu_us_per_delivery"); p50 = med(label, "latency_us", "p50"); p99 = med(label, "latency_us", "p99")
     lost = med(label, "lost"); rss = med(label, "server_rss_per_connection_kib"); rate = med(label, "connect_rate")
     f = lambda v, d=2, s=1: "-" if v is None else f"{v/s:.{d}f}"
-    print(f"{label:42} {f(us):>12} {f(p50,1,1000):>8} {f(p99,1,1000):>8} {f(lost,0):>6}   {f(rss):>12} {f(rate,0):>8}")
+    print(f"{label:44} {f(us):>12} {f(p50,1,1000):>8} {f(p99,1,1000):>8} {f(lost,0):>6}   {f(rss):>12} {f(rate,0):>8}")
 def ratio(a, b, key, sub=None):
     x, y = med(a, key, sub), med(b, key, sub)
     return f"{x/y:.2f}x" if x and y else "-"
@@ -116,4 +192,9 @@ print("  duplex / sockudo, CPU per delivery (http publish):", ratio("duplex plai
 print("  duplex / floor,   CPU per delivery (redis publish):", ratio("duplex plain, redis publish", "floor (1 write/delivery), redis publish", "server_cpu_us_per_delivery"))
 print("  duplex redis / duplex memory, CPU per delivery:    ", ratio("duplex plain, redis publish", "duplex plain, http publish", "server_cpu_us_per_delivery"))
 print("  duplex / sockudo, RSS per idle connection:        ", ratio("duplex idle", "sockudo idle", "server_rss_per_connection_kib"))
+print("  duplex / socket.io, CPU per delivery (http publish):", ratio("duplex plain, http publish", "socket.io, http publish", "server_cpu_us_per_delivery"))
+print("  duplex redis / socket.io redis adapter, CPU per delivery:", ratio("duplex plain, redis publish", "socket.io redis adapter, http publish", "server_cpu_us_per_delivery"))
+print("  duplex / socket.io, RSS per idle connection:      ", ratio("duplex idle", "socket.io idle", "server_rss_per_connection_kib"))
+print("  channels: duplex / sockudo, CPU per delivery:     ", ratio("channels: duplex plain, http publish", "channels: sockudo pusher, http publish", "server_cpu_us_per_delivery"))
+print("  channels: duplex / socket.io, CPU per delivery:   ", ratio("channels: duplex plain, http publish", "channels: socket.io, http publish", "server_cpu_us_per_delivery"))
 PY

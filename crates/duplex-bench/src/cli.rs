@@ -114,6 +114,10 @@ pub(crate) struct Load {
     /// Pusher event name.
     #[arg(long, default_value = "bench")]
     pub(crate) event: String,
+    /// Unix time (seconds) at which publishing (the warm-up) starts; give
+    /// every generator process of one run the same value (see `--listen-only`).
+    #[arg(long)]
+    pub(crate) start_at: Option<f64>,
     /// Longest wait after publishing for the last deliveries.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     pub(crate) drain: Duration,
@@ -134,6 +138,12 @@ pub(crate) struct FanoutArgs {
     /// The channel.
     #[arg(long, default_value = "bench")]
     pub(crate) channel: String,
+    /// Only subscribe and measure: another generator process, started with
+    /// the same `--start-at`, publishes. Spreads the receive work of a large
+    /// fan-out over processes; expected deliveries are the in-window sequence
+    /// numbers seen by any subscriber of this process.
+    #[arg(long, requires = "start_at")]
+    pub(crate) listen_only: bool,
 }
 
 /// `channels` flags.

@@ -29,7 +29,7 @@ use tokio::io::{AsyncWriteExt as _, Interest};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::Semaphore;
 
-use crate::protocol::{Inbound, Protocol, PUSHER_PONG};
+use crate::protocol::{Inbound, Protocol};
 use crate::stats::Stats;
 use crate::target::{Server, Sources};
 use crate::ws;
@@ -380,9 +380,9 @@ fn process(
         match frame.opcode {
             ws::OP_TEXT | ws::OP_BINARY => match protocol.classify(payload) {
                 Inbound::Payload { seq, ts } => stats.on_payload(sub, seq, ts, arrived, read_at),
-                Inbound::PusherPing => {
+                Inbound::AppPing => {
                     stats.pings += 1;
-                    ws::encode_frame(out, ws::OP_TEXT, PUSHER_PONG, mask);
+                    ws::encode_frame(out, ws::OP_TEXT, protocol.pong(), mask);
                 }
                 Inbound::Other => stats.other_messages += 1,
             },

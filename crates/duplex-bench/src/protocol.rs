@@ -25,6 +25,11 @@ pub(crate) enum Protocol {
     Native,
     /// Pusher Channels protocol v7 at `/app/<key>`.
     Pusher,
+    /// Socket.IO 4 (Engine.IO 4, WebSocket transport only) at `/socket.io/`:
+    /// subscribes with an acknowledged `subscribe` event naming the room;
+    /// data arrives as `42["message","<payload>"]` (see bench/socketio/).
+    #[value(name = "socketio")]
+    SocketIo,
 }
 
 /// What a pushed data message turned out to be.
@@ -37,8 +42,9 @@ pub(crate) enum Inbound {
         /// Publish time, unix µs.
         ts: u64,
     },
-    /// A Pusher application-level ping to answer with [`PUSHER_PONG`].
-    PusherPing,
+    /// An application-level ping (Pusher's, Engine.IO's) to answer with
+    /// [`Protocol::pong`].
+    AppPing,
     /// Anything else (replies, unknown pushes).
     Other,
 }
@@ -48,6 +54,10 @@ pub(crate) const PUSHER_PONG: &[u8] = br#"{"event":"pusher:pong","data":{}}"#;
 
 static DATA: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"data\":"));
 static PUSHER_PING: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"pusher:ping"));
+static SIO_ARG: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\",\""));
+
+/// The Engine.IO pong (its ping is the message `2`).
+const ENGINE_IO_PONG: &[u8] = b"3";
 
 impl Protocol {
     /// Lower-case name, as on the command line.
@@ -56,6 +66,15 @@ impl Protocol {
             Protocol::Plain => "plain",
             Protocol::Native => "native",
             Protocol::Pusher => "pusher",
+            Protocol::SocketIo => "socketio",
+        }
+    }
+
+    /// The answer to an [`Inbound::AppPing`].
+    pub(crate) fn pong(self) -> &'static [u8] {
+        match self {
+            Protocol::SocketIo => ENGINE_IO_PONG,
+            _ => PUSHER_PONG,
         }
     }
 
@@ -68,6 +87,7 @@ impl Protocol {
                 "{base}/app/{}?protocol=7&client=duplex-bench&version=1",
                 url_encode(app_key)
             ),
+            Protocol::SocketIo => format!("{base}/socket.io/?EIO=4&transport=websocket"),
         }
     }
 
@@ -83,12 +103,16 @@ impl Protocol {
                     .unwrap_or(rest.len());
                 parse_prefix(&rest[skip..])
             }),
+            // `42["message","<payload>"]`: the payload follows the first `","`.
+            Protocol::SocketIo if msg.starts_with(b"42[") => SIO_ARG
+                .find(msg)
+                .and_then(|at| parse_prefix(&msg[at + 3..])),
+            Protocol::SocketIo => None,
         };
         match found {
             Some((seq, ts)) => Inbound::Payload { seq, ts },
-            None if self == Protocol::Pusher && PUSHER_PING.find(msg).is_some() => {
-                Inbound::PusherPing
-            }
+            None if self == Protocol::Pusher && PUSHER_PING.find(msg).is_some() => Inbound::AppPing,
+            None if self == Protocol::SocketIo && msg == b"2" => Inbound::AppPing,
             None => Inbound::Other,
         }
     }
@@ -128,6 +152,39 @@ impl Protocol {
                 send_text(stream, cmd.as_bytes(), mask).await?;
                 wait_pusher_event(stream, buf, mask, "pusher_internal:subscription_succeeded").await
             }
+            Protocol::SocketIo => {
+                // Engine.IO open (`0{...}`), then the Socket.IO connect to
+                // the main namespace (`40` → `40{"sid":...}`), then an
+                // acknowledged subscribe (`421[...]` → `431[...]`).
+                wait_socketio(stream, buf, mask, b"0").await?;
+                send_text(stream, b"40", mask).await?;
+                wait_socketio(stream, buf, mask, b"40").await?;
+                let cmd = format!(r#"421["subscribe",{channel_json}]"#);
+                send_text(stream, cmd.as_bytes(), mask).await?;
+                wait_socketio(stream, buf, mask, b"431").await
+            }
+        }
+    }
+}
+
+/// Reads Socket.IO messages until one starts with `prefix`; answers
+/// Engine.IO pings, fails on a connect error (`44...`).
+async fn wait_socketio(
+    stream: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    mask: [u8; 4],
+    prefix: &[u8],
+) -> Result<(), String> {
+    loop {
+        let msg = ws::read_message(stream, buf, mask).await?;
+        if msg.starts_with(prefix) {
+            return Ok(());
+        }
+        if msg.as_slice() == b"2" {
+            send_text(stream, ENGINE_IO_PONG, mask).await?;
+        } else if msg.starts_with(b"44") {
+            let shown: String = String::from_utf8_lossy(&msg).chars().take(120).collect();
+            return Err(format!("socket.io connect refused: {shown}"));
         }
     }
 }
@@ -275,7 +332,7 @@ mod tests {
         assert_eq!(p.classify(msg), Inbound::Payload { seq: 11, ts: 222 });
         assert_eq!(
             p.classify(br#"{"event":"pusher:ping","data":{}}"#),
-            Inbound::PusherPing
+            Inbound::AppPing
         );
         assert_eq!(
             p.classify(br#"{"event":"pusher:pong","data":{}}"#),
@@ -418,6 +475,53 @@ mod tests {
     }
 
     #[test]
+    fn classifies_socketio() {
+        let p = Protocol::SocketIo;
+        assert_eq!(
+            p.classify(br#"42["message","11:222:xx"]"#),
+            Inbound::Payload { seq: 11, ts: 222 }
+        );
+        assert_eq!(p.classify(b"2"), Inbound::AppPing);
+        assert_eq!(p.pong(), b"3");
+        assert_eq!(p.classify(br#"431["ok"]"#), Inbound::Other);
+        assert_eq!(p.classify(br#"42["message","x"]"#), Inbound::Other);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn socketio_subscribe_conversation() {
+        use tokio::io::AsyncWriteExt;
+        let (mut client, mut server) = pair().await;
+        let fake = tokio::spawn(async move {
+            server
+                .write_all(&server_text(r#"0{"sid":"a","pingInterval":25000}"#))
+                .await
+                .unwrap();
+            let connect = client_frame(&mut server).await;
+            server.write_all(&server_text("2")).await.unwrap();
+            server
+                .write_all(&server_text(r#"40{"sid":"b"}"#))
+                .await
+                .unwrap();
+            let pong = client_frame(&mut server).await;
+            let subscribe = client_frame(&mut server).await;
+            server
+                .write_all(&server_text(r#"431["ok"]"#))
+                .await
+                .unwrap();
+            vec![connect, pong, subscribe]
+        });
+        let mut buf = Vec::new();
+        Protocol::SocketIo
+            .subscribe(&mut client, &mut buf, [5, 6, 7, 8], "room-1")
+            .await
+            .unwrap();
+        let seen = fake.await.unwrap();
+        assert_eq!(seen[0], (0x1, "40".to_string()));
+        assert_eq!(seen[1], (0x1, "3".to_string()));
+        assert_eq!(seen[2], (0x1, r#"421["subscribe","room-1"]"#.to_string()));
+    }
+
+    #[test]
     fn paths() {
         assert_eq!(
             Protocol::Plain.path("", "a b/c", "k"),
@@ -427,6 +531,10 @@ mod tests {
         assert_eq!(
             Protocol::Pusher.path("", "x", "app-key"),
             "/app/app-key?protocol=7&client=duplex-bench&version=1"
+        );
+        assert_eq!(
+            Protocol::SocketIo.path("", "x", "k"),
+            "/socket.io/?EIO=4&transport=websocket"
         );
     }
 }

@@ -377,10 +377,16 @@ async fn run_http(
                     .header("content-type", "application/json")
                     .body(body)
             }
-            Protocol::Plain | Protocol::Native => {
+            Protocol::Plain | Protocol::Native | Protocol::SocketIo => {
                 let body = format!(r#"{{"channel":{},"data":"{payload}"}}"#, channels_json[ch]);
+                // Socket.IO has no publish API: bench/socketio/server.mjs
+                // takes the same body at /publish.
+                let path = match cfg.protocol {
+                    Protocol::SocketIo => "/publish",
+                    _ => "/api/publish",
+                };
                 let mut r = client
-                    .post(format!("{}/api/publish", cfg.server.http_base))
+                    .post(format!("{}{path}", cfg.server.http_base))
                     .header("content-type", "application/json")
                     .body(body);
                 if let Some(key) = &cfg.api_key {

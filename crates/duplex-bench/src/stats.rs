@@ -135,6 +135,9 @@ pub(crate) struct Stats {
     pub(crate) pings: u64,
     /// In-window deliveries received so far (for the drain wait).
     pub(crate) window_received: u64,
+    /// Lowest and highest in-window sequence numbers seen by anyone (what a
+    /// `--listen-only` process expects, not knowing what was published).
+    pub(crate) window_seqs: Option<(u64, u64)>,
     /// Errors by message.
     pub(crate) errors: Errors,
 }
@@ -152,6 +155,7 @@ impl Stats {
             other_messages: 0,
             pings: 0,
             window_received: 0,
+            window_seqs: None,
             errors: Errors::default(),
         }
     }
@@ -174,6 +178,10 @@ impl Stats {
         }
         state.received += 1;
         self.window_received += 1;
+        self.window_seqs = Some(match self.window_seqs {
+            Some((lo, hi)) => (lo.min(seq), hi.max(seq)),
+            None => (seq, seq),
+        });
         match order {
             Order::Duplicate => {
                 state.duplicates += 1;

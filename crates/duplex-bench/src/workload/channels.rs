@@ -15,6 +15,7 @@ pub(super) async fn run(args: ChannelsArgs) -> Result<Report, String> {
             .map(|i| format!("{}{i}", args.prefix))
             .collect(),
         own_channel: true,
+        listen_only: false,
         inflight,
         common: args.common,
         load: args.load,

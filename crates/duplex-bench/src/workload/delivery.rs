@@ -29,6 +29,8 @@ pub(super) struct Delivery {
     pub(super) channels: Vec<String>,
     /// Whether subscriber i has channel i.
     pub(super) own_channel: bool,
+    /// Measure only; another process publishes (fanout `--listen-only`).
+    pub(super) listen_only: bool,
     /// HTTP requests in flight.
     pub(super) inflight: usize,
     /// Common flags.
@@ -46,6 +48,9 @@ fn check(d: &Delivery) -> Result<(), String> {
     }
     if d.load.duration.is_zero() {
         return Err("--duration must be positive".into());
+    }
+    if d.common.protocol == Protocol::SocketIo && d.load.via != Via::Http {
+        return Err("--protocol socketio publishes only --via http (the /publish route of bench/socketio/server.mjs; its Redis adapter has its own message format)".into());
     }
     if d.load.via == Via::Ws {
         match d.common.protocol {
@@ -100,30 +105,40 @@ pub(super) async fn run(d: Delivery) -> Result<Report, String> {
         );
     }
 
-    let publisher = publish::spawn(PublishConfig {
-        via: d.load.via,
-        protocol: d.common.protocol,
-        server,
-        redis_url: d.load.redis.clone(),
-        api_key: d.load.api_key.clone(),
-        pusher: PusherApp {
-            id: d.common.app_id.clone(),
-            key: d.common.app_key.clone(),
-            secret: d.common.app_secret.clone(),
-        },
-        event: d.load.event.clone(),
-        size: d.load.size,
-        rate: d.load.rate,
-        inflight: d.inflight,
-        channels: d.channels.clone(),
-        random: own,
-    })?;
-    match publisher.ready.await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => return Err(format!("publisher: {e}")),
-        Err(_) => return Err("publisher thread ended".into()),
-    }
-    let t0 = now_us() + START_DELAY_US;
+    let publisher = if d.listen_only {
+        None
+    } else {
+        Some(publish::spawn(PublishConfig {
+            via: d.load.via,
+            protocol: d.common.protocol,
+            server,
+            redis_url: d.load.redis.clone(),
+            api_key: d.load.api_key.clone(),
+            pusher: PusherApp {
+                id: d.common.app_id.clone(),
+                key: d.common.app_key.clone(),
+                secret: d.common.app_secret.clone(),
+            },
+            event: d.load.event.clone(),
+            size: d.load.size,
+            rate: d.load.rate,
+            inflight: d.inflight,
+            channels: d.channels.clone(),
+            random: own,
+        })?)
+    };
+    let publisher = match publisher {
+        Some(publish::Handle { ready, go, done }) => {
+            match ready.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(format!("publisher: {e}")),
+                Err(_) => return Err("publisher thread ended".into()),
+            }
+            Some((go, done))
+        }
+        None => None,
+    };
+    let t0 = start_time(d.load.start_at)?;
     let start = t0 + d.load.warmup.as_micros() as u64;
     let window = Window {
         t0,
@@ -131,9 +146,15 @@ pub(super) async fn run(d: Delivery) -> Result<Report, String> {
         end: start + d.load.duration.as_micros() as u64,
     };
     ctx.stats.borrow_mut().window = (window.start, window.end);
-    if publisher.go.send(window).is_err() {
-        return Err("publisher thread ended".into());
-    }
+    let publisher = match publisher {
+        Some((go, done)) => {
+            if go.send(window).is_err() {
+                return Err("publisher thread ended".into());
+            }
+            Some(done)
+        }
+        None => None,
+    };
     if verbose {
         eprintln!(
             "publishing {}/s via {:?} for {:?} (+{:?} warm-up) ...",
@@ -144,10 +165,12 @@ pub(super) async fn run(d: Delivery) -> Result<Report, String> {
     let before = Sample::take(d.common.server_pid);
     let measure_start = Instant::now();
 
-    let outcome = publisher
-        .done
-        .await
-        .map_err(|_| "publisher thread died".to_string())?;
+    let outcome = match publisher {
+        Some(done) => done
+            .await
+            .map_err(|_| "publisher thread died".to_string())?,
+        None => listen(&ctx, window).await,
+    };
     let expected_total: u64 = {
         let st = ctx.stats.borrow();
         st.subs
@@ -228,6 +251,42 @@ pub(super) async fn run(d: Delivery) -> Result<Report, String> {
         errors: errors.map().clone(),
     };
     Ok(Report::Delivery(Box::new(report)))
+}
+
+/// When publishing starts, unix µs: `--start-at`, or just after now.
+fn start_time(start_at: Option<f64>) -> Result<u64, String> {
+    let now = now_us();
+    match start_at {
+        None => Ok(now + START_DELAY_US),
+        Some(at) => {
+            let at = (at * 1e6) as u64;
+            if at < now {
+                return Err(format!(
+                    "--start-at is {:.1} s in the past once every subscriber is connected: give the run more time",
+                    (now - at) as f64 / 1e6
+                ));
+            }
+            Ok(at)
+        }
+    }
+}
+
+/// A `--listen-only` process's stand-in for the publisher's outcome: waits
+/// out the window (plus a moment for the last messages to be sent), then
+/// expects every sequence number between the lowest and highest seen in it.
+async fn listen(ctx: &Ctx, window: Window) -> publish::Outcome {
+    let end = window.end + START_DELAY_US;
+    tokio::time::sleep(Duration::from_micros(end.saturating_sub(now_us()))).await;
+    let seen = ctx
+        .stats
+        .borrow()
+        .window_seqs
+        .map_or(0, |(lo, hi)| hi - lo + 1);
+    publish::Outcome {
+        window_counts: vec![seen],
+        total: seen,
+        ..Default::default()
+    }
 }
 
 /// How the wait for the last deliveries ended.

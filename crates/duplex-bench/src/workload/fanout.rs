@@ -12,6 +12,7 @@ pub(super) async fn run(args: FanoutArgs) -> Result<Report, String> {
         subscribers: args.subscribers,
         channels: vec![args.channel],
         own_channel: false,
+        listen_only: args.listen_only,
         inflight,
         common: args.common,
         load: args.load,
