@@ -17,6 +17,7 @@ use bytes::Bytes;
 use tokio::sync::Notify;
 
 use crate::hub::{Subscriber, Undelivered, Wire};
+use crate::transport::coalesce::Coalescer;
 use crate::transport::outbound::{Outbound, PushError, QueueLimits};
 
 /// One connected client, as seen by everything outside its own tasks.
@@ -91,6 +92,7 @@ impl Conn {
         wire: Wire,
         remote: SocketAddr,
         limits: QueueLimits,
+        coalescer: Option<&Arc<Coalescer>>,
         now_ms: u64,
     ) -> Arc<Conn> {
         Arc::new(Conn {
@@ -98,7 +100,7 @@ impl Conn {
             id: Arc::from(format!("{node_id}.{seq}")),
             wire,
             remote,
-            outbound: Outbound::new(limits),
+            outbound: Outbound::new(limits, coalescer.map(|c| (Arc::clone(c), seq))),
             last_seen_ms: AtomicU64::new(now_ms),
             waiting_since_ms: AtomicU64::new(if wire == Wire::Plain {
                 u64::MAX

@@ -30,7 +30,7 @@ use crate::node::{Node, NodeError};
 use crate::stats::Stats;
 use crate::tls::TlsError;
 use crate::transport::origin::OriginPolicy;
-use crate::transport::upgrade;
+use crate::transport::{coalesce, upgrade};
 use crate::{api, heartbeat};
 
 /// Pending-connection queue of the listening socket. The OS default (128 via
@@ -118,6 +118,10 @@ pub async fn run(
     }
     wait_for_broker(&node).await;
     let heartbeat = tokio::spawn(heartbeat::run(node.clone(), state.shutdown.clone()));
+    let lanes = node.coalescer().map_or(0, |c| c.lanes());
+    for lane in 0..lanes {
+        tokio::spawn(coalesce::run(node.clone(), lane, state.shutdown.clone()));
+    }
     let addr = listener.local_addr()?;
     let (ws, http) = if tls.is_some() {
         ("wss", "https")

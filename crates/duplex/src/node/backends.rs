@@ -174,7 +174,7 @@ impl Node {
             .strip_prefix('.')?
             .parse::<u64>()
             .ok()?;
-        self.registry_shard(seq).lock().get(&seq).cloned()
+        self.connection_by_seq(seq)
     }
 
     /// This node's connections an order is for.

@@ -36,6 +36,7 @@ use crate::message::Publication;
 use crate::permissions::Permissions;
 use crate::stats::{Stats, StatsSnapshot};
 use crate::throttle::Throttle;
+use crate::transport::coalesce::Coalescer;
 use crate::transport::outbound::{PushError, QueueLimits};
 
 const STRIPES: usize = 256;
@@ -101,6 +102,8 @@ struct Inner {
     publish_warnings: Throttle,
     /// Open connections per client address, when that limit is set.
     per_ip: Mutex<HashMap<IpAddr, usize>>,
+    /// Write coalescing, when `write_delay` is set.
+    coalescer: Option<Arc<Coalescer>>,
 }
 
 impl std::fmt::Debug for Inner {
@@ -196,6 +199,10 @@ impl Node {
                 handler,
             )?),
         };
+        let coalescer = (!config.write_delay.is_zero()).then(|| {
+            let lanes = std::thread::available_parallelism().map_or(1, |n| n.get());
+            Arc::new(Coalescer::new(config.write_delay, lanes))
+        });
         let id = if config.node_id.is_empty() {
             format!("{:08x}", rand::random::<u32>())
         } else {
@@ -218,6 +225,7 @@ impl Node {
                 hasher: Default::default(),
                 next_seq: AtomicU64::new(1),
                 publish_warnings: Throttle::new(1000),
+                coalescer,
                 per_ip: Mutex::default(),
             }),
         };
@@ -274,7 +282,15 @@ impl Node {
             max_bytes: config.max_queued_bytes,
             max_frames: config.max_queued_messages,
         };
-        let conn = Conn::new(seq, &self.inner.id, wire, remote, limits, self.now_ms());
+        let conn = Conn::new(
+            seq,
+            &self.inner.id,
+            wire,
+            remote,
+            limits,
+            self.inner.coalescer.as_ref(),
+            self.now_ms(),
+        );
         self.registry_shard(seq)
             .lock()
             .insert(seq, Arc::clone(&conn));
@@ -361,6 +377,16 @@ impl Node {
 
     fn registry_shard(&self, seq: u64) -> &RegistryShard {
         &self.inner.registry[seq as usize % REGISTRY_SHARDS]
+    }
+
+    /// The connection with this node-local sequence number, if still open.
+    pub(crate) fn connection_by_seq(&self, seq: u64) -> Option<Arc<Conn>> {
+        self.registry_shard(seq).lock().get(&seq).cloned()
+    }
+
+    /// Write coalescing, when `write_delay` is set.
+    pub(crate) fn coalescer(&self) -> Option<&Arc<Coalescer>> {
+        self.inner.coalescer.as_ref()
     }
 
     /// A snapshot of every open connection (for heartbeats and shutdown).

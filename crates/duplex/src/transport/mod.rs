@@ -13,6 +13,7 @@
 //! Frames are decoded by `duplex_protocol::ws`, a sans-IO decoder whose
 //! buffers we own: an idle connection holds no read buffer at all.
 
+pub(crate) mod coalesce;
 pub(crate) mod origin;
 pub(crate) mod outbound;
 pub(crate) mod reader;
@@ -45,7 +46,7 @@ mod size_tests {
             max_frames: 1,
         };
         let addr = std::net::SocketAddr::from(([127, 0, 0, 1], 1));
-        let conn = Conn::new(1, "n", Wire::Native, addr, limits, 0);
+        let conn = Conn::new(1, "n", Wire::Native, addr, limits, None, 0);
         let writer = super::writer::run(Arc::clone(&conn));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let stream = tokio::net::TcpStream::connect(listener.local_addr().unwrap())

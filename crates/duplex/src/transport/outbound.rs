@@ -14,13 +14,20 @@
 //! client therefore costs at most the bounds, and never delays anyone else.
 
 use std::collections::VecDeque;
-use std::sync::OnceLock;
+use std::io::IoSlice;
+use std::sync::{Arc, OnceLock};
 
 use bytes::{Buf, Bytes};
 use duplex_protocol::code::CloseCode;
 use parking_lot::Mutex;
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::Notify;
+
+use super::coalesce::Coalescer;
+
+/// Most frames one delayed flush hands to `writev`; the writer task takes
+/// over the rest.
+const FLUSH_IOVECS: usize = 64;
 
 /// Bounds of one queue.
 #[derive(Debug, Clone, Copy)]
@@ -101,15 +108,19 @@ pub(crate) struct Outbound {
     limits: QueueLimits,
     /// The socket's write half, once the upgrade handed it over.
     socket: OnceLock<OwnedWriteHalf>,
+    /// With `write_delay`: where to mark this connection (its seq) dirty
+    /// instead of writing at once.
+    coalesce: Option<(Arc<Coalescer>, u64)>,
 }
 
 impl Outbound {
-    pub(crate) fn new(limits: QueueLimits) -> Self {
+    pub(crate) fn new(limits: QueueLimits, coalesce: Option<(Arc<Coalescer>, u64)>) -> Self {
         Outbound {
             queue: Mutex::new(Queue::default()),
             wake: Notify::new(),
             limits,
             socket: OnceLock::new(),
+            coalesce,
         }
     }
 
@@ -134,7 +145,7 @@ impl Outbound {
             return Err(PushError::Closed);
         }
         let mut partial = false;
-        if q.frames.is_empty() && !q.writer_busy {
+        if q.frames.is_empty() && !q.writer_busy && self.coalesce.is_none() {
             if let Some(socket) = self.socket.get() {
                 // Non-blocking; the lock only orders this client's producers.
                 match socket.try_write(&frame) {
@@ -167,16 +178,74 @@ impl Outbound {
             return Err(PushError::SlowConsumer);
         }
         let was_empty = q.frames.is_empty();
+        let writer_idle = !q.writer_busy;
         q.partial_front |= partial;
         q.bytes += frame.len();
         q.frames.push_back(frame);
+        let full = q.bytes >= self.flush_bytes();
         drop(q);
-        // The writer re-checks the queue after every write, so it only needs
-        // waking when it may have found the queue empty and gone to sleep.
-        if was_empty {
-            self.wake.notify_one();
+        match &self.coalesce {
+            // Enough waiting to fill a write: no point waiting longer (and
+            // the delay must not push a fast reader over the queue bound).
+            Some(_) if full && writer_idle => self.wake.notify_one(),
+            Some((coalescer, seq)) if was_empty && writer_idle => coalescer.mark(*seq),
+            // The writer re-checks the queue after every write, so it only
+            // needs waking when it may have found the queue empty and slept.
+            _ if was_empty => self.wake.notify_one(),
+            _ => {}
         }
         Ok(())
+    }
+
+    /// Queued bytes that are written without waiting out `write_delay`: a
+    /// quarter of the queue bound, at most 64 KiB.
+    fn flush_bytes(&self) -> usize {
+        (self.limits.max_bytes / 4).clamp(1, 64 * 1024)
+    }
+
+    /// Writes what waited out `write_delay`, with one non-blocking `writev`;
+    /// what the socket cannot take now is left to the writer task.
+    pub(crate) fn flush_delayed(&self) {
+        let mut q = self.queue.lock();
+        if q.writer_busy || q.frames.is_empty() || q.closing.is_some() {
+            // The writer owns the queue, or will act on the close.
+            return;
+        }
+        let Some(socket) = self.socket.get() else {
+            // TLS: only the writer task writes.
+            drop(q);
+            self.wake.notify_one();
+            return;
+        };
+        let mut iov = [IoSlice::new(&[]); FLUSH_IOVECS];
+        let mut n = 0;
+        for frame in q.frames.iter().take(FLUSH_IOVECS) {
+            iov[n] = IoSlice::new(frame);
+            n += 1;
+        }
+        // An error is left for the writer to meet on its own write.
+        if let Ok(mut written) = socket.try_write_vectored(&iov[..n]) {
+            q.bytes -= written;
+            while written > 0 {
+                let Some(front) = q.frames.front_mut() else {
+                    break;
+                };
+                if front.len() <= written {
+                    written -= front.len();
+                    q.frames.pop_front();
+                    q.partial_front = false;
+                } else {
+                    front.advance(written);
+                    q.partial_front = true;
+                    written = 0;
+                }
+            }
+        }
+        let rest = !q.frames.is_empty();
+        drop(q);
+        if rest {
+            self.wake.notify_one();
+        }
     }
 
     /// Asks the writer to end the connection; the first request wins.
@@ -244,10 +313,56 @@ mod tests {
     use super::*;
 
     fn outbound(max_bytes: usize, max_frames: usize) -> Outbound {
-        Outbound::new(QueueLimits {
-            max_bytes,
-            max_frames,
-        })
+        Outbound::new(
+            QueueLimits {
+                max_bytes,
+                max_frames,
+            },
+            None,
+        )
+    }
+
+    /// A connected pair of loopback sockets: (server write half, client).
+    async fn socket_pair() -> (OwnedWriteHalf, tokio::net::TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let (_read, write) = server.into_split();
+        (write, client)
+    }
+
+    #[tokio::test]
+    async fn with_write_delay_frames_wait_and_go_out_in_one_write() {
+        let coalescer = Arc::new(Coalescer::new(std::time::Duration::from_millis(1), 1));
+        let out = Outbound::new(
+            QueueLimits {
+                max_bytes: 1000,
+                max_frames: 100,
+            },
+            Some((Arc::clone(&coalescer), 7)),
+        );
+        let (write, client) = socket_pair().await;
+        out.attach(write);
+        for frame in [&b"one"[..], b"two", b"three"] {
+            out.push(Bytes::from_static(frame)).unwrap();
+        }
+        let mut buf = [0u8; 64];
+        assert!(
+            matches!(client.try_read(&mut buf), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+            "nothing is written before the flush"
+        );
+        assert_eq!(coalescer.take_dirty(0), vec![7], "marked dirty once");
+        out.flush_delayed();
+        client.readable().await.unwrap();
+        let n = client.try_read(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"onetwothree", "all three in one write");
+        let mut batch = VecDeque::new();
+        out.take(&mut batch);
+        assert!(batch.is_empty(), "nothing left for the writer");
+        out.push(Bytes::from_static(b"four")).unwrap();
+        assert_eq!(coalescer.take_dirty(0), vec![7], "dirty again once empty");
     }
 
     #[test]
