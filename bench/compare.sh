@@ -43,7 +43,7 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 wait_port() { for _ in $(seq 100); do (echo > /dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 never opened" >&2; return 1; }
 
 command -v redis-server >/dev/null || { echo "redis-server is needed (apt-get install redis-server)" >&2; exit 1; }
-cargo build --release --quiet -p duplex -p duplex-bench --example floor
+cargo build --release --quiet -p duplex -p duplex-bench --bins --example floor
 BENCH=target/release/duplex-bench
 DUPLEX=target/release/duplex
 FLOOR=target/release/examples/floor
