@@ -9,6 +9,10 @@
 //! leave the broker out of step with the hub.
 
 mod backends;
+mod query;
+mod unsubscribe;
+
+pub use query::{ConnectionList, QueryError};
 
 use std::collections::HashMap;
 use std::hash::BuildHasher;
@@ -101,6 +105,10 @@ struct Inner {
     publish_warnings: Throttle,
     /// Open connections per client address, when that limit is set.
     per_ip: Mutex<HashMap<IpAddr, usize>>,
+    /// Channels taken from native connections by `unsubscribe` orders.
+    revoked: unsubscribe::Revoked,
+    /// Connection queries across nodes, and the live nodes that answer them.
+    queries: query::Queries,
 }
 
 impl std::fmt::Debug for Inner {
@@ -219,6 +227,8 @@ impl Node {
                 next_seq: AtomicU64::new(1),
                 publish_warnings: Throttle::new(1000),
                 per_ip: Mutex::default(),
+                revoked: Default::default(),
+                queries: Default::default(),
             }),
         };
         let _ = deliver.node.set(Arc::downgrade(&node.inner));
@@ -352,6 +362,7 @@ impl Node {
         for channel in channels {
             self.unsubscribe(conn, &channel).await;
         }
+        self.inner.revoked.forget(conn.seq);
         self.registry_shard(conn.seq).lock().remove(&conn.seq);
         if conn.wire == Wire::Native {
             self.inner.stats.native_connections.fetch_sub(1, Relaxed);
@@ -405,14 +416,25 @@ impl Node {
         }
     }
 
+    /// A channel an `unsubscribe` order already took is skipped.
     pub(crate) async fn unsubscribe(&self, conn: &Conn, channel: &ChannelName) {
         let _guard = self.stripe(channel).lock().await;
+        self.unsubscribe_held(conn, channel).await;
+    }
+
+    /// Under the channel's stripe lock: removes `conn` from `channel` if it
+    /// is there (false if not), leaving the broker after the last one.
+    async fn unsubscribe_held(&self, conn: &Conn, channel: &ChannelName) -> bool {
+        if !self.inner.hub.contains(channel.as_str(), conn.seq) {
+            return false;
+        }
         if self.inner.hub.unsubscribe(channel.as_str(), conn.seq) {
             if let Err(e) = self.inner.broker.unsubscribe(channel.clone()).await {
                 tracing::warn!(%channel, error = %e, "broker unsubscribe failed");
             }
         }
         self.inner.stats.subscriptions.fetch_sub(1, Relaxed);
+        true
     }
 
     /// Publishes to every subscriber on every node.
