@@ -266,7 +266,7 @@ fn ids(list: &Value) -> Vec<String> {
         .as_array()
         .expect("connections")
         .iter()
-        .map(|c| c["id"].as_str().unwrap().to_string())
+        .map(|c| c["id"].as_str().expect("id").to_string())
         .collect();
     ids.sort();
     ids
