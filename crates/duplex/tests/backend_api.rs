@@ -406,3 +406,34 @@ async fn the_memory_broker_lists_its_own_and_bad_requests_are_refused() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_plain_frame_redis_refuses_is_counted_and_the_client_stays() {
+    let mut redis = RedisServer::start();
+    let node = node_on(
+        &redis,
+        "up",
+        Settings {
+            plain_frames: Some(PlainFrames::Upstream),
+            ..Default::default()
+        },
+    )
+    .await;
+    let mut client = Client::connect(&node.ws("/?channel=orders")).await;
+    redis.kill();
+    support::eventually("node sees redis down", || async {
+        node.health().await == 503
+    })
+    .await;
+    client.send_text("lost").await;
+    support::eventually("the refused frame is counted", || async {
+        let stats = &node.info().await["stats"];
+        stats["upstream_failures"] == 1 && stats["plain_publish_dropped"] == 1
+    })
+    .await;
+    // No error channel in plain mode: the client is not closed for it.
+    redis.restart();
+    support::eventually("node reconnected", || async { node.health().await == 200 }).await;
+    redis.publish("orders", b"back").await;
+    assert_eq!(client.next_text().await, "back");
+}

@@ -94,7 +94,12 @@ impl Node {
             .await;
         match &result {
             Ok(()) => Stats::bump(&self.inner.stats.upstream_messages),
-            Err(_) => Stats::bump(&self.inner.stats.upstream_failures),
+            Err(e) => {
+                Stats::bump(&self.inner.stats.upstream_failures);
+                if let Some(skipped) = self.inner.publish_warnings.allow() {
+                    tracing::warn!(conn = %conn.id, error = %e, similar_skipped = skipped, "upstream append failed (counted in upstream_failures)");
+                }
+            }
         }
         result
     }
