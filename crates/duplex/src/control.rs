@@ -1,8 +1,10 @@
 //! Orders for every node, carried by the broker on the reserved channel
 //! `#control`: each node subscribes to it at start and applies what it reads
 //! to its own connections. The HTTP API publishes them (`/api/disconnect`,
-//! `/api/publish` to `#conn:<id>`), and so can any backend with a Redis
-//! client: `PUBLISH #control '{"op":"disconnect","user":"42"}'`.
+//! `/api/publish` to `#conn:<id>`, `/api/unsubscribe`), and so can any
+//! backend with a Redis client: `PUBLISH #control '{"op":"disconnect","user":"42"}'`.
+//! Nodes also talk among themselves here: `query`/`answer` for
+//! `/api/connections` and `alive` heartbeats (docs/API.md).
 //!
 //! Pure: parsing and matching; the node does the I/O.
 

@@ -437,3 +437,34 @@ async fn a_plain_frame_redis_refuses_is_counted_and_the_client_stays() {
     redis.publish("orders", b"back").await;
     assert_eq!(client.next_text().await, "back");
 }
+
+#[tokio::test]
+async fn a_user_channel_reaches_that_user_on_both_nodes_and_nobody_else() {
+    let redis = RedisServer::start();
+    let a = node_on(&redis, "a", tokens()).await;
+    let b = node_on(&redis, "b", tokens()).await;
+    let (mut ann_a, _) = native(&a, "ann").await;
+    let mut ann_b = Client::connect(&b.ws(&format!("/?token={}", token("ann")))).await;
+    let (mut bob_a, _) = native(&a, "bob").await;
+    let mut bob_b = Client::connect(&b.ws(&format!("/?token={}", token("bob")))).await;
+
+    let (status, _) = b
+        .post_json(
+            "/api/publish",
+            &json!({"channel": "#user:ann", "data": "for ann"}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        ann_a.next_json().await,
+        json!({"push": "message", "channel": "#user:ann", "data": "for ann"})
+    );
+    assert_eq!(ann_b.next_text().await, "for ann");
+    // Bob's first frames are his own message: ann's never reached him.
+    redis.publish("#user:bob", b"for bob").await;
+    assert_eq!(
+        bob_a.next_json().await,
+        json!({"push": "message", "channel": "#user:bob", "data": "for bob"})
+    );
+    assert_eq!(bob_b.next_text().await, "for bob");
+}

@@ -210,15 +210,16 @@ impl Node {
             tracing::warn!(%request, "connection query not answered: too many answers in flight");
             return;
         }
-        let (connections, truncated) = self.local_connections(user.as_deref(), limit);
-        let order = Order::Answer {
-            request,
-            node: self.inner.id.clone(),
-            connections,
-            truncated,
-        };
         let node = self.clone();
+        // Listed in the task, off the broker's delivery path.
         tokio::spawn(async move {
+            let (connections, truncated) = node.local_connections(user.as_deref(), limit);
+            let order = Order::Answer {
+                request,
+                node: node.inner.id.clone(),
+                connections,
+                truncated,
+            };
             if let Err(e) = node.publish_order_on(&reply_to, &order).await {
                 Stats::bump(&node.inner.stats.query_answers_dropped);
                 tracing::warn!(%reply_to, error = %e, "answer to a connection query not sent");
