@@ -5,6 +5,7 @@
 //! - reply:  `{"id":1,"result":{...}}` or `{"id":1,"error":{"code":103,"message":"..."}}`
 //! - push:   `{"push":"message","channel":"news","data":...}`
 //! - push:   `{"push":"disconnect","code":3501,"reason":"...","reconnect":false}`
+//! - push:   `{"push":"unsubscribe","channel":"news"}`
 //!
 //! Room is left for later fields: `offset`/`epoch` on messages (history),
 //! `join`/`leave` pushes (presence), rpc results as ordinary replies.
@@ -125,6 +126,21 @@ pub fn disconnect(code: u16, reason: &str) -> Bytes {
     })
 }
 
+#[derive(Serialize)]
+struct UnsubscribePush<'a> {
+    push: &'static str,
+    channel: &'a str,
+}
+
+/// Tells a client the server removed it from a channel (`/api/unsubscribe`):
+/// `{"push":"unsubscribe","channel":"news"}`. No more messages from it follow.
+pub fn unsubscribed(channel: &str) -> Bytes {
+    json_frame(&UnsubscribePush {
+        push: "unsubscribe",
+        channel,
+    })
+}
+
 /// A message push frame: encoded once per publication, shared by all native subscribers.
 pub fn message(channel: &str, payload: &[u8], form: JsonForm) -> Bytes {
     let mut frame = FrameBuilder::with_capacity(OpCode::Text, payload.len() + channel.len() + 48);
@@ -219,5 +235,13 @@ mod tests {
             dec.decode(&mut buf),
             Ok(Some(Event::Message { .. }))
         ));
+    }
+
+    #[test]
+    fn unsubscribe_push() {
+        assert_eq!(
+            body(&unsubscribed("news")),
+            serde_json::json!({"push":"unsubscribe","channel":"news"})
+        );
     }
 }

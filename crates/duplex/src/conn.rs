@@ -30,6 +30,8 @@ pub struct Conn {
     pub(crate) wire: Wire,
     pub(crate) remote: SocketAddr,
     pub(crate) outbound: Outbound,
+    /// Milliseconds since node start when the connection opened (`/api/connections`).
+    pub(crate) opened_ms: u64,
     /// Milliseconds since node start when the client last sent any frame.
     last_seen_ms: AtomicU64,
     /// Milliseconds since node start when the connection opened, until the
@@ -101,6 +103,7 @@ impl Conn {
             wire,
             remote,
             outbound: Outbound::new(limits, coalescer.map(|c| (Arc::clone(c), seq))),
+            opened_ms: now_ms,
             last_seen_ms: AtomicU64::new(now_ms),
             waiting_since_ms: AtomicU64::new(if wire == Wire::Plain {
                 u64::MAX

@@ -1,8 +1,10 @@
 //! Orders for every node, carried by the broker on the reserved channel
 //! `#control`: each node subscribes to it at start and applies what it reads
 //! to its own connections. The HTTP API publishes them (`/api/disconnect`,
-//! `/api/publish` to `#conn:<id>`), and so can any backend with a Redis
-//! client: `PUBLISH #control '{"op":"disconnect","user":"42"}'`.
+//! `/api/publish` to `#conn:<id>`, `/api/unsubscribe`), and so can any
+//! backend with a Redis client: `PUBLISH #control '{"op":"disconnect","user":"42"}'`.
+//! Nodes also talk among themselves here: `query`/`answer` for
+//! `/api/connections` and `alive` heartbeats (docs/API.md).
 //!
 //! Pure: parsing and matching; the node does the I/O.
 
@@ -29,6 +31,39 @@ pub fn node_of(connection: &str) -> Option<&str> {
 
 /// Close code when no code is given: "disconnected by the server" (reconnect allowed).
 pub const DEFAULT_DISCONNECT_CODE: u16 = 3003;
+
+/// Close code of a plain client removed from its channel by an `unsubscribe`
+/// order: a plain client is its channel, so it is closed, and must not
+/// reconnect to the same channel (3500-4999: no automatic reconnect).
+pub const UNSUBSCRIBED_CLOSE_CODE: u16 = 3502;
+
+/// Most connections one `query` may ask for, and one `answer` may carry.
+pub const MAX_QUERY_LIMIT: usize = 10_000;
+
+/// One connection as `/api/connections` lists it, and as nodes report it
+/// to each other in `answer` orders.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConnectionInfo {
+    /// Connection id, `<node>.<n>`.
+    pub id: String,
+    /// The token's `sub`; empty for anonymous clients.
+    pub user: String,
+    /// The node holding it.
+    pub node: String,
+    /// `native` (`/ws`) or `plain`.
+    pub mode: String,
+    /// Channels it is subscribed to, at most a fixed number of them.
+    pub channels: Vec<String>,
+    /// True when it holds more channels than listed.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub channels_truncated: bool,
+    /// When it connected, Unix seconds (by the holding node's clock).
+    pub connected_at: u64,
+    /// Seconds since it connected.
+    pub age_seconds: u64,
+    /// The client's address as the node sees it (a proxy's, behind one).
+    pub remote: String,
+}
 
 /// Which connections an order is for.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -85,6 +120,47 @@ pub enum Order {
         #[serde(default)]
         encoding: Encoding,
     },
+    /// Remove the addressed connections from one channel: a native client
+    /// gets an `unsubscribe` push, a plain one is closed with
+    /// [`UNSUBSCRIBED_CLOSE_CODE`].
+    Unsubscribe {
+        /// Who.
+        #[serde(flatten)]
+        target: Target,
+        /// The channel.
+        channel: String,
+    },
+    /// Ask every node for its connections (of one user, or all): each
+    /// answers on `reply_to` with an `answer` carrying the same `request`.
+    Query {
+        /// Chosen by the asker, echoed in the answers.
+        request: String,
+        /// Where the answers go: a `#node:<id>` channel.
+        reply_to: String,
+        /// Only this user's connections; all when absent.
+        #[serde(default)]
+        user: Option<String>,
+        /// Most connections one node reports.
+        limit: usize,
+    },
+    /// One node's answer to a `query`.
+    Answer {
+        /// The query's `request`.
+        request: String,
+        /// The answering node.
+        node: String,
+        /// Its matching connections, at most the query's `limit`.
+        connections: Vec<ConnectionInfo>,
+        /// True when the node has more than it listed.
+        #[serde(default)]
+        truncated: bool,
+    },
+    /// A node's heartbeat on `#control` (and its greeting to a node it had
+    /// not heard from, on that node's `#node:<id>`): the live-node registry.
+    Alive {
+        /// The node id.
+        node: String,
+    },
 }
 
 fn default_code() -> u16 {
@@ -106,6 +182,15 @@ pub enum BadOrder {
     /// Data that cannot become bytes.
     #[error("bad data: {0}")]
     Data(String),
+    /// Not a valid channel name.
+    #[error("bad channel: {0}")]
+    Channel(String),
+    /// Answers may only go to a node's own channel.
+    #[error("reply_to must be a #node:<id> channel")]
+    ReplyTo,
+    /// A query limit, or an answer's size, out of bounds.
+    #[error("limit {0} is outside 1-10000")]
+    Limit(usize),
 }
 
 impl Order {
@@ -123,6 +208,9 @@ impl Order {
         let node = match self {
             Order::Disconnect { target, .. } => target.node(),
             Order::Send { connection, .. } => node_of(connection),
+            Order::Unsubscribe { target, .. } => target.node(),
+            // Published on channels their senders choose (`reply_to`, `#node:<id>`).
+            Order::Query { .. } | Order::Answer { .. } | Order::Alive { .. } => None,
         };
         match node {
             Some(node) => format!("{NODE_CHANNEL_PREFIX}{node}"),
@@ -143,6 +231,32 @@ impl Order {
             }
             Order::Send { data, encoding, .. } => {
                 send_payload(data, *encoding)?;
+            }
+            Order::Unsubscribe { channel, .. } => {
+                duplex_protocol::channel::validate(channel, usize::MAX)
+                    .map_err(|e| BadOrder::Channel(e.to_string()))?;
+            }
+            Order::Query {
+                reply_to, limit, ..
+            } => {
+                if !reply_to.starts_with(NODE_CHANNEL_PREFIX) {
+                    return Err(BadOrder::ReplyTo);
+                }
+                if *limit == 0 || *limit > MAX_QUERY_LIMIT {
+                    return Err(BadOrder::Limit(*limit));
+                }
+            }
+            Order::Answer { connections, .. } => {
+                if connections.len() > MAX_QUERY_LIMIT {
+                    return Err(BadOrder::Limit(connections.len()));
+                }
+            }
+            Order::Alive { node } => {
+                if node.is_empty() || node.len() > 255 {
+                    return Err(BadOrder::Malformed(
+                        "node id is empty or over 255 bytes".into(),
+                    ));
+                }
             }
         }
         Ok(())
@@ -173,6 +287,54 @@ mod tests {
         assert_eq!(send.channel(), "#node:n2");
         let user = Order::parse(br#"{"op":"disconnect","user":"42"}"#).unwrap();
         assert_eq!(user.channel(), CONTROL_CHANNEL);
+        let unsub =
+            Order::parse(br#"{"op":"unsubscribe","connection":"n3.1","channel":"news"}"#).unwrap();
+        assert_eq!(unsub.channel(), "#node:n3");
+        let unsub = Order::parse(br#"{"op":"unsubscribe","user":"7","channel":"news"}"#).unwrap();
+        assert_eq!(unsub.channel(), CONTROL_CHANNEL);
+    }
+
+    #[test]
+    fn queries_answer_only_to_node_channels_and_stay_bounded() {
+        let ok = br##"{"op":"query","request":"r1","reply_to":"#node:n1","user":"42","limit":10}"##;
+        assert!(matches!(
+            Order::parse(ok),
+            Ok(Order::Query { limit: 10, .. })
+        ));
+        for bad in [
+            &br##"{"op":"query","request":"r","reply_to":"news","limit":10}"##[..],
+            br##"{"op":"query","request":"r","reply_to":"#node:n1","limit":0}"##,
+            br##"{"op":"query","request":"r","reply_to":"#node:n1","limit":10001}"##,
+            br##"{"op":"unsubscribe","user":"1","channel":"has space"}"##,
+            br##"{"op":"alive","node":""}"##,
+        ] {
+            assert!(
+                Order::parse(bad).is_err(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        let answer = Order::Answer {
+            request: "r1".into(),
+            node: "n2".into(),
+            connections: vec![ConnectionInfo {
+                id: "n2.1".into(),
+                user: "42".into(),
+                node: "n2".into(),
+                mode: "native".into(),
+                channels: vec!["news".into()],
+                channels_truncated: false,
+                connected_at: 1,
+                age_seconds: 2,
+                remote: "127.0.0.1:5".into(),
+            }],
+            truncated: false,
+        };
+        let wire = serde_json::to_vec(&answer).unwrap();
+        assert!(matches!(
+            Order::parse(&wire),
+            Ok(Order::Answer { connections, .. }) if connections.len() == 1
+        ));
     }
 
     #[test]

@@ -133,6 +133,47 @@ impl<S: Subscriber> Hub<S> {
         self.shards.iter().map(|shard| shard.read().len()).sum()
     }
 
+    /// Whether subscriber `key` is on `channel`.
+    pub fn contains(&self, channel: &str, key: u64) -> bool {
+        self.shard(channel)
+            .read()
+            .get(channel)
+            .is_some_and(|subs| subs.contains_key(&key))
+    }
+
+    /// The channels each of `keys` is subscribed to, at most `max_each` per
+    /// key (the bool says some were left out). One pass over every channel,
+    /// each checked from its smaller side: for `/api/connections`, not hot.
+    pub fn channels_of(
+        &self,
+        keys: &std::collections::HashSet<u64>,
+        max_each: usize,
+    ) -> HashMap<u64, (Vec<ChannelName>, bool)> {
+        let mut out: HashMap<u64, (Vec<ChannelName>, bool)> = HashMap::new();
+        let mut add = |key: u64, channel: &ChannelName| {
+            let (list, truncated) = out.entry(key).or_default();
+            if list.len() < max_each {
+                list.push(channel.clone());
+            } else {
+                *truncated = true;
+            }
+        };
+        for shard in self.shards.iter() {
+            for (channel, subs) in shard.read().iter() {
+                if subs.len() <= keys.len() {
+                    for key in subs.keys().filter(|k| keys.contains(k)) {
+                        add(*key, channel);
+                    }
+                } else {
+                    for key in keys.iter().filter(|k| subs.contains_key(*k)) {
+                        add(*key, channel);
+                    }
+                }
+            }
+        }
+        out
+    }
+
     /// Every channel with local subscribers and their count.
     pub fn channels(&self) -> Vec<(ChannelName, usize)> {
         let mut all = Vec::new();

@@ -223,6 +223,38 @@ impl Collector for NodeCollector {
                 ("refused", load(&s.upstream_failures)),
             ],
         )?;
+        counter(
+            &mut e,
+            "order_unsubscribes",
+            "Connections removed from a channel by an unsubscribe order",
+            None,
+            load(&s.api_unsubscribes),
+        )?;
+        labelled(
+            &mut e,
+            (
+                "connection_queries",
+                "/api/connections queries asked on this node, by outcome",
+                MetricType::Counter,
+            ),
+            "outcome",
+            &[
+                (
+                    "complete",
+                    load(&s.connection_queries)
+                        .saturating_sub(load(&s.queries_incomplete) + load(&s.queries_refused)),
+                ),
+                ("incomplete", load(&s.queries_incomplete)),
+                ("refused", load(&s.queries_refused)),
+            ],
+        )?;
+        counter(
+            &mut e,
+            "query_answers_dropped",
+            "Node answers to connection queries dropped (late, unknown or unpublishable)",
+            None,
+            load(&s.query_answers_dropped),
+        )?;
         gauge(
             &mut e,
             "uptime_seconds",

@@ -63,6 +63,17 @@ pub struct Stats {
     pub upstream_messages: AtomicU64,
     /// Client `send` messages the broker refused (the client was told).
     pub upstream_failures: AtomicU64,
+    /// Connections removed from a channel by an `unsubscribe` order (native
+    /// ones told with a push, plain ones closed with 3502).
+    pub api_unsubscribes: AtomicU64,
+    /// `/api/connections` queries asked on this node.
+    pub connection_queries: AtomicU64,
+    /// Of those, answered `incomplete` (a live node did not answer in time).
+    pub queries_incomplete: AtomicU64,
+    /// Queries refused because too many were in flight on this node.
+    pub queries_refused: AtomicU64,
+    /// Node answers dropped: late, for an unknown query, or not publishable.
+    pub query_answers_dropped: AtomicU64,
 }
 
 /// A consistent-enough copy of the counters for JSON output.
@@ -102,6 +113,16 @@ pub struct StatsSnapshot {
     pub upstream_messages: u64,
     /// See [`Stats::upstream_failures`].
     pub upstream_failures: u64,
+    /// See [`Stats::api_unsubscribes`].
+    pub api_unsubscribes: u64,
+    /// See [`Stats::connection_queries`].
+    pub connection_queries: u64,
+    /// See [`Stats::queries_incomplete`].
+    pub queries_incomplete: u64,
+    /// See [`Stats::queries_refused`].
+    pub queries_refused: u64,
+    /// See [`Stats::query_answers_dropped`].
+    pub query_answers_dropped: u64,
 }
 
 /// Why a connection ended, as a metrics label.
@@ -190,6 +211,11 @@ impl Stats {
             api_disconnects: self.api_disconnects.load(Relaxed),
             upstream_messages: self.upstream_messages.load(Relaxed),
             upstream_failures: self.upstream_failures.load(Relaxed),
+            api_unsubscribes: self.api_unsubscribes.load(Relaxed),
+            connection_queries: self.connection_queries.load(Relaxed),
+            queries_incomplete: self.queries_incomplete.load(Relaxed),
+            queries_refused: self.queries_refused.load(Relaxed),
+            query_answers_dropped: self.query_answers_dropped.load(Relaxed),
         }
     }
 }

@@ -5,6 +5,8 @@
 //! - `POST /api/publish`   `{"channel":"news","data":...}`
 //! - `POST /api/broadcast` `{"channels":["a","b"],"data":...}`
 //! - `POST /api/disconnect` `{"user":"42"}` or `{"connection":"n1.7"}`, optional `code`, `reason`
+//! - `POST /api/unsubscribe` `{"user":"42"}` or `{"connection":"n1.7"}`, and `"channel"`
+//! - `GET  /api/connections?user=42&limit=1000` connections across nodes
 //! - `GET  /api/channels`  channels with local subscriber counts
 //! - `GET  /api/info`      node id, uptime, connections, broker state, counters
 //! - `GET  /health`        200 while the broker is usable, else 503
@@ -18,6 +20,7 @@ mod auth;
 mod error;
 mod json;
 mod publish;
+mod sessions;
 mod status;
 
 use axum::extract::DefaultBodyLimit;
@@ -35,6 +38,8 @@ pub fn routes(state: &AppState) -> Router<AppState> {
         .route("/publish", post(publish::publish))
         .route("/broadcast", post(publish::broadcast))
         .route("/disconnect", post(publish::disconnect))
+        .route("/unsubscribe", post(sessions::unsubscribe))
+        .route("/connections", get(sessions::connections))
         .route("/channels", get(status::channels))
         .route("/info", get(status::info))
         .fallback(error::not_found)

@@ -148,17 +148,7 @@ pub(super) async fn disconnect(
     State(app): State<AppState>,
     Body(req): Body<DisconnectRequest>,
 ) -> Result<Json<Value>, ApiError> {
-    let target = match (req.connection, req.user) {
-        (Some(id), None) if !id.is_empty() => Target::Connection(id),
-        (None, Some(user)) if !user.is_empty() => Target::User(user),
-        _ => {
-            return Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "bad_request",
-                "give exactly one of \"connection\" and \"user\"",
-            ))
-        }
-    };
+    let target = target(req.connection, req.user)?;
     let order = Order::Disconnect {
         target,
         code: req.code.unwrap_or(DEFAULT_DISCONNECT_CODE),
@@ -167,8 +157,21 @@ pub(super) async fn disconnect(
     send_order(&app, order).await
 }
 
+/// Who an order is for: exactly one of a connection id and a user id.
+pub(super) fn target(connection: Option<String>, user: Option<String>) -> Result<Target, ApiError> {
+    match (connection, user) {
+        (Some(id), None) if !id.is_empty() => Ok(Target::Connection(id)),
+        (None, Some(user)) if !user.is_empty() => Ok(Target::User(user)),
+        _ => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "give exactly one of \"connection\" and \"user\"",
+        )),
+    }
+}
+
 /// Checks an order and publishes it on `#control` for every node.
-async fn send_order(app: &AppState, order: Order) -> Result<Json<Value>, ApiError> {
+pub(super) async fn send_order(app: &AppState, order: Order) -> Result<Json<Value>, ApiError> {
     order
         .check()
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e.to_string()))?;

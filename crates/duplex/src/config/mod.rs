@@ -57,6 +57,42 @@ pub enum LogFormat {
     Json,
 }
 
+/// Where a plain client's frames go (`plain_frames`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum PlainFrames {
+    /// Published to the client's (first) channel: the classic behaviour.
+    #[default]
+    Channel,
+    /// Appended to the upstream stream for the backends, with the channel named.
+    Upstream,
+    /// Both.
+    Both,
+}
+
+impl PlainFrames {
+    /// Whether frames are published to the channel.
+    pub fn to_channel(self) -> bool {
+        self != PlainFrames::Upstream
+    }
+
+    /// Whether frames go up to the backends.
+    pub fn to_upstream(self) -> bool {
+        self != PlainFrames::Channel
+    }
+}
+
+impl ToToml for PlainFrames {
+    fn to_toml(&self) -> String {
+        match self {
+            PlainFrames::Channel => "\"channel\"",
+            PlainFrames::Upstream => "\"upstream\"",
+            PlainFrames::Both => "\"both\"",
+        }
+        .to_string()
+    }
+}
+
 /// A setting that must never be printed: Debug shows whether it is set, not its value.
 #[derive(Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(transparent)]
@@ -189,7 +225,16 @@ macro_rules! plain_file_value {
         }
     )*};
 }
-plain_file_value!(SocketAddr, String, Secret, bool, usize, u32, LogFormat);
+plain_file_value!(
+    SocketAddr,
+    String,
+    Secret,
+    bool,
+    usize,
+    u32,
+    LogFormat,
+    PlainFrames
+);
 
 fn de_opt<'de, D: serde::Deserializer<'de>, T: FileValue>(d: D) -> Result<Option<T>, D::Error> {
     T::de(d).map(Some)
@@ -244,6 +289,12 @@ settings! {
     plain_publish: bool = true, "DUPLEX_PLAIN_PUBLISH";
     /// Whether a plain client receives its own messages back [default: true].
     plain_echo: bool = true, "DUPLEX_PLAIN_ECHO";
+    /// Where plain clients' frames go: channel (published to their channel), upstream (appended to upstream_stream for the backends; needs Redis) or both [default: channel].
+    plain_frames: PlainFrames = PlainFrames::Channel, "DUPLEX_PLAIN_FRAMES";
+    /// How long /api/connections waits for the other nodes' answers before it says `incomplete` [default: 1s].
+    query_timeout: Duration = Duration::from_secs(1), "DUPLEX_QUERY_TIMEOUT", humantime::parse_duration;
+    /// Interval of each node's `alive` heartbeat on #control (Redis only); a node silent for 3 intervals is no longer expected to answer /api/connections [default: 5s].
+    node_heartbeat: Duration = Duration::from_secs(5), "DUPLEX_NODE_HEARTBEAT", humantime::parse_duration;
     /// Largest message a client may send, in bytes, inclusive [default: 65536].
     max_message_size: usize = 64 * 1024, "DUPLEX_MAX_MESSAGE_SIZE";
     /// Most frames one fragmented message may have [default: 1024].
@@ -427,6 +478,20 @@ impl Config {
         if self.redis_timeout.is_zero() {
             return invalid("redis_timeout", "must be above zero");
         }
+        // The one place that says where upstream messages can go: relax it
+        // when another upstream (HTTP) exists for the memory broker.
+        if self.plain_frames.to_upstream() && self.redis_url().is_none() {
+            return invalid(
+                "plain_frames",
+                "\"upstream\" and \"both\" need Redis (--redis): plain frames go up to a Redis Stream, and the memory broker has no upstream; use \"channel\"",
+            );
+        }
+        if self.query_timeout.is_zero() || self.node_heartbeat.is_zero() {
+            return invalid(
+                "query_timeout",
+                "query_timeout and node_heartbeat must be above zero",
+            );
+        }
         Ok(())
     }
 }
@@ -496,6 +561,26 @@ mod tests {
         };
         let config = secured.resolve().unwrap();
         assert_eq!(config.api_keys().collect::<Vec<_>>(), ["k1", "k2"]);
+    }
+
+    #[test]
+    fn plain_upstream_needs_redis() {
+        let memory = Settings {
+            plain_frames: Some(PlainFrames::Both),
+            ..Default::default()
+        };
+        let err = memory.clone().resolve().unwrap_err().to_string();
+        assert!(
+            err.contains("plain_frames") && err.contains("Redis"),
+            "{err}"
+        );
+        let redis = Settings {
+            redis: Some("redis://127.0.0.1:6379".into()),
+            ..memory
+        };
+        assert_eq!(redis.resolve().unwrap().plain_frames, PlainFrames::Both);
+        let file: Settings = toml::from_str("plain_frames = \"upstream\"").unwrap();
+        assert_eq!(file.plain_frames, Some(PlainFrames::Upstream));
     }
 
     #[test]

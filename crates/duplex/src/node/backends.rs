@@ -20,7 +20,14 @@ use crate::stats::Stats;
 impl Node {
     /// Starts listening for orders on `#control` and on this node's own
     /// `#node:<id>` (once, at start).
+    /// Starts the node heartbeat too (Redis), which `/api/connections` relies on.
     pub async fn listen_for_orders(&self) -> Result<(), BrokerError> {
+        let subscribed = self.subscribe_order_channels().await;
+        self.start_heartbeat();
+        subscribed
+    }
+
+    async fn subscribe_order_channels(&self) -> Result<(), BrokerError> {
         for name in [CONTROL_CHANNEL.to_string(), self.node_channel()] {
             let channel = ChannelName::parse(&name, usize::MAX)
                 .map_err(|e| BrokerError::Unavailable(e.to_string()))?;
@@ -42,6 +49,18 @@ impl Node {
         payload: Bytes,
         kind: MessageKind,
     ) -> Result<(), BrokerError> {
+        self.send_upstream_from(conn, payload, kind, None).await
+    }
+
+    /// Like [`Node::send_upstream`], naming the channel the message came
+    /// from (a plain client's frames, in the entry's `channel` field).
+    pub(crate) async fn send_upstream_from(
+        &self,
+        conn: &Conn,
+        payload: Bytes,
+        kind: MessageKind,
+        channel: Option<&str>,
+    ) -> Result<(), BrokerError> {
         let millis = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_millis())
@@ -50,7 +69,7 @@ impl Node {
             MessageKind::Text => "text",
             MessageKind::Binary => "binary",
         };
-        let fields = vec![
+        let mut fields = vec![
             ("kind", Bytes::from_static(b"send")),
             ("data", payload),
             ("encoding", Bytes::from_static(kind.as_bytes())),
@@ -62,6 +81,9 @@ impl Node {
             ("node", Bytes::copy_from_slice(self.inner.id.as_bytes())),
             ("ts", Bytes::from(millis.to_string())),
         ];
+        if let Some(channel) = channel {
+            fields.push(("channel", Bytes::copy_from_slice(channel.as_bytes())));
+        }
         let result = self
             .inner
             .broker
@@ -72,7 +94,12 @@ impl Node {
             .await;
         match &result {
             Ok(()) => Stats::bump(&self.inner.stats.upstream_messages),
-            Err(_) => Stats::bump(&self.inner.stats.upstream_failures),
+            Err(e) => {
+                Stats::bump(&self.inner.stats.upstream_failures);
+                if let Some(skipped) = self.inner.publish_warnings.allow() {
+                    tracing::warn!(conn = %conn.id, error = %e, similar_skipped = skipped, "upstream append failed (counted in upstream_failures)");
+                }
+            }
         }
         result
     }
@@ -80,7 +107,16 @@ impl Node {
     /// Publishes an order to the nodes it concerns (this one included): the
     /// holding node for one connection, every node otherwise.
     pub async fn publish_order(&self, order: &Order) -> Result<(), BrokerError> {
-        let channel = ChannelName::parse(&order.channel(), usize::MAX)
+        self.publish_order_on(&order.channel(), order).await
+    }
+
+    /// Publishes an order on a given channel (answers go to the asker's `reply_to`).
+    pub(super) async fn publish_order_on(
+        &self,
+        channel: &str,
+        order: &Order,
+    ) -> Result<(), BrokerError> {
+        let channel = ChannelName::parse(channel, usize::MAX)
             .map_err(|e| BrokerError::Unavailable(e.to_string()))?;
         let payload =
             serde_json::to_vec(order).map_err(|e| BrokerError::Unavailable(e.to_string()))?;
@@ -133,6 +169,20 @@ impl Node {
                 data,
                 encoding,
             } => self.send_to_connection(&connection, &data, encoding),
+            Order::Unsubscribe { target, channel } => self.unsubscribe_by_order(target, channel),
+            Order::Query {
+                request,
+                reply_to,
+                user,
+                limit,
+            } => self.answer_query(request, reply_to, user, limit),
+            Order::Answer {
+                request,
+                node,
+                connections,
+                truncated,
+            } => self.take_answer(request, node, connections, truncated),
+            Order::Alive { node } => self.heard_alive(node),
         }
     }
 
@@ -178,7 +228,7 @@ impl Node {
     }
 
     /// This node's connections an order is for.
-    fn addressed(&self, target: &Target) -> Vec<Arc<Conn>> {
+    pub(super) fn addressed(&self, target: &Target) -> Vec<Arc<Conn>> {
         match target {
             Target::Connection(id) => self.local_connection(id).into_iter().collect(),
             Target::User(_) => self

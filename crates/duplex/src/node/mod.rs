@@ -9,6 +9,10 @@
 //! leave the broker out of step with the hub.
 
 mod backends;
+mod query;
+mod unsubscribe;
+
+pub use query::{ConnectionList, QueryError};
 
 use std::collections::HashMap;
 use std::hash::BuildHasher;
@@ -104,6 +108,10 @@ struct Inner {
     per_ip: Mutex<HashMap<IpAddr, usize>>,
     /// Write coalescing, when `write_delay` is set.
     coalescer: Option<Arc<Coalescer>>,
+    /// Channels taken from native connections by `unsubscribe` orders.
+    revoked: unsubscribe::Revoked,
+    /// Connection queries across nodes, and the live nodes that answer them.
+    queries: query::Queries,
 }
 
 impl std::fmt::Debug for Inner {
@@ -227,6 +235,8 @@ impl Node {
                 publish_warnings: Throttle::new(1000),
                 coalescer,
                 per_ip: Mutex::default(),
+                revoked: Default::default(),
+                queries: Default::default(),
             }),
         };
         let _ = deliver.node.set(Arc::downgrade(&node.inner));
@@ -368,6 +378,7 @@ impl Node {
         for channel in channels {
             self.unsubscribe(conn, &channel).await;
         }
+        self.inner.revoked.forget(conn.seq);
         self.registry_shard(conn.seq).lock().remove(&conn.seq);
         if conn.wire == Wire::Native {
             self.inner.stats.native_connections.fetch_sub(1, Relaxed);
@@ -431,14 +442,25 @@ impl Node {
         }
     }
 
+    /// A channel an `unsubscribe` order already took is skipped.
     pub(crate) async fn unsubscribe(&self, conn: &Conn, channel: &ChannelName) {
         let _guard = self.stripe(channel).lock().await;
+        self.unsubscribe_held(conn, channel).await;
+    }
+
+    /// Under the channel's stripe lock: removes `conn` from `channel` if it
+    /// is there (false if not), leaving the broker after the last one.
+    async fn unsubscribe_held(&self, conn: &Conn, channel: &ChannelName) -> bool {
+        if !self.inner.hub.contains(channel.as_str(), conn.seq) {
+            return false;
+        }
         if self.inner.hub.unsubscribe(channel.as_str(), conn.seq) {
             if let Err(e) = self.inner.broker.unsubscribe(channel.clone()).await {
                 tracing::warn!(%channel, error = %e, "broker unsubscribe failed");
             }
         }
         self.inner.stats.subscriptions.fetch_sub(1, Relaxed);
+        true
     }
 
     /// Publishes to every subscriber on every node.

@@ -188,7 +188,12 @@ impl Session {
     ) -> Flow {
         match self {
             Session::Plain(s) => s.on_message(node, conn, kind, payload).await,
-            Session::Native(s) => s.on_message(node, conn, kind, payload).await,
+            Session::Native(s) => {
+                if let Some(taken) = node.take_revoked(conn.seq) {
+                    s.forget_channels(&taken);
+                }
+                s.on_message(node, conn, kind, payload).await
+            }
         }
     }
 

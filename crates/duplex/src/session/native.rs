@@ -448,3 +448,13 @@ fn broker_error(e: BrokerError) -> (ErrorCode, String) {
         _ => (ErrorCode::BrokerUnavailable, e.to_string()),
     }
 }
+
+impl NativeSession {
+    /// Drops channels the node took away (`unsubscribe` orders): the client
+    /// was told with a push, and may subscribe again.
+    pub(crate) fn forget_channels(&mut self, taken: &[ChannelName]) {
+        for channel in taken {
+            self.channels.shift_remove(channel);
+        }
+    }
+}

@@ -84,39 +84,58 @@ impl PlainSession {
         let Some(channel) = self.channels.first() else {
             return Flow::Continue;
         };
+        let frames = config.plain_frames;
+        if frames.to_channel() {
+            if let Some(denied) = self.publish_denied(node, channel) {
+                Stats::bump(&node.stats().auth_denials);
+                return Flow::Close(
+                    CloseCode::PolicyViolation,
+                    format!("{denied} ({channel:?}, the first channel of this connection)"),
+                );
+            }
+        }
+        if frames.to_upstream() {
+            let sent = node
+                .send_upstream_from(conn, payload.clone(), kind, Some(channel.as_str()))
+                .await;
+            if let Err(e) = sent {
+                // No error channel in plain mode: counted (upstream_failures
+                // and plain_publish_dropped) and logged.
+                Stats::bump(&node.stats().plain_publish_dropped);
+                tracing::debug!(conn = %conn.id, %channel, error = %e, "plain client's message dropped: upstream refused it");
+            }
+        }
+        if frames.to_channel() {
+            let publication = Publication {
+                channel: channel.clone(),
+                payload,
+                kind,
+                exclude: (!config.plain_echo).then_some(conn.seq),
+            };
+            Stats::bump(&node.stats().client_publishes);
+            if let Err(e) = node.publish(publication).await {
+                Stats::bump(&node.stats().plain_publish_dropped);
+                // Node::publish already logged it (throttled); this one is at debug.
+                tracing::debug!(conn = %conn.id, %channel, error = %e, "plain client's message dropped: broker refused it");
+            }
+        }
+        Flow::Continue
+    }
+
+    /// Why this client may not publish to its channel, if it may not.
+    fn publish_denied(&self, node: &Node, channel: &ChannelName) -> Option<Denied> {
+        if channel.is_reserved() {
+            // `#user:` and other server channels are written by backends only.
+            return Some(Denied::Forbidden);
+        }
         let asker = Asker {
             user: user_of(&self.auth),
             has_channel_token: false,
             subscribed: true,
         };
-        let denied = if channel.is_reserved() {
-            // `#user:` and other server channels are written by backends only.
-            Some(Denied::Forbidden)
-        } else {
-            node.permissions()
-                .can_publish(channel.as_str(), asker)
-                .err()
-        };
-        if let Some(denied) = denied {
-            Stats::bump(&node.stats().auth_denials);
-            return Flow::Close(
-                CloseCode::PolicyViolation,
-                format!("{denied} ({channel:?}, the first channel of this connection)"),
-            );
-        }
-        let publication = Publication {
-            channel: channel.clone(),
-            payload,
-            kind,
-            exclude: (!config.plain_echo).then_some(conn.seq),
-        };
-        Stats::bump(&node.stats().client_publishes);
-        if let Err(e) = node.publish(publication).await {
-            Stats::bump(&node.stats().plain_publish_dropped);
-            // Node::publish already logged it (throttled); this one is at debug.
-            tracing::debug!(conn = %conn.id, %channel, error = %e, "plain client's message dropped: broker refused it");
-        }
-        Flow::Continue
+        node.permissions()
+            .can_publish(channel.as_str(), asker)
+            .err()
     }
 
     pub(crate) fn into_channels(self) -> Vec<ChannelName> {
