@@ -19,6 +19,11 @@ for tool in redis-server redis-cli python3; do
         exit 1
     fi
 done
+if ! command -v npm >/dev/null 2>&1; then
+    echo "== installing npm (for playwright-core)"
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq npm >/dev/null
+fi
 if [ ! -d node_modules/playwright-core ]; then
     echo "== npm ci (playwright-core)"
     npm ci --no-audit --no-fund --silent

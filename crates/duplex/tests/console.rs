@@ -45,6 +45,7 @@ async fn the_page_is_served_at_root_and_console_while_root_upgrades_stay_plain_c
     for (path, content_type) in [
         ("/console/console.js", "text/javascript; charset=utf-8"),
         ("/console/console.css", "text/css; charset=utf-8"),
+        ("/favicon.ico", "image/svg+xml"),
     ] {
         let response = reqwest::get(node.http(path)).await.unwrap();
         assert_eq!(response.status(), 200, "{path}");
@@ -145,6 +146,12 @@ async fn a_watch_token_needs_the_api_key_and_subscribes_its_one_channel() {
         watcher.next_push().await,
         ("#user:42".to_string(), json!({"hello": 42}))
     );
+    // The console's client refreshes with a fresh watch token (same empty `sub`).
+    let (_, fresh) = post_with_key(&node, "/api/console/token", Some(KEY), &body).await;
+    let reply = watcher
+        .command("refresh", json!({"token": fresh["token"]}))
+        .await;
+    assert_eq!(reply["result"]["expires"], fresh["expires"], "{reply}");
     // The node's own order channels are not for watching.
     for channel in ["#control", "#node:x"] {
         let (status, reply) = post_with_key(

@@ -58,6 +58,7 @@ pub fn routes(state: &AppState) -> Router<AppState> {
         .route("/console", get(console::page))
         .route("/console/console.css", get(console::style))
         .route("/console/console.js", get(console::script))
+        .route("/favicon.ico", get(console::favicon))
 }
 
 /// The JavaScript client, built into the binary so a page served anywhere

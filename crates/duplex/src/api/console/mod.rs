@@ -3,6 +3,7 @@
 //!
 //! - `GET /` without a WebSocket upgrade, and `GET /console`: the page
 //! - `GET /console/console.css`, `GET /console/console.js`: its style and script
+//! - `GET /favicon.ico`: a small icon (an SVG), so no page on the node logs a 404 for it
 //! - `POST /api/console/token`: a short-lived token to watch a channel ([`token`])
 //!
 //! The page itself holds nothing secret: every number it shows comes from
@@ -24,6 +25,7 @@ use crate::transport::upgrade;
 const PAGE: &str = include_str!("console.html");
 const STYLE: &str = include_str!("console.css");
 const SCRIPT: &str = include_str!("console.js");
+const ICON: &str = include_str!("favicon.svg");
 
 /// Everything the page loads comes from the node; the page talks only to
 /// this node (HTTP and WebSocket) and may not be framed (the publish form
@@ -70,6 +72,11 @@ pub(super) async fn style() -> impl IntoResponse {
 /// `GET /console/console.js`.
 pub(super) async fn script() -> impl IntoResponse {
     asset("text/javascript; charset=utf-8", SCRIPT)
+}
+
+/// `GET /favicon.ico`: browsers ask every page's host for one.
+pub(super) async fn favicon() -> impl IntoResponse {
+    asset("image/svg+xml", ICON)
 }
 
 fn asset(content_type: &'static str, body: &'static str) -> impl IntoResponse {
