@@ -150,11 +150,13 @@ test("with an API key the console asks for it and works only with it", async () 
   const { page, errors } = await openConsole(n);
   await page.waitForSelector("#login", { state: "visible" });
   assert.equal(await page.isVisible("#main"), false);
-  assert.equal(await page.textContent("#node-id"), "–", "nothing about the node shows without the key");
+  assert.equal(await page.isVisible("#ident"), false, "nothing about the node shows without the key");
+  assert.equal(await page.textContent("#node-id"), "–");
 
   await page.fill("#api-key", "wrong");
   await page.click("#login-form button");
   await waitText(page, "#login-error", "That key was not accepted.");
+  await screenshot(page, "console-login");
   assert.equal(await page.isVisible("#main"), false);
 
   await page.fill("#api-key", KEY);

@@ -4,6 +4,8 @@
 // "Authorization: apikey <key>"; the key lives in sessionStorage (this tab).
 
 const POLL_MS = 1000;
+/** Polling slows down while the tab is hidden. */
+const HIDDEN_POLL_MS = 5000;
 const TOP_CHANNELS = 100;
 const MAX_MESSAGES = 200;
 const MAX_SHOWN_CHARS = 2000;
@@ -59,6 +61,8 @@ function showLogin(message) {
   stopPolling();
   stopWatching();
   $("main").hidden = true;
+  $("ident").hidden = true;
+  $("broker").hidden = true;
   $("forget-key").hidden = true;
   $("login").hidden = false;
   $("login-error").textContent = message;
@@ -74,6 +78,7 @@ $("login-form").addEventListener("submit", async (e) => {
   } catch (err) {
     apiKey = "";
     showLogin(err.status === 401 ? "That key was not accepted." : err.message);
+    $("api-key").select();
     return;
   }
   sessionStorage.setItem(KEY_STORE, apiKey);
@@ -125,9 +130,11 @@ async function poll() {
   }
   render(info, channels);
   $("main").hidden = false;
+  $("ident").hidden = false;
+  $("broker").hidden = false;
   $("forget-key").hidden = !apiKey;
   setLive("on", "live");
-  pollTimer = setTimeout(poll, POLL_MS);
+  pollTimer = setTimeout(poll, document.hidden ? HIDDEN_POLL_MS : POLL_MS);
 }
 
 function render(info, channels) {

@@ -34,6 +34,7 @@ use crate::server::AppState;
 /// user may not otherwise see; the client refreshes it well before the end.
 pub(crate) const WATCH_TOKEN_TTL: u64 = 300;
 
+/// What the console asks for: one channel to watch.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct TokenRequest {
@@ -54,6 +55,7 @@ struct WatchClaims<'a> {
     iss: &'a str,
 }
 
+/// `POST /api/console/token`: the answers are in the module doc.
 pub(crate) async fn mint(
     State(app): State<AppState>,
     Body(req): Body<TokenRequest>,
