@@ -3,6 +3,7 @@
 use axum::extract::{RawQuery, State};
 use axum::http::StatusCode;
 use axum::Json;
+use duplex_protocol::channel::ChannelName;
 use serde_json::{json, Value};
 
 use super::ApiError;
@@ -24,8 +25,15 @@ pub(super) async fn channels(
     let mut all = app.node.channels();
     let total = all.len();
     if let Some(limit) = limit {
-        all.sort_by(|(a, x), (b, y)| y.cmp(x).then_with(|| a.cmp(b)));
-        all.truncate(limit);
+        // Most subscribers first, then by name; only the top `limit` get sorted.
+        let order = |(a, x): &(ChannelName, usize), (b, y): &(ChannelName, usize)| {
+            y.cmp(x).then_with(|| a.cmp(b))
+        };
+        if limit < all.len() {
+            all.select_nth_unstable_by(limit, order);
+            all.truncate(limit);
+        }
+        all.sort_unstable_by(order);
     }
     let channels: Vec<Value> = all
         .into_iter()
