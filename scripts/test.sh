@@ -44,6 +44,13 @@ if ! grep -q "^# fail 0" "$JS_LOG"; then
     echo "JavaScript client tests failed (full output in $JS_LOG)"
     exit 1
 fi
+echo "== Browser tests (headless Chromium: console, classic demo, JS client, chat example)"
+BROWSER_LOG=target/browser-test-output.log
+clients/browser/test.sh 2>&1 | tee "$BROWSER_LOG" | grep -E "^# (tests|pass|fail)|^not ok|^== " || true
+if ! grep -q "^# fail 0" "$BROWSER_LOG"; then
+    echo "Browser tests failed (full output in $BROWSER_LOG, screenshots in target/browser/)"
+    exit 1
+fi
 echo "== WebSocket conformance (Autobahn sections 1-7, 9)"
 ./scripts/autobahn.sh
 
@@ -52,4 +59,5 @@ passed=$(awk '/^test result:/ {for (i = 1; i <= NF; i++) if ($(i+1) ~ /^passed/)
 failed=$(awk '/^test result:/ {for (i = 1; i <= NF; i++) if ($(i+1) ~ /^failed/) n += $i} END {print n + 0}' "$LOG")
 cases=$(awk '$1 == "all" {print $2 + $3 + $4}' target/autobahn-report/summary.txt 2>/dev/null || echo 0)
 js=$(awk '$1 == "#" && $2 == "pass" {print $3}' "$JS_LOG")
-echo "total: $((passed + cases + js)) passed, $failed failed"
+browser=$(awk '$1 == "#" && $2 == "pass" {print $3}' "$BROWSER_LOG")
+echo "total: $((passed + cases + js + browser)) passed, $failed failed"

@@ -83,7 +83,7 @@ pub enum ServerError {
 /// All routes of a node.
 pub fn router(state: AppState) -> Router {
     Router::new()
-        .route("/", get(upgrade::plain))
+        .route("/", get(api::console::root))
         .route("/ws", get(upgrade::native))
         .merge(api::routes(&state))
         .with_state(state)

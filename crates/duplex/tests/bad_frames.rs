@@ -106,7 +106,8 @@ async fn peers_that_never_answer_pings_are_dropped() {
 #[tokio::test]
 async fn plain_http_and_broken_upgrades_get_clear_answers() {
     let node = TestNode::memory().await;
-    let response = reqwest::get(node.http("/")).await.unwrap();
+    // `/` without an upgrade is the web console (tests/console.rs); `/ws` says what it wants.
+    let response = reqwest::get(node.http("/ws")).await.unwrap();
     assert_eq!(response.status(), 426);
     assert!(response.text().await.unwrap().contains("WebSocket"));
     let response = reqwest::Client::new()

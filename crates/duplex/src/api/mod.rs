@@ -7,16 +7,19 @@
 //! - `POST /api/disconnect` `{"user":"42"}` or `{"connection":"n1.7"}`, optional `code`, `reason`
 //! - `POST /api/unsubscribe` `{"user":"42"}` or `{"connection":"n1.7"}`, and `"channel"`
 //! - `GET  /api/connections?user=42&limit=1000` connections across nodes
-//! - `GET  /api/channels`  channels with local subscriber counts
+//! - `GET  /api/channels`  channels with local subscriber counts (`?limit=N`: the N largest)
 //! - `GET  /api/info`      node id, uptime, connections, broker state, counters
 //! - `GET  /health`        200 while the broker is usable, else 503
 //! - `GET  /metrics`       Prometheus text format
 //! - `GET  /duplex.js`     the JavaScript client (`clients/js/duplex.js`), embedded
+//! - `GET  /console`       the web console (also `GET /` without an upgrade), see [`console`]
+//! - `POST /api/console/token` `{"channel":"news"}` a short-lived token to watch a channel
 //!
 //! With an API key configured, `/api/*` and `/metrics` need
 //! `Authorization: apikey <key>`.
 
 mod auth;
+pub(crate) mod console;
 mod error;
 mod json;
 mod publish;
@@ -42,6 +45,7 @@ pub fn routes(state: &AppState) -> Router<AppState> {
         .route("/connections", get(sessions::connections))
         .route("/channels", get(status::channels))
         .route("/info", get(status::info))
+        .route("/console/token", post(console::token::mint))
         .fallback(error::not_found)
         .layer(middleware::from_fn_with_state(
             state.clone(),
@@ -56,6 +60,10 @@ pub fn routes(state: &AppState) -> Router<AppState> {
         .merge(metrics)
         .route("/health", get(status::health))
         .route("/duplex.js", get(client_js))
+        .route("/console", get(console::page))
+        .route("/console/console.css", get(console::style))
+        .route("/console/console.js", get(console::script))
+        .route("/favicon.ico", get(console::favicon))
 }
 
 /// The JavaScript client, built into the binary so a page served anywhere

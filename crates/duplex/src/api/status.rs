@@ -1,21 +1,68 @@
 //! `GET /api/channels`, `GET /api/info`, `GET /health`.
 
-use axum::extract::State;
+use axum::extract::{RawQuery, State};
 use axum::http::StatusCode;
 use axum::Json;
+use duplex_protocol::channel::ChannelName;
 use serde_json::{json, Value};
 
+use super::ApiError;
 use crate::node::NodeInfo;
 use crate::server::AppState;
 
-pub(super) async fn channels(State(app): State<AppState>) -> Json<Value> {
-    let channels: Vec<Value> = app
-        .node
-        .channels()
+/// Most channels one `/api/channels?limit=` answer lists, so a dashboard
+/// polling a node with a million channels gets a bounded answer.
+const MAX_CHANNELS_LIMIT: usize = 1000;
+
+/// `GET /api/channels`: every channel by name; `?limit=N` (1 to
+/// [`MAX_CHANNELS_LIMIT`]): the N with the most local subscribers, most first.
+/// `total` counts them all either way.
+pub(super) async fn channels(
+    State(app): State<AppState>,
+    RawQuery(query): RawQuery,
+) -> Result<Json<Value>, ApiError> {
+    let limit = channels_limit(query.as_deref())?;
+    let mut all = app.node.channels();
+    let total = all.len();
+    if let Some(limit) = limit {
+        // Most subscribers first, then by name; only the top `limit` get sorted.
+        let order = |(a, x): &(ChannelName, usize), (b, y): &(ChannelName, usize)| {
+            y.cmp(x).then_with(|| a.cmp(b))
+        };
+        if limit < all.len() {
+            all.select_nth_unstable_by(limit, order);
+            all.truncate(limit);
+        }
+        all.sort_unstable_by(order);
+    }
+    let channels: Vec<Value> = all
         .into_iter()
         .map(|(name, subscribers)| json!({"name": name.as_str(), "subscribers": subscribers}))
         .collect();
-    Json(json!({"node": app.node.id(), "channels": channels}))
+    Ok(Json(
+        json!({"node": app.node.id(), "total": total, "channels": channels}),
+    ))
+}
+
+fn channels_limit(query: Option<&str>) -> Result<Option<usize>, ApiError> {
+    let mut limit = None;
+    for (key, value) in url::form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+        if key != "limit" {
+            continue;
+        }
+        match value.parse::<usize>() {
+            Ok(n) if (1..=MAX_CHANNELS_LIMIT).contains(&n) => limit = Some(n),
+            _ => {
+                let shown: String = value.chars().take(32).collect();
+                return Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    format!("limit must be a number from 1 to {MAX_CHANNELS_LIMIT}, got {shown:?}"),
+                ));
+            }
+        }
+    }
+    Ok(limit)
 }
 
 pub(super) async fn info(State(app): State<AppState>) -> Json<NodeInfo> {
