@@ -163,3 +163,33 @@ async fn bad_orders_are_refused_with_reasons() {
     assert_eq!(status, 200);
     assert_eq!(client.expect_close().await.code, 3003);
 }
+
+/// A token that names the order channels does not let its client in there,
+/// and the node keeps hearing orders after that client leaves.
+#[tokio::test]
+async fn order_channels_in_a_token_are_ignored_and_orders_keep_working() {
+    let redis = RedisServer::start();
+    let node = node_on(&redis).await;
+    let token = jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &json!({"sub": "eve", "exp": unix_now() + 600, "channels": ["#control", "#node:x", "news"]}),
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .expect("sign");
+    let mut eve = Client::connect(&node.ws("/ws")).await;
+    let reply = eve.command("connect", json!({"token": token})).await;
+    assert_eq!(
+        reply["result"]["channels"],
+        json!(["news", "#user:eve"]),
+        "{reply}"
+    );
+    eve.close().await;
+    support::eventually("eve gone", || async {
+        node.info().await["connections"] == 0
+    })
+    .await;
+    let (mut fay, id) = native(&node, "fay").await;
+    let order = json!({"op": "disconnect", "connection": id, "code": 4002}).to_string();
+    redis.publish("#control", order.as_bytes()).await;
+    assert_eq!(fay.expect_close().await.code, 4002);
+}

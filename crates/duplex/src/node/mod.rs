@@ -132,8 +132,7 @@ struct Deliver {
 
 impl BrokerHandler for Deliver {
     fn handle_publication(&self, publication: Publication) -> BoxFuture<'_, ()> {
-        let name = publication.channel.as_str();
-        if name == CONTROL_CHANNEL || name.starts_with(NODE_CHANNEL_PREFIX) {
+        if is_order_channel(&publication.channel) {
             if let Some(inner) = self.node.get().and_then(std::sync::Weak::upgrade) {
                 Node { inner }.apply_order(&publication.payload);
             }
@@ -454,7 +453,9 @@ impl Node {
         if !self.inner.hub.contains(channel.as_str(), conn.seq) {
             return false;
         }
-        if self.inner.hub.unsubscribe(channel.as_str(), conn.seq) {
+        // The node itself listens on the order channels: a client that was
+        // let in there must not take the node's own subscription with it.
+        if self.inner.hub.unsubscribe(channel.as_str(), conn.seq) && !is_order_channel(channel) {
             if let Err(e) = self.inner.broker.unsubscribe(channel.clone()).await {
                 tracing::warn!(%channel, error = %e, "broker unsubscribe failed");
             }
@@ -501,4 +502,10 @@ impl Node {
     pub async fn close_broker(&self) {
         self.inner.broker.close().await;
     }
+}
+
+/// `#control` and `#node:<id>`: channels the node subscribes to for itself.
+pub(crate) fn is_order_channel(channel: &ChannelName) -> bool {
+    let name = channel.as_str();
+    name == CONTROL_CHANNEL || name.starts_with(NODE_CHANNEL_PREFIX)
 }

@@ -101,6 +101,14 @@ pub(crate) fn user_of(auth: &Option<Box<Authenticated>>) -> &str {
 /// a backend reaches every connection of a user with no client action.
 pub(crate) fn channels_at_connect(node: &Node, identity: &Identity) -> Vec<String> {
     let mut channels = identity.channels.clone();
+    channels.retain(|c| {
+        let order = c == crate::control::CONTROL_CHANNEL
+            || c.starts_with(crate::control::NODE_CHANNEL_PREFIX);
+        if order {
+            tracing::warn!(channel = %c, user = %identity.user, "ignoring an order channel in a token's channels: nothing is delivered there");
+        }
+        !order
+    });
     if node.config().user_channels && !identity.user.is_empty() {
         let own = format!("{USER_CHANNEL_PREFIX}{}", identity.user);
         if !channels.contains(&own) {
