@@ -5,6 +5,7 @@
 //! - `POST /api/publish`   `{"channel":"news","data":...}`
 //! - `POST /api/broadcast` `{"channels":["a","b"],"data":...}`
 //! - `POST /api/disconnect` `{"user":"42"}` or `{"connection":"n1.7"}`, optional `code`, `reason`
+//! - `POST /api/reply`   `{"connection":"n1.7","request":"42","data":...}`: answer a client's rpc
 //! - `GET  /api/channels`  channels with local subscriber counts
 //! - `GET  /api/info`      node id, uptime, connections, broker state, counters
 //! - `GET  /health`        200 while the broker is usable, else 503
@@ -18,6 +19,7 @@ mod auth;
 mod error;
 mod json;
 mod publish;
+mod reply;
 mod status;
 
 use axum::extract::DefaultBodyLimit;
@@ -35,6 +37,7 @@ pub fn routes(state: &AppState) -> Router<AppState> {
         .route("/publish", post(publish::publish))
         .route("/broadcast", post(publish::broadcast))
         .route("/disconnect", post(publish::disconnect))
+        .route("/reply", post(reply::reply))
         .route("/channels", get(status::channels))
         .route("/info", get(status::info))
         .fallback(error::not_found)

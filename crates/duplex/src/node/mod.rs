@@ -9,6 +9,12 @@
 //! leave the broker out of step with the hub.
 
 mod backends;
+mod http_upstream;
+mod rpc;
+mod upstream;
+
+pub(crate) use rpc::Outcome;
+pub(crate) use upstream::CallError;
 
 use std::collections::HashMap;
 use std::hash::BuildHasher;
@@ -101,6 +107,10 @@ struct Inner {
     publish_warnings: Throttle,
     /// Open connections per client address, when that limit is set.
     per_ip: Mutex<HashMap<IpAddr, usize>>,
+    /// Calls waiting for a backend's answer.
+    rpcs: rpc::Rpcs,
+    /// The HTTP upstream, when `upstream_url` is set.
+    http: Option<http_upstream::HttpUpstream>,
 }
 
 impl std::fmt::Debug for Inner {
@@ -201,8 +211,24 @@ impl Node {
         } else {
             config.node_id.clone()
         };
+        let rpcs = rpc::Rpcs::new(
+            config.max_pending_rpcs,
+            config.max_inflight_rpcs,
+            config.rpc_timeout,
+        );
         let node = Node {
-            inner: Arc::new(Inner {
+            inner: Arc::new_cyclic(|weak| Inner {
+                http: (!config.upstream_url.is_empty()).then(|| {
+                    http_upstream::HttpUpstream::start(
+                        &config.upstream_url,
+                        config.rpc_timeout,
+                        config.upstream_concurrency,
+                        config.max_inflight_rpcs,
+                        config.max_message_size,
+                        weak.clone(),
+                    )
+                }),
+                rpcs,
                 id,
                 config,
                 verifier,
@@ -222,6 +248,7 @@ impl Node {
             }),
         };
         let _ = deliver.node.set(Arc::downgrade(&node.inner));
+        tokio::spawn(rpc::sweep(Arc::downgrade(&node.inner), node.sweep_tick()));
         Ok(node)
     }
 
@@ -353,6 +380,7 @@ impl Node {
             self.unsubscribe(conn, &channel).await;
         }
         self.registry_shard(conn.seq).lock().remove(&conn.seq);
+        self.forget_calls(conn.seq);
         if conn.wire == Wire::Native {
             self.inner.stats.native_connections.fetch_sub(1, Relaxed);
         }
