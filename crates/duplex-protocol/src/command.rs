@@ -365,8 +365,8 @@ mod tests {
 
     #[test]
     fn rpc_needs_a_method_name() {
-        let r = decode(br#"{"id":6,"method":"rpc","params":{"method":"sum","data":[1,2]}}"#)
-            .unwrap();
+        let r =
+            decode(br#"{"id":6,"method":"rpc","params":{"method":"sum","data":[1,2]}}"#).unwrap();
         match r.command {
             Command::Rpc(p) => assert_eq!((p.method.as_str(), p.data_json()), ("sum", "[1,2]")),
             other => panic!("{other:?}"),
@@ -376,7 +376,10 @@ mod tests {
         for bad in [
             r#"{"id":6,"method":"rpc","params":{"method":""}}"#.to_string(),
             r#"{"id":6,"method":"rpc","params":{"data":1}}"#.to_string(),
-            format!(r#"{{"id":6,"method":"rpc","params":{{"method":"{}"}}}}"#, "m".repeat(256)),
+            format!(
+                r#"{{"id":6,"method":"rpc","params":{{"method":"{}"}}}}"#,
+                "m".repeat(256)
+            ),
         ] {
             let e = err(&bad);
             assert_eq!((e.id, e.code), (Some(6), ErrorCode::BadRequest), "{bad}");

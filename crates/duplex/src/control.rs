@@ -148,9 +148,7 @@ impl Order {
     pub fn channel(&self) -> String {
         let node = match self {
             Order::Disconnect { target, .. } => target.node(),
-            Order::Send { connection, .. } | Order::Reply { connection, .. } => {
-                node_of(connection)
-            }
+            Order::Send { connection, .. } | Order::Reply { connection, .. } => node_of(connection),
         };
         match node {
             Some(node) => format!("{NODE_CHANNEL_PREFIX}{node}"),
@@ -220,8 +218,15 @@ mod tests {
             br#"{"op":"reply","connection":"n1.7","request_id":"42","error":{"code":4000,"message":"no"}}"#,
         )
         .unwrap();
-        assert!(matches!(error, Order::Reply { error: Some(ReplyError { code: 4000, .. }), .. }));
-        let both = br#"{"op":"reply","connection":"n1.7","request":"1","data":1,"error":{"code":1000}}"#;
+        assert!(matches!(
+            error,
+            Order::Reply {
+                error: Some(ReplyError { code: 4000, .. }),
+                ..
+            }
+        ));
+        let both =
+            br#"{"op":"reply","connection":"n1.7","request":"1","data":1,"error":{"code":1000}}"#;
         assert!(Order::parse(both).is_err());
         assert!(Order::parse(br#"{"op":"reply","request":"1"}"#).is_err());
     }

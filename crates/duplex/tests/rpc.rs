@@ -87,17 +87,11 @@ async fn read_group(
         .query_async(conn)
         .await
         .expect("XREADGROUP");
-    let mut out = Vec::new();
-    for stream in items(&reply).chunks(2) {
-        // RESP2: [[name, entries]]; RESP3 maps flatten to name, entries.
-        let entries = match stream {
-            [name, entries] if matches!(name, redis::Value::BulkString(_)) => *entries,
-            [pair, ..] => items(pair)[1],
-            [] => continue,
-        };
-        out.extend(stream_entries(entries));
-    }
-    out
+    // [[stream name, entries], ...] (RESP2, the client's default).
+    items(&reply)
+        .into_iter()
+        .flat_map(|stream| stream_entries(items(stream)[1]))
+        .collect()
 }
 
 /// `XAUTOCLAIM duplex:upstream workers <consumer> <min idle ms> 0-0`: the
@@ -243,7 +237,12 @@ async fn an_rpc_is_answered_by_a_stream_worker() {
     assert!(fields["request"].parse::<u64>().is_ok(), "{fields:?}");
     assert!(fields["ts"].parse::<u64>().unwrap() > 1_700_000_000_000);
 
-    answer(&mut worker, &entries[0], &reply_order(fields, json!({"sum": 3}))).await;
+    answer(
+        &mut worker,
+        &entries[0],
+        &reply_order(fields, json!({"sum": 3})),
+    )
+    .await;
     let reply = client.next_json().await;
     assert_eq!(reply, json!({"id": 7, "result": {"data": {"sum": 3}}}));
 
@@ -283,7 +282,10 @@ async fn an_rpc_is_answered_by_a_stream_worker() {
         .await
         .expect("metrics text");
     assert!(metrics.contains("duplex_rpc_requests_total 3"), "{metrics}");
-    assert!(metrics.contains("duplex_rpc_duration_seconds_count 3"), "{metrics}");
+    assert!(
+        metrics.contains("duplex_rpc_duration_seconds_count 3"),
+        "{metrics}"
+    );
 }
 
 #[tokio::test]
@@ -314,7 +316,8 @@ async fn two_workers_share_a_thousand_requests_each_handled_once() {
         for (id, reply) in replies {
             let data = &reply["result"]["data"];
             assert_eq!(data["echo"], id, "matched to its command id: {reply}");
-            *by.entry(data["by"].as_str().unwrap().to_string()).or_default() += 1;
+            *by.entry(data["by"].as_str().unwrap().to_string())
+                .or_default() += 1;
         }
     }
     stop.cancel();
@@ -325,7 +328,11 @@ async fn two_workers_share_a_thousand_requests_each_handled_once() {
         total += handled.len();
         seen.extend(handled);
     }
-    assert_eq!((total, seen.len()), (1000, 1000), "each request handled once");
+    assert_eq!(
+        (total, seen.len()),
+        (1000, 1000),
+        "each request handled once"
+    );
     assert_eq!(by.values().sum::<usize>(), 1000);
     assert_eq!(by.len(), 2, "both workers took a share: {by:?}");
     assert_eq!(stat(&node, "rpc_pending").await, 0);
@@ -353,13 +360,21 @@ async fn a_crashed_workers_calls_are_claimed_and_answered_by_another() {
     let mut claimed = Vec::new();
     let deadline = tokio::time::Instant::now() + support::WAIT;
     while claimed.len() < 3 {
-        assert!(tokio::time::Instant::now() < deadline, "claimed {claimed:?}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "claimed {claimed:?}"
+        );
         claimed.extend(autoclaim(&mut rescuer, "rescuer", 50).await);
         // Entries become claimable once idle 50 ms; poll, not wait for an event.
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     for entry in &claimed {
-        answer(&mut rescuer, entry, &reply_order(&entry.1, echo(&entry.1, "rescuer"))).await;
+        answer(
+            &mut rescuer,
+            entry,
+            &reply_order(&entry.1, echo(&entry.1, "rescuer")),
+        )
+        .await;
     }
     for _ in 1..=3 {
         let reply = client.next_json().await;
@@ -400,9 +415,15 @@ async fn a_call_times_out_and_its_late_reply_is_dropped_and_counted() {
     // The slow worker answers after all: dropped, counted, nothing reaches the client.
     let mut worker = redis.connection().await;
     let entry = read_group(&mut worker, "slowpoke", 1).await.remove(0);
-    answer(&mut worker, &entry, &reply_order(&entry.1, json!("too late"))).await;
+    answer(
+        &mut worker,
+        &entry,
+        &reply_order(&entry.1, json!("too late")),
+    )
+    .await;
     // Made-up request ids are dropped the same way.
-    let made_up = json!({"op": "reply", "connection": entry.1["connection"], "request": "nope", "data": 1});
+    let made_up =
+        json!({"op": "reply", "connection": entry.1["connection"], "request": "nope", "data": 1});
     answer(&mut worker, &entry, &made_up).await;
     support::eventually("late replies counted", || async {
         stat(&node, "rpc_late_replies").await == 2

@@ -12,7 +12,9 @@ use duplex_protocol::ws::MessageKind;
 use super::{Node, Outcome};
 use crate::broker::{BrokerError, Upstream};
 use crate::conn::Conn;
-use crate::control::{Order, ReplyError, Target, CONN_CHANNEL_PREFIX, CONTROL_CHANNEL, NODE_CHANNEL_PREFIX};
+use crate::control::{
+    Order, ReplyError, Target, CONN_CHANNEL_PREFIX, CONTROL_CHANNEL, NODE_CHANNEL_PREFIX,
+};
 use crate::hub::{native_frame, plain_frame, Wire};
 use crate::message::Publication;
 use crate::stats::Stats;

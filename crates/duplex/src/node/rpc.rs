@@ -64,7 +64,9 @@ pub(crate) enum Full {
     #[error("this connection already has {0} calls waiting for replies (max_pending_rpcs)")]
     Connection(usize),
     /// `max_inflight_rpcs` on this node.
-    #[error("this node already has {0} calls waiting for replies (max_inflight_rpcs); retry later")]
+    #[error(
+        "this node already has {0} calls waiting for replies (max_inflight_rpcs); retry later"
+    )]
     Node(usize),
 }
 
@@ -252,12 +254,20 @@ impl Node {
             .and_then(|r| self.inner.rpcs.table.lock().take(r, Some(connection)));
         let Some(call) = taken else {
             Stats::bump(&self.inner.stats.rpc_late_replies);
-            tracing::debug!(request, connection, "reply for no waiting call dropped (late or unknown)");
+            tracing::debug!(
+                request,
+                connection,
+                "reply for no waiting call dropped (late or unknown)"
+            );
             return;
         };
         let stats = &self.inner.stats;
         stats.rpc_pending.fetch_sub(1, Relaxed);
         match (call.answer, &outcome) {
+            // The HTTP upstream's own timeout, a hair before the sweeper's.
+            (Answer::Rpc, Outcome::Error(ErrorCode::RpcTimeout, _)) => {
+                Stats::bump(&stats.rpc_timeouts)
+            }
             (Answer::Rpc, _) => {
                 Stats::bump(&stats.rpc_replies);
                 stats
@@ -269,7 +279,13 @@ impl Node {
             (Answer::Send, Outcome::Error(..)) => Stats::bump(&stats.upstream_failures),
         }
         if let Outcome::Error(code, message) = &outcome {
-            tracing::debug!(request, connection, code = code.as_u32(), message, "call answered with an error");
+            tracing::debug!(
+                request,
+                connection,
+                code = code.as_u32(),
+                message,
+                "call answered with an error"
+            );
         }
         self.answer(&call, &outcome);
     }
