@@ -248,7 +248,6 @@ impl Node {
             }),
         };
         let _ = deliver.node.set(Arc::downgrade(&node.inner));
-        tokio::spawn(rpc::sweep(Arc::downgrade(&node.inner), node.sweep_tick()));
         Ok(node)
     }
 

@@ -153,6 +153,9 @@ impl Table {
 #[derive(Debug)]
 pub(crate) struct Rpcs {
     table: Mutex<Table>,
+    /// Whether the sweeper runs: started with the first call, so a node
+    /// that never sees one has no task for it.
+    sweeping: std::sync::atomic::AtomicBool,
     per_conn: usize,
     inflight: usize,
     timeout: Duration,
@@ -168,6 +171,7 @@ impl Rpcs {
                 per_conn: HashMap::new(),
                 next: u64::from(rand::random::<u32>()) << 20,
             }),
+            sweeping: std::sync::atomic::AtomicBool::new(false),
             per_conn,
             inflight,
             timeout,
@@ -182,7 +186,7 @@ impl Rpcs {
 }
 
 /// Answers calls that outlived `rpc_timeout` with 113; runs while the node lives.
-pub(super) async fn sweep(node: Weak<Inner>, tick: Duration) {
+async fn sweep(node: Weak<Inner>, tick: Duration) {
     let mut interval = tokio::time::interval(tick);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -193,11 +197,6 @@ pub(super) async fn sweep(node: Weak<Inner>, tick: Duration) {
 }
 
 impl Node {
-    /// The sweeper's period for this node's `rpc_timeout`.
-    pub(super) fn sweep_tick(&self) -> Duration {
-        self.inner.rpcs.tick()
-    }
-
     /// Registers a call from `conn` (command id `command`) and returns its
     /// request id, or refuses it when a bound is reached (counted, logged).
     pub(crate) fn begin_call(
@@ -221,6 +220,9 @@ impl Node {
             .insert(pending, (rpcs.per_conn, rpcs.inflight));
         match &begun {
             Ok(_) => {
+                if !rpcs.sweeping.swap(true, Relaxed) {
+                    tokio::spawn(sweep(Arc::downgrade(&self.inner), rpcs.tick()));
+                }
                 self.inner.stats.rpc_pending.fetch_add(1, Relaxed);
                 if answer == Answer::Rpc {
                     Stats::bump(&self.inner.stats.rpc_requests);

@@ -43,6 +43,10 @@ struct HttpCall<'a> {
     ts: u128,
 }
 
+/// Why an rpc cannot go anywhere.
+const NO_UPSTREAM: &str =
+    "rpc needs the Redis broker (--redis) or an HTTP upstream (--upstream-url)";
+
 fn unix_millis() -> u128 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -71,6 +75,9 @@ impl Node {
         method: &str,
         data: &RawValue,
     ) -> Result<(), CallError> {
+        if !self.has_http_upstream() && self.inner.config.redis_url().is_none() {
+            return Err(BrokerError::Unsupported(NO_UPSTREAM).into());
+        }
         let request = self.begin_call(conn, command, Answer::Rpc)?;
         if self.has_http_upstream() {
             return self.post_call(conn, request, Answer::Rpc, Some(method), data, None);
