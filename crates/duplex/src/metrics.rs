@@ -232,7 +232,7 @@ impl Collector for NodeCollector {
         counter(
             &mut e,
             "rpc_requests",
-            "Client rpcs handed to the backends",
+            "Client rpcs accepted (each then answered, timed out, failed or abandoned)",
             None,
             load(&s.rpc_requests),
         )?;

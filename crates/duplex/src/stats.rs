@@ -63,7 +63,7 @@ pub struct Stats {
     pub upstream_messages: AtomicU64,
     /// Client `send` messages the broker refused (the client was told).
     pub upstream_failures: AtomicU64,
-    /// Client `rpc`s handed to the backends.
+    /// Client `rpc`s accepted (each then answered, timed out, failed or abandoned).
     pub rpc_requests: AtomicU64,
     /// rpcs answered by a backend (data or the backend's error).
     pub rpc_replies: AtomicU64,

@@ -532,6 +532,19 @@ async fn pending_calls_are_bounded_and_forgotten_on_disconnect() {
 }
 
 #[tokio::test]
+async fn a_redis_outage_answers_107_and_leaves_nothing_waiting() {
+    let mut redis = RedisServer::start();
+    let node = redis_node(&redis, Settings::default()).await;
+    let mut client = Client::connect(&node.ws("/ws")).await;
+    redis.kill();
+    let reply = client.command("rpc", json!({"method": "m"})).await;
+    assert_eq!(reply["error"]["code"], 107, "{reply}");
+    assert_eq!(reply["error"]["temporary"], true);
+    assert_eq!(stat(&node, "rpc_failures").await, 1);
+    assert_eq!(stat(&node, "rpc_pending").await, 0);
+}
+
+#[tokio::test]
 async fn without_an_upstream_rpc_is_refused_with_102() {
     let node = TestNode::memory().await;
     let mut client = Client::connect(&node.ws("/ws")).await;
