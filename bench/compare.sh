@@ -106,15 +106,15 @@ run_fanout() { # label, then bench args (fanout args without --subscribers)
     if [ "$PROCS" -le 1 ]; then run "$label" fanout --subscribers "$SUBS" "$@"; return; fi
     local start each k; each=$((SUBS / PROCS))
     start=$(python3 -c 'import time; print(f"{time.time() + 4 + '"$SUBS"' / 2000:.3f}")')
-    local files=()
+    local files=() listeners=()
     for k in $(seq 2 "$PROCS"); do
         "$BENCH" fanout --subscribers "$each" "$@" --listen-only --start-at "$start" --source-offset $((k * 40)) \
             --server "$SERVER_URL" --server-pid "$SERVER_PID" --json > "$OUT/split-$k.json" 2>/dev/null &
-        files+=("$OUT/split-$k.json")
+        files+=("$OUT/split-$k.json"); listeners+=($!)
     done
     "$BENCH" fanout --subscribers $((SUBS - each * (PROCS - 1))) "$@" --start-at "$start" \
         --server "$SERVER_URL" --server-pid "$SERVER_PID" --json > "$OUT/split-1.json" 2>/dev/null || true
-    wait
+    wait "${listeners[@]}" || true
     python3 - "$label" "$OUT/split-1.json" "${files[@]}" >> "$OUT/results.jsonl" <<'PY'
 import json, sys
 label, parts = sys.argv[1], []

@@ -23,6 +23,19 @@ if ! command -v python3 >/dev/null 2>&1; then
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3 >/dev/null
 fi
 
+if ! php -r 'exit(extension_loaded("redis") ? 0 : 1);' 2>/dev/null; then
+    echo "== installing php-redis (the PHP upstream worker example is tested)"
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq php-redis >/dev/null
+fi
+# redis-py for the Python upstream worker example, in a venv of its own.
+if [ ! -x target/py-redis/bin/python ] || ! target/py-redis/bin/python -c 'import redis' 2>/dev/null; then
+    echo "== installing redis-py into target/py-redis (the Python upstream worker example is tested)"
+    python3 -m venv target/py-redis || { as_root apt-get update -qq && as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null && python3 -m venv target/py-redis; }
+    target/py-redis/bin/pip install -q redis
+fi
+export EXAMPLE_PYTHON="$PWD/target/py-redis/bin/python"
+
 if ! command -v node >/dev/null 2>&1; then
     echo "== installing nodejs (the JavaScript client is tested; it needs Node 20+)"
     as_root apt-get update -qq

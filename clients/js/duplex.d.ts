@@ -20,13 +20,19 @@ export const ErrorCode: Readonly<{
   UNSUPPORTED_VERSION: 110;
   TOKEN_EXPIRED: 111;
   UNAUTHORIZED: 112;
+  /** An rpc got no reply from the backends within the server's `rpc_timeout`. Temporary. */
+  RPC_TIMEOUT: 113;
+  /** Too many rpcs waiting for replies (this connection or the node). Temporary. */
+  TOO_MANY_PENDING: 114;
+  /** The node's HTTP upstream failed. Temporary. Backends' own codes are 1000–9999. */
+  UPSTREAM_FAILED: 115;
   /** No reply (or no connection) within `timeout`. Temporary. */
   CLIENT_TIMEOUT: 1;
   /** The connection closed before the reply; the command may or may not have run. Temporary. */
   CONNECTION_LOST: 2;
   /** `disconnect()` was called, the client was never started, or it stopped for good. */
   CLIENT_CLOSED: 3;
-  /** rpc, send, presence, history: needs a newer server. */
+  /** presence, history: needs a newer server. */
   NOT_SUPPORTED: 4;
 }>;
 
@@ -242,9 +248,13 @@ export class Duplex {
   /** Application-level ping; resolves with the round trip in ms. */
   ping(): Promise<number>;
 
-  /** Reserved until the server supports it: rejects with NOT_SUPPORTED. */
-  rpc(method: string, data?: unknown): Promise<never>;
-  /** Sends data up to the backends (a Redis Stream); resolves once handed over. */
+  /**
+   * Asks the backends (a Redis Stream worker or the HTTP upstream) and
+   * resolves with the reply's data; rejects with the backend's code
+   * (1000–9999), RPC_TIMEOUT, TOO_MANY_PENDING or UNKNOWN_METHOD (no upstream).
+   */
+  rpc<T = unknown>(method: string, data?: unknown): Promise<T>;
+  /** Sends data up to the backends (a Redis Stream or the HTTP upstream); resolves once handed over. */
   send(data: unknown): Promise<{}>;
   /** Reserved until the server supports it: rejects with NOT_SUPPORTED. */
   presence(channel: string): Promise<never>;

@@ -28,6 +28,12 @@ export const ErrorCode = Object.freeze({
   UNSUPPORTED_VERSION: 110,
   TOKEN_EXPIRED: 111,
   UNAUTHORIZED: 112,
+  /** An rpc got no reply from the backends within the server's `rpc_timeout`. */
+  RPC_TIMEOUT: 113,
+  /** Too many rpcs waiting for replies (this connection or the node). */
+  TOO_MANY_PENDING: 114,
+  /** The node's HTTP upstream failed. Backends' own codes are 1000–9999. */
+  UPSTREAM_FAILED: 115,
   // Client-side failures (never sent by a server): below 100.
   /** No reply (or no connection) within `timeout`. */
   CLIENT_TIMEOUT: 1,
@@ -35,7 +41,7 @@ export const ErrorCode = Object.freeze({
   CONNECTION_LOST: 2,
   /** `disconnect()` was called, or the client stopped for good. */
   CLIENT_CLOSED: 3,
-  /** The feature needs a newer server (rpc, send, presence, history). */
+  /** The feature needs a newer server (presence, history). */
   NOT_SUPPORTED: 4,
 });
 
@@ -581,14 +587,23 @@ export class Duplex extends Emitter {
     return this._command("publish", { channel, data });
   }
 
-  /** Reserved: a request answered by the application backend (upstream issue). */
-  rpc(_method, _data) {
-    return notSupported("rpc");
+  /**
+   * Asks the application's backends: `method` names the call, `data` is
+   * any JSON (see docs/UPSTREAM.md). Resolves with the backend's reply
+   * data; rejects with a backend's own code (1000–9999), RPC_TIMEOUT (113)
+   * when no backend answered in time, or UNKNOWN_METHOD (102) when the
+   * node has no upstream. Keep `timeout` above the server's `rpc_timeout`.
+   */
+  async rpc(method, data = null) {
+    if (typeof method !== "string" || method === "") throw new TypeError("rpc: method must be a non-empty string");
+    const result = await this._command("rpc", { method, data });
+    return result?.data ?? null;
   }
   /**
    * Sends `data` up to the application's backends (a Redis Stream the
-   * workers read; see docs/UPSTREAM.md). Resolves once the node has handed
-   * it over; a node on the memory broker answers UNKNOWN_METHOD (102).
+   * workers read, or the node's HTTP upstream; see docs/UPSTREAM.md).
+   * Resolves once the node has handed it over; a node with neither answers
+   * UNKNOWN_METHOD (102).
    */
   send(data) {
     if (data instanceof ArrayBuffer || ArrayBuffer.isView(data)) {

@@ -357,7 +357,7 @@ impl World {
         };
         if let Some((code, _)) = closed {
             assert!(
-                matches!(request.command, Command::Publish(_) | Command::Send(_)),
+                matches!(request.command, Command::Publish(_) | Command::Send(_) | Command::Rpc(_)),
                 "only floods close"
             );
             assert!(self.rate_limited);
@@ -376,7 +376,7 @@ impl World {
             _ => panic!("a reply has exactly one of result and error: {reply:?}"),
         };
         if outcome == Err(ErrorCode::TooManyRequests.as_u32()) {
-            assert!(matches!(request.command, Command::Publish(_) | Command::Send(_)) && self.rate_limited);
+            assert!(matches!(request.command, Command::Publish(_) | Command::Send(_) | Command::Rpc(_)) && self.rate_limited);
             assert!(pushes.is_empty() && frames[other].is_empty());
             return;
         }
@@ -431,6 +431,11 @@ impl World {
                     Err(_) => Err(ErrorCode::BadRequest),
                     Ok(_) => Err(ErrorCode::UnknownMethod),
                 }
+            }
+            // Nor an HTTP upstream for rpcs: 102 (a bad method name is 101, at decode).
+            Command::Rpc(_) => {
+                self.slots[who].connected = true;
+                Err(ErrorCode::UnknownMethod)
             }
             // No token auth on this node: there is nothing to refresh.
             Command::Refresh(_) => {

@@ -99,15 +99,16 @@ test("server errors reject with DuplexError", async () => {
   assert.equal(c.getSubscription("bad name"), null);
 });
 
-test("send reaches the server: a node on the memory broker answers 102", async () => {
+test("send and rpc reach the server: a node on the memory broker with no upstream answers 102", async () => {
   const c = client();
   c.connect();
   await assert.rejects(c.send({ order: 1 }), (e) => e.code === ErrorCode.UNKNOWN_METHOD && /--redis/.test(e.message));
+  await assert.rejects(c.rpc("m", {}), (e) => e.code === ErrorCode.UNKNOWN_METHOD && /--upstream-url/.test(e.message));
 });
 
-test("rpc, presence and history are stubs until the server supports them", async () => {
+test("presence and history are stubs until the server supports them", async () => {
   const c = client();
-  for (const p of [c.rpc("m", {}), c.presence("x"), c.history("x")]) {
+  for (const p of [c.presence("x"), c.history("x")]) {
     await assert.rejects(p, (e) => e.code === ErrorCode.NOT_SUPPORTED && /not supported/.test(e.message));
   }
 });

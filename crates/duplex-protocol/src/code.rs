@@ -42,7 +42,18 @@ pub enum ErrorCode {
     TokenExpired,
     /// The server requires a `connect` with a valid token first.
     Unauthorized,
+    /// No reply from the backends within `rpc_timeout`; temporary.
+    RpcTimeout,
+    /// Too many rpcs waiting for replies, on this connection or on the node; temporary.
+    TooManyPending,
+    /// The HTTP upstream failed (connection error, non-2xx without a backend error, bad body); temporary.
+    UpstreamFailed,
+    /// A backend's own error code, passed through as is: [`BACKEND_CODES`].
+    Backend(u16),
 }
+
+/// The codes a backend may answer an rpc with; they reach the client unchanged.
+pub const BACKEND_CODES: std::ops::RangeInclusive<u16> = 1000..=9999;
 
 impl ErrorCode {
     /// The wire number.
@@ -61,6 +72,10 @@ impl ErrorCode {
             ErrorCode::UnsupportedVersion => 110,
             ErrorCode::TokenExpired => 111,
             ErrorCode::Unauthorized => 112,
+            ErrorCode::RpcTimeout => 113,
+            ErrorCode::TooManyPending => 114,
+            ErrorCode::UpstreamFailed => 115,
+            ErrorCode::Backend(code) => u32::from(code),
         }
     }
 
@@ -72,6 +87,9 @@ impl ErrorCode {
                 | ErrorCode::BrokerUnavailable
                 | ErrorCode::TooManyRequests
                 | ErrorCode::Timeout
+                | ErrorCode::RpcTimeout
+                | ErrorCode::TooManyPending
+                | ErrorCode::UpstreamFailed
         )
     }
 }
@@ -224,5 +242,12 @@ mod tests {
         );
         assert!(ErrorCode::BrokerUnavailable.is_temporary());
         assert!(!ErrorCode::BadRequest.is_temporary());
+        assert_eq!(ErrorCode::RpcTimeout.as_u32(), 113);
+        assert_eq!(ErrorCode::UpstreamFailed.as_u32(), 115);
+        assert_eq!(
+            serde_json::to_string(&ErrorCode::Backend(4040)).unwrap(),
+            "4040"
+        );
+        assert!(!ErrorCode::Backend(1000).is_temporary());
     }
 }

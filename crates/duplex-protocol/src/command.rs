@@ -44,6 +44,28 @@ pub enum Command {
     Refresh(RefreshParams),
     /// Sends a message up to the backends (fire and forget; acknowledged once handed over).
     Send(SendParams),
+    /// Asks the backends a question; the reply carries the backend's answer.
+    Rpc(RpcParams),
+}
+
+/// Longest rpc method name, in bytes.
+pub const MAX_RPC_METHOD: usize = 255;
+
+/// Parameters of `rpc`.
+#[derive(Debug, Deserialize)]
+pub struct RpcParams {
+    /// The backend's name for the call, 1 to [`MAX_RPC_METHOD`] bytes.
+    pub method: String,
+    /// Arguments, any JSON; `null` when absent.
+    #[serde(default)]
+    pub data: Option<Box<RawValue>>,
+}
+
+impl RpcParams {
+    /// The arguments as JSON text (`null` when absent).
+    pub fn data_json(&self) -> &str {
+        self.data.as_deref().map_or("null", RawValue::get)
+    }
 }
 
 /// Parameters of `send`.
@@ -202,6 +224,7 @@ pub fn decode(frame: &[u8]) -> Result<Request, CommandError> {
         "ping" => Command::Ping,
         "refresh" => Command::Refresh(parse_params(id, "refresh", params)?),
         "send" => Command::Send(parse_params(id, "send", params)?),
+        "rpc" => Command::Rpc(rpc_params(id, params)?),
         other => {
             let shown: String = other.chars().take(64).collect();
             return Err(CommandError::new(
@@ -212,6 +235,18 @@ pub fn decode(frame: &[u8]) -> Result<Request, CommandError> {
         }
     };
     Ok(Request { id, command })
+}
+
+fn rpc_params(id: u64, params: &str) -> Result<RpcParams, CommandError> {
+    let p: RpcParams = parse_params(id, "rpc", params)?;
+    if p.method.is_empty() || p.method.len() > MAX_RPC_METHOD {
+        return Err(CommandError::new(
+            Some(id),
+            ErrorCode::BadRequest,
+            format!("invalid params for rpc: \"method\" must be 1 to {MAX_RPC_METHOD} bytes"),
+        ));
+    }
+    Ok(p)
 }
 
 fn parse_params<'a, T: Deserialize<'a>>(
@@ -326,6 +361,29 @@ mod tests {
                 .id,
             MAX_ID
         );
+    }
+
+    #[test]
+    fn rpc_needs_a_method_name() {
+        let r =
+            decode(br#"{"id":6,"method":"rpc","params":{"method":"sum","data":[1,2]}}"#).unwrap();
+        match r.command {
+            Command::Rpc(p) => assert_eq!((p.method.as_str(), p.data_json()), ("sum", "[1,2]")),
+            other => panic!("{other:?}"),
+        }
+        let r = decode(br#"{"id":6,"method":"rpc","params":{"method":"now"}}"#).unwrap();
+        assert!(matches!(r.command, Command::Rpc(p) if p.data_json() == "null"));
+        for bad in [
+            r#"{"id":6,"method":"rpc","params":{"method":""}}"#.to_string(),
+            r#"{"id":6,"method":"rpc","params":{"data":1}}"#.to_string(),
+            format!(
+                r#"{{"id":6,"method":"rpc","params":{{"method":"{}"}}}}"#,
+                "m".repeat(256)
+            ),
+        ] {
+            let e = err(&bad);
+            assert_eq!((e.id, e.code), (Some(6), ErrorCode::BadRequest), "{bad}");
+        }
     }
 
     #[test]

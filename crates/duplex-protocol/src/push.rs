@@ -8,7 +8,8 @@
 //! - push:   `{"push":"unsubscribe","channel":"news"}`
 //!
 //! Room is left for later fields: `offset`/`epoch` on messages (history),
-//! `join`/`leave` pushes (presence), rpc results as ordinary replies.
+//! `join`/`leave` pushes (presence). rpc results are ordinary replies:
+//! `{"id":1,"result":{"data":...}}`.
 
 use std::io::Write;
 
@@ -55,6 +56,13 @@ pub struct RefreshResult {
 pub struct ChannelsResult<'a> {
     /// Channel names, in request order.
     pub channels: &'a [&'a str],
+}
+
+/// Result of `rpc`: the backend's answer.
+#[derive(Debug, Serialize)]
+pub struct RpcResult<'a> {
+    /// Any JSON the backend replied with.
+    pub data: &'a serde_json::value::RawValue,
 }
 
 /// Result of commands with nothing to report (`publish`, `ping`).

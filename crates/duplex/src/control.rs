@@ -161,6 +161,32 @@ pub enum Order {
         /// The node id.
         node: String,
     },
+    /// A backend's answer to a client's rpc, sent to the holding node's
+    /// `#node:<id>` channel (the stream entry's `reply_to`).
+    Reply {
+        /// The connection that asked (the entry's `connection`).
+        connection: String,
+        /// The request id (the entry's `request`).
+        #[serde(alias = "request_id")]
+        request: String,
+        /// The answer, any JSON (absent means `null`).
+        #[serde(default)]
+        data: Option<serde_json::Value>,
+        /// Or the backend's error instead of data.
+        #[serde(default)]
+        error: Option<ReplyError>,
+    },
+}
+
+/// A backend's error answer to an rpc: `code` in 1000–9999 reaches the
+/// client as is (see duplex_protocol::code::BACKEND_CODES).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplyError {
+    /// The backend's code.
+    pub code: i64,
+    /// For people.
+    #[serde(default)]
+    pub message: String,
 }
 
 fn default_code() -> u16 {
@@ -207,7 +233,7 @@ impl Order {
     pub fn channel(&self) -> String {
         let node = match self {
             Order::Disconnect { target, .. } => target.node(),
-            Order::Send { connection, .. } => node_of(connection),
+            Order::Send { connection, .. } | Order::Reply { connection, .. } => node_of(connection),
             Order::Unsubscribe { target, .. } => target.node(),
             // Published on channels their senders choose (`reply_to`, `#node:<id>`).
             Order::Query { .. } | Order::Answer { .. } | Order::Alive { .. } => None,
@@ -255,6 +281,13 @@ impl Order {
                 if node.is_empty() || node.len() > 255 {
                     return Err(BadOrder::Malformed(
                         "node id is empty or over 255 bytes".into(),
+                    ));
+                }
+            }
+            Order::Reply { data, error, .. } => {
+                if data.is_some() && error.is_some() {
+                    return Err(BadOrder::Malformed(
+                        "a reply has \"data\" or \"error\", not both".to_string(),
                     ));
                 }
             }
@@ -335,6 +368,29 @@ mod tests {
             Order::parse(&wire),
             Ok(Order::Answer { connections, .. }) if connections.len() == 1
         ));
+    }
+
+    #[test]
+    fn replies_go_to_the_asking_node() {
+        let reply =
+            Order::parse(br#"{"op":"reply","connection":"n1.7","request":"42","data":{"a":1}}"#)
+                .unwrap();
+        assert_eq!(reply.channel(), "#node:n1");
+        let error = Order::parse(
+            br#"{"op":"reply","connection":"n1.7","request_id":"42","error":{"code":4000,"message":"no"}}"#,
+        )
+        .unwrap();
+        assert!(matches!(
+            error,
+            Order::Reply {
+                error: Some(ReplyError { code: 4000, .. }),
+                ..
+            }
+        ));
+        let both =
+            br#"{"op":"reply","connection":"n1.7","request":"1","data":1,"error":{"code":1000}}"#;
+        assert!(Order::parse(both).is_err());
+        assert!(Order::parse(br#"{"op":"reply","request":"1"}"#).is_err());
     }
 
     #[test]

@@ -1,8 +1,8 @@
 //! `GET /metrics`: the node's counters in the Prometheus text format. The
 //! counters are the same atomics `/api/info` shows, read at scrape time by a
 //! collector, so the hot paths pay nothing for metrics beyond their atomics;
-//! only the fan-out latency is a real histogram (one observation per
-//! publication, not per delivery).
+//! the fan-out latency (one observation per publication, not per delivery)
+//! and the rpc latency (one per reply) are real histograms.
 
 use std::sync::atomic::Ordering::Relaxed;
 
@@ -25,6 +25,12 @@ pub fn registry(node: &Node) -> Registry {
         "Time from a publication's arrival from the broker to its last frame queued to a local client",
         Unit::Seconds,
         node.stats().fanout_seconds.0.clone(),
+    );
+    registry.register_with_unit(
+        "rpc_duration",
+        "Time from a client's rpc to the backend's reply (timeouts not included)",
+        Unit::Seconds,
+        node.stats().rpc_seconds.0.clone(),
     );
     registry.register_collector(Box::new(NodeCollector { node: node.clone() }));
     registry
@@ -254,6 +260,42 @@ impl Collector for NodeCollector {
             "Node answers to connection queries dropped (late, unknown or unpublishable)",
             None,
             load(&s.query_answers_dropped),
+        )?;
+        counter(
+            &mut e,
+            "rpc_requests",
+            "Client rpcs accepted (each then answered, timed out, failed or abandoned)",
+            None,
+            load(&s.rpc_requests),
+        )?;
+        labelled(
+            &mut e,
+            (
+                "rpc_outcomes",
+                "Client calls (rpcs, HTTP-upstream sends) ended other than by success, and rpc replies, by outcome",
+                MetricType::Counter,
+            ),
+            "outcome",
+            &[
+                ("reply", load(&s.rpc_replies)),
+                ("timeout", load(&s.rpc_timeouts)),
+                ("refused", load(&s.rpc_refused)),
+                ("failed", load(&s.rpc_failures)),
+                ("abandoned", load(&s.rpc_abandoned)),
+            ],
+        )?;
+        counter(
+            &mut e,
+            "rpc_late_replies",
+            "Backend replies for no waiting call (late or unknown), dropped",
+            None,
+            load(&s.rpc_late_replies),
+        )?;
+        gauge(
+            &mut e,
+            "rpc_pending",
+            "Calls waiting for a backend's answer",
+            gauge_of(load(&s.rpc_pending)),
         )?;
         gauge(
             &mut e,

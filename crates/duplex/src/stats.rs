@@ -74,6 +74,24 @@ pub struct Stats {
     pub queries_refused: AtomicU64,
     /// Node answers dropped: late, for an unknown query, or not publishable.
     pub query_answers_dropped: AtomicU64,
+    /// Client `rpc`s accepted (each then answered, timed out, failed or abandoned).
+    pub rpc_requests: AtomicU64,
+    /// rpcs answered by a backend (data or the backend's error).
+    pub rpc_replies: AtomicU64,
+    /// rpcs answered with 113: no reply within `rpc_timeout`.
+    pub rpc_timeouts: AtomicU64,
+    /// Calls refused with 114: too many waiting on the connection or the node.
+    pub rpc_refused: AtomicU64,
+    /// rpcs the stream could not take (Redis outage, no upstream); the client was told.
+    pub rpc_failures: AtomicU64,
+    /// Waiting calls dropped because their connection ended.
+    pub rpc_abandoned: AtomicU64,
+    /// Replies for no waiting call (after the timeout or the disconnect, or unknown ids), dropped.
+    pub rpc_late_replies: AtomicU64,
+    /// Calls waiting for an answer now (gauge).
+    pub rpc_pending: AtomicU64,
+    /// Time from an rpc's start to the backend's reply.
+    pub rpc_seconds: RpcHistogram,
 }
 
 /// A consistent-enough copy of the counters for JSON output.
@@ -123,6 +141,22 @@ pub struct StatsSnapshot {
     pub queries_refused: u64,
     /// See [`Stats::query_answers_dropped`].
     pub query_answers_dropped: u64,
+    /// See [`Stats::rpc_requests`].
+    pub rpc_requests: u64,
+    /// See [`Stats::rpc_replies`].
+    pub rpc_replies: u64,
+    /// See [`Stats::rpc_timeouts`].
+    pub rpc_timeouts: u64,
+    /// See [`Stats::rpc_refused`].
+    pub rpc_refused: u64,
+    /// See [`Stats::rpc_failures`].
+    pub rpc_failures: u64,
+    /// See [`Stats::rpc_abandoned`].
+    pub rpc_abandoned: u64,
+    /// See [`Stats::rpc_late_replies`].
+    pub rpc_late_replies: u64,
+    /// See [`Stats::rpc_pending`].
+    pub rpc_pending: u64,
 }
 
 /// Why a connection ended, as a metrics label.
@@ -179,6 +213,18 @@ impl Default for FanoutHistogram {
     }
 }
 
+/// The rpc latency histogram (buckets from 1 ms to 30 s).
+#[derive(Debug, Clone)]
+pub struct RpcHistogram(pub prometheus_client::metrics::histogram::Histogram);
+
+impl Default for RpcHistogram {
+    fn default() -> Self {
+        RpcHistogram(prometheus_client::metrics::histogram::Histogram::new([
+            0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+        ]))
+    }
+}
+
 impl Stats {
     /// Counts a connection's end.
     pub fn disconnected(&self, why: Disconnect) {
@@ -216,6 +262,14 @@ impl Stats {
             queries_incomplete: self.queries_incomplete.load(Relaxed),
             queries_refused: self.queries_refused.load(Relaxed),
             query_answers_dropped: self.query_answers_dropped.load(Relaxed),
+            rpc_requests: self.rpc_requests.load(Relaxed),
+            rpc_replies: self.rpc_replies.load(Relaxed),
+            rpc_timeouts: self.rpc_timeouts.load(Relaxed),
+            rpc_refused: self.rpc_refused.load(Relaxed),
+            rpc_failures: self.rpc_failures.load(Relaxed),
+            rpc_abandoned: self.rpc_abandoned.load(Relaxed),
+            rpc_late_replies: self.rpc_late_replies.load(Relaxed),
+            rpc_pending: self.rpc_pending.load(Relaxed),
         }
     }
 }

@@ -2,7 +2,8 @@
 //! standard libraries only) mint tokens a node accepts and publish to one
 //! user; `examples/publish/` publishes from a shell (curl, redis-cli) and
 //! from Node.js (fetch). `scripts/test.sh` installs php-cli and nodejs when
-//! they are missing.
+//! they are missing; `examples/upstream/` workers (redis-py, php-redis)
+//! answer rpcs from the stream.
 
 mod support;
 
@@ -126,4 +127,89 @@ async fn shell_and_node_publish_examples_reach_subscribers() {
     assert!(answer.starts_with("200"), "{answer}");
     assert_eq!(plain.next_text().await, r#"{"from":"node"}"#);
     assert_eq!(native.next_push().await.1, json!({"from": "node"}));
+}
+
+/// Whether `interpreter` runs and has its Redis library (`probe` exits 0).
+async fn has_library(interpreter: &str, probe: &[&str]) -> bool {
+    let ok = tokio::process::Command::new(interpreter)
+        .args(probe)
+        .output()
+        .await
+        .is_ok_and(|out| out.status.success());
+    if !ok {
+        eprintln!("skipped: {interpreter} with its Redis library is not installed (scripts/test.sh installs it)");
+    }
+    ok
+}
+
+/// `examples/upstream/worker.{py,php}` answer rpcs read from the stream,
+/// and first claim (XAUTOCLAIM) an entry a crashed worker left unacknowledged.
+#[tokio::test]
+async fn python_and_php_workers_answer_rpcs_and_claim_a_crashed_workers_entries() {
+    let python = std::env::var("EXAMPLE_PYTHON").unwrap_or_else(|_| "python3".into());
+    let workers = [
+        (python.as_str(), "worker.py", ["-c", "import redis"]),
+        (
+            "php",
+            "worker.php",
+            ["-r", "exit(extension_loaded('redis') ? 0 : 1);"],
+        ),
+    ];
+    for (interpreter, script, probe) in workers {
+        if !has_library(interpreter, &probe).await {
+            continue;
+        }
+        let redis = support::redis_server::RedisServer::start();
+        let mut conn = redis.connection().await;
+        let _: () = redis::cmd("XGROUP")
+            .arg(&["CREATE", "duplex:upstream", "workers", "0", "MKSTREAM"][..])
+            .query_async(&mut conn)
+            .await
+            .expect("XGROUP CREATE");
+        let node = TestNode::redis(&redis.url()).await;
+        let mut client = Client::connect(&node.ws("/ws")).await;
+        // A worker that crashed: read the call, never acknowledged it.
+        let call = json!({"id": 1, "method": "rpc", "params": {"method": "add", "data": {"a": 1, "b": 1}}});
+        client.send_text(&call.to_string()).await;
+        support::eventually("the crashed worker read the call", || {
+            let mut conn = conn.clone();
+            async move {
+                let read: redis::Value = redis::cmd("XREADGROUP")
+                    .arg(&["GROUP", "workers", "crashed", "COUNT", "1"][..])
+                    .arg(&["STREAMS", "duplex:upstream", ">"][..])
+                    .query_async(&mut conn)
+                    .await
+                    .expect("XREADGROUP");
+                read != redis::Value::Nil
+            }
+        })
+        .await;
+
+        let path = format!(
+            "{}/../../examples/upstream/{script}",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        let _worker = tokio::process::Command::new(interpreter)
+            .arg(&path)
+            .arg("example-worker")
+            .env("REDIS_URL", redis.url())
+            .env("CLAIM_IDLE_MS", "0")
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run {interpreter}: {e}"));
+        let claimed = client.next_json().await;
+        assert_eq!(
+            claimed,
+            json!({"id": 1, "result": {"data": {"sum": 2}}}),
+            "{script}"
+        );
+        let reply = client
+            .command("rpc", json!({"method": "add", "data": {"a": 40, "b": 2}}))
+            .await;
+        assert_eq!(reply["result"]["data"], json!({"sum": 42}), "{script}");
+        let reply = client.command("rpc", json!({"method": "nope"})).await;
+        assert_eq!(reply["error"]["code"], 4000, "{script}: {reply}");
+        let reply = client.command("send", json!({"data": "hi"})).await;
+        assert_eq!(reply["result"], json!({}), "{script}");
+    }
 }

@@ -8,6 +8,8 @@
 //! - `POST /api/unsubscribe` `{"user":"42"}` or `{"connection":"n1.7"}`, and `"channel"`
 //! - `GET  /api/connections?user=42&limit=1000` connections across nodes
 //! - `GET  /api/channels`  channels with local subscriber counts (`?limit=N`: the N largest)
+//! - `POST /api/reply`   `{"connection":"n1.7","request":"42","data":...}`: answer a client's rpc
+//! - `GET  /api/channels`  channels with local subscriber counts
 //! - `GET  /api/info`      node id, uptime, connections, broker state, counters
 //! - `GET  /health`        200 while the broker is usable, else 503
 //! - `GET  /metrics`       Prometheus text format
@@ -23,6 +25,7 @@ pub(crate) mod console;
 mod error;
 mod json;
 mod publish;
+mod reply;
 mod sessions;
 mod status;
 
@@ -43,6 +46,7 @@ pub fn routes(state: &AppState) -> Router<AppState> {
         .route("/disconnect", post(publish::disconnect))
         .route("/unsubscribe", post(sessions::unsubscribe))
         .route("/connections", get(sessions::connections))
+        .route("/reply", post(reply::reply))
         .route("/channels", get(status::channels))
         .route("/info", get(status::info))
         .route("/console/token", post(console::token::mint))

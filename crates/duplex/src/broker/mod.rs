@@ -118,7 +118,7 @@ pub trait Broker: Send + Sync + 'static {
     fn append_upstream(&self, _message: Upstream) -> BoxFuture<'_, Result<(), BrokerError>> {
         Box::pin(async {
             Err(BrokerError::Unsupported(
-                "upstream messages need the Redis broker (--redis)",
+                "upstream messages need the Redis broker (--redis) or an HTTP upstream (--upstream-url)",
             ))
         })
     }

@@ -255,6 +255,16 @@ settings! {
     upstream_stream: String = "duplex:upstream".to_string(), "DUPLEX_UPSTREAM_STREAM";
     /// Approximate cap on the upstream stream's length (`XADD MAXLEN ~`) [default: 100000].
     upstream_maxlen: usize = 100_000, "DUPLEX_UPSTREAM_MAXLEN";
+    /// Backend HTTP endpoint that client `send` and `rpc` calls are POSTed to as JSON, instead of the Redis Stream; needed for them on the memory broker [default: none].
+    upstream_url: String = String::new(), "DUPLEX_UPSTREAM_URL";
+    /// Most requests to upstream_url in flight at once; more wait in a queue bounded by max_inflight_rpcs [default: 64].
+    upstream_concurrency: usize = 64, "DUPLEX_UPSTREAM_CONCURRENCY";
+    /// How long a client's `rpc` waits for the backend's reply before it gets error 113 [default: 10s].
+    rpc_timeout: Duration = Duration::from_secs(10), "DUPLEX_RPC_TIMEOUT", humantime::parse_duration;
+    /// Most rpcs one connection may have waiting for replies; more get error 114 [default: 32].
+    max_pending_rpcs: usize = 32, "DUPLEX_MAX_PENDING_RPCS";
+    /// Most rpcs (and HTTP-upstream sends) waiting on this node; more get error 114 [default: 10000].
+    max_inflight_rpcs: usize = 10_000, "DUPLEX_MAX_INFLIGHT_RPCS";
     /// Longest wait between Redis reconnect attempts [default: 2s].
     redis_max_backoff: Duration = Duration::from_secs(2), "DUPLEX_REDIS_MAX_BACKOFF", humantime::parse_duration;
     /// Node id shown in APIs and connection ids [default: random].
@@ -471,6 +481,24 @@ impl Config {
             if self.token_jwks_refresh.is_zero() {
                 return invalid("token_jwks_refresh", "must be above zero");
             }
+        }
+        if !self.upstream_url.is_empty() {
+            match url::Url::parse(&self.upstream_url) {
+                Ok(u) if u.scheme() == "http" || u.scheme() == "https" => {}
+                _ => return invalid("upstream_url", "must be an http:// or https:// URL"),
+            }
+        }
+        if self.upstream_concurrency == 0 {
+            return invalid("upstream_concurrency", "must be at least 1");
+        }
+        if self.rpc_timeout.is_zero() {
+            return invalid("rpc_timeout", "must be above zero");
+        }
+        if self.max_pending_rpcs == 0 || self.max_inflight_rpcs == 0 {
+            return invalid(
+                "max_pending_rpcs",
+                "max_pending_rpcs and max_inflight_rpcs must be at least 1",
+            );
         }
         if self.handshake_timeout.is_zero() {
             return invalid("handshake_timeout", "must be above zero");

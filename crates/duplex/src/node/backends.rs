@@ -9,10 +9,12 @@ use bytes::Bytes;
 use duplex_protocol::channel::ChannelName;
 use duplex_protocol::ws::MessageKind;
 
-use super::Node;
+use super::{Node, Outcome};
 use crate::broker::{BrokerError, Upstream};
 use crate::conn::Conn;
-use crate::control::{Order, Target, CONN_CHANNEL_PREFIX, CONTROL_CHANNEL, NODE_CHANNEL_PREFIX};
+use crate::control::{
+    Order, ReplyError, Target, CONN_CHANNEL_PREFIX, CONTROL_CHANNEL, NODE_CHANNEL_PREFIX,
+};
 use crate::hub::{native_frame, plain_frame, Wire};
 use crate::message::Publication;
 use crate::stats::Stats;
@@ -183,6 +185,30 @@ impl Node {
                 truncated,
             } => self.take_answer(request, node, connections, truncated),
             Order::Alive { node } => self.heard_alive(node),
+            Order::Reply {
+                connection,
+                request,
+                data,
+                error,
+            } => self.finish_call(&request, &connection, reply_outcome(data, error)),
+        }
+    }
+
+    /// Applies a reply order here when the connection is on this node (no
+    /// broker round trip), else publishes it to the holding node.
+    pub async fn reply(&self, order: &Order) -> Result<(), BrokerError> {
+        match order {
+            Order::Reply {
+                connection,
+                request,
+                data,
+                error,
+            } if crate::control::node_of(connection) == Some(self.id()) => {
+                let outcome = reply_outcome(data.clone(), error.clone());
+                self.finish_call(request, connection, outcome);
+                Ok(())
+            }
+            _ => self.publish_order(order).await,
         }
     }
 
@@ -237,5 +263,20 @@ impl Node {
                 .filter(|c| target.matches(&c.id, c.user()))
                 .collect(),
         }
+    }
+}
+
+/// What a reply order means for the client.
+fn reply_outcome(data: Option<serde_json::Value>, error: Option<ReplyError>) -> Outcome {
+    if let Some(error) = error {
+        return Outcome::backend_error(error.code, &error.message);
+    }
+    let data = data.unwrap_or(serde_json::Value::Null);
+    match serde_json::value::to_raw_value(&data) {
+        Ok(raw) => Outcome::Data(raw),
+        Err(e) => Outcome::Error(
+            duplex_protocol::code::ErrorCode::UpstreamFailed,
+            format!("backend reply cannot be encoded: {e}"),
+        ),
     }
 }

@@ -13,6 +13,12 @@ mod query;
 mod unsubscribe;
 
 pub use query::{ConnectionList, QueryError};
+mod http_upstream;
+mod rpc;
+mod upstream;
+
+pub(crate) use rpc::Outcome;
+pub(crate) use upstream::CallError;
 
 use std::collections::HashMap;
 use std::hash::BuildHasher;
@@ -112,6 +118,10 @@ struct Inner {
     revoked: unsubscribe::Revoked,
     /// Connection queries across nodes, and the live nodes that answer them.
     queries: query::Queries,
+    /// Calls waiting for a backend's answer.
+    rpcs: rpc::Rpcs,
+    /// The HTTP upstream, when `upstream_url` is set.
+    http: Option<http_upstream::HttpUpstream>,
 }
 
 impl std::fmt::Debug for Inner {
@@ -215,8 +225,24 @@ impl Node {
         } else {
             config.node_id.clone()
         };
+        let rpcs = rpc::Rpcs::new(
+            config.max_pending_rpcs,
+            config.max_inflight_rpcs,
+            config.rpc_timeout,
+        );
         let node = Node {
-            inner: Arc::new(Inner {
+            inner: Arc::new_cyclic(|weak| Inner {
+                http: (!config.upstream_url.is_empty()).then(|| {
+                    http_upstream::HttpUpstream::start(
+                        &config.upstream_url,
+                        config.rpc_timeout,
+                        config.upstream_concurrency,
+                        config.max_inflight_rpcs,
+                        config.max_message_size,
+                        weak.clone(),
+                    )
+                }),
+                rpcs,
                 id,
                 config,
                 verifier,
@@ -379,6 +405,7 @@ impl Node {
         }
         self.inner.revoked.forget(conn.seq);
         self.registry_shard(conn.seq).lock().remove(&conn.seq);
+        self.forget_calls(conn.seq);
         if conn.wire == Wire::Native {
             self.inner.stats.native_connections.fetch_sub(1, Relaxed);
         }

@@ -12,13 +12,14 @@ use duplex_protocol::push::{self, ChannelsResult, ConnectResult, Empty, RefreshR
 use duplex_protocol::ws::MessageKind;
 use duplex_protocol::PROTOCOL_VERSION;
 use indexmap::IndexSet;
+use serde_json::value::RawValue;
 
 use super::{user_of, Authenticated, Flow, Identity};
 use crate::auth::TokenError;
 use crate::broker::BrokerError;
 use crate::conn::Conn;
 use crate::message::Publication;
-use crate::node::Node;
+use crate::node::{CallError, Node};
 use crate::permissions::{Asker, Denied};
 use crate::rate::{RateLimit, Verdict};
 use crate::session::is_own_user_channel;
@@ -93,7 +94,12 @@ impl NativeSession {
                 conn.mark_introduced();
                 let id = request.id;
                 let result = match self.rate_verdict(&request.command) {
-                    Verdict::Allow => self.run(node, conn, id, request.command).await,
+                    Verdict::Allow => match self.run(node, conn, id, request.command).await {
+                        Ok(Some(frame)) => Ok(frame),
+                        // Answered later, when the backend replies (or on timeout).
+                        Ok(None) => return Flow::Continue,
+                        Err(refusal) => Err(refusal),
+                    },
                     Verdict::Refuse => Err(Refusal::Error(
                         ErrorCode::TooManyRequests,
                         "publish rate limit exceeded; slow down".to_string(),
@@ -116,17 +122,24 @@ impl NativeSession {
         Flow::Continue
     }
 
-    /// Publishes and upstream sends count against the rate limit.
+    /// Publishes, upstream sends and rpcs count against the rate limit.
     fn rate_verdict(&mut self, command: &Command) -> Verdict {
         match command {
-            Command::Publish(_) | Command::Send(_) => self.publish_rate.check(),
+            Command::Publish(_) | Command::Send(_) | Command::Rpc(_) => self.publish_rate.check(),
             _ => Verdict::Allow,
         }
     }
 
-    async fn run(&mut self, node: &Node, conn: &Arc<Conn>, id: u64, command: Command) -> Reply {
+    /// Runs one command; `Ok(None)` when the reply comes later (rpc).
+    async fn run(
+        &mut self,
+        node: &Node,
+        conn: &Arc<Conn>,
+        id: u64,
+        command: Command,
+    ) -> Result<Option<Bytes>, Refusal> {
         if let Command::Connect(params) = command {
-            return self.connect(node, conn, id, params).await;
+            return self.connect(node, conn, id, params).await.map(Some);
         }
         if self.status == Status::Connecting {
             if node.verifier().is_some() && !node.config().allow_anonymous {
@@ -139,7 +152,7 @@ impl NativeSession {
             // Without token auth, any command introduces the client anonymously.
             self.status = Status::Connected;
         }
-        match command {
+        let reply = match command {
             Command::Subscribe(p) => {
                 let (names, token) = p.into_names();
                 self.subscribe(node, conn, id, names, token).await
@@ -150,17 +163,30 @@ impl NativeSession {
             Command::Send(p) => {
                 let (payload, kind) = bytes_from_json(&p.data, p.encoding)
                     .map_err(|e| Refusal::Error(ErrorCode::BadRequest, e.to_string()))?;
+                if node.has_http_upstream() {
+                    node.send_upstream_http(conn, id, &p.data, p.encoding)
+                        .map_err(call_error)?;
+                    return Ok(None);
+                }
                 node.send_upstream(conn, payload, kind)
                     .await
                     .map_err(broker_error)?;
                 Ok(push::reply(id, &Empty {}))
+            }
+            Command::Rpc(p) => {
+                let data = p.data.as_deref().unwrap_or(RawValue::NULL);
+                node.call_upstream(conn, id, &p.method, data)
+                    .await
+                    .map_err(call_error)?;
+                return Ok(None);
             }
             Command::Ping => Ok(push::reply(id, &Empty {})),
             _ => Err(Refusal::Error(
                 ErrorCode::UnknownMethod,
                 "method not supported".to_string(),
             )),
-        }
+        };
+        reply.map(Some)
     }
 
     async fn connect(
@@ -438,6 +464,14 @@ fn authenticate(node: &Node, conn: &Conn, token: Option<&str>) -> Result<Identit
             tracing::debug!(conn = %conn.id, why, "invalid token refused");
             Err(Refusal::Close(CloseCode::InvalidToken, why))
         }
+    }
+}
+
+/// An rpc or HTTP send that could not start.
+fn call_error(e: CallError) -> (ErrorCode, String) {
+    match e {
+        CallError::Full(full) => (ErrorCode::TooManyPending, full.to_string()),
+        CallError::Broker(e) => broker_error(e),
     }
 }
 

@@ -1,0 +1,185 @@
+//! The HTTP upstream (`upstream_url`): client `send`s and `rpc`s POSTed as
+//! JSON to a backend endpoint, for deployments without Redis. One task
+//! drives every request, at most `upstream_concurrency` at once; the queue
+//! in front of it is bounded by `max_inflight_rpcs`, like the call table.
+//!
+//! The backend answers 2xx with the rpc's reply as the JSON body (empty
+//! means `null`), or non-2xx with `{"error":{"code":C,"message":M}}` for
+//! its own error (C in 1000–9999 reaches the client as is). Anything else
+//! is 115 for the client; a request that takes longer than `rpc_timeout`
+//! is 113.
+
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use duplex_protocol::code::ErrorCode;
+use futures_util::StreamExt;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use tokio::sync::mpsc;
+
+use super::rpc::{Answer, Outcome};
+use super::{Inner, Node};
+
+/// One request for the backend endpoint.
+#[derive(Debug)]
+pub(crate) struct Job {
+    /// The call's request id (also in the body).
+    pub(crate) request: u64,
+    /// The calling connection, to match the answer.
+    pub(crate) connection: Arc<str>,
+    /// Whether a reply body is wanted.
+    pub(crate) answer: Answer,
+    /// The JSON body.
+    pub(crate) body: Vec<u8>,
+}
+
+/// The queue to the driver task.
+#[derive(Debug)]
+pub(crate) struct HttpUpstream {
+    jobs: mpsc::Sender<Job>,
+}
+
+/// What the driver needs besides the queue.
+struct Driver {
+    url: String,
+    client: reqwest::Client,
+    concurrency: usize,
+    /// Largest reply body read, in bytes (`max_message_size`).
+    max_body: usize,
+    node: Weak<Inner>,
+}
+
+#[derive(Deserialize)]
+struct ErrorBody {
+    error: BackendError,
+}
+
+#[derive(Deserialize)]
+struct BackendError {
+    code: i64,
+    #[serde(default)]
+    message: String,
+}
+
+impl HttpUpstream {
+    /// Starts the driver task for `url`; it ends with the node.
+    pub(super) fn start(
+        url: &str,
+        timeout: Duration,
+        concurrency: usize,
+        capacity: usize,
+        max_body: usize,
+        node: Weak<Inner>,
+    ) -> HttpUpstream {
+        let (jobs, queue) = mpsc::channel(capacity);
+        let client = reqwest::Client::builder()
+            .timeout(timeout)
+            .build()
+            .unwrap_or_default();
+        let driver = Driver {
+            url: url.to_string(),
+            client,
+            concurrency,
+            max_body,
+            node,
+        };
+        tokio::spawn(driver.run(queue));
+        HttpUpstream { jobs }
+    }
+
+    /// Queues a request; gives it back when the queue is full.
+    pub(crate) fn submit(&self, job: Job) -> Result<(), Job> {
+        self.jobs.try_send(job).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(job) | mpsc::error::TrySendError::Closed(job) => job,
+        })
+    }
+}
+
+impl Driver {
+    async fn run(self, queue: mpsc::Receiver<Job>) {
+        let jobs = futures_util::stream::unfold(queue, |mut queue| async move {
+            queue.recv().await.map(|job| (job, queue))
+        });
+        let driver = &self;
+        jobs.for_each_concurrent(self.concurrency, |job| async move {
+            let outcome = driver.post(job.body, job.answer).await;
+            if let Some(inner) = driver.node.upgrade() {
+                Node { inner }.finish_call(&job.request.to_string(), &job.connection, outcome);
+            }
+        })
+        .await;
+    }
+
+    async fn post(&self, body: Vec<u8>, answer: Answer) -> Outcome {
+        let sent = self
+            .client
+            .post(&self.url)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body)
+            .send()
+            .await;
+        let mut response = match sent {
+            Ok(response) => response,
+            Err(e) => return failure(&e),
+        };
+        let status = response.status();
+        let mut body = Vec::new();
+        loop {
+            match response.chunk().await {
+                Ok(Some(chunk)) => {
+                    if body.len() + chunk.len() > self.max_body {
+                        return Outcome::Error(
+                            ErrorCode::UpstreamFailed,
+                            format!("upstream reply is over {} bytes", self.max_body),
+                        );
+                    }
+                    body.extend_from_slice(&chunk);
+                }
+                Ok(None) => break,
+                Err(e) => return failure(&e),
+            }
+        }
+        if status.is_success() {
+            if answer == Answer::Send || body.iter().all(u8::is_ascii_whitespace) {
+                return Outcome::Data(null());
+            }
+            return match serde_json::from_slice::<Box<RawValue>>(&body) {
+                Ok(data) => Outcome::Data(data),
+                Err(e) => Outcome::Error(
+                    ErrorCode::UpstreamFailed,
+                    format!("upstream reply is not JSON: {e}"),
+                ),
+            };
+        }
+        match serde_json::from_slice::<ErrorBody>(&body) {
+            Ok(ErrorBody { error }) => Outcome::backend_error(error.code, &error.message),
+            Err(_) => {
+                tracing::debug!(url = %self.url, %status, "upstream answered an error status");
+                Outcome::Error(
+                    ErrorCode::UpstreamFailed,
+                    format!("upstream answered HTTP {}", status.as_u16()),
+                )
+            }
+        }
+    }
+}
+
+/// A request that got no answer: 113 on timeout, 115 otherwise.
+fn failure(e: &reqwest::Error) -> Outcome {
+    if e.is_timeout() {
+        return Outcome::Error(
+            ErrorCode::RpcTimeout,
+            "the upstream did not answer within rpc_timeout".to_string(),
+        );
+    }
+    tracing::debug!(error = %e, "upstream request failed");
+    Outcome::Error(
+        ErrorCode::UpstreamFailed,
+        "the upstream could not be reached".to_string(),
+    )
+}
+
+fn null() -> Box<RawValue> {
+    RawValue::from_string("null".to_string()).unwrap_or_else(|_| unreachable!("null is JSON"))
+}

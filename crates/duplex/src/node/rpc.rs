@@ -1,0 +1,399 @@
+//! Calls waiting for a backend's answer: client `rpc`s, and `send`s over
+//! the HTTP upstream. Each gets a node-unique request id and an entry in one
+//! table; the entry leaves on the reply, on the timeout (one sweeper task for
+//! all of them, no timer per call) or when its connection ends. Replies for
+//! an id no longer in the table (late, or made up) are dropped and counted.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use duplex_protocol::code::{ErrorCode, BACKEND_CODES};
+use duplex_protocol::push::{self, Empty, RpcResult};
+use parking_lot::Mutex;
+use serde_json::value::RawValue;
+
+use super::{Inner, Node};
+use crate::conn::Conn;
+use crate::stats::Stats;
+
+/// What the client's reply looks like when the answer comes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Answer {
+    /// `{"result":{"data":...}}`.
+    Rpc,
+    /// `{"result":{}}`: a `send` the HTTP upstream acknowledged.
+    Send,
+}
+
+/// How a call ended.
+#[derive(Debug)]
+pub(crate) enum Outcome {
+    /// The backend's answer.
+    Data(Box<RawValue>),
+    /// An error for the client: the backend's own or the node's.
+    Error(ErrorCode, String),
+}
+
+impl Outcome {
+    /// A backend's error: its code passes through when in [`BACKEND_CODES`];
+    /// any other code is the backend's bug, reported to the client as 115.
+    pub(crate) fn backend_error(code: i64, message: &str) -> Outcome {
+        match u16::try_from(code) {
+            Ok(code) if BACKEND_CODES.contains(&code) => {
+                Outcome::Error(ErrorCode::Backend(code), message.to_string())
+            }
+            _ => Outcome::Error(
+                ErrorCode::UpstreamFailed,
+                format!(
+                    "backend error code {code} is outside {}-{}: {message}",
+                    BACKEND_CODES.start(),
+                    BACKEND_CODES.end()
+                ),
+            ),
+        }
+    }
+}
+
+/// Why a call could not start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum Full {
+    /// `max_pending_rpcs` on this connection.
+    #[error("this connection already has {0} calls waiting for replies (max_pending_rpcs)")]
+    Connection(usize),
+    /// `max_inflight_rpcs` on this node.
+    #[error(
+        "this node already has {0} calls waiting for replies (max_inflight_rpcs); retry later"
+    )]
+    Node(usize),
+}
+
+/// One call waiting for its answer.
+#[derive(Debug)]
+struct Pending {
+    conn: Weak<Conn>,
+    conn_seq: u64,
+    connection: Arc<str>,
+    /// The client's command id, echoed in the reply.
+    command: u64,
+    answer: Answer,
+    started: Instant,
+}
+
+/// The table, behind one lock; methods that need the lock live here.
+#[derive(Debug)]
+struct Table {
+    /// By request id; ids grow with time and every call has the same
+    /// timeout, so the first entries are the first to expire.
+    pending: BTreeMap<u64, Pending>,
+    per_conn: HashMap<u64, usize>,
+    next: u64,
+}
+
+impl Table {
+    fn insert(&mut self, pending: Pending, limits: (usize, usize)) -> Result<u64, Full> {
+        let (per_conn, inflight) = limits;
+        if self.pending.len() >= inflight {
+            return Err(Full::Node(inflight));
+        }
+        let count = self.per_conn.entry(pending.conn_seq).or_insert(0);
+        if *count >= per_conn {
+            return Err(Full::Connection(per_conn));
+        }
+        *count += 1;
+        self.next += 1;
+        self.pending.insert(self.next, pending);
+        Ok(self.next)
+    }
+
+    fn take(&mut self, request: u64, connection: Option<&str>) -> Option<Pending> {
+        let entry = self.pending.get(&request)?;
+        if connection.is_some_and(|c| c != &*entry.connection) {
+            return None;
+        }
+        let entry = self.pending.remove(&request)?;
+        self.release(entry.conn_seq, 1);
+        Some(entry)
+    }
+
+    fn release(&mut self, conn_seq: u64, n: usize) {
+        if let Some(count) = self.per_conn.get_mut(&conn_seq) {
+            *count = count.saturating_sub(n);
+            if *count == 0 {
+                self.per_conn.remove(&conn_seq);
+            }
+        }
+    }
+
+    fn expired(&mut self, started_before: Instant) -> Vec<Pending> {
+        let mut out = Vec::new();
+        while let Some(entry) = self.pending.first_entry() {
+            if entry.get().started > started_before {
+                break;
+            }
+            let entry = entry.remove();
+            self.release(entry.conn_seq, 1);
+            out.push(entry);
+        }
+        out
+    }
+
+    fn forget(&mut self, conn_seq: u64) -> usize {
+        let Some(count) = self.per_conn.remove(&conn_seq) else {
+            return 0;
+        };
+        self.pending.retain(|_, p| p.conn_seq != conn_seq);
+        count
+    }
+}
+
+/// Every call of one node waiting for an answer.
+#[derive(Debug)]
+pub(crate) struct Rpcs {
+    table: Mutex<Table>,
+    /// Whether the sweeper runs: started with the first call, so a node
+    /// that never sees one has no task for it.
+    sweeping: std::sync::atomic::AtomicBool,
+    per_conn: usize,
+    inflight: usize,
+    timeout: Duration,
+}
+
+impl Rpcs {
+    /// An empty table; ids start at a random point so a restarted node with
+    /// the same id does not take an old worker's late reply for a new call.
+    pub(crate) fn new(per_conn: usize, inflight: usize, timeout: Duration) -> Rpcs {
+        Rpcs {
+            table: Mutex::new(Table {
+                pending: BTreeMap::new(),
+                per_conn: HashMap::new(),
+                next: u64::from(rand::random::<u32>()) << 20,
+            }),
+            sweeping: std::sync::atomic::AtomicBool::new(false),
+            per_conn,
+            inflight,
+            timeout,
+        }
+    }
+
+    /// How often the sweeper looks for expired calls: a twentieth of the
+    /// timeout, between 5 ms and 250 ms.
+    fn tick(&self) -> Duration {
+        (self.timeout / 20).clamp(Duration::from_millis(5), Duration::from_millis(250))
+    }
+}
+
+/// Answers calls that outlived `rpc_timeout` with 113; runs while the node lives.
+async fn sweep(node: Weak<Inner>, tick: Duration) {
+    let mut interval = tokio::time::interval(tick);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        interval.tick().await;
+        let Some(inner) = node.upgrade() else { return };
+        Node { inner }.expire_calls();
+    }
+}
+
+impl Node {
+    /// Registers a call from `conn` (command id `command`) and returns its
+    /// request id, or refuses it when a bound is reached (counted, logged).
+    pub(crate) fn begin_call(
+        &self,
+        conn: &Arc<Conn>,
+        command: u64,
+        answer: Answer,
+    ) -> Result<u64, Full> {
+        let rpcs = &self.inner.rpcs;
+        let pending = Pending {
+            conn: Arc::downgrade(conn),
+            conn_seq: conn.seq,
+            connection: Arc::clone(&conn.id),
+            command,
+            answer,
+            started: Instant::now(),
+        };
+        let begun = rpcs
+            .table
+            .lock()
+            .insert(pending, (rpcs.per_conn, rpcs.inflight));
+        match &begun {
+            Ok(_) => {
+                if !rpcs.sweeping.swap(true, Relaxed) {
+                    tokio::spawn(sweep(Arc::downgrade(&self.inner), rpcs.tick()));
+                }
+                self.inner.stats.rpc_pending.fetch_add(1, Relaxed);
+                if answer == Answer::Rpc {
+                    Stats::bump(&self.inner.stats.rpc_requests);
+                }
+            }
+            Err(full) => {
+                Stats::bump(&self.inner.stats.rpc_refused);
+                tracing::debug!(conn = %conn.id, %full, "call refused");
+            }
+        }
+        begun
+    }
+
+    /// Withdraws a call that could not be handed to the backends; false when
+    /// it had already been answered (timed out), so no second reply is due.
+    pub(crate) fn abandon_call(&self, request: u64) -> bool {
+        let taken = self.inner.rpcs.table.lock().take(request, None);
+        if taken.is_some() {
+            self.inner.stats.rpc_pending.fetch_sub(1, Relaxed);
+        }
+        taken.is_some()
+    }
+
+    /// Answers a call with its outcome; a reply for a call that is no longer
+    /// waiting (timed out, connection gone, never existed) is dropped and
+    /// counted in `rpc_late_replies`.
+    pub(crate) fn finish_call(&self, request: &str, connection: &str, outcome: Outcome) {
+        let taken = request
+            .parse::<u64>()
+            .ok()
+            .and_then(|r| self.inner.rpcs.table.lock().take(r, Some(connection)));
+        let Some(call) = taken else {
+            Stats::bump(&self.inner.stats.rpc_late_replies);
+            tracing::debug!(
+                request,
+                connection,
+                "reply for no waiting call dropped (late or unknown)"
+            );
+            return;
+        };
+        let stats = &self.inner.stats;
+        stats.rpc_pending.fetch_sub(1, Relaxed);
+        match (call.answer, &outcome) {
+            // The HTTP upstream's own timeout, a hair before the sweeper's.
+            (Answer::Rpc, Outcome::Error(ErrorCode::RpcTimeout, _)) => {
+                Stats::bump(&stats.rpc_timeouts)
+            }
+            (Answer::Rpc, _) => {
+                Stats::bump(&stats.rpc_replies);
+                stats
+                    .rpc_seconds
+                    .0
+                    .observe(call.started.elapsed().as_secs_f64());
+            }
+            (Answer::Send, Outcome::Data(_)) => Stats::bump(&stats.upstream_messages),
+            (Answer::Send, Outcome::Error(..)) => Stats::bump(&stats.upstream_failures),
+        }
+        if let Outcome::Error(code, message) = &outcome {
+            tracing::debug!(
+                request,
+                connection,
+                code = code.as_u32(),
+                message,
+                "call answered with an error"
+            );
+        }
+        self.answer(&call, &outcome);
+    }
+
+    /// Queues the client's reply frame for a call.
+    fn answer(&self, call: &Pending, outcome: &Outcome) {
+        let Some(conn) = call.conn.upgrade() else {
+            return;
+        };
+        let frame: Bytes = match (outcome, call.answer) {
+            (Outcome::Data(data), Answer::Rpc) => push::reply(call.command, &RpcResult { data }),
+            (Outcome::Data(_), Answer::Send) => push::reply(call.command, &Empty {}),
+            (Outcome::Error(code, message), _) => {
+                push::error_reply(Some(call.command), *code, message)
+            }
+        };
+        self.send_to(&conn, frame, "rpc reply");
+    }
+
+    /// Answers every call past `rpc_timeout` with 113.
+    fn expire_calls(&self) {
+        let timeout = self.inner.rpcs.timeout;
+        let Some(before) = Instant::now().checked_sub(timeout) else {
+            return;
+        };
+        let expired = self.inner.rpcs.table.lock().expired(before);
+        if expired.is_empty() {
+            return;
+        }
+        let stats = &self.inner.stats;
+        stats.rpc_pending.fetch_sub(expired.len() as u64, Relaxed);
+        stats.rpc_timeouts.fetch_add(expired.len() as u64, Relaxed);
+        tracing::debug!(
+            calls = expired.len(),
+            "calls timed out without a reply (rpc_timeout)"
+        );
+        let outcome = Outcome::Error(
+            ErrorCode::RpcTimeout,
+            format!("no reply from the backends within {timeout:?}"),
+        );
+        for call in &expired {
+            self.answer(call, &outcome);
+        }
+    }
+
+    /// Drops the calls of a connection that ended (their replies will be late).
+    pub(super) fn forget_calls(&self, conn_seq: u64) {
+        let forgotten = self.inner.rpcs.table.lock().forget(conn_seq);
+        if forgotten > 0 {
+            self.inner
+                .stats
+                .rpc_pending
+                .fetch_sub(forgotten as u64, Relaxed);
+            self.inner
+                .stats
+                .rpc_abandoned
+                .fetch_add(forgotten as u64, Relaxed);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pending(conn_seq: u64) -> Pending {
+        Pending {
+            conn: Weak::new(),
+            conn_seq,
+            connection: Arc::from(format!("n.{conn_seq}")),
+            command: 1,
+            answer: Answer::Rpc,
+            started: Instant::now(),
+        }
+    }
+
+    #[test]
+    fn bounds_and_bookkeeping_return_to_zero() {
+        let rpcs = Rpcs::new(2, 3, Duration::from_secs(1));
+        let mut t = rpcs.table.lock();
+        let a = t.insert(pending(1), (2, 3)).unwrap();
+        let b = t.insert(pending(1), (2, 3)).unwrap();
+        assert_eq!(t.insert(pending(1), (2, 3)), Err(Full::Connection(2)));
+        let c = t.insert(pending(2), (2, 3)).unwrap();
+        assert_eq!(t.insert(pending(3), (2, 3)), Err(Full::Node(3)));
+        assert!(a < b && b < c);
+        // A reply naming another connection does not take the call.
+        assert!(t.take(a, Some("n.2")).is_none());
+        assert!(t.take(a, Some("n.1")).is_some());
+        assert!(t.take(a, Some("n.1")).is_none(), "answered once");
+        assert_eq!(t.forget(1), 1);
+        assert_eq!(t.expired(Instant::now()).len(), 1);
+        assert!(t.pending.is_empty() && t.per_conn.is_empty());
+    }
+
+    #[test]
+    fn backend_codes_pass_through_only_in_range() {
+        assert!(matches!(
+            Outcome::backend_error(4040, "no"),
+            Outcome::Error(ErrorCode::Backend(4040), _)
+        ));
+        for bad in [999, 10_000, -1, 70_000] {
+            assert!(matches!(
+                Outcome::backend_error(bad, "no"),
+                Outcome::Error(ErrorCode::UpstreamFailed, _)
+            ));
+        }
+    }
+}

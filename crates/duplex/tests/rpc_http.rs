@@ -1,0 +1,122 @@
+//! The HTTP upstream (`upstream_url`): with no Redis, client `rpc`s and
+//! `send`s are POSTed to a backend endpoint and its answer is relayed.
+
+mod support;
+
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router};
+use duplex::config::Settings;
+use serde_json::{json, Value};
+use support::client::Client;
+use support::node::{settings, TestNode};
+use tokio::sync::mpsc;
+
+/// A backend endpoint written as a user would: answers by `method`.
+async fn backend(calls: mpsc::UnboundedSender<Value>, Json(call): Json<Value>) -> Response {
+    let _ = calls.send(call.clone());
+    match call["method"].as_str() {
+        Some("echo") => Json(json!({"echo": call["data"], "user": call["user"]})).into_response(),
+        Some("refuse") => (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Json(json!({"error": {"code": 4022, "message": "not today"}})),
+        )
+            .into_response(),
+        Some("crash") => (StatusCode::INTERNAL_SERVER_ERROR, "oops").into_response(),
+        Some("slow") => {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            Json(json!("too late")).into_response()
+        }
+        // `send` (no method): acknowledged with no body.
+        _ => StatusCode::NO_CONTENT.into_response(),
+    }
+}
+
+async fn start_backend() -> (String, mpsc::UnboundedReceiver<Value>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let app = Router::new().route("/calls", post(move |body| backend(tx.clone(), body)));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}/calls", listener.local_addr().expect("addr"));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, rx)
+}
+
+async fn stat(node: &TestNode, name: &str) -> u64 {
+    node.info().await["stats"][name].as_u64().expect("stat")
+}
+
+#[tokio::test]
+async fn rpcs_and_sends_go_to_the_http_upstream() {
+    let (url, mut calls) = start_backend().await;
+    let node = TestNode::start(Settings {
+        upstream_url: Some(url),
+        rpc_timeout: Some(Duration::from_millis(500)),
+        node_id: Some("h".into()),
+        ..settings()
+    })
+    .await;
+    let mut client = Client::connect(&node.ws("/ws")).await;
+
+    let reply = client
+        .command("rpc", json!({"method": "echo", "data": {"q": 1}}))
+        .await;
+    assert_eq!(
+        reply["result"]["data"],
+        json!({"echo": {"q": 1}, "user": ""})
+    );
+    let call = calls.recv().await.expect("the backend got the call");
+    assert_eq!(call["kind"], "rpc");
+    assert_eq!(call["method"], "echo");
+    assert_eq!(call["data"], json!({"q": 1}));
+    assert_eq!(call["connection"], "h.1");
+    assert_eq!(call["node"], "h");
+    assert!(call["request"].as_str().is_some_and(|r| !r.is_empty()));
+    assert!(call["ts"].as_u64().unwrap() > 1_700_000_000_000);
+
+    let reply = client
+        .command("send", json!({"data": "AAEC", "encoding": "base64"}))
+        .await;
+    assert_eq!(reply["result"], json!({}), "{reply}");
+    let call = calls.recv().await.expect("the backend got the send");
+    assert_eq!(
+        (&call["kind"], &call["data"], &call["encoding"]),
+        (&json!("send"), &json!("AAEC"), &json!("base64"))
+    );
+    assert_eq!(stat(&node, "upstream_messages").await, 1);
+
+    // The backend's own error, a crash, and no answer in time.
+    for (method, code) in [("refuse", 4022), ("crash", 115), ("slow", 113)] {
+        let reply = client.command("rpc", json!({"method": method})).await;
+        assert_eq!(reply["error"]["code"], code, "{method}: {reply}");
+    }
+    let reply = client.command("rpc", json!({"method": "refuse"})).await;
+    assert_eq!(reply["error"]["message"], "not today");
+    assert_eq!(stat(&node, "rpc_pending").await, 0);
+    assert_eq!(stat(&node, "rpc_timeouts").await, 1);
+}
+
+#[tokio::test]
+async fn an_unreachable_upstream_is_115() {
+    let closed = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}/calls", closed.local_addr().expect("addr"));
+    drop(closed);
+    let node = TestNode::start(Settings {
+        upstream_url: Some(url),
+        ..settings()
+    })
+    .await;
+    let mut client = Client::connect(&node.ws("/ws")).await;
+    let reply = client.command("rpc", json!({"method": "m"})).await;
+    assert_eq!(reply["error"]["code"], 115, "{reply}");
+    assert_eq!(reply["error"]["temporary"], true);
+    let reply = client.command("send", json!({"data": 1})).await;
+    assert_eq!(reply["error"]["code"], 115, "{reply}");
+    assert_eq!(stat(&node, "upstream_failures").await, 1);
+}
