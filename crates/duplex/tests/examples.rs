@@ -1,7 +1,7 @@
 //! The examples run against a real node: `examples/auth/` (Python and PHP,
 //! standard libraries only) mint tokens a node accepts and publish to one
-//! user; `examples/publish/` publishes from a shell (curl, redis-cli) and
-//! from Node.js (fetch). `scripts/test.sh` installs php-cli and nodejs when
+//! user; `examples/publish/` publishes from a shell (curl, redis-cli),
+//! Node.js (fetch), PHP (php-redis) and Python (redis-py, HTTP). `scripts/test.sh` installs php-cli and nodejs when
 //! they are missing; `examples/upstream/` workers (redis-py, php-redis)
 //! answer rpcs from the stream.
 
@@ -127,6 +127,59 @@ async fn shell_and_node_publish_examples_reach_subscribers() {
     assert!(answer.starts_with("200"), "{answer}");
     assert_eq!(plain.next_text().await, r#"{"from":"node"}"#);
     assert_eq!(native.next_push().await.1, json!({"from": "node"}));
+}
+
+/// `examples/publish/publish.{php,py}`: php-redis's two-liner, redis-py and
+/// the HTTP API from Python reach plain and native subscribers.
+#[tokio::test]
+async fn php_and_python_publish_examples_reach_subscribers() {
+    let redis = support::redis_server::RedisServer::start();
+    let node = TestNode::redis(&redis.url()).await;
+    let mut plain = Client::connect(&node.ws("/?channel=news")).await;
+    let mut native = Client::connect(&node.ws("/ws")).await;
+    native.subscribe(&["news"]).await;
+    let python = std::env::var("EXAMPLE_PYTHON").unwrap_or_else(|_| "python3".into());
+    let examples = [
+        (
+            "php",
+            "publish.php",
+            ["-r", "exit(extension_loaded('redis') ? 0 : 1);"],
+            vec!["from php"],
+        ),
+        (
+            python.as_str(),
+            "publish.py",
+            ["-c", "import redis"],
+            vec!["from python (via Redis)", "from python (via HTTP)"],
+        ),
+    ];
+    for (interpreter, script, probe, expected) in examples {
+        if !has_library(interpreter, &probe).await {
+            continue;
+        }
+        let message = expected[0].split(" (").next().unwrap_or_default();
+        let path = format!(
+            "{}/../../examples/publish/{script}",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        let out = tokio::process::Command::new(interpreter)
+            .arg(&path)
+            .args(["news", message])
+            .env("DUPLEX_NODE", node.http(""))
+            .env("REDIS_URL", redis.url())
+            .output()
+            .await
+            .expect("run the example");
+        assert!(
+            out.status.success(),
+            "{script}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        for text in expected {
+            assert_eq!(plain.next_text().await, text, "{script}");
+            assert_eq!(native.next_push().await.1, json!(text), "{script}");
+        }
+    }
 }
 
 /// Whether `interpreter` runs and has its Redis library (`probe` exits 0).
