@@ -182,7 +182,8 @@ export interface SubscriptionEvents {
   message: MessageHandler;
   subscribed: (event: {}) => void;
   subscribing: (event: {}) => void;
-  unsubscribed: (event: { error?: DuplexError }) => void;
+  /** `server` is true when a backend took the connection off the channel (`POST /api/unsubscribe`). */
+  unsubscribed: (event: { error?: DuplexError; server?: boolean }) => void;
   error: (error: unknown) => void;
   join: (push: object) => void;
   leave: (push: object) => void;

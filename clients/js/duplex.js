@@ -556,6 +556,17 @@ export class Duplex extends Emitter {
       case "disconnect":
         this._serverDisconnect = msg;
         break;
+      case "unsubscribe": {
+        // A backend took this connection off the channel (POST /api/unsubscribe):
+        // forget it, so it is not subscribed again after a reconnect.
+        const sub = this._subs.get(msg.channel);
+        if (sub) {
+          this._subs.delete(msg.channel);
+          clearTimeout(sub._retryTimer);
+          sub._setState("unsubscribed", { server: true });
+        }
+        break;
+      }
       case "join":
       case "leave": {
         // Reserved for presence in a later protocol version; routed if it comes.

@@ -129,3 +129,26 @@ test("disconnect() rejects pending commands and stays down", async () => {
   assert.equal(e.reconnect, false);
   await assert.rejects(c.ping(), (err) => err.code === ErrorCode.CLIENT_CLOSED);
 });
+
+test("a backend's unsubscribe ends the subscription and forgets it (not resubscribed on reconnect)", async () => {
+  const c = client();
+  const sub = c.subscribe("revoked");
+  const connected = nextState(c, "connected");
+  c.connect();
+  const { info } = await connected;
+  await within(sub.ready(), 15000, "subscribed");
+  const ended = nextEvent(sub, "unsubscribed");
+  const res = await fetch(`${node.http}/api/unsubscribe`, {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body: JSON.stringify({ connection: info.client, channel: "revoked" }),
+  });
+  assert.equal(res.status, 200, await res.text());
+  const event = await within(ended, 15000, "unsubscribed by the server");
+  assert.equal(event.server, true);
+  assert.equal(sub.state, "unsubscribed");
+  assert.equal(c.getSubscription("revoked"), null);
+  // Subscribing again is the application's choice, and works.
+  const again = c.subscribe("revoked");
+  await within(again.ready(), 15000, "subscribed again");
+});
