@@ -138,11 +138,14 @@ pub enum CloseCode {
     InvalidToken,
     /// 3501: the client sent something the protocol forbids; fix the client.
     BadRequest,
+    /// 3502: a backend took this plain client off its channel (`POST
+    /// /api/unsubscribe`); a plain client is its channel, so it is closed.
+    Unsubscribed,
 }
 
 impl CloseCode {
     /// The wire number.
-    pub fn as_u16(self) -> u16 {
+    pub const fn as_u16(self) -> u16 {
         match self {
             CloseCode::Normal => 1000,
             CloseCode::GoingAway => 1001,
@@ -161,6 +164,7 @@ impl CloseCode {
             CloseCode::TooManyConnections => 3007,
             CloseCode::InvalidToken => 3500,
             CloseCode::BadRequest => 3501,
+            CloseCode::Unsubscribed => 3502,
         }
     }
 
@@ -184,6 +188,7 @@ impl CloseCode {
             3007 => CloseCode::TooManyConnections,
             3500 => CloseCode::InvalidToken,
             3501 => CloseCode::BadRequest,
+            3502 => CloseCode::Unsubscribed,
             _ => return None,
         })
     }
@@ -223,6 +228,7 @@ mod tests {
             CloseCode::TooManyConnections,
             CloseCode::InvalidToken,
             CloseCode::BadRequest,
+            CloseCode::Unsubscribed,
         ] {
             assert_eq!(CloseCode::from_u16(code.as_u16()), Some(code));
         }
@@ -232,6 +238,7 @@ mod tests {
         assert!(!CloseCode::MessageTooBig.reconnect());
         assert!(CloseCode::TokenExpired.reconnect());
         assert!(!CloseCode::InvalidToken.reconnect());
+        assert!(!CloseCode::Unsubscribed.reconnect());
     }
 
     #[test]

@@ -35,7 +35,7 @@ pub const DEFAULT_DISCONNECT_CODE: u16 = 3003;
 /// Close code of a plain client removed from its channel by an `unsubscribe`
 /// order: a plain client is its channel, so it is closed, and must not
 /// reconnect to the same channel (3500-4999: no automatic reconnect).
-pub const UNSUBSCRIBED_CLOSE_CODE: u16 = 3502;
+pub const UNSUBSCRIBED_CLOSE_CODE: u16 = duplex_protocol::code::CloseCode::Unsubscribed.as_u16();
 
 /// Most connections one `query` may ask for, and one `answer` may carry.
 pub const MAX_QUERY_LIMIT: usize = 10_000;
