@@ -9,6 +9,7 @@
 #   SUBS=2000 RATE=100 DURATION=10s IDLE=19000 bench/compare.sh
 #   CLIENTS=10000 CHRATE=10000 bench/compare.sh   # the personal-channels workload
 #   SUBS=2000 RATE=500 PROCS=2 bench/compare.sh    # overload: two generator processes
+#   WRITE_DELAY=5ms bench/compare.sh               # adds Duplex with --write-delay
 #
 # Workloads: fanout (SUBS subscribers on one channel, RATE msg/s), channels
 # (CLIENTS clients each on its own channel, CHRATE publishes/s over them;
@@ -32,6 +33,7 @@ DURATION=${DURATION:-10s}
 IDLE=${IDLE:-10000}
 CLIENTS=${CLIENTS:-0}
 PROCS=${PROCS:-1}
+WRITE_DELAY=${WRITE_DELAY:-}
 CHRATE=${CHRATE:-5000}
 ROUNDS=${ROUNDS:-2}
 SOCKUDO_ROOT=${SOCKUDO_ROOT:-$HOME/.cache/duplex-bench/sockudo}
@@ -136,6 +138,9 @@ FANOUT=(--rate "$RATE" --duration "$DURATION" --warmup 2s --concurrency 128)
 for round in $(seq "$ROUNDS"); do
     echo "== round $round" >&2
     start_duplex; run_fanout "duplex plain, http publish" "${FANOUT[@]}" --protocol plain --via http; stop_server
+    if [ -n "$WRITE_DELAY" ]; then
+        start_duplex --write-delay "$WRITE_DELAY"; run_fanout "duplex plain, http publish, write_delay $WRITE_DELAY" "${FANOUT[@]}" --protocol plain --via http; stop_server
+    fi
     if [ -z "${SKIP_SOCKUDO:-}" ]; then
         start_sockudo; run_fanout "sockudo pusher, http publish" "${FANOUT[@]}" --protocol pusher --via http; stop_server
     fi
@@ -177,12 +182,12 @@ def med(label, key, sub=None):
         v = r.get(key) if sub is None else (r.get(key) or {}).get(sub)
         if isinstance(v, (int, float)): vals.append(v)
     return statistics.median(vals) if vals else None
-print(f"{'run':44} {'srv us/deliv':>12} {'p50 ms':>8} {'p99 ms':>8} {'lost':>6}   {'RSS KiB/conn':>12} {'conn/s':>8}")
+print(f"{'run':52} {'srv us/deliv':>12} {'p50 ms':>8} {'p99 ms':>8} {'lost':>6} {'deliv/s':>9}   {'RSS KiB/conn':>12} {'conn/s':>8}")
 for label in by:
     us = med(label, "server_cpu_us_per_delivery"); p50 = med(label, "latency_us", "p50"); p99 = med(label, "latency_us", "p99")
-    lost = med(label, "lost"); rss = med(label, "server_rss_per_connection_kib"); rate = med(label, "connect_rate")
+    lost = med(label, "lost"); dps = med(label, "deliveries_per_s"); rss = med(label, "server_rss_per_connection_kib"); rate = med(label, "connect_rate")
     f = lambda v, d=2, s=1: "-" if v is None else f"{v/s:.{d}f}"
-    print(f"{label:44} {f(us):>12} {f(p50,1,1000):>8} {f(p99,1,1000):>8} {f(lost,0):>6}   {f(rss):>12} {f(rate,0):>8}")
+    print(f"{label:52} {f(us):>12} {f(p50,1,1000):>8} {f(p99,1,1000):>8} {f(lost,0):>6} {f(dps,0):>9}   {f(rss):>12} {f(rate,0):>8}")
 def ratio(a, b, key, sub=None):
     x, y = med(a, key, sub), med(b, key, sub)
     return f"{x/y:.2f}x" if x and y else "-"
@@ -192,6 +197,9 @@ print("  duplex / sockudo, CPU per delivery (http publish):", ratio("duplex plai
 print("  duplex / floor,   CPU per delivery (redis publish):", ratio("duplex plain, redis publish", "floor (1 write/delivery), redis publish", "server_cpu_us_per_delivery"))
 print("  duplex redis / duplex memory, CPU per delivery:    ", ratio("duplex plain, redis publish", "duplex plain, http publish", "server_cpu_us_per_delivery"))
 print("  duplex / sockudo, RSS per idle connection:        ", ratio("duplex idle", "sockudo idle", "server_rss_per_connection_kib"))
+if WRITE_DELAY := __import__("os").environ.get("WRITE_DELAY"):
+    print(f"  duplex write_delay {WRITE_DELAY} / sockudo, CPU per delivery:", ratio(f"duplex plain, http publish, write_delay {WRITE_DELAY}", "sockudo pusher, http publish", "server_cpu_us_per_delivery"))
+    print(f"  duplex write_delay {WRITE_DELAY} / duplex, CPU per delivery:  ", ratio(f"duplex plain, http publish, write_delay {WRITE_DELAY}", "duplex plain, http publish", "server_cpu_us_per_delivery"))
 print("  duplex / socket.io, CPU per delivery (http publish):", ratio("duplex plain, http publish", "socket.io, http publish", "server_cpu_us_per_delivery"))
 print("  duplex redis / socket.io redis adapter, CPU per delivery:", ratio("duplex plain, redis publish", "socket.io redis adapter, http publish", "server_cpu_us_per_delivery"))
 print("  duplex / socket.io, RSS per idle connection:      ", ratio("duplex idle", "socket.io idle", "server_rss_per_connection_kib"))
