@@ -400,3 +400,41 @@ async fn a_namespace_url_alone_serves_only_its_channels() {
         assert_eq!(reply["error"]["code"], 102, "{method} {params}: {reply}");
     }
 }
+
+#[tokio::test]
+async fn a_namespace_stream_beats_the_node_url() {
+    let redis = RedisServer::start();
+    let (default_url, mut default_calls) = start_backend("default").await;
+    let node = TestNode::start(Settings {
+        redis: Some(redis.url()),
+        upstream_url: Some(default_url),
+        namespaces: Some(vec![orders_namespace()]),
+        ..settings()
+    })
+    .await;
+    support::eventually("node on redis", || async { node.health().await == 200 }).await;
+    let mut orders = StreamReader::new(&redis, ORDERS_STREAM).await;
+    let mut client = Client::connect(&node.ws("/ws")).await;
+
+    // The namespace's own stream is more specific than the node's URL.
+    let reply = client
+        .command(
+            "send",
+            json!({"data": "to the stream", "channel": "orders:1"}),
+        )
+        .await;
+    assert_eq!(reply["result"], json!({}), "{reply}");
+    let entry = orders.next().await;
+    assert_eq!(
+        (entry["data"].as_str(), entry["channel"].as_str()),
+        ("to the stream", "orders:1")
+    );
+    // Other channels, and no channel, go to the node's URL.
+    for params in [json!({"data": 1, "channel": "news"}), json!({"data": 2})] {
+        let reply = client.command("send", params.clone()).await;
+        assert_eq!(reply["result"], json!({}), "{reply}");
+        let call = default_calls.recv().await.expect("node URL called");
+        assert_eq!(call["data"], params["data"]);
+    }
+    assert_eq!(orders.len().await, 1);
+}

@@ -101,7 +101,12 @@ pub(crate) fn check(config: &Config) -> anyhow::Result<()> {
                 ns.upstream_stream
                     .as_deref()
                     .unwrap_or(&config.upstream_stream),
-                url(ns.upstream_url.as_deref().unwrap_or(&config.upstream_url))
+                // Routing's order: its URL, its stream, then the node's URL.
+                url(match (&ns.upstream_url, &ns.upstream_stream) {
+                    (Some(own), _) => own,
+                    (None, Some(_)) => "",
+                    (None, None) => &config.upstream_url,
+                })
             );
         }
     }

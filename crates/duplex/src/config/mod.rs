@@ -514,6 +514,21 @@ impl Config {
                 "\"upstream\" and \"both\" need Redis (--redis): plain frames go up to a Redis Stream, and the memory broker has no upstream; use \"channel\"",
             );
         }
+        if self.redis_url().is_none() {
+            if let Some(ns) = self
+                .namespaces
+                .iter()
+                .find(|ns| ns.upstream_stream.is_some())
+            {
+                return invalid(
+                    "namespaces",
+                    &format!(
+                        "namespace {:?}: upstream_stream needs Redis (--redis): the memory broker has no streams; use upstream_url",
+                        ns.pattern
+                    ),
+                );
+            }
+        }
         if self.query_timeout.is_zero() || self.node_heartbeat.is_zero() {
             return invalid(
                 "query_timeout",
@@ -614,14 +629,29 @@ mod tests {
     #[test]
     fn namespaces_may_name_their_upstream() {
         let file: Settings = toml::from_str(
-            "[[namespaces]]\npattern = \"orders:*\"\nupstream_stream = \"orders\"\nupstream_url = \"https://b/orders\"",
+            "redis = \"redis://127.0.0.1:6379\"\n[[namespaces]]\npattern = \"orders:*\"\nupstream_stream = \"orders\"\nupstream_url = \"https://b/orders\"",
         )
         .unwrap();
-        let config = file.resolve().unwrap();
+        let config = file.clone().resolve().unwrap();
         assert_eq!(
             config.namespaces[0].upstream_url.as_deref(),
             Some("https://b/orders")
         );
+        // A stream needs Redis; a URL alone does not.
+        let memory = Settings {
+            redis: None,
+            ..file
+        };
+        let err = memory.clone().resolve().unwrap_err().to_string();
+        assert!(
+            err.contains("upstream_stream needs Redis") && err.contains("orders:*"),
+            "{err}"
+        );
+        let mut url_only = memory;
+        if let Some(namespaces) = url_only.namespaces.as_mut() {
+            namespaces[0].upstream_stream = None;
+        }
+        assert!(url_only.resolve().is_ok());
         let bad: Settings =
             toml::from_str("[[namespaces]]\npattern = \"x\"\nupstream_url = \"redis://b\"")
                 .unwrap();

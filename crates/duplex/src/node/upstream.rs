@@ -73,17 +73,23 @@ fn unix_millis() -> u128 {
 }
 
 impl Node {
-    /// Where a message about `channel` (or about no channel) goes: the
-    /// channel's namespace's `upstream_stream` and `upstream_url`, else the
-    /// node's.
+    /// Where a message about `channel` (or about no channel) goes, the most
+    /// specific first: the channel's namespace's `upstream_url`, then its
+    /// `upstream_stream`, then the node's `upstream_url`, then the node's
+    /// `upstream_stream`.
     pub(crate) fn route<'a>(&'a self, channel: Option<&'a str>) -> Route<'a> {
         let own = channel
             .map(|c| self.inner.permissions.upstream(c))
             .unwrap_or_default();
         let node_url = self.inner.http.as_ref().and_then(|h| h.default_url());
+        // A namespace that names its own stream keeps its messages off the node's URL.
+        let url = match own.stream {
+            Some(_) => own.url,
+            None => own.url.or(node_url),
+        };
         Route {
             stream: own.stream.unwrap_or(&self.inner.config.upstream_stream),
-            url: own.url.or(node_url).cloned(),
+            url: url.cloned(),
             channel,
         }
     }
