@@ -63,7 +63,7 @@ pub(crate) struct Route<'a> {
 
 /// Why an rpc cannot go anywhere.
 const NO_UPSTREAM: &str =
-    "rpc needs the Redis broker (--redis) or an HTTP upstream (--upstream-url)";
+    "rpc needs the Redis broker (--redis) or an HTTP upstream (--upstream-url, or a namespace upstream_url for the channel it names)";
 
 fn unix_millis() -> u128 {
     std::time::SystemTime::now()
