@@ -176,6 +176,16 @@ export interface SubscribeOptions {
   onLeave?: (push: object) => void;
 }
 
+/** Options of `send` and `rpc`. */
+export interface UpstreamOptions {
+  /**
+   * The channel the message is about: its namespace may route it to its own
+   * backend (docs/UPSTREAM.md), and the client must be allowed to publish
+   * there (else PERMISSION_DENIED).
+   */
+  channel?: string;
+}
+
 export type SubscriptionState = "subscribing" | "subscribed" | "unsubscribed";
 
 export interface SubscriptionEvents {
@@ -254,9 +264,9 @@ export class Duplex {
    * resolves with the reply's data; rejects with the backend's code
    * (1000–9999), RPC_TIMEOUT, TOO_MANY_PENDING or UNKNOWN_METHOD (no upstream).
    */
-  rpc<T = unknown>(method: string, data?: unknown): Promise<T>;
+  rpc<T = unknown>(method: string, data?: unknown, options?: UpstreamOptions): Promise<T>;
   /** Sends data up to the backends (a Redis Stream or the HTTP upstream); resolves once handed over. */
-  send(data: unknown): Promise<{}>;
+  send(data: unknown, options?: UpstreamOptions): Promise<{}>;
   /** Reserved until the server supports it: rejects with NOT_SUPPORTED. */
   presence(channel: string): Promise<never>;
   /** Reserved until the server supports it: rejects with NOT_SUPPORTED. */

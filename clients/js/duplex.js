@@ -120,6 +120,13 @@ class Emitter {
   }
 }
 
+/** `params` with `channel` added when one is given (`send`, `rpc`). */
+function withChannel(params, channel) {
+  if (channel === undefined || channel === null) return params;
+  if (typeof channel !== "string" || channel === "") throw new TypeError("channel must be a non-empty string");
+  return { ...params, channel };
+}
+
 function toBase64(bytes) {
   const u8 = bytes instanceof Uint8Array ? bytes : new Uint8Array(bytes.buffer ?? bytes, bytes.byteOffset ?? 0, bytes.byteLength);
   let s = "";
@@ -604,24 +611,27 @@ export class Duplex extends Emitter {
    * data; rejects with a backend's own code (1000–9999), RPC_TIMEOUT (113)
    * when no backend answered in time, or UNKNOWN_METHOD (102) when the
    * node has no upstream. Keep `timeout` above the server's `rpc_timeout`.
+   * `options.channel` names the channel the call is about: its namespace
+   * may route it to its own backend, and the client must be allowed to
+   * publish there (else PERMISSION_DENIED, 105).
    */
-  async rpc(method, data = null) {
+  async rpc(method, data = null, { channel } = {}) {
     if (typeof method !== "string" || method === "") throw new TypeError("rpc: method must be a non-empty string");
-    const result = await this._command("rpc", { method, data });
+    const result = await this._command("rpc", withChannel({ method, data }, channel));
     return result?.data ?? null;
   }
   /**
    * Sends `data` up to the application's backends (a Redis Stream the
    * workers read, or the node's HTTP upstream; see docs/UPSTREAM.md).
    * Resolves once the node has handed it over; a node with neither answers
-   * UNKNOWN_METHOD (102).
+   * UNKNOWN_METHOD (102). `options.channel` as for `rpc`.
    */
-  send(data) {
+  async send(data, { channel } = {}) {
     if (data instanceof ArrayBuffer || ArrayBuffer.isView(data)) {
-      return this._command("send", { data: toBase64(data), encoding: "base64" });
+      return this._command("send", withChannel({ data: toBase64(data), encoding: "base64" }, channel));
     }
-    if (data === undefined) return Promise.reject(new TypeError("send: data is required"));
-    return this._command("send", { data });
+    if (data === undefined) throw new TypeError("send: data is required");
+    return this._command("send", withChannel({ data }, channel));
   }
   /** Reserved for a later protocol version. */
   presence(_channel) {

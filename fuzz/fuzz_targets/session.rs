@@ -283,6 +283,11 @@ impl World {
         Ok(())
     }
 
+    /// The channel a `send` or `rpc` may name.
+    fn parse_optional_channel(&self, name: Option<&str>) -> Result<(), ErrorCode> {
+        name.map_or(Ok(()), |n| self.parse_channel(n))
+    }
+
     fn parse_channels(&self, names: &[String]) -> Result<(), ErrorCode> {
         if names.is_empty() {
             return Err(ErrorCode::BadRequest);
@@ -424,18 +429,21 @@ impl World {
                 self.slots[who].connected = true;
                 Ok(())
             }
-            // The memory broker has no upstream: bad data first, then 102.
+            // The memory broker has no upstream: a bad channel first (no
+            // namespaces here: only reserved or invalid names), bad data, then 102.
             Command::Send(params) => {
                 self.slots[who].connected = true;
-                match bytes_from_json(&params.data, params.encoding) {
-                    Err(_) => Err(ErrorCode::BadRequest),
-                    Ok(_) => Err(ErrorCode::UnknownMethod),
-                }
+                self.parse_optional_channel(params.channel.as_deref())
+                    .and_then(|()| match bytes_from_json(&params.data, params.encoding) {
+                        Err(_) => Err(ErrorCode::BadRequest),
+                        Ok(_) => Err(ErrorCode::UnknownMethod),
+                    })
             }
             // Nor an HTTP upstream for rpcs: 102 (a bad method name is 101, at decode).
-            Command::Rpc(_) => {
+            Command::Rpc(params) => {
                 self.slots[who].connected = true;
-                Err(ErrorCode::UnknownMethod)
+                self.parse_optional_channel(params.channel.as_deref())
+                    .and(Err(ErrorCode::UnknownMethod))
             }
             // No token auth on this node: there is nothing to refresh.
             Command::Refresh(_) => {

@@ -59,6 +59,10 @@ pub struct RpcParams {
     /// Arguments, any JSON; `null` when absent.
     #[serde(default)]
     pub data: Option<Box<RawValue>>,
+    /// A channel the call is about: it picks the namespace's upstream, and
+    /// the client must be allowed to publish there.
+    #[serde(default)]
+    pub channel: Option<String>,
 }
 
 impl RpcParams {
@@ -76,6 +80,10 @@ pub struct SendParams {
     /// How `data` is to be read.
     #[serde(default)]
     pub encoding: Encoding,
+    /// A channel the message is about: it picks the namespace's upstream,
+    /// and the client must be allowed to publish there.
+    #[serde(default)]
+    pub channel: Option<String>,
 }
 
 /// Parameters of `refresh`.
@@ -384,6 +392,20 @@ mod tests {
             let e = err(&bad);
             assert_eq!((e.id, e.code), (Some(6), ErrorCode::BadRequest), "{bad}");
         }
+    }
+
+    #[test]
+    fn send_and_rpc_may_name_a_channel() {
+        let r = decode(br#"{"id":1,"method":"send","params":{"data":1,"channel":"orders:7"}}"#)
+            .unwrap();
+        assert!(matches!(r.command, Command::Send(p) if p.channel.as_deref() == Some("orders:7")));
+        let r = decode(br#"{"id":2,"method":"send","params":{"data":1}}"#).unwrap();
+        assert!(matches!(r.command, Command::Send(p) if p.channel.is_none()));
+        let r =
+            decode(br#"{"id":3,"method":"rpc","params":{"method":"m","channel":"c"}}"#).unwrap();
+        assert!(matches!(r.command, Command::Rpc(p) if p.channel.as_deref() == Some("c")));
+        let e = err(r#"{"id":4,"method":"rpc","params":{"method":"m","channel":7}}"#);
+        assert_eq!((e.id, e.code), (Some(4), ErrorCode::BadRequest));
     }
 
     #[test]

@@ -2,7 +2,13 @@
 //! channel name, each with a rule for subscribing and one for publishing from
 //! a client. Backends (HTTP API, Redis PUBLISH) are never limited by these.
 //!
+//! A namespace may also send its channels' upstream messages (plain frames,
+//! and native `send`/`rpc` naming a channel) to its own Redis Stream or HTTP
+//! endpoint instead of the node's: [`Permissions::upstream`].
+//!
 //! Pure: the session asks, with what it knows about the client.
+
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -46,7 +52,18 @@ pub struct Namespace {
     /// Who may publish from a client.
     #[serde(default)]
     pub publish: PublishRule,
+    /// Redis Stream for upstream messages routed by these channels, instead
+    /// of the node's `upstream_stream` (after `redis_prefix`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream_stream: Option<String>,
+    /// HTTP endpoint for `send` and `rpc` naming these channels, instead of
+    /// the node's `upstream_url`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream_url: Option<String>,
 }
+
+/// Longest per-namespace `upstream_stream`, in bytes.
+pub const MAX_UPSTREAM_STREAM: usize = 255;
 
 impl Namespace {
     fn matches(&self, channel: &str) -> bool {
@@ -91,8 +108,24 @@ pub enum Denied {
 /// All namespaces, in config order (first match wins), and the default rules.
 #[derive(Debug, Clone, Default)]
 pub struct Permissions {
-    namespaces: Vec<Namespace>,
-    fallback: Namespace,
+    namespaces: Vec<Governed>,
+    fallback: Governed,
+}
+
+/// A namespace and its upstream URL, shared by every call routed there.
+#[derive(Debug, Clone, Default)]
+struct Governed {
+    ns: Namespace,
+    url: Option<Arc<str>>,
+}
+
+/// Where a namespace sends its channels' upstream messages; `None` = the node's own.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct UpstreamOverride<'a> {
+    /// Its `upstream_stream`.
+    pub stream: Option<&'a str>,
+    /// Its `upstream_url`.
+    pub url: Option<&'a Arc<str>>,
 }
 
 impl Default for Namespace {
@@ -101,6 +134,8 @@ impl Default for Namespace {
             pattern: "*".to_string(),
             subscribe: SubscribeRule::Anyone,
             publish: PublishRule::Anyone,
+            upstream_stream: None,
+            upstream_url: None,
         }
     }
 }
@@ -119,7 +154,7 @@ impl Permissions {
     /// Checks the namespaces and builds the rule set; a `*` namespace, if
     /// any, becomes the default for channels no other namespace covers.
     pub fn new(namespaces: Vec<Namespace>) -> Result<Self, InvalidNamespace> {
-        let mut fallback = Namespace::default();
+        let mut fallback = Governed::default();
         let mut specific = Vec::new();
         for ns in namespaces {
             let bad = |reason: &str| InvalidNamespace {
@@ -135,10 +170,27 @@ impl Permissions {
             if ns.pattern.starts_with('#') {
                 return Err(bad("'#' channels are the server's own (#user:<id>)"));
             }
-            if ns.pattern == "*" {
-                fallback = ns;
+            if let Some(stream) = &ns.upstream_stream {
+                if stream.is_empty() || stream.len() > MAX_UPSTREAM_STREAM {
+                    return Err(bad(&format!(
+                        "upstream_stream must be 1 to {MAX_UPSTREAM_STREAM} bytes"
+                    )));
+                }
+            }
+            if let Some(url) = &ns.upstream_url {
+                match url::Url::parse(url) {
+                    Ok(u) if u.scheme() == "http" || u.scheme() == "https" => {}
+                    _ => return Err(bad("upstream_url must be an http:// or https:// URL")),
+                }
+            }
+            let governed = Governed {
+                url: ns.upstream_url.as_deref().map(Arc::from),
+                ns,
+            };
+            if governed.ns.pattern == "*" {
+                fallback = governed;
             } else {
-                specific.push(ns);
+                specific.push(governed);
             }
         }
         Ok(Permissions {
@@ -149,10 +201,30 @@ impl Permissions {
 
     /// The namespace that governs `channel`.
     pub fn namespace(&self, channel: &str) -> &Namespace {
+        &self.governing(channel).ns
+    }
+
+    fn governing(&self, channel: &str) -> &Governed {
         self.namespaces
             .iter()
-            .find(|ns| ns.matches(channel))
+            .find(|g| g.ns.matches(channel))
             .unwrap_or(&self.fallback)
+    }
+
+    /// Where upstream messages routed by `channel` go, when its namespace
+    /// says (the first match, as for the rules).
+    pub fn upstream(&self, channel: &str) -> UpstreamOverride<'_> {
+        let governed = self.governing(channel);
+        UpstreamOverride {
+            stream: governed.ns.upstream_stream.as_deref(),
+            url: governed.url.as_ref(),
+        }
+    }
+
+    /// Whether some namespace has its own `upstream_url` (the node then
+    /// needs its HTTP client even without a node-wide URL).
+    pub fn has_upstream_urls(&self) -> bool {
+        self.effective().any(|ns| ns.upstream_url.is_some())
     }
 
     /// May this client subscribe to `channel`?
@@ -183,6 +255,7 @@ impl Permissions {
         self.namespaces
             .iter()
             .chain(std::iter::once(&self.fallback))
+            .map(|g| &g.ns)
     }
 }
 
@@ -195,6 +268,8 @@ mod tests {
             pattern: pattern.into(),
             subscribe,
             publish,
+            upstream_stream: None,
+            upstream_url: None,
         }
     }
 
@@ -270,5 +345,38 @@ mod tests {
         .unwrap();
         assert_eq!(toml_ns.publish, PublishRule::Nobody);
         assert!(toml::from_str::<Namespace>("pattern = \"x\"\nsubscribe = \"everyone\"").is_err());
+    }
+
+    #[test]
+    fn a_namespace_may_route_its_channels_upstream() {
+        let toml_ns = |text: &str| toml::from_str::<Namespace>(text).unwrap();
+        let p = Permissions::new(vec![
+            ns("orders:vip", SubscribeRule::Anyone, PublishRule::Anyone),
+            toml_ns(
+                "pattern = \"orders:*\"\nupstream_stream = \"orders\"\nupstream_url = \"http://b/orders\"",
+            ),
+            toml_ns("pattern = \"*\"\nupstream_stream = \"rest\""),
+        ])
+        .unwrap();
+        let orders = p.upstream("orders:1");
+        assert_eq!(orders.stream, Some("orders"));
+        assert_eq!(orders.url.map(|u| &**u), Some("http://b/orders"));
+        // The first match wins: orders:vip has no upstream of its own.
+        assert!(p.upstream("orders:vip").stream.is_none());
+        assert!(p.upstream("orders:vip").url.is_none());
+        assert_eq!(p.upstream("news").stream, Some("rest"));
+        assert!(p.has_upstream_urls());
+        assert!(!Permissions::default().has_upstream_urls());
+
+        let long = "s".repeat(MAX_UPSTREAM_STREAM + 1);
+        for bad in [
+            "pattern = \"x\"\nupstream_stream = \"\"".to_string(),
+            format!("pattern = \"x\"\nupstream_stream = \"{long}\""),
+            "pattern = \"x\"\nupstream_url = \"ftp://b/x\"".to_string(),
+            "pattern = \"x\"\nupstream_url = \"not a url\"".to_string(),
+        ] {
+            let err = Permissions::new(vec![toml_ns(&bad)]).unwrap_err();
+            assert!(err.reason.contains("upstream_"), "{bad}: {err}");
+        }
     }
 }

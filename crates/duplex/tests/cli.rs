@@ -195,7 +195,7 @@ fn check_config_prints_the_effective_rules_without_secrets() {
     let file = dir.join("duplex.toml");
     std::fs::write(
         &file,
-        "token_secret = \"super-secret-value\"\napi_key = \"key-one,key-two\"\nredis = \"redis://:hunter2@127.0.0.1:6379\"\n\n[[namespaces]]\npattern = \"chat:*\"\nsubscribe = \"authenticated\"\npublish = \"subscribers\"\n",
+        "token_secret = \"super-secret-value\"\napi_key = \"key-one,key-two\"\nredis = \"redis://:hunter2@127.0.0.1:6379\"\n\n[[namespaces]]\npattern = \"chat:*\"\nsubscribe = \"authenticated\"\npublish = \"subscribers\"\nupstream_stream = \"chat-up\"\nupstream_url = \"http://u:url-secret@backend/chat\"\n",
     )
     .unwrap();
     let out = duplex()
@@ -215,7 +215,12 @@ fn check_config_prints_the_effective_rules_without_secrets() {
         "{text}"
     );
     assert!(text.contains("2 API key(s)"), "{text}");
-    for secret in ["super-secret-value", "key-one", "hunter2"] {
+    assert!(
+        text.contains("stream duplex:upstream, url none")
+            && text.contains("stream chat-up, url http://u:***@backend/chat"),
+        "{text}"
+    );
+    for secret in ["super-secret-value", "key-one", "hunter2", "url-secret"] {
         assert!(!text.contains(secret), "{secret} printed: {text}");
     }
     std::fs::write(&file, "[[namespaces]]\npattern = \"a*b\"\n").unwrap();

@@ -49,6 +49,7 @@ async fn python_and_php_backends_mint_tokens_and_reach_their_user() {
             pattern: "private:*".into(),
             subscribe: duplex::permissions::SubscribeRule::Token,
             publish: duplex::permissions::PublishRule::Nobody,
+            ..Default::default()
         }]),
         ..settings()
     })

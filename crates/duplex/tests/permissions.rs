@@ -31,6 +31,7 @@ fn ns(pattern: &str, subscribe: SubscribeRule, publish: PublishRule) -> Namespac
         pattern: pattern.into(),
         subscribe,
         publish,
+        ..Default::default()
     }
 }
 

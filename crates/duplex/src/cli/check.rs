@@ -79,6 +79,37 @@ pub(crate) fn check(config: &Config) -> anyhow::Result<()> {
         );
     }
     say!("  {:<24} {:<14} nobody", "#user:<id>", "that user");
+    let url = |u: &str| {
+        if u.is_empty() {
+            "none".to_string()
+        } else {
+            redact_url(u)
+        }
+    };
+    say!(
+        "upstream:   stream {}{}, url {}",
+        config.redis_prefix,
+        config.upstream_stream,
+        url(&config.upstream_url)
+    );
+    for ns in permissions.effective() {
+        if ns.upstream_stream.is_some() || ns.upstream_url.is_some() {
+            say!(
+                "  {:<24} stream {}{}, url {}",
+                ns.pattern,
+                config.redis_prefix,
+                ns.upstream_stream
+                    .as_deref()
+                    .unwrap_or(&config.upstream_stream),
+                // Routing's order: its URL, its stream, then the node's URL.
+                url(match (&ns.upstream_url, &ns.upstream_stream) {
+                    (Some(own), _) => own,
+                    (None, Some(_)) => "",
+                    (None, None) => &config.upstream_url,
+                })
+            );
+        }
+    }
     super::print(&out)
 }
 

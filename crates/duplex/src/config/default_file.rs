@@ -18,11 +18,14 @@ pub(super) const DEFAULT_FILE_HEADER: &str = "\
 pub(super) const DEFAULT_FILE_NAMESPACES: &str = "\
 # Channel namespaces (file only), first match wins; a \"*\" pattern sets the default.
 # subscribe: anyone | authenticated | token    publish: anyone | authenticated | subscribers | nobody
+# upstream_stream, upstream_url (optional): where these channels' upstream messages go
+# (plain frames, send/rpc naming a channel) instead of the node's upstream_stream/upstream_url.
 #
 # [[namespaces]]
 # pattern = \"chat:*\"
 # subscribe = \"authenticated\"
 # publish = \"subscribers\"
+# upstream_stream = \"duplex:upstream:chat\"
 ";
 
 /// How a default is written in `duplex genconfig`'s file.

@@ -251,11 +251,11 @@ settings! {
     redis_timeout: Duration = Duration::from_secs(5), "DUPLEX_REDIS_TIMEOUT", humantime::parse_duration;
     /// Interval of the health PING on the Redis subscriber connection [default: 5s].
     redis_health_interval: Duration = Duration::from_secs(5), "DUPLEX_REDIS_HEALTH_INTERVAL", humantime::parse_duration;
-    /// Redis Stream that client `send` messages are appended to, for backend workers [default: duplex:upstream].
+    /// Redis Stream that client `send`s, `rpc`s and upstream plain frames are appended to, for backend workers; a namespace may name its own [default: duplex:upstream].
     upstream_stream: String = "duplex:upstream".to_string(), "DUPLEX_UPSTREAM_STREAM";
     /// Approximate cap on the upstream stream's length (`XADD MAXLEN ~`) [default: 100000].
     upstream_maxlen: usize = 100_000, "DUPLEX_UPSTREAM_MAXLEN";
-    /// Backend HTTP endpoint that client `send` and `rpc` calls are POSTed to as JSON, instead of the Redis Stream; needed for them on the memory broker [default: none].
+    /// Backend HTTP endpoint that client `send` and `rpc` calls are POSTed to as JSON, instead of the Redis Stream; needed for them on the memory broker; a namespace may name its own [default: none].
     upstream_url: String = String::new(), "DUPLEX_UPSTREAM_URL";
     /// Most requests to upstream_url in flight at once; more wait in a queue bounded by max_inflight_rpcs [default: 64].
     upstream_concurrency: usize = 64, "DUPLEX_UPSTREAM_CONCURRENCY";
@@ -514,6 +514,21 @@ impl Config {
                 "\"upstream\" and \"both\" need Redis (--redis): plain frames go up to a Redis Stream, and the memory broker has no upstream; use \"channel\"",
             );
         }
+        if self.redis_url().is_none() {
+            if let Some(ns) = self
+                .namespaces
+                .iter()
+                .find(|ns| ns.upstream_stream.is_some())
+            {
+                return invalid(
+                    "namespaces",
+                    &format!(
+                        "namespace {:?}: upstream_stream needs Redis (--redis): the memory broker has no streams; use upstream_url",
+                        ns.pattern
+                    ),
+                );
+            }
+        }
         if self.query_timeout.is_zero() || self.node_heartbeat.is_zero() {
             return invalid(
                 "query_timeout",
@@ -609,6 +624,42 @@ mod tests {
         assert_eq!(redis.resolve().unwrap().plain_frames, PlainFrames::Both);
         let file: Settings = toml::from_str("plain_frames = \"upstream\"").unwrap();
         assert_eq!(file.plain_frames, Some(PlainFrames::Upstream));
+    }
+
+    #[test]
+    fn namespaces_may_name_their_upstream() {
+        let file: Settings = toml::from_str(
+            "redis = \"redis://127.0.0.1:6379\"\n[[namespaces]]\npattern = \"orders:*\"\nupstream_stream = \"orders\"\nupstream_url = \"https://b/orders\"",
+        )
+        .unwrap();
+        let config = file.clone().resolve().unwrap();
+        assert_eq!(
+            config.namespaces[0].upstream_url.as_deref(),
+            Some("https://b/orders")
+        );
+        // A stream needs Redis; a URL alone does not.
+        let memory = Settings {
+            redis: None,
+            ..file
+        };
+        let err = memory.clone().resolve().unwrap_err().to_string();
+        assert!(
+            err.contains("upstream_stream needs Redis") && err.contains("orders:*"),
+            "{err}"
+        );
+        let mut url_only = memory;
+        if let Some(namespaces) = url_only.namespaces.as_mut() {
+            namespaces[0].upstream_stream = None;
+        }
+        assert!(url_only.resolve().is_ok());
+        let bad: Settings =
+            toml::from_str("[[namespaces]]\npattern = \"x\"\nupstream_url = \"redis://b\"")
+                .unwrap();
+        let err = bad.resolve().unwrap_err().to_string();
+        assert!(
+            err.contains("namespaces") && err.contains("upstream_url"),
+            "{err}"
+        );
     }
 
     #[test]

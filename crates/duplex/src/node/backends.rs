@@ -1,6 +1,6 @@
 //! What backends ask of a node beyond publishing: orders on `#control`
 //! (disconnect a user or a connection, send to one connection) and client
-//! messages handed up to them (`send`, a Redis Stream).
+//! messages handed up to them (`send` and plain frames, a Redis Stream).
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -9,6 +9,7 @@ use bytes::Bytes;
 use duplex_protocol::channel::ChannelName;
 use duplex_protocol::ws::MessageKind;
 
+use super::upstream::Route;
 use super::{Node, Outcome};
 use crate::broker::{BrokerError, Upstream};
 use crate::conn::Conn;
@@ -43,25 +44,16 @@ impl Node {
         format!("{NODE_CHANNEL_PREFIX}{}", self.inner.id)
     }
 
-    /// Hands a client's `send` to the backends (Redis: the upstream stream),
-    /// with who sent it; the entry's fields are documented in docs/UPSTREAM.md.
+    /// Hands a client's `send` or a plain client's frame to the backends:
+    /// an entry in the route's stream (its URL, if any, is not used here),
+    /// with who sent it and the routing channel; the entry's fields are
+    /// documented in docs/UPSTREAM.md.
     pub(crate) async fn send_upstream(
         &self,
         conn: &Conn,
         payload: Bytes,
         kind: MessageKind,
-    ) -> Result<(), BrokerError> {
-        self.send_upstream_from(conn, payload, kind, None).await
-    }
-
-    /// Like [`Node::send_upstream`], naming the channel the message came
-    /// from (a plain client's frames, in the entry's `channel` field).
-    pub(crate) async fn send_upstream_from(
-        &self,
-        conn: &Conn,
-        payload: Bytes,
-        kind: MessageKind,
-        channel: Option<&str>,
+        route: &Route<'_>,
     ) -> Result<(), BrokerError> {
         let millis = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -83,14 +75,14 @@ impl Node {
             ("node", Bytes::copy_from_slice(self.inner.id.as_bytes())),
             ("ts", Bytes::from(millis.to_string())),
         ];
-        if let Some(channel) = channel {
+        if let Some(channel) = route.channel {
             fields.push(("channel", Bytes::copy_from_slice(channel.as_bytes())));
         }
         let result = self
             .inner
             .broker
             .append_upstream(Upstream {
-                stream: self.inner.config.upstream_stream.clone(),
+                stream: route.stream.to_string(),
                 fields,
             })
             .await;

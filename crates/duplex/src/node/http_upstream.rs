@@ -1,7 +1,9 @@
 //! The HTTP upstream (`upstream_url`): client `send`s and `rpc`s POSTed as
-//! JSON to a backend endpoint, for deployments without Redis. One task
-//! drives every request, at most `upstream_concurrency` at once; the queue
-//! in front of it is bounded by `max_inflight_rpcs`, like the call table.
+//! JSON to a backend endpoint, for deployments without Redis. Each request
+//! carries its URL (the node's, or its channel's namespace's), and one task
+//! with one HTTP client drives them all, at most `upstream_concurrency` at
+//! once; the queue in front of it is bounded by `max_inflight_rpcs`, like
+//! the call table.
 //!
 //! The backend answers 2xx with the rpc's reply as the JSON body (empty
 //! means `null`), or non-2xx with `{"error":{"code":C,"message":M}}` for
@@ -32,17 +34,20 @@ pub(crate) struct Job {
     pub(crate) answer: Answer,
     /// The JSON body.
     pub(crate) body: Vec<u8>,
+    /// Where to POST it.
+    pub(crate) url: Arc<str>,
 }
 
-/// The queue to the driver task.
+/// The queue to the driver task, and the node's own URL.
 #[derive(Debug)]
 pub(crate) struct HttpUpstream {
     jobs: mpsc::Sender<Job>,
+    /// `upstream_url`, when set (namespaces may have their own).
+    default_url: Option<Arc<str>>,
 }
 
 /// What the driver needs besides the queue.
 struct Driver {
-    url: String,
     client: reqwest::Client,
     concurrency: usize,
     /// Largest reply body read, in bytes (`max_message_size`).
@@ -63,9 +68,10 @@ struct BackendError {
 }
 
 impl HttpUpstream {
-    /// Starts the driver task for `url`; it ends with the node.
+    /// Starts the driver task; it ends with the node. `default_url` is the
+    /// node's `upstream_url`, if any.
     pub(super) fn start(
-        url: &str,
+        default_url: Option<&str>,
         timeout: Duration,
         concurrency: usize,
         capacity: usize,
@@ -78,14 +84,21 @@ impl HttpUpstream {
             .build()
             .unwrap_or_default();
         let driver = Driver {
-            url: url.to_string(),
             client,
             concurrency,
             max_body,
             node,
         };
         tokio::spawn(driver.run(queue));
-        HttpUpstream { jobs }
+        HttpUpstream {
+            jobs,
+            default_url: default_url.map(Arc::from),
+        }
+    }
+
+    /// The node's `upstream_url`, for calls whose namespace names none.
+    pub(crate) fn default_url(&self) -> Option<&Arc<str>> {
+        self.default_url.as_ref()
     }
 
     /// Queues a request; gives it back when the queue is full.
@@ -103,7 +116,7 @@ impl Driver {
         });
         let driver = &self;
         jobs.for_each_concurrent(self.concurrency, |job| async move {
-            let outcome = driver.post(job.body, job.answer).await;
+            let outcome = driver.post(&job.url, job.body, job.answer).await;
             if let Some(inner) = driver.node.upgrade() {
                 Node { inner }.finish_call(&job.request.to_string(), &job.connection, outcome);
             }
@@ -111,17 +124,17 @@ impl Driver {
         .await;
     }
 
-    async fn post(&self, body: Vec<u8>, answer: Answer) -> Outcome {
+    async fn post(&self, url: &str, body: Vec<u8>, answer: Answer) -> Outcome {
         let sent = self
             .client
-            .post(&self.url)
+            .post(url)
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .body(body)
             .send()
             .await;
         let mut response = match sent {
             Ok(response) => response,
-            Err(e) => return failure(&e),
+            Err(e) => return failure(url, &e),
         };
         let status = response.status();
         let mut body = Vec::new();
@@ -137,7 +150,7 @@ impl Driver {
                     body.extend_from_slice(&chunk);
                 }
                 Ok(None) => break,
-                Err(e) => return failure(&e),
+                Err(e) => return failure(url, &e),
             }
         }
         if status.is_success() {
@@ -155,7 +168,7 @@ impl Driver {
         match serde_json::from_slice::<ErrorBody>(&body) {
             Ok(ErrorBody { error }) => Outcome::backend_error(error.code, &error.message),
             Err(_) => {
-                tracing::debug!(url = %self.url, %status, "upstream answered an error status");
+                tracing::debug!(url, %status, "upstream answered an error status");
                 Outcome::Error(
                     ErrorCode::UpstreamFailed,
                     format!("upstream answered HTTP {}", status.as_u16()),
@@ -166,14 +179,14 @@ impl Driver {
 }
 
 /// A request that got no answer: 113 on timeout, 115 otherwise.
-fn failure(e: &reqwest::Error) -> Outcome {
+fn failure(url: &str, e: &reqwest::Error) -> Outcome {
     if e.is_timeout() {
         return Outcome::Error(
             ErrorCode::RpcTimeout,
             "the upstream did not answer within rpc_timeout".to_string(),
         );
     }
-    tracing::debug!(error = %e, "upstream request failed");
+    tracing::debug!(url, error = %e, "upstream request failed");
     Outcome::Error(
         ErrorCode::UpstreamFailed,
         "the upstream could not be reached".to_string(),

@@ -120,7 +120,7 @@ struct Inner {
     queries: query::Queries,
     /// Calls waiting for a backend's answer.
     rpcs: rpc::Rpcs,
-    /// The HTTP upstream, when `upstream_url` is set.
+    /// The HTTP upstream, when `upstream_url` is set or a namespace has its own.
     http: Option<http_upstream::HttpUpstream>,
 }
 
@@ -232,16 +232,18 @@ impl Node {
         );
         let node = Node {
             inner: Arc::new_cyclic(|weak| Inner {
-                http: (!config.upstream_url.is_empty()).then(|| {
-                    http_upstream::HttpUpstream::start(
-                        &config.upstream_url,
-                        config.rpc_timeout,
-                        config.upstream_concurrency,
-                        config.max_inflight_rpcs,
-                        config.max_message_size,
-                        weak.clone(),
-                    )
-                }),
+                http: (!config.upstream_url.is_empty() || permissions.has_upstream_urls()).then(
+                    || {
+                        http_upstream::HttpUpstream::start(
+                            Some(config.upstream_url.as_str()).filter(|u| !u.is_empty()),
+                            config.rpc_timeout,
+                            config.upstream_concurrency,
+                            config.max_inflight_rpcs,
+                            config.max_message_size,
+                            weak.clone(),
+                        )
+                    },
+                ),
                 rpcs,
                 id,
                 config,

@@ -1,7 +1,11 @@
 //! Client calls handed up to the backends: `rpc` (and, with an HTTP
 //! upstream, `send`). On Redis the call is an entry in the upstream stream
-//! naming this node's reply channel; with `upstream_url` it is a POST. The
+//! naming this node's reply channel; with an upstream URL it is a POST. The
 //! answer comes back through [`Node::finish_call`].
+//!
+//! Where a message goes is its [`Route`]: the namespace of the channel it
+//! names (a plain client's channel, a native `send`/`rpc`'s `channel`) may
+//! have its own stream and URL; otherwise the node's.
 
 use std::sync::Arc;
 
@@ -41,11 +45,25 @@ struct HttpCall<'a> {
     node: &'a str,
     request: String,
     ts: u128,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    channel: Option<&'a str>,
+}
+
+/// Where one upstream message goes.
+#[derive(Debug, Clone)]
+pub(crate) struct Route<'a> {
+    /// The Redis Stream (before `redis_prefix`).
+    pub(crate) stream: &'a str,
+    /// The HTTP endpoint, when there is one: `send` and `rpc` go there
+    /// instead of the stream (plain frames always go to the stream).
+    pub(crate) url: Option<Arc<str>>,
+    /// The channel that picked the route, named in the entry or body.
+    pub(crate) channel: Option<&'a str>,
 }
 
 /// Why an rpc cannot go anywhere.
 const NO_UPSTREAM: &str =
-    "rpc needs the Redis broker (--redis) or an HTTP upstream (--upstream-url)";
+    "rpc needs the Redis broker (--redis) or an HTTP upstream (--upstream-url, or a namespace upstream_url for the channel it names)";
 
 fn unix_millis() -> u128 {
     std::time::SystemTime::now()
@@ -55,9 +73,25 @@ fn unix_millis() -> u128 {
 }
 
 impl Node {
-    /// Whether `send` and `rpc` go to `upstream_url` rather than the stream.
-    pub(crate) fn has_http_upstream(&self) -> bool {
-        self.inner.http.is_some()
+    /// Where a message about `channel` (or about no channel) goes, the most
+    /// specific first: the channel's namespace's `upstream_url`, then its
+    /// `upstream_stream`, then the node's `upstream_url`, then the node's
+    /// `upstream_stream`.
+    pub(crate) fn route<'a>(&'a self, channel: Option<&'a str>) -> Route<'a> {
+        let own = channel
+            .map(|c| self.inner.permissions.upstream(c))
+            .unwrap_or_default();
+        let node_url = self.inner.http.as_ref().and_then(|h| h.default_url());
+        // A namespace that names its own stream keeps its messages off the node's URL.
+        let url = match own.stream {
+            Some(_) => own.url,
+            None => own.url.or(node_url),
+        };
+        Route {
+            stream: own.stream.unwrap_or(&self.inner.config.upstream_stream),
+            url: url.cloned(),
+            channel,
+        }
     }
 
     /// The channel backends publish rpc replies to: this node's own, with
@@ -74,15 +108,24 @@ impl Node {
         command: u64,
         method: &str,
         data: &RawValue,
+        route: Route<'_>,
     ) -> Result<(), CallError> {
-        if !self.has_http_upstream() && self.inner.config.redis_url().is_none() {
+        if route.url.is_none() && self.inner.config.redis_url().is_none() {
             return Err(BrokerError::Unsupported(NO_UPSTREAM).into());
         }
         let request = self.begin_call(conn, command, Answer::Rpc)?;
-        if self.has_http_upstream() {
-            return self.post_call(conn, request, Answer::Rpc, Some(method), data, None);
+        if let Some(url) = route.url {
+            let call = Call {
+                request,
+                answer: Answer::Rpc,
+                method: Some(method),
+                data,
+                encoding: None,
+                channel: route.channel,
+            };
+            return self.post_call(conn, call, url);
         }
-        let fields = vec![
+        let mut fields = vec![
             ("kind", Bytes::from_static(b"rpc")),
             ("method", Bytes::copy_from_slice(method.as_bytes())),
             ("data", Bytes::copy_from_slice(data.get().as_bytes())),
@@ -97,11 +140,14 @@ impl Node {
             ("reply_to", Bytes::from(self.reply_channel())),
             ("ts", Bytes::from(unix_millis().to_string())),
         ];
+        if let Some(channel) = route.channel {
+            fields.push(("channel", Bytes::copy_from_slice(channel.as_bytes())));
+        }
         let appended = self
             .inner
             .broker
             .append_upstream(Upstream {
-                stream: self.inner.config.upstream_stream.clone(),
+                stream: route.stream.to_string(),
                 fields,
             })
             .await;
@@ -116,44 +162,50 @@ impl Node {
         }
     }
 
-    /// A client's `send` through the HTTP upstream, acknowledged after the
-    /// backend's 2xx (the data checked by the caller).
+    /// A client's `send` through the HTTP upstream at `url`, acknowledged
+    /// after the backend's 2xx (the data checked by the caller).
     pub(crate) fn send_upstream_http(
         &self,
         conn: &Arc<Conn>,
         command: u64,
         data: &RawValue,
         encoding: Encoding,
+        channel: Option<&str>,
+        url: Arc<str>,
     ) -> Result<(), CallError> {
         let request = self.begin_call(conn, command, Answer::Send)?;
-        self.post_call(conn, request, Answer::Send, None, data, Some(encoding))
+        let call = Call {
+            request,
+            answer: Answer::Send,
+            method: None,
+            data,
+            encoding: Some(encoding),
+            channel,
+        };
+        self.post_call(conn, call, url)
     }
 
-    fn post_call(
-        &self,
-        conn: &Conn,
-        request: u64,
-        answer: Answer,
-        method: Option<&str>,
-        data: &RawValue,
-        encoding: Option<Encoding>,
-    ) -> Result<(), CallError> {
-        let call = HttpCall {
+    fn post_call(&self, conn: &Conn, call: Call<'_>, url: Arc<str>) -> Result<(), CallError> {
+        let Call {
+            request, answer, ..
+        } = call;
+        let body = HttpCall {
             kind: if answer == Answer::Rpc { "rpc" } else { "send" },
-            method,
-            data,
-            encoding,
+            method: call.method,
+            data: call.data,
+            encoding: call.encoding,
             connection: &conn.id,
             user: conn.user().unwrap_or(""),
             node: &self.inner.id,
             request: request.to_string(),
             ts: unix_millis(),
+            channel: call.channel,
         };
         let full = || {
             self.abandon_call(request);
             CallError::Full(Full::Node(self.inner.config.max_inflight_rpcs))
         };
-        let (Some(http), Ok(body)) = (&self.inner.http, serde_json::to_vec(&call)) else {
+        let (Some(http), Ok(body)) = (&self.inner.http, serde_json::to_vec(&body)) else {
             return Err(full());
         };
         let job = Job {
@@ -161,7 +213,18 @@ impl Node {
             connection: Arc::clone(&conn.id),
             answer,
             body,
+            url,
         };
         http.submit(job).map_err(|_| full())
     }
+}
+
+/// One call for the HTTP upstream, before it becomes a body.
+struct Call<'a> {
+    request: u64,
+    answer: Answer,
+    method: Option<&'a str>,
+    data: &'a RawValue,
+    encoding: Option<Encoding>,
+    channel: Option<&'a str>,
 }

@@ -161,21 +161,25 @@ impl NativeSession {
             Command::Publish(p) => self.publish(node, conn, id, p).await,
             Command::Refresh(p) => self.refresh(node, conn, id, p),
             Command::Send(p) => {
+                let channel = self.upstream_channel(node, conn, p.channel.as_deref())?;
                 let (payload, kind) = bytes_from_json(&p.data, p.encoding)
                     .map_err(|e| Refusal::Error(ErrorCode::BadRequest, e.to_string()))?;
-                if node.has_http_upstream() {
-                    node.send_upstream_http(conn, id, &p.data, p.encoding)
+                let route = node.route(channel.as_ref().map(ChannelName::as_str));
+                if let Some(url) = route.url.clone() {
+                    node.send_upstream_http(conn, id, &p.data, p.encoding, route.channel, url)
                         .map_err(call_error)?;
                     return Ok(None);
                 }
-                node.send_upstream(conn, payload, kind)
+                node.send_upstream(conn, payload, kind, &route)
                     .await
                     .map_err(broker_error)?;
                 Ok(push::reply(id, &Empty {}))
             }
             Command::Rpc(p) => {
+                let channel = self.upstream_channel(node, conn, p.channel.as_deref())?;
                 let data = p.data.as_deref().unwrap_or(RawValue::NULL);
-                node.call_upstream(conn, id, &p.method, data)
+                let route = node.route(channel.as_ref().map(ChannelName::as_str));
+                node.call_upstream(conn, id, &p.method, data, route)
                     .await
                     .map_err(call_error)?;
                 return Ok(None);
@@ -366,15 +370,37 @@ impl NativeSession {
 
     async fn publish(&self, node: &Node, conn: &Conn, id: u64, params: PublishParams) -> Reply {
         let channel = parse_channel(node, &params.channel, None)?;
+        self.may_publish(node, conn, &channel)?;
+        Ok(publish(node, id, channel, params).await?)
+    }
+
+    /// The namespace rule for publishing from this client (`#` channels
+    /// are refused before, by [`parse_channel`]).
+    fn may_publish(&self, node: &Node, conn: &Conn, channel: &ChannelName) -> Result<(), Refusal> {
         let asker = Asker {
             user: user_of(&self.auth),
             has_channel_token: false,
-            subscribed: self.channels.contains(&channel),
+            subscribed: self.channels.contains(channel),
         };
         node.permissions()
             .can_publish(channel.as_str(), asker)
-            .map_err(|denied| deny(node, conn, &channel, denied))?;
-        Ok(publish(node, id, channel, params).await?)
+            .map_err(|denied| deny(node, conn, channel, denied))
+    }
+
+    /// The channel a `send` or `rpc` names, if any: it picks the upstream,
+    /// so the client must be allowed to publish there (as for `publish`).
+    fn upstream_channel(
+        &self,
+        node: &Node,
+        conn: &Conn,
+        name: Option<&str>,
+    ) -> Result<Option<ChannelName>, Refusal> {
+        let Some(name) = name else {
+            return Ok(None);
+        };
+        let channel = parse_channel(node, name, None)?;
+        self.may_publish(node, conn, &channel)?;
+        Ok(Some(channel))
     }
 }
 

@@ -95,8 +95,11 @@ impl PlainSession {
             }
         }
         if frames.to_upstream() {
+            // The channel's namespace may have its own stream (not its URL:
+            // plain frames go to Redis only).
+            let route = node.route(Some(channel.as_str()));
             let sent = node
-                .send_upstream_from(conn, payload.clone(), kind, Some(channel.as_str()))
+                .send_upstream(conn, payload.clone(), kind, &route)
                 .await;
             if let Err(e) = sent {
                 // No error channel in plain mode: counted (upstream_failures
