@@ -169,7 +169,7 @@ pub(super) async fn run(d: Delivery) -> Result<Report, String> {
         Some(done) => done
             .await
             .map_err(|_| "publisher thread died".to_string())?,
-        None => listen(&ctx, window).await,
+        None => listen(&ctx, window, d.load.drain).await,
     };
     let expected_total: u64 = {
         let st = ctx.stats.borrow();
@@ -272,11 +272,23 @@ fn start_time(start_at: Option<f64>) -> Result<u64, String> {
 }
 
 /// A `--listen-only` process's stand-in for the publisher's outcome: waits
-/// out the window (plus a moment for the last messages to be sent), then
-/// expects every sequence number between the lowest and highest seen in it.
-async fn listen(ctx: &Ctx, window: Window) -> publish::Outcome {
+/// out the window, then until in-window messages stop arriving (they may be
+/// far behind under overload; at most `limit`), then expects every sequence
+/// number between the lowest and highest seen in the window.
+async fn listen(ctx: &Ctx, window: Window, limit: Duration) -> publish::Outcome {
     let end = window.end + START_DELAY_US;
     tokio::time::sleep(Duration::from_micros(end.saturating_sub(now_us()))).await;
+    let deadline = Instant::now() + limit;
+    let mut last = ctx.stats.borrow().window_received;
+    let mut last_change = Instant::now();
+    while Instant::now() < deadline && last_change.elapsed() < DRAIN_IDLE {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let got = ctx.stats.borrow().window_received;
+        if got != last {
+            last = got;
+            last_change = Instant::now();
+        }
+    }
     let seen = ctx
         .stats
         .borrow()
