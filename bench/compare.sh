@@ -145,6 +145,9 @@ for round in $(seq "$ROUNDS"); do
         start_sockudo; run_fanout "sockudo pusher, http publish" "${FANOUT[@]}" --protocol pusher --via http; stop_server
     fi
     start_duplex --redis "$REDIS"; run_fanout "duplex plain, redis publish" "${FANOUT[@]}" --protocol plain --via redis --redis "$REDIS"; stop_server
+    if [ -n "$WRITE_DELAY" ]; then
+        start_duplex --redis "$REDIS" --write-delay "$WRITE_DELAY"; run_fanout "duplex plain, redis publish, write_delay $WRITE_DELAY" "${FANOUT[@]}" --protocol plain --via redis --redis "$REDIS"; stop_server
+    fi
     start_floor; run_fanout "floor (1 write/delivery), redis publish" "${FANOUT[@]}" --protocol plain --via redis --redis "$REDIS"; stop_server
     if [ -z "${SKIP_SOCKETIO:-}" ]; then
         start_socketio; run_fanout "socket.io, http publish" "${FANOUT[@]}" --protocol socketio --via http; stop_server
@@ -199,6 +202,7 @@ print("  duplex redis / duplex memory, CPU per delivery:    ", ratio("duplex pla
 print("  duplex / sockudo, RSS per idle connection:        ", ratio("duplex idle", "sockudo idle", "server_rss_per_connection_kib"))
 if WRITE_DELAY := __import__("os").environ.get("WRITE_DELAY"):
     print(f"  duplex write_delay {WRITE_DELAY} / sockudo, CPU per delivery:", ratio(f"duplex plain, http publish, write_delay {WRITE_DELAY}", "sockudo pusher, http publish", "server_cpu_us_per_delivery"))
+    print(f"  duplex redis write_delay {WRITE_DELAY} / floor, CPU per delivery:", ratio(f"duplex plain, redis publish, write_delay {WRITE_DELAY}", "floor (1 write/delivery), redis publish", "server_cpu_us_per_delivery"))
     print(f"  duplex write_delay {WRITE_DELAY} / duplex, CPU per delivery:  ", ratio(f"duplex plain, http publish, write_delay {WRITE_DELAY}", "duplex plain, http publish", "server_cpu_us_per_delivery"))
 print("  duplex / socket.io, CPU per delivery (http publish):", ratio("duplex plain, http publish", "socket.io, http publish", "server_cpu_us_per_delivery"))
 print("  duplex redis / socket.io redis adapter, CPU per delivery:", ratio("duplex plain, redis publish", "socket.io redis adapter, http publish", "server_cpu_us_per_delivery"))
