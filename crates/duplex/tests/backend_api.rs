@@ -14,6 +14,7 @@ use support::client::Client;
 use support::node::{settings, TestNode};
 use support::process::NodeProcess;
 use support::redis_server::RedisServer;
+use support::stream::read_reply_entries;
 
 const SECRET: &str = "backend-api-secret";
 
@@ -85,35 +86,10 @@ async fn read_entries(redis: &RedisServer) -> Vec<HashMap<String, String>> {
         .query_async(&mut conn)
         .await
         .expect("XREADGROUP");
-    let mut out = Vec::new();
-    for stream in list(&reply) {
-        let parts = list(stream);
-        for entry in list(parts[1]) {
-            let fields = list(list(entry)[1])
-                .chunks(2)
-                .map(|kv| (text(kv[0]), text(kv[1])))
-                .collect();
-            out.push(fields);
-        }
-    }
-    out
-}
-
-fn list(v: &redis::Value) -> Vec<&redis::Value> {
-    match v {
-        redis::Value::Array(items) => items.iter().collect(),
-        redis::Value::Map(pairs) => pairs.iter().flat_map(|(k, v)| [k, v]).collect(),
-        redis::Value::Nil => Vec::new(),
-        other => panic!("not a list: {other:?}"),
-    }
-}
-
-fn text(v: &redis::Value) -> String {
-    match v {
-        redis::Value::BulkString(b) => String::from_utf8_lossy(b).to_string(),
-        redis::Value::SimpleString(s) => s.clone(),
-        other => panic!("not text: {other:?}"),
-    }
+    read_reply_entries(&reply)
+        .into_iter()
+        .map(|(_, fields)| fields)
+        .collect()
 }
 
 async fn create_group(redis: &RedisServer) {

@@ -18,41 +18,7 @@ use tokio_util::sync::CancellationToken;
 const STREAM: &str = "duplex:upstream";
 const GROUP: &str = "workers";
 
-type Fields = HashMap<String, String>;
-type Entry = (String, Fields);
-
-fn text(v: &redis::Value) -> String {
-    match v {
-        redis::Value::BulkString(b) => String::from_utf8_lossy(b).to_string(),
-        redis::Value::SimpleString(s) => s.clone(),
-        other => panic!("not text: {other:?}"),
-    }
-}
-
-fn items(v: &redis::Value) -> Vec<&redis::Value> {
-    match v {
-        redis::Value::Array(items) => items.iter().collect(),
-        redis::Value::Map(pairs) => pairs.iter().flat_map(|(k, v)| [k, v]).collect(),
-        redis::Value::Nil => Vec::new(),
-        other => panic!("not a list: {other:?}"),
-    }
-}
-
-/// `[[id, [field, value, ...]], ...]`.
-fn stream_entries(list: &redis::Value) -> Vec<Entry> {
-    items(list)
-        .into_iter()
-        .filter(|e| !matches!(e, redis::Value::Nil))
-        .map(|entry| {
-            let entry = items(entry);
-            let fields = items(entry[1])
-                .chunks(2)
-                .map(|kv| (text(kv[0]), text(kv[1])))
-                .collect();
-            (text(entry[0]), fields)
-        })
-        .collect()
-}
+use support::stream::{items, stream_entries, Entry, Fields};
 
 async fn create_group(redis: &RedisServer) {
     let mut conn = redis.connection().await;

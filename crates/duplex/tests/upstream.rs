@@ -3,8 +3,6 @@
 
 mod support;
 
-use std::collections::HashMap;
-
 use duplex::auth::unix_now;
 use duplex::config::Settings;
 use serde_json::json;
@@ -12,7 +10,7 @@ use support::client::Client;
 use support::node::{settings, TestNode};
 use support::redis_server::RedisServer;
 
-type Entry = (String, HashMap<String, String>);
+use support::stream::{read_reply_entries, Entry};
 
 /// `XREADGROUP GROUP workers <consumer> COUNT 100 STREAMS duplex:upstream >`.
 async fn read_as_worker(redis: &RedisServer, consumer: &str) -> Vec<Entry> {
@@ -29,42 +27,7 @@ async fn read_as_worker(redis: &RedisServer, consumer: &str) -> Vec<Entry> {
         .query_async(&mut conn)
         .await
         .expect("XREADGROUP");
-    entries(&reply)
-}
-
-fn text(v: &redis::Value) -> String {
-    match v {
-        redis::Value::BulkString(b) => String::from_utf8_lossy(b).to_string(),
-        redis::Value::SimpleString(s) => s.clone(),
-        other => panic!("not text: {other:?}"),
-    }
-}
-
-fn items(v: &redis::Value) -> Vec<&redis::Value> {
-    match v {
-        redis::Value::Array(items) => items.iter().collect(),
-        redis::Value::Map(pairs) => pairs.iter().flat_map(|(k, v)| [k, v]).collect(),
-        redis::Value::Nil => Vec::new(),
-        other => panic!("not a list: {other:?}"),
-    }
-}
-
-/// Entries of an XREADGROUP reply: [[stream, [[id, [field, value, ...]], ...]], ...].
-fn entries(reply: &redis::Value) -> Vec<Entry> {
-    let mut out = Vec::new();
-    let streams = items(reply);
-    for stream in streams.chunks(1) {
-        let parts = items(stream[0]);
-        for entry in items(parts[1]) {
-            let entry = items(entry);
-            let fields = items(entry[1])
-                .chunks(2)
-                .map(|kv| (text(kv[0]), text(kv[1])))
-                .collect();
-            out.push((text(entry[0]), fields));
-        }
-    }
-    out
+    read_reply_entries(&reply)
 }
 
 #[tokio::test]

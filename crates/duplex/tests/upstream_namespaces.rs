@@ -5,7 +5,6 @@
 
 mod support;
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use axum::http::StatusCode;
@@ -23,23 +22,7 @@ use tokio::sync::mpsc;
 const DEFAULT_STREAM: &str = "duplex:upstream";
 const ORDERS_STREAM: &str = "orders:upstream";
 
-type Fields = HashMap<String, String>;
-
-fn text(v: &redis::Value) -> String {
-    match v {
-        redis::Value::BulkString(b) => String::from_utf8_lossy(b).to_string(),
-        redis::Value::SimpleString(s) => s.clone(),
-        other => panic!("not text: {other:?}"),
-    }
-}
-
-fn items(v: &redis::Value) -> Vec<&redis::Value> {
-    match v {
-        redis::Value::Array(items) => items.iter().collect(),
-        redis::Value::Map(pairs) => pairs.iter().flat_map(|(k, v)| [k, v]).collect(),
-        other => panic!("not a list: {other:?}"),
-    }
-}
+use support::stream::{read_reply_entries, Fields};
 
 /// A reader of one stream, entry by entry, as a worker would with `XREAD`.
 struct StreamReader {
@@ -70,21 +53,11 @@ impl StreamReader {
             .query_async(&mut self.conn)
             .await
             .expect("XREAD");
-        let streams = match &reply {
-            redis::Value::Nil => panic!("no entry in {} within the wait", self.stream),
-            other => items(other),
+        let Some((id, fields)) = read_reply_entries(&reply).into_iter().next() else {
+            panic!("no entry in {} within the wait", self.stream)
         };
-        // [[stream, [[id, [field, value, ...]]]]] (or a map stream => entries).
-        let entries = match &reply {
-            redis::Value::Map(_) => items(streams[1]),
-            _ => items(items(streams[0])[1]),
-        };
-        let entry = items(entries[0]);
-        self.last = text(entry[0]);
-        items(entry[1])
-            .chunks(2)
-            .map(|kv| (text(kv[0]), text(kv[1])))
-            .collect()
+        self.last = id;
+        fields
     }
 
     /// How many entries the stream holds.
