@@ -11,7 +11,7 @@ use duplex_protocol::ws::MessageKind;
 
 use super::upstream::Route;
 use super::{Node, Outcome};
-use crate::broker::{BrokerError, Upstream};
+use crate::broker::BrokerError;
 use crate::conn::Conn;
 use crate::control::{
     Order, ReplyError, Target, CONN_CHANNEL_PREFIX, CONTROL_CHANNEL, NODE_CHANNEL_PREFIX,
@@ -55,37 +55,12 @@ impl Node {
         kind: MessageKind,
         route: &Route<'_>,
     ) -> Result<(), BrokerError> {
-        let millis = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis())
-            .unwrap_or(0);
-        let kind = match kind {
+        let encoding = match kind {
             MessageKind::Text => "text",
             MessageKind::Binary => "binary",
         };
-        let mut fields = vec![
-            ("kind", Bytes::from_static(b"send")),
-            ("data", payload),
-            ("encoding", Bytes::from_static(kind.as_bytes())),
-            ("connection", Bytes::copy_from_slice(conn.id.as_bytes())),
-            (
-                "user",
-                Bytes::copy_from_slice(conn.user().unwrap_or("").as_bytes()),
-            ),
-            ("node", Bytes::copy_from_slice(self.inner.id.as_bytes())),
-            ("ts", Bytes::from(millis.to_string())),
-        ];
-        if let Some(channel) = route.channel {
-            fields.push(("channel", Bytes::copy_from_slice(channel.as_bytes())));
-        }
-        let result = self
-            .inner
-            .broker
-            .append_upstream(Upstream {
-                stream: route.stream.to_string(),
-                fields,
-            })
-            .await;
+        let entry = self.upstream_entry(conn, "send", (payload, encoding), Vec::new(), route);
+        let result = self.inner.broker.append_upstream(entry).await;
         match &result {
             Ok(()) => Stats::bump(&self.inner.stats.upstream_messages),
             Err(e) => {

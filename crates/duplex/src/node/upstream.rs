@@ -94,6 +94,39 @@ impl Node {
         }
     }
 
+    /// A stream entry for a client's message: `kind`, the data and its
+    /// encoding, who sent it (connection, user, node), when, the routing
+    /// channel, and `extra` fields (an rpc's method, request, reply_to).
+    pub(super) fn upstream_entry(
+        &self,
+        conn: &Conn,
+        kind: &'static str,
+        (data, encoding): (Bytes, &'static str),
+        extra: Vec<(&'static str, Bytes)>,
+        route: &Route<'_>,
+    ) -> Upstream {
+        let mut fields = vec![
+            ("kind", Bytes::from_static(kind.as_bytes())),
+            ("data", data),
+            ("encoding", Bytes::from_static(encoding.as_bytes())),
+            ("connection", Bytes::copy_from_slice(conn.id.as_bytes())),
+            (
+                "user",
+                Bytes::copy_from_slice(conn.user().unwrap_or("").as_bytes()),
+            ),
+            ("node", Bytes::copy_from_slice(self.inner.id.as_bytes())),
+            ("ts", Bytes::from(unix_millis().to_string())),
+        ];
+        fields.extend(extra);
+        if let Some(channel) = route.channel {
+            fields.push(("channel", Bytes::copy_from_slice(channel.as_bytes())));
+        }
+        Upstream {
+            stream: route.stream.to_string(),
+            fields,
+        }
+    }
+
     /// The channel backends publish rpc replies to: this node's own, with
     /// the Redis prefix, exactly as a worker's `PUBLISH` must name it.
     pub fn reply_channel(&self) -> String {
@@ -125,32 +158,18 @@ impl Node {
             };
             return self.post_call(conn, call, url);
         }
-        let mut fields = vec![
-            ("kind", Bytes::from_static(b"rpc")),
-            ("method", Bytes::copy_from_slice(method.as_bytes())),
-            ("data", Bytes::copy_from_slice(data.get().as_bytes())),
-            ("encoding", Bytes::from_static(b"json")),
-            ("connection", Bytes::copy_from_slice(conn.id.as_bytes())),
-            (
-                "user",
-                Bytes::copy_from_slice(conn.user().unwrap_or("").as_bytes()),
-            ),
-            ("node", Bytes::copy_from_slice(self.inner.id.as_bytes())),
-            ("request", Bytes::from(request.to_string())),
-            ("reply_to", Bytes::from(self.reply_channel())),
-            ("ts", Bytes::from(unix_millis().to_string())),
-        ];
-        if let Some(channel) = route.channel {
-            fields.push(("channel", Bytes::copy_from_slice(channel.as_bytes())));
-        }
-        let appended = self
-            .inner
-            .broker
-            .append_upstream(Upstream {
-                stream: route.stream.to_string(),
-                fields,
-            })
-            .await;
+        let entry = self.upstream_entry(
+            conn,
+            "rpc",
+            (Bytes::copy_from_slice(data.get().as_bytes()), "json"),
+            vec![
+                ("method", Bytes::copy_from_slice(method.as_bytes())),
+                ("request", Bytes::from(request.to_string())),
+                ("reply_to", Bytes::from(self.reply_channel())),
+            ],
+            &route,
+        );
+        let appended = self.inner.broker.append_upstream(entry).await;
         match appended {
             Ok(()) => Ok(()),
             // Already answered (timed out while Redis was slow): no second reply.
