@@ -4,19 +4,10 @@ import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import { once } from "node:events";
 import { join } from "node:path";
-import { after, before, test } from "node:test";
-import { apiPost, collectErrors, freePort, launchBrowser, repoRoot, screenshot, startNode, waitText, within } from "./helpers.js";
+import { test } from "node:test";
+import { apiPost, collectErrors, freePort, repoRoot, screenshot, startNode, waitText, within, sharedBrowser } from "./helpers.js";
 
-let browser;
-const cleanups = [];
-
-before(async () => {
-  browser = await launchBrowser();
-});
-after(async () => {
-  for (const cleanup of cleanups.reverse()) await cleanup();
-  await browser?.close();
-});
+const { cleanups, newPage } = sharedBrowser();
 
 /** `python3 -m http.server` on a free port serving examples/chat, once it answers. */
 async function staticServer() {
@@ -44,7 +35,7 @@ async function staticServer() {
 }
 
 async function chatter(url, name) {
-  const page = await browser.context.newPage();
+  const page = await newPage();
   cleanups.push(() => page.close());
   const errors = collectErrors(page);
   await page.goto(url);

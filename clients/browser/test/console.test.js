@@ -1,29 +1,20 @@
 // The web console in Chromium: it loads cleanly, shows live numbers, watches
 // and publishes, and asks for the API key when the node has one.
 import assert from "node:assert/strict";
-import { after, before, test } from "node:test";
+import { test } from "node:test";
 import {
   apiPost,
   collectErrors,
-  launchBrowser,
   plainClient,
   screenshot,
   startNode,
   waitText,
+  sharedBrowser,
 } from "./helpers.js";
 
 const KEY = "browser-test-key";
 const SECRET = "browser-test-secret";
-let browser;
-const cleanups = [];
-
-before(async () => {
-  browser = await launchBrowser();
-});
-after(async () => {
-  for (const cleanup of cleanups.reverse()) await cleanup();
-  await browser?.close();
-});
+const { cleanups, newPage } = sharedBrowser();
 
 async function node(args = []) {
   const n = await startNode({ args });
@@ -38,7 +29,7 @@ async function client(url) {
 }
 
 async function openConsole(n, path = "/") {
-  const page = await browser.context.newPage();
+  const page = await newPage();
   cleanups.push(() => page.close());
   const errors = collectErrors(page);
   await page.goto(`${n.http}${path}`);

@@ -1,22 +1,13 @@
 // The classic demo and the JavaScript client, in Chromium tabs, exactly as
 // the README tells a user to try them.
 import assert from "node:assert/strict";
-import { after, before, test } from "node:test";
-import { apiPost, collectErrors, consoleLines, launchBrowser, startNode, startRedis, waitText } from "./helpers.js";
+import { test } from "node:test";
+import { apiPost, collectErrors, consoleLines, startNode, startRedis, waitText, sharedBrowser } from "./helpers.js";
 
-let browser;
-const cleanups = [];
-
-before(async () => {
-  browser = await launchBrowser();
-});
-after(async () => {
-  for (const cleanup of cleanups.reverse()) await cleanup();
-  await browser?.close();
-});
+const { cleanups, newPage } = sharedBrowser();
 
 async function tab(url) {
-  const page = await browser.context.newPage();
+  const page = await newPage();
   cleanups.push(() => page.close());
   const errors = collectErrors(page);
   const logged = consoleLines(page);

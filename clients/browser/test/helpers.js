@@ -7,6 +7,7 @@ import { mkdir, mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
+import { after, before } from "node:test";
 import { chromium } from "playwright-core";
 import { freePort, within } from "../../js/test/helpers.js";
 
@@ -177,4 +178,21 @@ export async function startRedis() {
       await within(exited, 10000, "redis-server exit");
     },
   };
+}
+
+/**
+ * One Chromium for a test file: launched before its tests; after them, the
+ * `cleanups` the tests pushed run (last first) and the browser closes.
+ */
+export function sharedBrowser() {
+  let browser;
+  const cleanups = [];
+  before(async () => {
+    browser = await launchBrowser();
+  });
+  after(async () => {
+    for (const cleanup of cleanups.reverse()) await cleanup();
+    await browser?.close();
+  });
+  return { cleanups, newPage: () => browser.context.newPage() };
 }
