@@ -14,7 +14,7 @@ use support::client::Client;
 use support::node::{settings, TestNode};
 use support::process::NodeProcess;
 use support::redis_server::RedisServer;
-use support::stream::read_reply_entries;
+use support::stream::{create_group, read_group};
 
 const SECRET: &str = "backend-api-secret";
 
@@ -68,41 +68,15 @@ async fn native(node: &TestNode, sub: &str) -> (Client, String) {
     (client, id)
 }
 
-/// `XREADGROUP GROUP workers w1 COUNT 100 BLOCK 10000 STREAMS duplex:upstream >`:
-/// the fields of each entry.
+/// What worker `w1` reads from the group, waiting up to 10 s: the fields
+/// of each entry.
 async fn read_entries(redis: &RedisServer) -> Vec<HashMap<String, String>> {
     let mut conn = redis.connection().await;
-    let reply: redis::Value = redis::cmd("XREADGROUP")
-        .arg("GROUP")
-        .arg("workers")
-        .arg("w1")
-        .arg("COUNT")
-        .arg(100)
-        .arg("BLOCK")
-        .arg(10_000)
-        .arg("STREAMS")
-        .arg("duplex:upstream")
-        .arg(">")
-        .query_async(&mut conn)
+    read_group(&mut conn, "w1", 100, 10_000)
         .await
-        .expect("XREADGROUP");
-    read_reply_entries(&reply)
         .into_iter()
         .map(|(_, fields)| fields)
         .collect()
-}
-
-async fn create_group(redis: &RedisServer) {
-    let mut conn = redis.connection().await;
-    let _: () = redis::cmd("XGROUP")
-        .arg("CREATE")
-        .arg("duplex:upstream")
-        .arg("workers")
-        .arg("$")
-        .arg("MKSTREAM")
-        .query_async(&mut conn)
-        .await
-        .expect("XGROUP CREATE");
 }
 
 #[tokio::test]

@@ -15,49 +15,18 @@ use support::node::{settings, TestNode};
 use support::redis_server::RedisServer;
 use tokio_util::sync::CancellationToken;
 
-const STREAM: &str = "duplex:upstream";
-const GROUP: &str = "workers";
+use support::stream::{
+    create_group, items, read_group as read_group_blocking, stream_entries, Entry, Fields, GROUP,
+    STREAM,
+};
 
-use support::stream::{items, stream_entries, Entry, Fields};
-
-async fn create_group(redis: &RedisServer) {
-    let mut conn = redis.connection().await;
-    let _: () = redis::cmd("XGROUP")
-        .arg("CREATE")
-        .arg(STREAM)
-        .arg(GROUP)
-        .arg("$")
-        .arg("MKSTREAM")
-        .query_async(&mut conn)
-        .await
-        .expect("XGROUP CREATE");
-}
-
-/// `XREADGROUP GROUP workers <consumer> COUNT n BLOCK 100 STREAMS duplex:upstream >`.
+/// A worker's read, waiting at most 100 ms for entries.
 async fn read_group(
     conn: &mut redis::aio::MultiplexedConnection,
     consumer: &str,
     count: usize,
 ) -> Vec<Entry> {
-    let reply: redis::Value = redis::cmd("XREADGROUP")
-        .arg("GROUP")
-        .arg(GROUP)
-        .arg(consumer)
-        .arg("COUNT")
-        .arg(count)
-        .arg("BLOCK")
-        .arg(100)
-        .arg("STREAMS")
-        .arg(STREAM)
-        .arg(">")
-        .query_async(conn)
-        .await
-        .expect("XREADGROUP");
-    // [[stream name, entries], ...] (RESP2, the client's default).
-    items(&reply)
-        .into_iter()
-        .flat_map(|stream| stream_entries(items(stream)[1]))
-        .collect()
+    read_group_blocking(conn, consumer, count, 100).await
 }
 
 /// `XAUTOCLAIM duplex:upstream workers <consumer> <min idle ms> 0-0`: the

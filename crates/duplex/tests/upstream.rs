@@ -10,39 +10,18 @@ use support::client::Client;
 use support::node::{settings, TestNode};
 use support::redis_server::RedisServer;
 
-use support::stream::{read_reply_entries, Entry};
+use support::stream::{create_group, read_group, Entry};
 
-/// `XREADGROUP GROUP workers <consumer> COUNT 100 STREAMS duplex:upstream >`.
+/// What worker `consumer` reads from the group now.
 async fn read_as_worker(redis: &RedisServer, consumer: &str) -> Vec<Entry> {
     let mut conn = redis.connection().await;
-    let reply: redis::Value = redis::cmd("XREADGROUP")
-        .arg("GROUP")
-        .arg("workers")
-        .arg(consumer)
-        .arg("COUNT")
-        .arg(100)
-        .arg("STREAMS")
-        .arg("duplex:upstream")
-        .arg(">")
-        .query_async(&mut conn)
-        .await
-        .expect("XREADGROUP");
-    read_reply_entries(&reply)
+    read_group(&mut conn, consumer, 100, 1).await
 }
 
 #[tokio::test]
 async fn sends_reach_a_worker_through_a_consumer_group() {
     let mut redis = RedisServer::start();
-    let mut admin = redis.connection().await;
-    let _: () = redis::cmd("XGROUP")
-        .arg("CREATE")
-        .arg("duplex:upstream")
-        .arg("workers")
-        .arg("$")
-        .arg("MKSTREAM")
-        .query_async(&mut admin)
-        .await
-        .expect("XGROUP CREATE");
+    create_group(&redis).await;
     let node = TestNode::start(Settings {
         redis: Some(redis.url()),
         token_secret: Some("upstream-secret".into()),

@@ -55,3 +55,39 @@ pub fn read_reply_entries(reply: &Value) -> Vec<Entry> {
     };
     per_stream.into_iter().flat_map(stream_entries).collect()
 }
+
+/// The node's default upstream stream, and the consumer group the tests'
+/// workers read it in.
+pub const STREAM: &str = "duplex:upstream";
+/// See [`STREAM`].
+pub const GROUP: &str = "workers";
+
+/// `XGROUP CREATE duplex:upstream workers $ MKSTREAM`.
+pub async fn create_group(redis: &super::redis_server::RedisServer) {
+    let mut conn = redis.connection().await;
+    let _: () = redis::cmd("XGROUP")
+        .arg(&["CREATE", STREAM, GROUP, "$", "MKSTREAM"][..])
+        .query_async(&mut conn)
+        .await
+        .expect("XGROUP CREATE");
+}
+
+/// `XREADGROUP GROUP workers <consumer> COUNT <count> BLOCK <block_ms>
+/// STREAMS duplex:upstream >`, as a worker reads.
+pub async fn read_group(
+    conn: &mut redis::aio::MultiplexedConnection,
+    consumer: &str,
+    count: usize,
+    block_ms: u64,
+) -> Vec<Entry> {
+    let reply: Value = redis::cmd("XREADGROUP")
+        .arg(&["GROUP", GROUP, consumer, "COUNT"][..])
+        .arg(count)
+        .arg("BLOCK")
+        .arg(block_ms)
+        .arg(&["STREAMS", STREAM, ">"][..])
+        .query_async(conn)
+        .await
+        .expect("XREADGROUP");
+    read_reply_entries(&reply)
+}
