@@ -120,3 +120,96 @@ async fn an_unreachable_upstream_is_115() {
     assert_eq!(reply["error"]["code"], 115, "{reply}");
     assert_eq!(stat(&node, "upstream_failures").await, 1);
 }
+
+/// A backend that refuses everything with 500, recording what it got.
+async fn start_refusing_backend() -> (String, mpsc::UnboundedReceiver<Value>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let app = Router::new().route(
+        "/frames",
+        post(move |Json(call): Json<Value>| {
+            let tx = tx.clone();
+            async move {
+                let _ = tx.send(call);
+                (StatusCode::INTERNAL_SERVER_ERROR, "down").into_response()
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}/frames", listener.local_addr().expect("addr"));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, rx)
+}
+
+/// Without Redis, `plain_frames = both` sends a plain client's frames to its
+/// channel and POSTs them to the HTTP upstream; a refused POST is counted
+/// and the client stays.
+#[tokio::test]
+async fn plain_frames_go_to_the_http_upstream_without_redis() {
+    let (url, mut calls) = start_backend().await;
+    let node = TestNode::start(Settings {
+        upstream_url: Some(url),
+        plain_frames: Some(duplex::config::PlainFrames::Both),
+        node_id: Some("p".into()),
+        ..settings()
+    })
+    .await;
+    let mut sender = Client::connect(&node.ws("/?channel=orders")).await;
+    let mut listener = Client::connect(&node.ws("/?channel=orders")).await;
+    sender.send_text("order 1").await;
+    assert_eq!(listener.next_text().await, "order 1", "to the channel too");
+    let call = calls.recv().await.expect("the backend got the frame");
+    assert_eq!(
+        (
+            &call["kind"],
+            &call["data"],
+            &call["channel"],
+            &call["connection"]
+        ),
+        (
+            &json!("send"),
+            &json!("order 1"),
+            &json!("orders"),
+            &json!("p.1")
+        )
+    );
+    assert!(call.get("encoding").is_none(), "{call}");
+    sender.send_binary(&[0, 255]).await;
+    let call = calls
+        .recv()
+        .await
+        .expect("the backend got the binary frame");
+    assert_eq!(
+        (&call["data"], &call["encoding"]),
+        (&json!("AP8="), &json!("base64"))
+    );
+    support::eventually("both frames counted", || async {
+        stat(&node, "upstream_messages").await == 2
+    })
+    .await;
+
+    let (down, mut refused) = start_refusing_backend().await;
+    let node = TestNode::start(Settings {
+        upstream_url: Some(down),
+        plain_frames: Some(duplex::config::PlainFrames::Upstream),
+        ..settings()
+    })
+    .await;
+    let mut client = Client::connect(&node.ws("/?channel=orders")).await;
+    client.send_text("lost").await;
+    assert_eq!(refused.recv().await.expect("posted")["data"], "lost");
+    support::eventually("the refused frame is counted", || async {
+        stat(&node, "upstream_failures").await == 1
+            && stat(&node, "plain_publish_dropped").await == 1
+    })
+    .await;
+    let (status, _) = node
+        .post_json(
+            "/api/publish",
+            &json!({"channel": "orders", "data": "still here"}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(client.next_text().await, "still here", "the client stays");
+}

@@ -506,12 +506,15 @@ impl Config {
         if self.redis_timeout.is_zero() {
             return invalid("redis_timeout", "must be above zero");
         }
-        // The one place that says where upstream messages can go: relax it
-        // when another upstream (HTTP) exists for the memory broker.
-        if self.plain_frames.to_upstream() && self.redis_url().is_none() {
+        // The one place that says where plain frames can go up: a Redis
+        // Stream, or the HTTP upstream (namespaces may name their own URLs).
+        if self.plain_frames.to_upstream()
+            && self.redis_url().is_none()
+            && self.upstream_url.is_empty()
+        {
             return invalid(
                 "plain_frames",
-                "\"upstream\" and \"both\" need Redis (--redis): plain frames go up to a Redis Stream, and the memory broker has no upstream; use \"channel\"",
+                "\"upstream\" and \"both\" need Redis (--redis) or an HTTP upstream (--upstream-url); use \"channel\"",
             );
         }
         if self.redis_url().is_none() {
@@ -616,6 +619,14 @@ mod tests {
         assert!(
             err.contains("plain_frames") && err.contains("Redis"),
             "{err}"
+        );
+        let http = Settings {
+            upstream_url: Some("http://127.0.0.1:9/up".into()),
+            ..memory.clone()
+        };
+        assert!(
+            http.resolve().is_ok(),
+            "an HTTP upstream takes plain frames"
         );
         let redis = Settings {
             redis: Some("redis://127.0.0.1:6379".into()),

@@ -30,8 +30,9 @@ pub(crate) struct Job {
     pub(crate) request: u64,
     /// The calling connection, to match the answer.
     pub(crate) connection: Arc<str>,
-    /// Whether a reply body is wanted.
-    pub(crate) answer: Answer,
+    /// Whether a reply body is wanted; `None` for a plain client's frame,
+    /// which nobody answers (its outcome is only counted).
+    pub(crate) answer: Option<Answer>,
     /// The JSON body.
     pub(crate) body: Vec<u8>,
     /// Where to POST it.
@@ -118,13 +119,17 @@ impl Driver {
         jobs.for_each_concurrent(self.concurrency, |job| async move {
             let outcome = driver.post(&job.url, job.body, job.answer).await;
             if let Some(inner) = driver.node.upgrade() {
-                Node { inner }.finish_call(&job.request.to_string(), &job.connection, outcome);
+                let node = Node { inner };
+                match job.answer {
+                    None => node.frame_posted(&job.connection, outcome),
+                    Some(_) => node.finish_call(&job.request.to_string(), &job.connection, outcome),
+                }
             }
         })
         .await;
     }
 
-    async fn post(&self, url: &str, body: Vec<u8>, answer: Answer) -> Outcome {
+    async fn post(&self, url: &str, body: Vec<u8>, answer: Option<Answer>) -> Outcome {
         let sent = self
             .client
             .post(url)
@@ -154,7 +159,7 @@ impl Driver {
             }
         }
         if status.is_success() {
-            if answer == Answer::Send || body.iter().all(u8::is_ascii_whitespace) {
+            if answer != Some(Answer::Rpc) || body.iter().all(u8::is_ascii_whitespace) {
                 return Outcome::Data(null());
             }
             return match serde_json::from_slice::<Box<RawValue>>(&body) {

@@ -204,6 +204,67 @@ impl Node {
         self.post_call(conn, call, url)
     }
 
+    /// A plain client's frame to the HTTP upstream, fire and forget: the
+    /// POST's outcome is counted when it comes (`upstream_messages`, or
+    /// `upstream_failures` and `plain_publish_dropped`); a full queue
+    /// refuses it at once.
+    pub(crate) fn post_frame(
+        &self,
+        conn: &Conn,
+        payload: &[u8],
+        kind: duplex_protocol::ws::MessageKind,
+        channel: &str,
+        url: Arc<str>,
+    ) -> Result<(), CallError> {
+        use base64::Engine as _;
+        let (text, encoding) = match (kind, std::str::from_utf8(payload)) {
+            (duplex_protocol::ws::MessageKind::Text, Ok(text)) => (text.to_string(), None),
+            _ => (
+                base64::engine::general_purpose::STANDARD.encode(payload),
+                Some(Encoding::Base64),
+            ),
+        };
+        let data = serde_json::value::to_raw_value(&text)
+            .map_err(|e| BrokerError::Unavailable(e.to_string()))?;
+        let body = HttpCall {
+            kind: "send",
+            method: None,
+            data: &data,
+            encoding,
+            connection: &conn.id,
+            user: conn.user().unwrap_or(""),
+            node: &self.inner.id,
+            request: String::new(),
+            ts: unix_millis(),
+            channel: Some(channel),
+        };
+        let full = || CallError::Full(Full::Node(self.inner.config.max_inflight_rpcs));
+        let (Some(http), Ok(body)) = (&self.inner.http, serde_json::to_vec(&body)) else {
+            return Err(full());
+        };
+        let job = Job {
+            request: 0,
+            connection: Arc::clone(&conn.id),
+            answer: None,
+            body,
+            url,
+        };
+        http.submit(job).map_err(|_| full())
+    }
+
+    /// Counts how a plain frame's POST ended.
+    pub(super) fn frame_posted(&self, connection: &str, outcome: super::rpc::Outcome) {
+        let stats = &self.inner.stats;
+        match outcome {
+            super::rpc::Outcome::Data(_) => crate::stats::Stats::bump(&stats.upstream_messages),
+            other => {
+                crate::stats::Stats::bump(&stats.upstream_failures);
+                crate::stats::Stats::bump(&stats.plain_publish_dropped);
+                tracing::debug!(conn = %connection, outcome = ?other, "plain client's message dropped: the HTTP upstream refused it");
+            }
+        }
+    }
+
     fn post_call(&self, conn: &Conn, call: Call<'_>, url: Arc<str>) -> Result<(), CallError> {
         let Call {
             request, answer, ..
@@ -230,7 +291,7 @@ impl Node {
         let job = Job {
             request,
             connection: Arc::clone(&conn.id),
-            answer,
+            answer: Some(answer),
             body,
             url,
         };

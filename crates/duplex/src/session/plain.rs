@@ -95,15 +95,25 @@ impl PlainSession {
             }
         }
         if frames.to_upstream() {
-            // The channel's namespace may have its own stream (not its URL:
-            // plain frames go to Redis only).
+            // The channel's namespace may have its own stream or URL; a URL
+            // (the namespace's, else the node's) takes frames as it takes
+            // `send` and `rpc`, else the stream.
             let route = node.route(Some(channel.as_str()));
-            let sent = node
-                .send_upstream(conn, payload.clone(), kind, &route)
-                .await;
+            let sent = match route.url.clone() {
+                Some(url) => node
+                    .post_frame(conn, &payload, kind, channel.as_str(), url)
+                    .map_err(|e| {
+                        // Refused before any POST (queue full): counted here;
+                        // a POST's own outcome is counted when it ends.
+                        Stats::bump(&node.stats().upstream_failures);
+                        e.to_string()
+                    }),
+                None => node
+                    .send_upstream(conn, payload.clone(), kind, &route)
+                    .await
+                    .map_err(|e| e.to_string()),
+            };
             if let Err(e) = sent {
-                // No error channel in plain mode: counted (upstream_failures
-                // and plain_publish_dropped) and logged.
                 Stats::bump(&node.stats().plain_publish_dropped);
                 tracing::debug!(conn = %conn.id, %channel, error = %e, "plain client's message dropped: upstream refused it");
             }
