@@ -390,12 +390,7 @@ async fn jwks_server(
             async move { axum::Json(set.lock().clone()) }
         }),
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    format!("http://{addr}/jwks.json")
+    support::serve_http(app, "/jwks.json").await
 }
 
 fn jwk(private_pem: &str, alg: Algorithm, kid: &str) -> (EncodingKey, Value) {

@@ -38,11 +38,7 @@ async fn backend(calls: mpsc::UnboundedSender<Value>, Json(call): Json<Value>) -
 async fn start_backend() -> (String, mpsc::UnboundedReceiver<Value>) {
     let (tx, rx) = mpsc::unbounded_channel();
     let app = Router::new().route("/calls", post(move |body| backend(tx.clone(), body)));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let url = format!("http://{}/calls", listener.local_addr().expect("addr"));
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    let url = support::serve_http(app, "/calls").await;
     (url, rx)
 }
 
@@ -134,11 +130,7 @@ async fn start_refusing_backend() -> (String, mpsc::UnboundedReceiver<Value>) {
             }
         }),
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let url = format!("http://{}/frames", listener.local_addr().expect("addr"));
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    let url = support::serve_http(app, "/frames").await;
     (url, rx)
 }
 

@@ -241,11 +241,7 @@ async fn start_backend(name: &'static str) -> (String, mpsc::UnboundedReceiver<V
             }
         }),
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let url = format!("http://{}/calls", listener.local_addr().expect("addr"));
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    let url = support::serve_http(app, "/calls").await;
     (url, rx)
 }
 

@@ -48,3 +48,14 @@ pub async fn post_json(url: &str, body: &serde_json::Value) -> (u16, serde_json:
         response.json().await.unwrap_or(serde_json::Value::Null),
     )
 }
+
+/// Serves `app` on a free loopback port (a backend written in the test);
+/// returns `http://127.0.0.1:<port><path>`.
+pub async fn serve_http(app: axum::Router, path: &str) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    format!("http://{addr}{path}")
+}
