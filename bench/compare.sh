@@ -10,6 +10,7 @@
 #   CLIENTS=10000 CHRATE=10000 bench/compare.sh   # the personal-channels workload
 #   SUBS=2000 RATE=500 PROCS=2 bench/compare.sh    # overload: two generator processes
 #   WRITE_DELAY=5ms bench/compare.sh               # adds Duplex with --write-delay
+#   BASELINE=/tmp/old/duplex bench/compare.sh      # adds an older Duplex build's fan-out rows
 #
 # Workloads: fanout (SUBS subscribers on one channel, RATE msg/s), channels
 # (CLIENTS clients each on its own channel, CHRATE publishes/s over them;
@@ -34,6 +35,7 @@ IDLE=${IDLE:-10000}
 CLIENTS=${CLIENTS:-0}
 PROCS=${PROCS:-1}
 WRITE_DELAY=${WRITE_DELAY:-}
+BASELINE=${BASELINE:-}
 CHRATE=${CHRATE:-5000}
 ROUNDS=${ROUNDS:-2}
 SOCKUDO_ROOT=${SOCKUDO_ROOT:-$HOME/.cache/duplex-bench/sockudo}
@@ -73,7 +75,7 @@ REDIS=redis://127.0.0.1:$RPORT
 
 start_duplex() { # extra args...
     local port; port=$(free_port)
-    "$DUPLEX" serve --listen 127.0.0.1:"$port" --log-level warn "$@" & PIDS+=($!)
+    "${DUPLEX_BIN:-$DUPLEX}" serve --listen 127.0.0.1:"$port" --log-level warn "$@" & PIDS+=($!)
     SERVER_PID=$!; SERVER_URL=ws://127.0.0.1:$port; wait_port "$port"
 }
 start_floor() {
@@ -145,6 +147,10 @@ for round in $(seq "$ROUNDS"); do
         start_sockudo; run_fanout "sockudo pusher, http publish" "${FANOUT[@]}" --protocol pusher --via http; stop_server
     fi
     start_duplex --redis "$REDIS"; run_fanout "duplex plain, redis publish" "${FANOUT[@]}" --protocol plain --via redis --redis "$REDIS"; stop_server
+    if [ -n "$BASELINE" ]; then
+        DUPLEX_BIN=$BASELINE start_duplex; run_fanout "baseline plain, http publish" "${FANOUT[@]}" --protocol plain --via http; stop_server
+        DUPLEX_BIN=$BASELINE start_duplex --redis "$REDIS"; run_fanout "baseline plain, redis publish" "${FANOUT[@]}" --protocol plain --via redis --redis "$REDIS"; stop_server
+    fi
     if [ -n "$WRITE_DELAY" ]; then
         start_duplex --redis "$REDIS" --write-delay "$WRITE_DELAY"; run_fanout "duplex plain, redis publish, write_delay $WRITE_DELAY" "${FANOUT[@]}" --protocol plain --via redis --redis "$REDIS"; stop_server
     fi
@@ -157,6 +163,9 @@ for round in $(seq "$ROUNDS"); do
         CHANNELS=(channels --clients "$CLIENTS" --rate "$CHRATE" --duration "$DURATION" --warmup 2s --concurrency 128)
         start_duplex; run "channels: duplex plain, http publish" "${CHANNELS[@]}" --protocol plain --via http; stop_server
         start_duplex --redis "$REDIS"; run "channels: duplex plain, redis publish" "${CHANNELS[@]}" --protocol plain --via redis --redis "$REDIS"; stop_server
+        if [ -n "$BASELINE" ]; then
+            DUPLEX_BIN=$BASELINE start_duplex --redis "$REDIS"; run "channels: baseline plain, redis publish" "${CHANNELS[@]}" --protocol plain --via redis --redis "$REDIS"; stop_server
+        fi
         if [ -z "${SKIP_SOCKUDO:-}" ]; then
             start_sockudo; run "channels: sockudo pusher, http publish" "${CHANNELS[@]}" --protocol pusher --via http; stop_server
         fi
@@ -204,6 +213,11 @@ if WRITE_DELAY := __import__("os").environ.get("WRITE_DELAY"):
     print(f"  duplex write_delay {WRITE_DELAY} / sockudo, CPU per delivery:", ratio(f"duplex plain, http publish, write_delay {WRITE_DELAY}", "sockudo pusher, http publish", "server_cpu_us_per_delivery"))
     print(f"  duplex redis write_delay {WRITE_DELAY} / floor, CPU per delivery:", ratio(f"duplex plain, redis publish, write_delay {WRITE_DELAY}", "floor (1 write/delivery), redis publish", "server_cpu_us_per_delivery"))
     print(f"  duplex write_delay {WRITE_DELAY} / duplex, CPU per delivery:  ", ratio(f"duplex plain, http publish, write_delay {WRITE_DELAY}", "duplex plain, http publish", "server_cpu_us_per_delivery"))
+if __import__("os").environ.get("BASELINE"):
+    print("  duplex / baseline, CPU per delivery (http publish):", ratio("duplex plain, http publish", "baseline plain, http publish", "server_cpu_us_per_delivery"))
+    print("  duplex / baseline, CPU per delivery (redis publish):", ratio("duplex plain, redis publish", "baseline plain, redis publish", "server_cpu_us_per_delivery"))
+    print("  duplex / baseline, p99 latency (redis publish):    ", ratio("duplex plain, redis publish", "baseline plain, redis publish", "latency_us", "p99"))
+    print("  channels: duplex / baseline, CPU per delivery (redis):", ratio("channels: duplex plain, redis publish", "channels: baseline plain, redis publish", "server_cpu_us_per_delivery"))
 print("  duplex / socket.io, CPU per delivery (http publish):", ratio("duplex plain, http publish", "socket.io, http publish", "server_cpu_us_per_delivery"))
 print("  duplex redis / socket.io redis adapter, CPU per delivery:", ratio("duplex plain, redis publish", "socket.io redis adapter, http publish", "server_cpu_us_per_delivery"))
 print("  duplex / socket.io, RSS per idle connection:      ", ratio("duplex idle", "socket.io idle", "server_rss_per_connection_kib"))

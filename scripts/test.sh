@@ -35,6 +35,8 @@ if [ ! -x target/py-redis/bin/python ] || ! target/py-redis/bin/python -c 'impor
     target/py-redis/bin/pip install -q redis
 fi
 export EXAMPLE_PYTHON="$PWD/target/py-redis/bin/python"
+# Everything above is installed: the example tests must not skip for want of it.
+export EXAMPLE_REQUIRE_ALL=1
 
 if ! command -v node >/dev/null 2>&1; then
     echo "== installing nodejs (the JavaScript client is tested; it needs Node 20+)"

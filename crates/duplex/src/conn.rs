@@ -94,7 +94,7 @@ impl Conn {
         wire: Wire,
         remote: SocketAddr,
         limits: QueueLimits,
-        coalescer: Option<&Arc<Coalescer>>,
+        coalescer: &Arc<Coalescer>,
         now_ms: u64,
     ) -> Arc<Conn> {
         Arc::new(Conn {
@@ -102,7 +102,7 @@ impl Conn {
             id: Arc::from(format!("{node_id}.{seq}")),
             wire,
             remote,
-            outbound: Outbound::new(limits, coalescer.map(|c| (Arc::clone(c), seq))),
+            outbound: Outbound::new(limits, Some((Arc::clone(coalescer), seq))),
             opened_ms: now_ms,
             last_seen_ms: AtomicU64::new(now_ms),
             waiting_since_ms: AtomicU64::new(if wire == Wire::Plain {

@@ -133,6 +133,19 @@ impl Collector for NodeCollector {
             None,
             broker.reconnects,
         )?;
+        gauge(
+            &mut e,
+            "write_batching",
+            "1 while each client's messages are batched into one write because fan-out could not keep up with one write per delivery",
+            gauge_of(load(&s.write_batching)),
+        )?;
+        counter(
+            &mut e,
+            "write_batching_starts",
+            "Times write batching started because fan-out could not keep up",
+            None,
+            load(&s.write_batching_starts),
+        )?;
         // Plain counters, one series each.
         let plain: [(&str, &str, &std::sync::atomic::AtomicU64); 8] = [
             ("connects", "Connections accepted", &s.connects),

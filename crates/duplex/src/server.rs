@@ -118,10 +118,10 @@ pub async fn run(
     }
     wait_for_broker(&node).await;
     let heartbeat = tokio::spawn(heartbeat::run(node.clone(), state.shutdown.clone()));
-    let lanes = node.coalescer().map_or(0, |c| c.lanes());
-    for lane in 0..lanes {
+    for lane in 0..node.coalescer().lanes() {
         tokio::spawn(coalesce::run(node.clone(), lane, state.shutdown.clone()));
     }
+    tokio::spawn(coalesce::watch(node.clone(), state.shutdown.clone()));
     let addr = listener.local_addr()?;
     let (ws, http) = if tls.is_some() {
         ("wss", "https")

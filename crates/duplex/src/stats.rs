@@ -27,6 +27,13 @@ pub struct Stats {
     pub delivered_bytes: AtomicU64,
     /// Time from a publication's arrival from the broker to its last queued frame.
     pub fanout_seconds: FanoutHistogram,
+    /// Wall-clock nanoseconds spent in fan-out (concurrent ones add up): how
+    /// the node tells it cannot keep up.
+    pub fanout_busy_nanos: AtomicU64,
+    /// 1 while writes are batched because fan-out could not keep up (gauge).
+    pub write_batching: AtomicU64,
+    /// Times write batching started because fan-out could not keep up.
+    pub write_batching_starts: AtomicU64,
     /// Subscriptions currently held by all connections (gauge).
     pub subscriptions: AtomicU64,
     /// Connections accepted since start.
@@ -111,6 +118,10 @@ pub struct StatsSnapshot {
     pub plain_publish_dropped: u64,
     /// See [`Stats::slow_consumer_disconnects`].
     pub slow_consumer_disconnects: u64,
+    /// See [`Stats::write_batching`].
+    pub write_batching: u64,
+    /// See [`Stats::write_batching_starts`].
+    pub write_batching_starts: u64,
     /// See [`Stats::heartbeat_timeouts`].
     pub heartbeat_timeouts: u64,
     /// See [`Stats::protocol_errors`].
@@ -247,6 +258,8 @@ impl Stats {
             publish_failures: self.publish_failures.load(Relaxed),
             plain_publish_dropped: self.plain_publish_dropped.load(Relaxed),
             slow_consumer_disconnects: self.slow_consumer_disconnects.load(Relaxed),
+            write_batching: self.write_batching.load(Relaxed),
+            write_batching_starts: self.write_batching_starts.load(Relaxed),
             heartbeat_timeouts: self.heartbeat_timeouts.load(Relaxed),
             protocol_errors: self.protocol_errors.load(Relaxed),
             handshake_timeouts: self.handshake_timeouts.load(Relaxed),

@@ -327,7 +327,7 @@ settings! {
     max_queued_bytes: usize = 1024 * 1024, "DUPLEX_MAX_QUEUED_BYTES";
     /// Outbound messages queued for one client before it is cut as a slow consumer [default: 4096].
     max_queued_messages: usize = 4096, "DUPLEX_MAX_QUEUED_MESSAGES";
-    /// Hold a client's outgoing messages up to this long and send them in one write, 0 = write each at once: cuts CPU per message for clients that get hundreds a second, adds up to this much latency [default: 0s].
+    /// Hold every client's outgoing messages up to this long and send them in one write: less CPU per message, up to this much added latency; 0 = write each at once while fan-out keeps up and batch by itself while it does not [default: 0s].
     write_delay: Duration = Duration::ZERO, "DUPLEX_WRITE_DELAY", humantime::parse_duration;
     /// Interval of server pings to every client [default: 25s].
     ping_interval: Duration = Duration::from_secs(25), "DUPLEX_PING_INTERVAL", humantime::parse_duration;

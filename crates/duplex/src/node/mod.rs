@@ -112,8 +112,8 @@ struct Inner {
     publish_warnings: Throttle,
     /// Open connections per client address, when that limit is set.
     per_ip: Mutex<HashMap<IpAddr, usize>>,
-    /// Write coalescing, when `write_delay` is set.
-    coalescer: Option<Arc<Coalescer>>,
+    /// Write coalescing: always with `write_delay`, while behind without.
+    coalescer: Arc<Coalescer>,
     /// Channels taken from native connections by `unsubscribe` orders.
     revoked: unsubscribe::Revoked,
     /// Connection queries across nodes, and the live nodes that answer them.
@@ -152,10 +152,12 @@ impl BrokerHandler for Deliver {
         async move {
             let started = Instant::now();
             Hub::broadcast_parallel(&self.hub, publication).await;
-            self.stats
-                .fanout_seconds
-                .0
-                .observe(started.elapsed().as_secs_f64());
+            let spent = started.elapsed();
+            self.stats.fanout_seconds.0.observe(spent.as_secs_f64());
+            self.stats.fanout_busy_nanos.fetch_add(
+                u64::try_from(spent.as_nanos()).unwrap_or(u64::MAX),
+                std::sync::atomic::Ordering::Relaxed,
+            );
         }
         .boxed()
     }
@@ -216,10 +218,8 @@ impl Node {
                 handler,
             )?),
         };
-        let coalescer = (!config.write_delay.is_zero()).then(|| {
-            let lanes = std::thread::available_parallelism().map_or(1, |n| n.get());
-            Arc::new(Coalescer::new(config.write_delay, lanes))
-        });
+        let lanes = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let coalescer = Arc::new(Coalescer::new(config.write_delay, lanes));
         let id = if config.node_id.is_empty() {
             format!("{:08x}", rand::random::<u32>())
         } else {
@@ -325,7 +325,7 @@ impl Node {
             wire,
             remote,
             limits,
-            self.inner.coalescer.as_ref(),
+            &self.inner.coalescer,
             self.now_ms(),
         );
         self.registry_shard(seq)
@@ -423,9 +423,9 @@ impl Node {
         self.registry_shard(seq).lock().get(&seq).cloned()
     }
 
-    /// Write coalescing, when `write_delay` is set.
-    pub(crate) fn coalescer(&self) -> Option<&Arc<Coalescer>> {
-        self.inner.coalescer.as_ref()
+    /// Write coalescing (see `transport::coalesce`).
+    pub(crate) fn coalescer(&self) -> &Arc<Coalescer> {
+        &self.inner.coalescer
     }
 
     /// A snapshot of every open connection (for heartbeats and shutdown).

@@ -16,6 +16,7 @@
 pub(crate) mod coalesce;
 pub(crate) mod origin;
 pub(crate) mod outbound;
+pub(crate) mod pressure;
 pub(crate) mod reader;
 pub(crate) mod stream;
 pub mod upgrade;
@@ -46,7 +47,11 @@ mod size_tests {
             max_frames: 1,
         };
         let addr = std::net::SocketAddr::from(([127, 0, 0, 1], 1));
-        let conn = Conn::new(1, "n", Wire::Native, addr, limits, None, 0);
+        let coalescer = Arc::new(super::coalesce::Coalescer::new(
+            std::time::Duration::ZERO,
+            1,
+        ));
+        let conn = Conn::new(1, "n", Wire::Native, addr, limits, &coalescer, 0);
         let writer = super::writer::run(Arc::clone(&conn));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let stream = tokio::net::TcpStream::connect(listener.local_addr().unwrap())

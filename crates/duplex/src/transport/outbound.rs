@@ -145,7 +145,8 @@ impl Outbound {
             return Err(PushError::Closed);
         }
         let mut partial = false;
-        if q.frames.is_empty() && !q.writer_busy && self.coalesce.is_none() {
+        let deferred = self.coalesce.as_ref().is_some_and(|(c, _)| c.deferring());
+        if q.frames.is_empty() && !q.writer_busy && !deferred {
             if let Some(socket) = self.socket.get() {
                 // Non-blocking; the lock only orders this client's producers.
                 match socket.try_write(&frame) {
@@ -187,8 +188,8 @@ impl Outbound {
         match &self.coalesce {
             // Enough waiting to fill a write: no point waiting longer (and
             // the delay must not push a fast reader over the queue bound).
-            Some(_) if full && writer_idle => self.wake.notify_one(),
-            Some((coalescer, seq)) if was_empty && writer_idle => coalescer.mark(*seq),
+            Some(_) if deferred && full && writer_idle => self.wake.notify_one(),
+            Some((coalescer, seq)) if deferred && was_empty && writer_idle => coalescer.mark(*seq),
             // The writer re-checks the queue after every write, so it only
             // needs waking when it may have found the queue empty and slept.
             _ if was_empty => self.wake.notify_one(),
