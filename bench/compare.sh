@@ -11,6 +11,7 @@
 #   SUBS=2000 RATE=500 PROCS=2 bench/compare.sh    # overload: two generator processes
 #   WRITE_DELAY=5ms bench/compare.sh               # adds Duplex with --write-delay
 #   BASELINE=/tmp/old/duplex bench/compare.sh      # adds an older Duplex build's fan-out rows
+#   REDIS_ONLY=1 bench/compare.sh                  # only the Redis-fed fan-out rows (overload runs)
 #
 # Workloads: fanout (SUBS subscribers on one channel, RATE msg/s), channels
 # (CLIENTS clients each on its own channel, CHRATE publishes/s over them;
@@ -36,6 +37,7 @@ CLIENTS=${CLIENTS:-0}
 PROCS=${PROCS:-1}
 WRITE_DELAY=${WRITE_DELAY:-}
 BASELINE=${BASELINE:-}
+REDIS_ONLY=${REDIS_ONLY:-}
 CHRATE=${CHRATE:-5000}
 ROUNDS=${ROUNDS:-2}
 SOCKUDO_ROOT=${SOCKUDO_ROOT:-$HOME/.cache/duplex-bench/sockudo}
@@ -139,27 +141,31 @@ PY
 FANOUT=(--rate "$RATE" --duration "$DURATION" --warmup 2s --concurrency 128)
 for round in $(seq "$ROUNDS"); do
     echo "== round $round" >&2
+    if [ -z "$REDIS_ONLY" ]; then
     start_duplex; run_fanout "duplex plain, http publish" "${FANOUT[@]}" --protocol plain --via http; stop_server
-    if [ -n "$WRITE_DELAY" ]; then
+    fi
+    if [ -n "$WRITE_DELAY" ] && [ -z "$REDIS_ONLY" ]; then
         start_duplex --write-delay "$WRITE_DELAY"; run_fanout "duplex plain, http publish, write_delay $WRITE_DELAY" "${FANOUT[@]}" --protocol plain --via http; stop_server
     fi
-    if [ -z "${SKIP_SOCKUDO:-}" ]; then
+    if [ -z "${SKIP_SOCKUDO:-}" ] && [ -z "$REDIS_ONLY" ]; then
         start_sockudo; run_fanout "sockudo pusher, http publish" "${FANOUT[@]}" --protocol pusher --via http; stop_server
     fi
     start_duplex --redis "$REDIS"; run_fanout "duplex plain, redis publish" "${FANOUT[@]}" --protocol plain --via redis --redis "$REDIS"; stop_server
     if [ -n "$BASELINE" ]; then
-        DUPLEX_BIN=$BASELINE start_duplex; run_fanout "baseline plain, http publish" "${FANOUT[@]}" --protocol plain --via http; stop_server
+        if [ -z "$REDIS_ONLY" ]; then
+            DUPLEX_BIN=$BASELINE start_duplex; run_fanout "baseline plain, http publish" "${FANOUT[@]}" --protocol plain --via http; stop_server
+        fi
         DUPLEX_BIN=$BASELINE start_duplex --redis "$REDIS"; run_fanout "baseline plain, redis publish" "${FANOUT[@]}" --protocol plain --via redis --redis "$REDIS"; stop_server
     fi
     if [ -n "$WRITE_DELAY" ]; then
         start_duplex --redis "$REDIS" --write-delay "$WRITE_DELAY"; run_fanout "duplex plain, redis publish, write_delay $WRITE_DELAY" "${FANOUT[@]}" --protocol plain --via redis --redis "$REDIS"; stop_server
     fi
     start_floor; run_fanout "floor (1 write/delivery), redis publish" "${FANOUT[@]}" --protocol plain --via redis --redis "$REDIS"; stop_server
-    if [ -z "${SKIP_SOCKETIO:-}" ]; then
+    if [ -z "${SKIP_SOCKETIO:-}" ] && [ -z "$REDIS_ONLY" ]; then
         start_socketio; run_fanout "socket.io, http publish" "${FANOUT[@]}" --protocol socketio --via http; stop_server
         start_socketio REDIS_URL="$REDIS"; run_fanout "socket.io redis adapter, http publish" "${FANOUT[@]}" --protocol socketio --via http; stop_server
     fi
-    if [ "$CLIENTS" -gt 0 ]; then
+    if [ "$CLIENTS" -gt 0 ] && [ -z "$REDIS_ONLY" ]; then
         CHANNELS=(channels --clients "$CLIENTS" --rate "$CHRATE" --duration "$DURATION" --warmup 2s --concurrency 128)
         start_duplex; run "channels: duplex plain, http publish" "${CHANNELS[@]}" --protocol plain --via http; stop_server
         start_duplex --redis "$REDIS"; run "channels: duplex plain, redis publish" "${CHANNELS[@]}" --protocol plain --via redis --redis "$REDIS"; stop_server
@@ -173,6 +179,7 @@ for round in $(seq "$ROUNDS"); do
             start_socketio; run "channels: socket.io, http publish" "${CHANNELS[@]}" --protocol socketio --via http; stop_server
         fi
     fi
+    [ -n "$REDIS_ONLY" ] && continue
     start_duplex; run "duplex idle" idle --connections "$IDLE" --concurrency 256 --hold 3s; stop_server
     if [ -z "${SKIP_SOCKUDO:-}" ]; then
         start_sockudo; run "sockudo idle" idle --protocol pusher --connections "$IDLE" --concurrency 256 --hold 3s; stop_server

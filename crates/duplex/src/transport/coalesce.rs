@@ -30,6 +30,11 @@ use super::pressure::{Load, Pressure, WINDOW};
 use crate::node::Node;
 use crate::stats::Stats;
 
+/// Adaptive mode, while behind: how long a lane lets frames gather. Without
+/// it the lanes race fan-out for the cores and each round writes about one
+/// frame per connection, which saves nothing (measured in BENCHMARKS.md).
+const BEHIND_DELAY: Duration = Duration::from_millis(1);
+
 /// Dirty connections of one lane.
 #[derive(Debug, Default)]
 struct Lane {
@@ -75,6 +80,15 @@ impl Coalescer {
         self.deferring.load(Relaxed)
     }
 
+    /// How long a lane lets frames gather before it writes them.
+    fn round_delay(&self) -> Duration {
+        if self.delay.is_zero() {
+            BEHIND_DELAY
+        } else {
+            self.delay
+        }
+    }
+
     /// Asks for connection `seq`'s queue to be written by its lane.
     pub(crate) fn mark(&self, seq: u64) {
         let lane = &self.lanes[seq as usize % self.lanes.len()];
@@ -118,9 +132,7 @@ pub(crate) async fn run(node: Node, index: usize, shutdown: CancellationToken) {
             _ = shutdown.cancelled() => return,
             _ = lane.wake.notified() => {}
         }
-        if !coalescer.delay.is_zero() {
-            tokio::time::sleep(coalescer.delay).await;
-        }
+        tokio::time::sleep(coalescer.round_delay()).await;
         let started = Instant::now();
         std::mem::swap(&mut *lane.dirty.lock(), &mut batch);
         for &seq in &batch {
