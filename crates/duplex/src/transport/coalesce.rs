@@ -9,9 +9,9 @@
 //! that delay, always: the least CPU, at up to that much added latency.
 //! With `write_delay` 0 (the default) frames are written at once while the
 //! node keeps up, and batched only while fan-out cannot keep up (see
-//! `pressure`): then the lanes flush without waiting, so each batch holds
-//! whatever arrived while the lane wrote the others, and batches grow as
-//! the node falls behind, until it catches up.
+//! `pressure`): then the lanes let frames gather 1 ms per round, so each
+//! batch holds whatever arrived meanwhile, and batches grow as the node
+//! falls behind, until it catches up.
 //!
 //! No timer per connection: a producer that queues into an empty queue
 //! marks the connection dirty on one of a few lanes; each lane's task
@@ -122,7 +122,7 @@ impl Coalescer {
 }
 
 /// Runs lane `index` until `shutdown`: waits for a dirty connection, lets
-/// the delay pass (if any), writes what every dirty connection has queued.
+/// the round's delay pass, writes what every dirty connection has queued.
 pub(crate) async fn run(node: Node, index: usize, shutdown: CancellationToken) {
     let coalescer = node.coalescer();
     let lane = &coalescer.lanes[index];
