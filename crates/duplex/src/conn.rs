@@ -102,7 +102,7 @@ impl Conn {
             id: Arc::from(format!("{node_id}.{seq}")),
             wire,
             remote,
-            outbound: Outbound::new(limits, Some((Arc::clone(coalescer), seq))),
+            outbound: Outbound::new(limits, Arc::clone(coalescer), seq),
             opened_ms: now_ms,
             last_seen_ms: AtomicU64::new(now_ms),
             waiting_since_ms: AtomicU64::new(if wire == Wire::Plain {

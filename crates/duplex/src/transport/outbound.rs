@@ -108,19 +108,21 @@ pub(crate) struct Outbound {
     limits: QueueLimits,
     /// The socket's write half, once the upgrade handed it over.
     socket: OnceLock<OwnedWriteHalf>,
-    /// With `write_delay`: where to mark this connection (its seq) dirty
-    /// instead of writing at once.
-    coalesce: Option<(Arc<Coalescer>, u64)>,
+    /// Where to mark this connection dirty while writes are deferred.
+    coalescer: Arc<Coalescer>,
+    /// This connection's seq, its key in the lanes' dirty lists.
+    seq: u64,
 }
 
 impl Outbound {
-    pub(crate) fn new(limits: QueueLimits, coalesce: Option<(Arc<Coalescer>, u64)>) -> Self {
+    pub(crate) fn new(limits: QueueLimits, coalescer: Arc<Coalescer>, seq: u64) -> Self {
         Outbound {
             queue: Mutex::new(Queue::default()),
             wake: Notify::new(),
             limits,
             socket: OnceLock::new(),
-            coalesce,
+            coalescer,
+            seq,
         }
     }
 
@@ -145,7 +147,7 @@ impl Outbound {
             return Err(PushError::Closed);
         }
         let mut partial = false;
-        let deferred = self.coalesce.as_ref().is_some_and(|(c, _)| c.deferring());
+        let deferred = self.coalescer.deferring();
         if q.frames.is_empty() && !q.writer_busy && !deferred {
             if let Some(socket) = self.socket.get() {
                 // Non-blocking; the lock only orders this client's producers.
@@ -185,26 +187,27 @@ impl Outbound {
         q.frames.push_back(frame);
         let full = q.bytes >= self.flush_bytes();
         drop(q);
-        match &self.coalesce {
+        if deferred && writer_idle && full {
             // Enough waiting to fill a write: no point waiting longer (and
             // the delay must not push a fast reader over the queue bound).
-            Some(_) if deferred && full && writer_idle => self.wake.notify_one(),
-            Some((coalescer, seq)) if deferred && was_empty && writer_idle => coalescer.mark(*seq),
+            self.wake.notify_one();
+        } else if deferred && writer_idle && was_empty {
+            self.coalescer.mark(self.seq);
+        } else if was_empty {
             // The writer re-checks the queue after every write, so it only
             // needs waking when it may have found the queue empty and slept.
-            _ if was_empty => self.wake.notify_one(),
-            _ => {}
+            self.wake.notify_one();
         }
         Ok(())
     }
 
-    /// Queued bytes that are written without waiting out `write_delay`: a
+    /// Queued bytes that are written without waiting for a flush lane: a
     /// quarter of the queue bound, at most 64 KiB.
     fn flush_bytes(&self) -> usize {
         (self.limits.max_bytes / 4).clamp(1, 64 * 1024)
     }
 
-    /// Writes what waited out `write_delay`, with one non-blocking `writev`;
+    /// Writes what waited for a flush lane, with one non-blocking `writev`;
     /// what the socket cannot take now is left to the writer task.
     pub(crate) fn flush_delayed(&self) {
         let mut q = self.queue.lock();
@@ -313,13 +316,15 @@ impl Outbound {
 mod tests {
     use super::*;
 
+    /// Adaptive and not behind: every push is written at once.
     fn outbound(max_bytes: usize, max_frames: usize) -> Outbound {
         Outbound::new(
             QueueLimits {
                 max_bytes,
                 max_frames,
             },
-            None,
+            Arc::new(Coalescer::new(std::time::Duration::ZERO, 1)),
+            0,
         )
     }
 
@@ -342,7 +347,8 @@ mod tests {
                 max_bytes: 1000,
                 max_frames: 100,
             },
-            Some((Arc::clone(&coalescer), 7)),
+            Arc::clone(&coalescer),
+            7,
         );
         let (write, client) = socket_pair().await;
         out.attach(write);
