@@ -39,6 +39,14 @@ use crate::{api, heartbeat};
 /// at 256 in flight took 1.03 s with 128, see BENCHMARKS.md).
 const LISTEN_BACKLOG: u32 = 4096;
 
+/// Bytes of a client's outgoing stream the kernel may hold beyond what the
+/// client's receive window lets it send. Left alone, Linux grows that to 4
+/// MiB per socket (tcp_wmem) for a client that stopped reading, out of
+/// sight of `max_queued_bytes`: kept small, the backlog stays in the
+/// node's own queue, where the slow-consumer cut sees it (BENCHMARKS.md,
+/// "Stalled clients").
+const KERNEL_UNSENT_LIMIT: u32 = 128 * 1024;
+
 /// Binds the listening socket the way a node wants it (large backlog, reuse).
 pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     let socket = if addr.is_ipv4() {
@@ -191,6 +199,7 @@ async fn accept_loop(
             },
         };
         let _ = tcp.set_nodelay(true);
+        let _ = socket2::SockRef::from(&tcp).set_tcp_notsent_lowat(KERNEL_UNSENT_LIMIT);
         let service =
             app.clone()
                 .map_request(move |mut req: axum::http::Request<hyper::body::Incoming>| {

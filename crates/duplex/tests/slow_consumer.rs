@@ -63,3 +63,39 @@ async fn non_reader_is_cut_reader_gets_everything() {
     })
     .await;
 }
+
+/// A client that stops reading is cut once about `max_queued_bytes` plus a
+/// bounded kernel share has piled up for it, not after the kernel has
+/// quietly buffered megabytes on top (Linux grows a socket's send buffer to
+/// 4 MiB). 16 KiB messages are published one at a time until the node
+/// reports the cut.
+#[tokio::test]
+async fn non_reader_is_cut_before_the_kernel_buffers_megabytes() {
+    let node = TestNode::start(duplex::config::Settings {
+        max_queued_bytes: Some(64 * 1024),
+        ..settings()
+    })
+    .await;
+    let mut stalled = Client::connect(&node.ws("/ws")).await;
+    stalled.subscribe(&["firehose"]).await;
+    let mut publisher = Client::connect(&node.ws("/ws")).await;
+    const SIZE: usize = 16 * 1024;
+    const LIMIT: usize = 2 * 1024 * 1024;
+    let payload = "x".repeat(SIZE);
+    let mut published = 0;
+    while node.info().await["stats"]["slow_consumer_disconnects"] == 0 {
+        assert!(
+            published * SIZE < LIMIT,
+            "still not cut after {published} messages of {SIZE} bytes"
+        );
+        let reply = publisher
+            .command(
+                "publish",
+                json!({"channel": "firehose", "data": {"pad": payload}}),
+            )
+            .await;
+        assert!(reply.get("result").is_some(), "{reply}");
+        published += 1;
+    }
+    drop(stalled);
+}
