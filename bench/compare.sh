@@ -12,6 +12,9 @@
 #   WRITE_DELAY=5ms bench/compare.sh               # adds Duplex with --write-delay
 #   BASELINE=/tmp/old/duplex bench/compare.sh      # adds an older Duplex build's fan-out rows
 #   REDIS_ONLY=1 bench/compare.sh                  # only the Redis-fed fan-out rows (overload runs)
+#   STALLED=100 bench/compare.sh                   # adds SUBS readers + 100 clients that never read,
+#                                                  # STALLED_SIZE-byte payloads for STALLED_DURATION
+#   STALLED=100 STALLED_ONLY=1 bench/compare.sh    # only those runs
 #
 # Workloads: fanout (SUBS subscribers on one channel, RATE msg/s), channels
 # (CLIENTS clients each on its own channel, CHRATE publishes/s over them;
@@ -39,6 +42,10 @@ WRITE_DELAY=${WRITE_DELAY:-}
 BASELINE=${BASELINE:-}
 REDIS_ONLY=${REDIS_ONLY:-}
 CHRATE=${CHRATE:-5000}
+STALLED=${STALLED:-0}
+STALLED_ONLY=${STALLED_ONLY:-}
+STALLED_SIZE=${STALLED_SIZE:-1024}
+STALLED_DURATION=${STALLED_DURATION:-20s}
 ROUNDS=${ROUNDS:-2}
 SOCKUDO_ROOT=${SOCKUDO_ROOT:-$HOME/.cache/duplex-bench/sockudo}
 OUT=target/compare
@@ -139,8 +146,23 @@ PY
 }
 
 FANOUT=(--rate "$RATE" --duration "$DURATION" --warmup 2s --concurrency 128)
+STALL=(fanout --subscribers "$SUBS" --stalled "$STALLED" --size "$STALLED_SIZE" --rate "$RATE" --duration "$STALLED_DURATION" --warmup 2s --concurrency 128)
 for round in $(seq "$ROUNDS"); do
     echo "== round $round" >&2
+    if [ "$STALLED" -gt 0 ]; then
+        start_duplex; run "stalled: duplex plain, http publish" "${STALL[@]}" --protocol plain --via http; stop_server
+        start_duplex --redis "$REDIS"; run "stalled: duplex plain, redis publish" "${STALL[@]}" --protocol plain --via redis --redis "$REDIS"; stop_server
+        if [ -n "$BASELINE" ]; then
+            DUPLEX_BIN=$BASELINE start_duplex; run "stalled: baseline plain, http publish" "${STALL[@]}" --protocol plain --via http; stop_server
+        fi
+        if [ -z "${SKIP_SOCKUDO:-}" ]; then
+            start_sockudo; run "stalled: sockudo pusher, http publish" "${STALL[@]}" --protocol pusher --via http; stop_server
+        fi
+        if [ -z "${SKIP_SOCKETIO:-}" ]; then
+            start_socketio; run "stalled: socket.io, http publish" "${STALL[@]}" --protocol socketio --via http; stop_server
+        fi
+    fi
+    [ -n "$STALLED_ONLY" ] && continue
     if [ -z "$REDIS_ONLY" ]; then
     start_duplex; run_fanout "duplex plain, http publish" "${FANOUT[@]}" --protocol plain --via http; stop_server
     fi
@@ -207,6 +229,19 @@ for label in by:
     lost = med(label, "lost"); dps = med(label, "deliveries_per_s"); rss = med(label, "server_rss_per_connection_kib"); rate = med(label, "connect_rate")
     f = lambda v, d=2, s=1: "-" if v is None else f"{v/s:.{d}f}"
     print(f"{label:52} {f(us):>12} {f(p50,1,1000):>8} {f(p99,1,1000):>8} {f(lost,0):>6} {f(dps,0):>9}   {f(rss):>12} {f(rate,0):>8}")
+stalled = [l for l in by if l.startswith("stalled: ")]
+if stalled:
+    print()
+    print(f"{'stalled clients (median of rounds)':52} {'readers lost':>12} {'p99 ms':>8} {'cut':>9} {'peak RSS MiB':>12} {'TCP mem MiB':>11}   how they ended")
+    for label in stalled:
+        r = by[label][-1]
+        st = r.get("stalled") or {}
+        cut = med(label, "stalled", "cut"); conn = med(label, "stalled", "connected")
+        rss = med(label, "server_peak_rss_kib"); tcp = med(label, "kernel_tcp_peak_kib")
+        p99 = med(label, "latency_us", "p99"); lost = med(label, "lost")
+        f = lambda v, d=1, s=1: "-" if v is None else f"{v/s:.{d}f}"
+        ends = ", ".join(f"{n} x {k}" for k, n in (st.get("endings") or {}).items()) or "none cut"
+        print(f"{label:52} {f(lost,0):>12} {f(p99,1,1000):>8} {f(cut,0)+'/'+f(conn,0):>9} {f(rss,1,1024):>12} {f(tcp,1,1024):>11}   {ends}")
 def ratio(a, b, key, sub=None):
     x, y = med(a, key, sub), med(b, key, sub)
     return f"{x/y:.2f}x" if x and y else "-"

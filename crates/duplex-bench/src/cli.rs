@@ -144,6 +144,11 @@ pub(crate) struct FanoutArgs {
     /// numbers seen by any subscriber of this process.
     #[arg(long, requires = "start_at")]
     pub(crate) listen_only: bool,
+    /// Also subscribe K clients that never read after subscribing: does the
+    /// server cut them (and how), do the readers notice, does its memory
+    /// stay bounded? Reported under `stalled`; not counted as subscribers.
+    #[arg(long, default_value_t = 0)]
+    pub(crate) stalled: usize,
 }
 
 /// `channels` flags.

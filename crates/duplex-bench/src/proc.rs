@@ -46,6 +46,27 @@ pub(crate) fn peak_rss_kib(target: Target) -> io::Result<u64> {
     status_field(target, "VmHWM:")
 }
 
+/// Memory the kernel holds for TCP sockets, machine-wide, in KiB: the
+/// `mem` pages of `/proc/net/sockstat` (4 KiB pages). Socket buffers are
+/// memory a server costs that its RSS does not show.
+pub(crate) fn kernel_tcp_kib() -> io::Result<u64> {
+    let sockstat = std::fs::read_to_string("/proc/net/sockstat")?;
+    parse_sockstat_tcp_pages(&sockstat)
+        .map(|pages| pages * 4)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no TCP mem in sockstat"))
+}
+
+fn parse_sockstat_tcp_pages(sockstat: &str) -> Option<u64> {
+    let fields = sockstat.lines().find_map(|l| l.strip_prefix("TCP:"))?;
+    let mut words = fields.split_whitespace();
+    while let Some(w) = words.next() {
+        if w == "mem" {
+            return words.next()?.parse().ok();
+        }
+    }
+    None
+}
+
 fn status_field(target: Target, field: &str) -> io::Result<u64> {
     let status = std::fs::read_to_string(format!("{}/status", target.dir()))?;
     parse_status_kib(&status, field)
@@ -98,6 +119,15 @@ mod tests {
         assert_eq!(parse_status_kib(status, "VmRSS:"), Some(10240));
         assert_eq!(parse_status_kib(status, "VmHWM:"), Some(20480));
         assert_eq!(parse_status_kib(status, "VmSwap:"), None);
+    }
+
+    #[test]
+    fn parses_sockstat() {
+        let sockstat =
+            "sockets: used 290\nTCP: inuse 5 orphan 0 tw 2 alloc 7 mem 31\nUDP: inuse 0 mem 4\n";
+        assert_eq!(parse_sockstat_tcp_pages(sockstat), Some(31));
+        assert_eq!(parse_sockstat_tcp_pages("UDP: inuse 0 mem 4\n"), None);
+        assert!(kernel_tcp_kib().is_ok());
     }
 
     #[test]

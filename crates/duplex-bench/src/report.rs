@@ -8,7 +8,7 @@ use serde::Serialize;
 use crate::protocol::Protocol;
 use crate::publish::Via;
 use crate::stats::Latency;
-use crate::workload::{ChurnReport, Drain};
+use crate::workload::{ChurnReport, Drain, StalledReport};
 
 /// The result of any workload.
 #[derive(Debug)]
@@ -93,6 +93,9 @@ pub(crate) struct DeliveryReport {
     pub(crate) server_rss_kib: Option<u64>,
     /// Server peak RSS (VmHWM), KiB.
     pub(crate) server_peak_rss_kib: Option<u64>,
+    /// Peak TCP socket memory of the whole machine during the run, KiB
+    /// (`/proc/net/sockstat`; includes the generator's sockets).
+    pub(crate) kernel_tcp_peak_kib: Option<u64>,
     /// Generator (whole process) CPU seconds over the window and drain.
     pub(crate) generator_cpu_s: f64,
     /// Generator CPU µs per received delivery.
@@ -117,6 +120,9 @@ pub(crate) struct DeliveryReport {
     pub(crate) error_count: u64,
     /// Errors by message.
     pub(crate) errors: BTreeMap<String, u64>,
+    /// What became of the `--stalled` clients.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) stalled: Option<StalledReport>,
 }
 
 fn per_delivery(cpu_s: f64, deliveries: u64) -> Option<f64> {
@@ -218,6 +224,25 @@ impl DeliveryReport {
         }
         if self.disconnected > 0 {
             let _ = writeln!(s, "  disconnected during the run: {}", self.disconnected);
+        }
+        let _ = writeln!(
+            s,
+            "  memory:      server peak RSS {}, peak TCP socket memory (whole machine) {}",
+            opt(&self.server_peak_rss_kib, " KiB"),
+            opt(&self.kernel_tcp_peak_kib, " KiB")
+        );
+        if let Some(st) = &self.stalled {
+            let endings: Vec<String> = st
+                .endings
+                .iter()
+                .map(|(k, v)| format!("{v} × {k}"))
+                .collect();
+            let _ = writeln!(
+                s,
+                "  stalled:     {} of {} subscribed, {} cut, {} still open, {} messages buffered for them; {}",
+                st.connected, st.asked, st.cut, st.open, st.messages,
+                if endings.is_empty() { "none cut".to_string() } else { endings.join(", ") }
+            );
         }
         write_errors(&mut s, self.error_count, &self.errors);
         s.trim_end().to_string()

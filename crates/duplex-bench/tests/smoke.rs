@@ -12,9 +12,14 @@ use tokio::sync::oneshot;
 
 /// Starts a node on a free port; stops when the sender is dropped.
 async fn start_node() -> (SocketAddr, oneshot::Sender<()>) {
+    start_node_with(Default::default()).await
+}
+
+/// [`start_node`] with settings of the test's own.
+async fn start_node_with(settings: duplex::config::Settings) -> (SocketAddr, oneshot::Sender<()>) {
     let config = duplex::config::Settings {
         listen: Some("127.0.0.1:0".parse().expect("addr")),
-        ..Default::default()
+        ..settings
     }
     .resolve()
     .expect("valid settings");
@@ -99,6 +104,69 @@ async fn tiny_fanout_loses_nothing() {
             assert!(r["server_rss_kib"].as_u64().expect("rss") > 0, "{what}");
         }
     }
+}
+
+/// `--stalled`: clients that never read are cut by the node with its
+/// slow-consumer code, the generator finds that code when it reads them
+/// after the run, and the readers on the same channel lose nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_clients_are_cut_readers_get_everything() {
+    let (addr, _stop) = start_node_with(duplex::config::Settings {
+        max_queued_bytes: Some(64 * 1024),
+        ..Default::default()
+    })
+    .await;
+    let server = format!("ws://{addr}");
+    let args = [
+        "fanout",
+        "--server",
+        &server,
+        "--subscribers",
+        "5",
+        "--stalled",
+        "3",
+        "--size",
+        "16000",
+        "--rate",
+        "200",
+        "--duration",
+        "2s",
+        "--warmup",
+        "200ms",
+        "--json",
+    ];
+    let r = bench(&args).await;
+    let stalled = &r["stalled"];
+    assert_eq!(stalled["connected"], 3, "{r}");
+    assert_eq!(stalled["cut"], 3, "{r}");
+    assert_eq!(stalled["open"], 0, "{r}");
+    // The node's close frame sits behind the stalled stream; once its 2 s
+    // close timeout passes, the node drops the connection and the client
+    // finds only the end of the stream (PROTOCOL.md, section 5).
+    let endings = stalled["endings"].as_object().expect("endings");
+    assert!(
+        endings
+            .keys()
+            .all(|k| k.contains("3001 slow consumer") || k == "EOF without a close frame"),
+        "{r}"
+    );
+    let info = reqwest::get(format!("http://{addr}/api/info"))
+        .await
+        .expect("GET /api/info")
+        .text()
+        .await
+        .expect("info body");
+    let info: Value = serde_json::from_str(&info).expect("info is JSON");
+    assert_eq!(info["stats"]["slow_consumer_disconnects"], 3, "{info}");
+    assert!(stalled["messages"].as_u64().expect("messages") > 0, "{r}");
+    assert_eq!(r["connected"], 5, "{r}");
+    assert_eq!(r["error_count"], 0, "{r}");
+    assert_eq!(r["lost"], 0, "{r}");
+    assert_eq!(r["received"], r["expected"], "{r}");
+    assert!(
+        r["kernel_tcp_peak_kib"].as_u64().expect("tcp mem") > 0,
+        "{r}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

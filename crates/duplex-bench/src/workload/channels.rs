@@ -16,6 +16,7 @@ pub(super) async fn run(args: ChannelsArgs) -> Result<Report, String> {
             .collect(),
         own_channel: true,
         listen_only: false,
+        stalled: 0,
         inflight,
         common: args.common,
         load: args.load,

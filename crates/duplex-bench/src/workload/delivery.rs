@@ -2,8 +2,11 @@
 //! every client, start the publisher, measure the window, wait for the
 //! last deliveries, add up.
 
+use std::cell::Cell;
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+use super::stalled::Stalled;
 use super::{client_config, Sample};
 use crate::cli::{Common, Load};
 use crate::conn::{self, now_us, Ctx};
@@ -31,6 +34,8 @@ pub(super) struct Delivery {
     pub(super) own_channel: bool,
     /// Measure only; another process publishes (fanout `--listen-only`).
     pub(super) listen_only: bool,
+    /// Clients on channel 0 that never read (fanout `--stalled`).
+    pub(super) stalled: usize,
     /// HTTP requests in flight.
     pub(super) inflight: usize,
     /// Common flags.
@@ -104,6 +109,21 @@ pub(super) async fn run(d: Delivery) -> Result<Report, String> {
             ramp.failed
         );
     }
+
+    let stalled = if d.stalled > 0 {
+        let stalled = Stalled::open(&ctx.cfg, d.stalled, d.subscribers, &d.channels[0]).await;
+        if verbose {
+            eprintln!(
+                "  {} stalled clients subscribed (they never read)",
+                stalled.len()
+            );
+        }
+        Some(stalled)
+    } else {
+        None
+    };
+
+    let kernel_tcp_peak = watch_kernel_tcp(&ctx);
 
     let publisher = if d.listen_only {
         None
@@ -190,6 +210,15 @@ pub(super) async fn run(d: Delivery) -> Result<Report, String> {
     let after = Sample::take(d.common.server_pid);
     let measured_s = measure_start.elapsed().as_secs_f64();
     ctx.finished.set(true);
+    let kernel_tcp_peak_kib = kernel_tcp_peak.get();
+    let mut stalled_failures = crate::stats::Errors::default();
+    let stalled = match stalled {
+        Some(s) => {
+            stalled_failures = s.failures().clone();
+            Some(s.inspect().await)
+        }
+        None => None,
+    };
 
     let st = ctx.stats.borrow();
     let totals = st.totals(|i| {
@@ -201,6 +230,7 @@ pub(super) async fn run(d: Delivery) -> Result<Report, String> {
     });
     let mut errors = st.errors.clone();
     errors.merge(&outcome.errors);
+    errors.merge(&stalled_failures);
     let unique = totals.received - totals.duplicates;
     let server_cpu = match (before.server_cpu, after.server_cpu) {
         (Some(a), Some(b)) => Some(round3(b - a)),
@@ -237,6 +267,7 @@ pub(super) async fn run(d: Delivery) -> Result<Report, String> {
         server_cpu_us_per_delivery: cpu_per_delivery(server_cpu, unique),
         server_rss_kib: after.server_rss,
         server_peak_rss_kib: peak,
+        kernel_tcp_peak_kib,
         generator_cpu_s: round3(generator_cpu),
         generator_cpu_us_per_delivery: cpu_per_delivery(Some(generator_cpu), unique),
         receiver_cpu_s: round3(receiver_cpu),
@@ -249,8 +280,26 @@ pub(super) async fn run(d: Delivery) -> Result<Report, String> {
         pings: st.pings,
         error_count: errors.total(),
         errors: errors.map().clone(),
+        stalled,
     };
     Ok(Report::Delivery(Box::new(report)))
+}
+
+/// Samples the machine's TCP socket memory every 100 ms until the run is
+/// over; the cell holds the highest reading (socket buffers of clients that
+/// stopped reading are memory the server's RSS does not show).
+fn watch_kernel_tcp(ctx: &Rc<Ctx>) -> Rc<Cell<Option<u64>>> {
+    let peak = Rc::new(Cell::new(None));
+    let (ctx, out) = (ctx.clone(), peak.clone());
+    tokio::task::spawn_local(async move {
+        while !ctx.finished.get() {
+            if let Ok(kib) = crate::proc::kernel_tcp_kib() {
+                out.set(Some(out.get().map_or(kib, |p: u64| p.max(kib))));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    peak
 }
 
 /// When publishing starts, unix µs: `--start-at`, or just after now.

@@ -13,6 +13,7 @@ pub(super) async fn run(args: FanoutArgs) -> Result<Report, String> {
         channels: vec![args.channel],
         own_channel: false,
         listen_only: args.listen_only,
+        stalled: args.stalled,
         inflight,
         common: args.common,
         load: args.load,

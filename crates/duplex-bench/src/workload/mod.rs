@@ -6,9 +6,11 @@ mod churn;
 mod delivery;
 mod fanout;
 mod idle;
+mod stalled;
 
 pub(crate) use churn::ChurnReport;
 pub(crate) use delivery::Drain;
+pub(crate) use stalled::StalledReport;
 
 use crate::cli::{Command, Common};
 use crate::conn::ClientConfig;
