@@ -211,12 +211,12 @@ pub(super) async fn run(d: Delivery) -> Result<Report, String> {
     let measured_s = measure_start.elapsed().as_secs_f64();
     ctx.finished.set(true);
     let kernel_tcp_peak_kib = kernel_tcp_peak.get();
-    let mut stalled_failures = crate::stats::Errors::default();
+    let stalled_failures = stalled
+        .as_ref()
+        .map(|s| s.failures().clone())
+        .unwrap_or_default();
     let stalled = match stalled {
-        Some(s) => {
-            stalled_failures = s.failures().clone();
-            Some(s.inspect().await)
-        }
+        Some(s) => Some(s.inspect().await),
         None => None,
     };
 
