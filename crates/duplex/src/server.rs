@@ -47,6 +47,22 @@ const LISTEN_BACKLOG: u32 = 4096;
 /// "Stalled clients").
 const KERNEL_UNSENT_LIMIT: u32 = 128 * 1024;
 
+/// What the kernel may hold for one client, and for how long.
+///
+/// `unacked_limit`: a peer that acknowledges nothing for this long, because
+/// it is gone or keeps its receive window shut, is given up by the kernel
+/// (`TCP_USER_TIMEOUT`; the heartbeat's allowance for a silent client).
+/// Without it, a socket the node has closed with bytes still unsent stays
+/// in FIN-WAIT-1 holding its buffers for as long as a live peer answers
+/// zero-window probes (without end), or ~15 minutes of retransmissions to a
+/// vanished one.
+fn tune_client_socket(tcp: &TcpStream, unacked_limit: Duration) {
+    let _ = tcp.set_nodelay(true);
+    let socket = socket2::SockRef::from(tcp);
+    let _ = socket.set_tcp_notsent_lowat(KERNEL_UNSENT_LIMIT);
+    let _ = socket.set_tcp_user_timeout(Some(unacked_limit));
+}
+
 /// Binds the listening socket the way a node wants it (large backlog, reuse).
 pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     let socket = if addr.is_ipv4() {
@@ -184,6 +200,10 @@ async fn accept_loop(
     shutdown: impl Future<Output = ()>,
 ) {
     let app = router(state.clone());
+    let unacked_limit = {
+        let config = state.node.config();
+        config.ping_interval + config.pong_timeout
+    };
     tokio::pin!(shutdown);
     loop {
         let (tcp, remote) = tokio::select! {
@@ -198,8 +218,7 @@ async fn accept_loop(
                 }
             },
         };
-        let _ = tcp.set_nodelay(true);
-        let _ = socket2::SockRef::from(&tcp).set_tcp_notsent_lowat(KERNEL_UNSENT_LIMIT);
+        tune_client_socket(&tcp, unacked_limit);
         let service =
             app.clone()
                 .map_request(move |mut req: axum::http::Request<hyper::body::Incoming>| {
