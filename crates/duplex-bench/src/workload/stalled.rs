@@ -9,7 +9,6 @@
 //! the server cut it.
 
 use std::collections::BTreeMap;
-use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -84,36 +83,32 @@ impl Stalled {
     /// Reads every stalled connection to its end (or until it goes quiet)
     /// and reports how each ended.
     pub(crate) async fn inspect(self) -> StalledReport {
-        let report = Rc::new(std::cell::RefCell::new(StalledReport {
+        let mut report = StalledReport {
             asked: self.asked,
             connected: self.conns.len(),
             ..Default::default()
-        }));
+        };
         let deadline = Instant::now() + INSPECT_LIMIT;
-        let tasks: Vec<_> = self
+        // All read at once: each may wait up to QUIET for its last bytes.
+        let reads: Vec<_> = self
             .conns
             .into_iter()
-            .map(|c| {
-                let report = report.clone();
-                tokio::task::spawn_local(async move {
-                    let (ending, messages) = read_to_end(c, deadline).await;
-                    let mut r = report.borrow_mut();
-                    r.messages += messages;
-                    match ending {
-                        Some(how) => {
-                            r.cut += 1;
-                            *r.endings.entry(how).or_default() += 1;
-                        }
-                        None => r.open += 1,
-                    }
-                })
-            })
+            .map(|c| tokio::task::spawn_local(read_to_end(c, deadline)))
             .collect();
-        for t in tasks {
-            let _ = t.await;
+        for read in reads {
+            let Ok((ending, messages)) = read.await else {
+                continue;
+            };
+            report.messages += messages;
+            match ending {
+                Some(how) => {
+                    report.cut += 1;
+                    *report.endings.entry(how).or_default() += 1;
+                }
+                None => report.open += 1,
+            }
         }
-        let r = report.borrow().clone();
-        r
+        report
     }
 }
 
