@@ -248,6 +248,11 @@ impl Stats {
         counter.fetch_add(1, Relaxed);
     }
 
+    /// Adds `spent` to a nanosecond counter (busy-time sums the load sampler reads).
+    pub fn add_nanos(counter: &AtomicU64, spent: std::time::Duration) {
+        counter.fetch_add(u64::try_from(spent.as_nanos()).unwrap_or(u64::MAX), Relaxed);
+    }
+
     /// Reads every counter.
     pub fn snapshot(&self) -> StatsSnapshot {
         StatsSnapshot {

@@ -154,10 +154,7 @@ impl BrokerHandler for Deliver {
             Hub::broadcast_parallel(&self.hub, publication).await;
             let spent = started.elapsed();
             self.stats.fanout_seconds.0.observe(spent.as_secs_f64());
-            self.stats.fanout_busy_nanos.fetch_add(
-                u64::try_from(spent.as_nanos()).unwrap_or(u64::MAX),
-                std::sync::atomic::Ordering::Relaxed,
-            );
+            Stats::add_nanos(&self.stats.fanout_busy_nanos, spent);
         }
         .boxed()
     }

@@ -144,8 +144,7 @@ pub(crate) async fn run(node: Node, index: usize, shutdown: CancellationToken) {
         if batch.capacity() > 64 * 1024 {
             batch = Vec::new();
         }
-        let spent = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
-        lane.busy_nanos.fetch_add(spent, Relaxed);
+        Stats::add_nanos(&lane.busy_nanos, started.elapsed());
     }
 }
 
