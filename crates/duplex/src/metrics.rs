@@ -133,6 +133,19 @@ impl Collector for NodeCollector {
             None,
             broker.reconnects,
         )?;
+        counter(
+            &mut e,
+            "broker_dropped",
+            "Messages from the broker dropped because fan-out could not keep up and their channel's share of the backlog was full",
+            None,
+            broker.dropped,
+        )?;
+        gauge(
+            &mut e,
+            "broker_backlog_bytes",
+            "Bytes of messages from the broker waiting for fan-out",
+            gauge_of(broker.backlog_bytes),
+        )?;
         gauge(
             &mut e,
             "write_batching",

@@ -137,9 +137,7 @@ pub async fn run(
         origins: Arc::new(origins),
         metrics: Arc::new(crate::metrics::registry(&node)),
     };
-    if let Err(e) = node.listen_for_orders().await {
-        tracing::warn!(error = %e, "cannot listen for orders on #control yet; retried with the broker connection");
-    }
+    node.listen_for_orders();
     wait_for_broker(&node).await;
     let heartbeat = tokio::spawn(heartbeat::run(node.clone(), state.shutdown.clone()));
     for lane in 0..node.coalescer().lanes() {

@@ -67,11 +67,13 @@ async fn node_starts_degraded_when_redis_is_down_and_recovers() {
     let mut redis = RedisServer::start();
     let url = redis.url();
     redis.kill();
-    // Starting degraded is documented: the node serves, /health says 503, and
-    // it connects when Redis comes up; clients subscribed meanwhile are kept.
+    // Starting degraded is documented: the node serves, /health says 503,
+    // subscribing is refused (nothing would arrive), and it connects when
+    // Redis comes up.
     let node = TestNode::start(duplex::config::Settings {
         redis: Some(url),
         redis_timeout: Some(std::time::Duration::from_millis(300)),
+        redis_max_backoff: Some(std::time::Duration::from_millis(200)),
         ..support::node::settings()
     })
     .await;
@@ -83,9 +85,19 @@ async fn node_starts_degraded_when_redis_is_down_and_recovers() {
             .is_some_and(|e| !e.is_empty()),
         "{info}"
     );
-    let mut plain = Client::connect(&node.ws("/")).await;
+    match tokio_tungstenite::connect_async(node.ws("/")).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(
+                response.status(),
+                503,
+                "a plain client is told to come back"
+            )
+        }
+        other => panic!("expected HTTP 503 while degraded, got {other:?}"),
+    }
     redis.restart();
     support::eventually("health 200", || async { node.health().await == 200 }).await;
+    let mut plain = Client::connect(&node.ws("/")).await;
     redis.publish("channel", b"hello late redis").await;
     assert_eq!(plain.next_text().await, "hello late redis");
 }
@@ -147,6 +159,48 @@ async fn stalled_redis_times_out_publishes_then_recovers() {
             assert_eq!(data, json!("after the stall"));
             break;
         }
+    }
+}
+
+/// A frozen Redis (SIGSTOP) answers nothing: every publish is refused
+/// within `redis_timeout`, including those that find the publish
+/// connection gone and have to open (or wait for) a new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishes_to_a_frozen_redis_are_refused_within_redis_timeout() {
+    let timeout = std::time::Duration::from_secs(2);
+    let redis = RedisServer::start();
+    let node = TestNode::start(duplex::config::Settings {
+        redis: Some(redis.url()),
+        redis_timeout: Some(timeout),
+        redis_health_interval: Some(std::time::Duration::from_secs(60)),
+        ..support::node::settings()
+    })
+    .await;
+    support::eventually("healthy", || async { node.health().await == 200 }).await;
+    let publish = |i: usize| {
+        let url = node.http("/api/publish");
+        async move {
+            let started = std::time::Instant::now();
+            let (status, body) =
+                support::post_json(&url, &json!({"channel": "news", "data": i})).await;
+            (status, body, started.elapsed())
+        }
+    };
+    assert_eq!(publish(0).await.0, 200);
+    redis.pause();
+    // The first one times out and gives up the publish connection...
+    let (status, body, took) = publish(1).await;
+    assert_ne!(status, 200, "{body}");
+    assert!(took < timeout + timeout / 2, "{took:?}");
+    // ...so these must open a new one (one of them) or wait for it (the rest).
+    let all = futures_util::future::join_all((2..22).map(publish)).await;
+    redis.resume();
+    for (status, body, took) in all {
+        assert_ne!(status, 200, "{body}");
+        assert!(
+            took < timeout + timeout / 2,
+            "refused within redis_timeout ({timeout:?}), not after {took:?}: {body}"
+        );
     }
 }
 

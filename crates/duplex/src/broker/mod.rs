@@ -7,7 +7,9 @@
 //! construction, so every node (this one too) sees one order per channel.
 //!
 //! Contract: delivery is at most once; per channel, messages from one
-//! publisher arrive in publish order. Presence and history stores will be
+//! publisher arrive in publish order. A subscribe is answered `Ok` only
+//! once the broker confirmed it (messages published after that reach this
+//! node), and refused, with nothing left behind, while it cannot be. Presence and history stores will be
 //! separate traits with the same memory/redis pair of implementations.
 
 use std::time::SystemTime;
@@ -20,6 +22,7 @@ use serde::Serialize;
 use crate::message::Publication;
 
 mod echo;
+mod intake;
 pub mod memory;
 pub mod redis;
 
@@ -81,6 +84,11 @@ pub struct BrokerState {
     pub last_error: Option<String>,
     /// Reconnects since start.
     pub reconnects: u64,
+    /// Messages the broker sent that this node dropped because it could
+    /// not fan them out as fast as they came (its backlog was full).
+    pub dropped: u64,
+    /// Bytes of messages from the broker waiting for fan-out now.
+    pub backlog_bytes: u64,
 }
 
 impl BrokerState {
@@ -91,6 +99,8 @@ impl BrokerState {
             since: unix_now(),
             last_error: None,
             reconnects: 0,
+            dropped: 0,
+            backlog_bytes: 0,
         }
     }
 }
@@ -105,7 +115,9 @@ pub(crate) fn unix_now() -> u64 {
 pub trait Broker: Send + Sync + 'static {
     /// Publishes to every node that subscribed the channel, this one included.
     fn publish(&self, publication: Publication) -> BoxFuture<'_, Result<(), BrokerError>>;
-    /// Starts receiving a channel on this node; kept across reconnects.
+    /// Starts receiving a channel on this node; `Ok` once the broker
+    /// confirmed it, an error (and nothing recorded) when it cannot; kept
+    /// across reconnects once confirmed.
     fn subscribe(&self, channel: ChannelName) -> BoxFuture<'_, Result<(), BrokerError>>;
     /// Stops receiving a channel on this node.
     fn unsubscribe(&self, channel: ChannelName) -> BoxFuture<'_, Result<(), BrokerError>>;

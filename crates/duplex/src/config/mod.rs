@@ -251,6 +251,8 @@ settings! {
     redis_timeout: Duration = Duration::from_secs(5), "DUPLEX_REDIS_TIMEOUT", humantime::parse_duration;
     /// Interval of the health PING on the Redis subscriber connection [default: 5s].
     redis_health_interval: Duration = Duration::from_secs(5), "DUPLEX_REDIS_HEALTH_INTERVAL", humantime::parse_duration;
+    /// Bytes of messages from Redis that may wait for fan-out; beyond it the busiest channels' new messages are dropped, counted in broker.dropped (memory stays bounded whatever backends publish) [default: 16777216].
+    redis_backlog_bytes: usize = 16 * 1024 * 1024, "DUPLEX_REDIS_BACKLOG_BYTES";
     /// Redis Stream that client `send`s, `rpc`s and upstream plain frames are appended to, for backend workers; a namespace may name its own [default: duplex:upstream].
     upstream_stream: String = "duplex:upstream".to_string(), "DUPLEX_UPSTREAM_STREAM";
     /// Approximate cap on the upstream stream's length (`XADD MAXLEN ~`) [default: 100000].

@@ -13,30 +13,19 @@ use super::upstream::Route;
 use super::{Node, Outcome};
 use crate::broker::BrokerError;
 use crate::conn::Conn;
-use crate::control::{
-    Order, ReplyError, Target, CONN_CHANNEL_PREFIX, CONTROL_CHANNEL, NODE_CHANNEL_PREFIX,
-};
+use crate::control::{Order, ReplyError, Target, CONN_CHANNEL_PREFIX, NODE_CHANNEL_PREFIX};
 use crate::hub::{native_frame, plain_frame, Wire};
 use crate::message::Publication;
 use crate::stats::Stats;
 
 impl Node {
-    /// Starts listening for orders on `#control` and on this node's own
-    /// `#node:<id>` (once, at start).
-    /// Starts the node heartbeat too (Redis), which `/api/connections` relies on.
-    pub async fn listen_for_orders(&self) -> Result<(), BrokerError> {
-        let subscribed = self.subscribe_order_channels().await;
+    /// Starts the node heartbeat (Redis), which `/api/connections` relies
+    /// on. The orders themselves need nothing here: the broker holds
+    /// `#control` and this node's `#node:<id>` from its start (Redis:
+    /// `RedisSettings::node_channels`, restored after every reconnect; the
+    /// memory broker hands every publication over).
+    pub fn listen_for_orders(&self) {
         self.start_heartbeat();
-        subscribed
-    }
-
-    async fn subscribe_order_channels(&self) -> Result<(), BrokerError> {
-        for name in [CONTROL_CHANNEL.to_string(), self.node_channel()] {
-            let channel = ChannelName::parse(&name, usize::MAX)
-                .map_err(|e| BrokerError::Unavailable(e.to_string()))?;
-            self.inner.broker.subscribe(channel).await?;
-        }
-        Ok(())
     }
 
     /// This node's own order channel, `#node:<id>`.

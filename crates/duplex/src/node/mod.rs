@@ -201,6 +201,11 @@ impl Node {
             node: std::sync::OnceLock::new(),
         });
         let handler: Arc<dyn BrokerHandler> = Arc::clone(&deliver) as Arc<dyn BrokerHandler>;
+        let id = if config.node_id.is_empty() {
+            format!("{:08x}", rand::random::<u32>())
+        } else {
+            config.node_id.clone()
+        };
         let broker: Box<dyn Broker> = match config.redis_url() {
             None => Box::new(MemoryBroker::new(handler)),
             Some(url) => Box::new(RedisBroker::start(
@@ -211,17 +216,17 @@ impl Node {
                     health_interval: config.redis_health_interval,
                     max_backoff: config.redis_max_backoff,
                     upstream_maxlen: config.upstream_maxlen,
+                    backlog_bytes: config.redis_backlog_bytes,
+                    node_channels: vec![
+                        CONTROL_CHANNEL.to_string(),
+                        format!("{NODE_CHANNEL_PREFIX}{id}"),
+                    ],
                 },
                 handler,
             )?),
         };
         let lanes = std::thread::available_parallelism().map_or(1, |n| n.get());
         let coalescer = Arc::new(Coalescer::new(config.write_delay, lanes));
-        let id = if config.node_id.is_empty() {
-            format!("{:08x}", rand::random::<u32>())
-        } else {
-            config.node_id.clone()
-        };
         let rpcs = rpc::Rpcs::new(
             config.max_pending_rpcs,
             config.max_inflight_rpcs,
