@@ -21,6 +21,7 @@ use crate::message::Publication;
 
 mod echo;
 pub mod memory;
+mod overlap;
 pub mod redis;
 
 /// Receives what the broker delivers to this node.
