@@ -13,6 +13,7 @@
 //! - [`command`]: native-protocol commands sent by clients.
 //! - [`push`]: native-protocol replies and pushes sent by the server.
 //! - [`payload`]: how JSON values become message bytes and back.
+//! - [`time`]: token times (JWT `NumericDate`), as checked and as reported.
 #![forbid(unsafe_code)]
 
 pub mod channel;
@@ -20,6 +21,7 @@ pub mod code;
 pub mod command;
 pub mod payload;
 pub mod push;
+pub mod time;
 pub mod ws;
 
 /// Version of the native protocol spoken at `/ws`; bumped on breaking changes.

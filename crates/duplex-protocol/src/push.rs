@@ -18,6 +18,7 @@ use serde::Serialize;
 
 use crate::code::{reconnect_allowed, ErrorCode};
 use crate::payload::{write_data_field, JsonForm};
+use crate::time::NumericDate;
 use crate::ws::{FrameBuilder, OpCode};
 
 /// Result of `connect`: who the client is and how the server will behave.
@@ -35,9 +36,10 @@ pub struct ConnectResult<'a> {
     pub ping_interval: u64,
     /// User id from the token; empty for anonymous clients.
     pub user: &'a str,
-    /// When the token expires (Unix seconds): refresh before then.
+    /// When the token expires (Unix seconds, the token's `exp` as it is,
+    /// fraction included): refresh before then.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub expires: Option<u64>,
+    pub expires: Option<NumericDate>,
     /// Channels the token subscribed the client to.
     #[serde(skip_serializing_if = "<[&str]>::is_empty")]
     pub channels: &'a [&'a str],
@@ -46,9 +48,9 @@ pub struct ConnectResult<'a> {
 /// Result of `refresh`.
 #[derive(Debug, Serialize)]
 pub struct RefreshResult {
-    /// When the new token expires (Unix seconds), if it does.
+    /// When the new token expires (Unix seconds, as in its `exp`), if it does.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub expires: Option<u64>,
+    pub expires: Option<NumericDate>,
 }
 
 /// Result of `subscribe` / `unsubscribe`: the channels now affected.

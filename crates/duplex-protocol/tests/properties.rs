@@ -88,12 +88,18 @@ proptest! {
         }
     }
 
-    /// The channel rules are exactly: 1..=max bytes, no control or whitespace.
+    /// The channel rules are exactly: 1..=max bytes, no control, whitespace
+    /// or format (`Cf`) character, and `#` only as the first character or
+    /// anywhere in a name starting with `#`.
     #[test]
-    fn channel_rules_match_the_model(name in "\\PC{0,40}|[ \t\n\u{0}-\u{1f}a-z:#]{0,20}", max in 1usize..50) {
+    fn channel_rules_match_the_model(
+        name in "\\PC{0,40}|[ \t\n\u{0}-\u{1f}a-z:#\u{200b}-\u{200f}\u{202a}-\u{202e}\u{ad}]{0,20}|#[a-z:#]{0,10}",
+        max in 1usize..50,
+    ) {
         let model = !name.is_empty()
             && name.len() <= max
-            && !name.chars().any(|c| c.is_control() || c.is_whitespace());
+            && !name.chars().any(|c| c.is_control() || c.is_whitespace() || channel::is_format_char(c))
+            && (name.starts_with('#') || !name.contains('#'));
         prop_assert_eq!(channel::validate(&name, max).is_ok(), model);
     }
 }

@@ -20,6 +20,7 @@ use std::time::Duration;
 use jsonwebtoken::jwk::{AlgorithmParameters, JwkSet};
 use parking_lot::RwLock;
 
+use duplex_protocol::time::NumericDate;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -32,15 +33,16 @@ pub struct Claims {
     /// User id; empty means anonymous.
     #[serde(default)]
     pub sub: String,
-    /// Expiry, Unix seconds; absent means the token never expires.
+    /// Expiry, Unix seconds (a fraction allowed, RFC 7519); absent means the
+    /// token never expires.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub exp: Option<u64>,
-    /// Not valid before, Unix seconds.
+    pub exp: Option<NumericDate>,
+    /// Not valid before, Unix seconds (a fraction allowed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub nbf: Option<u64>,
-    /// Issued at, Unix seconds.
+    pub nbf: Option<NumericDate>,
+    /// Issued at, Unix seconds (a fraction allowed); not checked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub iat: Option<u64>,
+    pub iat: Option<NumericDate>,
     /// Application data attached to the connection, passed on as is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub info: Option<Box<RawValue>>,
@@ -284,26 +286,48 @@ impl Verifier {
     }
 }
 
-/// Verifies with one key; maps the library's errors to what the client is told.
+/// Verifies with one key (signature, algorithm, aud/iss), then the times;
+/// maps the library's errors to what the client is told.
 fn check(token: &str, entry: &KeyEntry) -> Result<Claims, TokenError> {
-    match jsonwebtoken::decode::<Claims>(token, &entry.key, &entry.validation) {
-        Ok(data) => Ok(data.claims),
-        Err(e) => match e.kind() {
-            jsonwebtoken::errors::ErrorKind::ExpiredSignature => Err(TokenError::Expired),
-            jsonwebtoken::errors::ErrorKind::ImmatureSignature => {
-                Err(TokenError::Invalid("not valid yet (nbf)".to_string()))
-            }
-            _ => Err(TokenError::Invalid(e.to_string())),
-        },
+    let claims = jsonwebtoken::decode::<Claims>(token, &entry.key, &entry.validation)
+        .map_err(|e| TokenError::Invalid(e.to_string()))?
+        .claims;
+    let now = unix_now_precise();
+    if claims.exp.is_some_and(|exp| expired(exp, now)) {
+        return Err(TokenError::Expired);
     }
+    if claims.nbf.is_some_and(|nbf| !nbf.has_come(now)) {
+        return Err(TokenError::Invalid("not valid yet (nbf)".to_string()));
+    }
+    Ok(claims)
 }
 
-/// The checks every key applies: its algorithms, exact times, aud/iss when set.
+/// The one notion of "expired", at connect and while connected (the
+/// heartbeat sweep): `now >= exp`, both in Unix seconds with fractions,
+/// no leeway (RFC 7519 4.1.4).
+pub fn expired(exp: NumericDate, now: f64) -> bool {
+    exp.has_come(now)
+}
+
+/// Seconds since the Unix epoch with their fraction: the clock token times
+/// (`exp`, `nbf`) are compared with.
+pub fn unix_now_precise() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+/// The checks every key applies: its algorithms, aud/iss when set. Times
+/// are checked by [`check`] instead: the library reads a fractional `exp`
+/// rounded to whole seconds and compares it with whole seconds, `exp < now`,
+/// where the heartbeat sweep closes at `now >= exp`.
 fn make_validation(algorithms: &[Algorithm], audience: &str, issuer: &str) -> Validation {
     let mut v = Validation::new(algorithms[0]);
     v.algorithms = algorithms.to_vec();
     v.leeway = 0;
-    v.validate_nbf = true;
+    v.validate_exp = false;
+    v.validate_nbf = false;
     v.required_spec_claims = HashSet::new();
     if audience.is_empty() {
         v.validate_aud = false;
@@ -358,7 +382,7 @@ mod tests {
     fn minted_tokens_verify_and_carry_their_claims() {
         let claims = Claims {
             sub: "42".into(),
-            exp: Some(unix_now() + 60),
+            exp: Some(NumericDate::from_secs(unix_now() + 60)),
             info: Some(RawValue::from_string(r#"{"name":"Ada"}"#.into()).unwrap()),
             channels: vec!["news".into()],
             ..Default::default()
@@ -374,7 +398,7 @@ mod tests {
     fn expired_and_forged_tokens_are_told_apart() {
         let expired = Claims {
             sub: "1".into(),
-            exp: Some(unix_now() - 1),
+            exp: Some(NumericDate::from_secs(unix_now() - 1)),
             ..Default::default()
         };
         let v = verifier("s3cret");
@@ -386,6 +410,45 @@ mod tests {
         assert!(matches!(v.verify(&forged), Err(TokenError::Invalid(_))));
         assert!(matches!(v.verify("not.a.jwt"), Err(TokenError::Invalid(_))));
         assert!(matches!(v.verify(""), Err(TokenError::Invalid(_))));
+    }
+
+    /// RFC 7519 NumericDates may have a fraction: read as such, compared
+    /// with the clock's fraction, with the heartbeat's notion of expired.
+    #[test]
+    fn fractional_times_are_numeric_dates() {
+        let v = verifier("s3cret");
+        let sign = |claims: serde_json::Value| {
+            jsonwebtoken::encode(
+                &Header::new(Algorithm::HS256),
+                &claims,
+                &EncodingKey::from_secret(b"s3cret"),
+            )
+            .unwrap()
+        };
+        let now = unix_now_precise();
+        let valid = sign(serde_json::json!({
+            "sub": "1", "exp": now + 60.5, "nbf": now - 0.5, "iat": now - 0.25
+        }));
+        let claims = v.verify(&valid).unwrap();
+        let exp = claims.exp.unwrap();
+        assert_eq!(exp.as_f64(), now + 60.5);
+        assert!(!expired(exp, now + 60.4) && expired(exp, now + 60.5));
+        let lapsed = sign(serde_json::json!({"sub": "1", "exp": now - 0.5}));
+        assert_eq!(v.verify(&lapsed).unwrap_err(), TokenError::Expired);
+        let early = sign(serde_json::json!({"sub": "1", "nbf": now + 30.5}));
+        assert!(matches!(v.verify(&early), Err(TokenError::Invalid(why)) if why.contains("nbf")));
+        // Odd types stay refused, signed or not.
+        for odd in [
+            serde_json::json!({"sub": "1", "exp": "soon"}),
+            serde_json::json!({"sub": "1", "exp": -5}),
+            serde_json::json!({"sub": "1", "nbf": true}),
+            serde_json::json!({"sub": "1", "iat": [1]}),
+        ] {
+            assert!(
+                matches!(v.verify(&sign(odd.clone())), Err(TokenError::Invalid(_))),
+                "{odd}"
+            );
+        }
     }
 
     #[test]

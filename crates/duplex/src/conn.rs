@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
+use duplex_protocol::time::NumericDate;
 use tokio::sync::Notify;
 
 use crate::hub::{Subscriber, Undelivered, Wire};
@@ -47,12 +48,17 @@ pub struct Conn {
     pub(crate) done_reading: Signal,
 }
 
+/// `ConnAuth::expires` of a token without `exp` (a NaN pattern no
+/// [`NumericDate`] has).
+const NEVER: u64 = u64::MAX;
+
 /// What a connection's token established.
 #[derive(Debug)]
 struct ConnAuth {
     /// User id (`sub`); empty for an anonymous token.
     user: Box<str>,
-    /// Expiry, Unix seconds; 0 = never.
+    /// Expiry, Unix seconds: the bits of an f64 ([`NumericDate`]), or
+    /// [`NEVER`] for a token without `exp`.
     expires: AtomicU64,
 }
 
@@ -137,17 +143,18 @@ impl Conn {
 
     /// Records who an accepted token says the client is (the first time:
     /// the user never changes on a connection) and when the token expires.
-    pub(crate) fn authenticated(&self, user: &str, expires: Option<u64>) {
+    pub(crate) fn authenticated(&self, user: &str, expires: Option<NumericDate>) {
         if user.is_empty() && expires.is_none() && self.auth.get().is_none() {
             return;
         }
         let auth = self.auth.get_or_init(|| {
             Box::new(ConnAuth {
                 user: user.into(),
-                expires: AtomicU64::new(0),
+                expires: AtomicU64::new(NEVER),
             })
         });
-        auth.expires.store(expires.unwrap_or(0), Relaxed);
+        let bits = expires.map_or(NEVER, |e| e.as_f64().to_bits());
+        auth.expires.store(bits, Relaxed);
     }
 
     /// The user id, if the client presented a token naming one.
@@ -156,11 +163,12 @@ impl Conn {
     }
 
     /// When the client's token expires (Unix seconds), if it does.
-    pub(crate) fn token_expiry(&self) -> Option<u64> {
+    pub(crate) fn token_expiry(&self) -> Option<NumericDate> {
         self.auth
             .get()
             .map(|a| a.expires.load(Relaxed))
-            .filter(|&e| e != 0)
+            .filter(|&bits| bits != NEVER)
+            .and_then(|bits| NumericDate::from_f64(f64::from_bits(bits)))
     }
 
     /// Queues a frame (reply, pong, ping); overflow starts a slow-consumer close.

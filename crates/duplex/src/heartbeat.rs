@@ -36,7 +36,7 @@ pub(crate) async fn run(node: Node, shutdown: CancellationToken) {
             _ = tick.tick() => {}
         }
         let now = node.now_ms();
-        let unix_now = crate::auth::unix_now();
+        let unix_now = crate::auth::unix_now_precise();
         let mut pinged = 0usize;
         for conn in node.connections() {
             let silent = now.saturating_sub(conn.last_seen_ms());
@@ -48,7 +48,10 @@ pub(crate) async fn run(node: Node, shutdown: CancellationToken) {
                 continue;
             }
             let waited = conn.waiting_since_ms().map(|t| now.saturating_sub(t));
-            if conn.token_expiry().is_some_and(|exp| unix_now >= exp) {
+            if conn
+                .token_expiry()
+                .is_some_and(|exp| crate::auth::expired(exp, unix_now))
+            {
                 Stats::bump(&node.stats().token_expirations);
                 tracing::info!(conn = %conn.id, addr = %conn.remote, "closing connection: token expired without a refresh");
                 conn.close(CloseCode::TokenExpired.as_u16(), "token expired", false);

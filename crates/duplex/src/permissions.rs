@@ -170,6 +170,13 @@ impl Permissions {
             if ns.pattern.starts_with('#') {
                 return Err(bad("'#' channels are the server's own (#user:<id>)"));
             }
+            // A pattern no valid name can match is a typo ('#' inside, spaces...).
+            let stem = ns.pattern.strip_suffix('*').unwrap_or(&ns.pattern);
+            if !stem.is_empty() {
+                if let Err(e) = duplex_protocol::channel::validate(stem, usize::MAX) {
+                    return Err(bad(&format!("no channel can match it: {e}")));
+                }
+            }
             if let Some(stream) = &ns.upstream_stream {
                 if stream.is_empty() || stream.len() > MAX_UPSTREAM_STREAM {
                     return Err(bad(&format!(
@@ -332,7 +339,15 @@ mod tests {
 
     #[test]
     fn bad_patterns_are_refused() {
-        for bad in ["", "a*b", "#user:*"] {
+        for bad in [
+            "",
+            "a*b",
+            "#user:*",
+            "dx:#*",
+            "a#b",
+            "has space",
+            "zw\u{200D}j*",
+        ] {
             assert!(
                 Permissions::new(vec![ns(bad, SubscribeRule::Anyone, PublishRule::Anyone)])
                     .is_err(),

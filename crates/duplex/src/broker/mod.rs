@@ -24,6 +24,7 @@ use crate::message::Publication;
 mod echo;
 mod intake;
 pub mod memory;
+mod overlap;
 pub mod redis;
 
 /// Receives what the broker delivers to this node.

@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use duplex::auth::{mint, unix_now, Claims};
 use duplex::config::{Secret, Settings};
+use duplex_protocol::time::NumericDate;
 use serde_json::value::RawValue;
 
 /// Arguments of `duplex token`.
@@ -47,8 +48,8 @@ pub(crate) fn token(args: TokenArgs) -> anyhow::Result<()> {
     let now = unix_now();
     let claims = Claims {
         sub: args.user,
-        exp: (!args.ttl.is_zero()).then(|| now + args.ttl.as_secs().max(1)),
-        iat: Some(now),
+        exp: (!args.ttl.is_zero()).then(|| NumericDate::from_secs(now + args.ttl.as_secs().max(1))),
+        iat: Some(NumericDate::from_secs(now)),
         info,
         channels: args.channels,
         ..Default::default()

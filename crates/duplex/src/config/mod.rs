@@ -245,7 +245,7 @@ settings! {
     listen: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 1234)), "DUPLEX_LISTEN";
     /// Redis URL (redis://host:port/db); unset = embedded in-memory broker, single node.
     redis: String = String::new(), "DUPLEX_REDIS";
-    /// Prefix added to channel names in Redis [default: empty, names map 1:1].
+    /// Prefix added to channel names in Redis; no '#'. Deployments sharing one Redis need prefixes none of which is a prefix of another's (docs/AUTH.md) [default: empty, names map 1:1].
     redis_prefix: String = String::new(), "DUPLEX_REDIS_PREFIX";
     /// Bound on each Redis operation and connect attempt [default: 5s].
     redis_timeout: Duration = Duration::from_secs(5), "DUPLEX_REDIS_TIMEOUT", humantime::parse_duration;
@@ -410,6 +410,16 @@ impl Config {
             duplex_protocol::channel::validate(&self.default_channel, self.max_channel_length)
         {
             return invalid("default_channel", &e.to_string());
+        }
+        if self.redis_prefix.contains('#') {
+            // Reserved Redis channels are `<prefix>#...`: with no `#` in any
+            // prefix, their first `#` ends the prefix, which is what keeps
+            // deployments on one Redis apart (duplex_protocol::channel).
+            return invalid(
+                "redis_prefix",
+                "may not contain '#': this node's reserved Redis channels are <prefix>#control, <prefix>#node:<id>, <prefix>#user:<id>..., \
+                 and only a '#'-free prefix keeps every other deployment's channel names away from them (docs/AUTH.md, \"Sharing one Redis\")",
+            );
         }
         if let Some(url) = self.redis_url() {
             if let Err(e) = redis::Client::open(url) {
@@ -582,6 +592,23 @@ mod tests {
         ));
         let bad = Settings {
             redis: Some("http://nope".into()),
+            ..Default::default()
+        };
+        assert!(bad.resolve().is_err());
+        // '#' never inside a prefix, nor inside a name that does not start with it.
+        let bad = Settings {
+            redis_prefix: Some("dx#".into()),
+            ..Default::default()
+        };
+        let err = bad.resolve().unwrap_err().to_string();
+        assert!(err.contains("redis_prefix") && err.contains("'#'"), "{err}");
+        let prefixed = Settings {
+            redis_prefix: Some("dx:".into()),
+            ..Default::default()
+        };
+        assert!(prefixed.resolve().is_ok());
+        let bad = Settings {
+            default_channel: Some("dx:#control".into()),
             ..Default::default()
         };
         assert!(bad.resolve().is_err());

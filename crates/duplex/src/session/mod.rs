@@ -15,6 +15,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use duplex_protocol::channel::ChannelName;
 use duplex_protocol::code::CloseCode;
+use duplex_protocol::time::NumericDate;
 use duplex_protocol::ws::MessageKind;
 
 use crate::auth::TokenError;
@@ -32,8 +33,8 @@ pub(crate) const USER_CHANNEL_PREFIX: &str = "#user:";
 pub(crate) struct Identity {
     /// User id; empty for anonymous clients.
     pub(crate) user: String,
-    /// Token expiry, Unix seconds.
-    pub(crate) expires: Option<u64>,
+    /// Token expiry (`exp`), Unix seconds.
+    pub(crate) expires: Option<NumericDate>,
     /// Channels the token subscribes the client to.
     pub(crate) channels: Vec<String>,
 }

@@ -101,25 +101,62 @@ fn may_subscribe(node: &Node, channel: &ChannelName, identity: &Identity) -> Res
     })
 }
 
+/// What a plain client presented: its token, and the `Sec-WebSocket-Protocol`
+/// entry to echo.
+#[derive(Debug, PartialEq, Eq)]
+struct Presented {
+    /// `None`: no token; `Err`: two different tokens.
+    token: Result<Option<String>, &'static str>,
+    /// The first `token.` entry offered, echoed in the 101 whatever the
+    /// token's fate: a browser that offered protocols fails the handshake
+    /// unless one comes back.
+    echo: Option<HeaderValue>,
+}
+
+/// Why a plain client with two different tokens is refused (close 3500).
+const TWO_TOKENS: &str =
+    "two different tokens, in ?token= and in the Sec-WebSocket-Protocol entry token.<jwt>: send one";
+
 /// The token a plain client presents: `?token=`, or a `Sec-WebSocket-Protocol`
-/// entry `token.<jwt>` (browsers cannot set headers, but can offer protocols;
-/// that entry is echoed back, as browsers require).
-fn plain_token(req: &Request<Body>) -> (Option<String>, Option<HeaderValue>) {
+/// entry `token.<jwt>` (browsers cannot set headers, but can offer
+/// protocols). One precedence (docs/AUTH.md): an empty value counts as
+/// absent; the same token in both places is that token; two different
+/// non-empty tokens are refused rather than one picked silently, since the
+/// client cannot know which one the node would have read.
+fn plain_token(req: &Request<Body>) -> Presented {
+    let mut token: Option<String> = None;
+    let mut conflict = false;
+    let mut found = |candidate: &str| {
+        if candidate.is_empty() {
+            return;
+        }
+        match &token {
+            None => token = Some(candidate.to_string()),
+            Some(seen) => conflict |= seen != candidate,
+        }
+    };
     let query = req.uri().query().unwrap_or("");
-    if let Some((_, token)) =
-        url::form_urlencoded::parse(query.as_bytes()).find(|(k, _)| k == "token")
-    {
-        return (Some(token.into_owned()), None);
+    for (key, value) in url::form_urlencoded::parse(query.as_bytes()) {
+        if key == "token" {
+            found(&value);
+        }
     }
+    let mut echo = None;
     for value in req.headers().get_all(header::SEC_WEBSOCKET_PROTOCOL) {
         let Ok(list) = value.to_str() else { continue };
         for entry in list.split(',').map(str::trim) {
-            if let Some(token) = entry.strip_prefix(TOKEN_PROTOCOL_PREFIX) {
-                return (Some(token.to_string()), HeaderValue::from_str(entry).ok());
+            if let Some(candidate) = entry.strip_prefix(TOKEN_PROTOCOL_PREFIX) {
+                if echo.is_none() {
+                    echo = HeaderValue::from_str(entry).ok();
+                }
+                found(candidate);
             }
         }
     }
-    (None, None)
+    Presented {
+        token: if conflict { Err(TWO_TOKENS) } else { Ok(token) },
+        echo,
+    }
 }
 
 /// `Sec-WebSocket-Protocol` entries starting with this carry a token.
@@ -235,15 +272,24 @@ async fn upgrade(
     let mut user_slot = None;
     let channels = match wire {
         Wire::Plain => {
-            let (token, echoed) = plain_token(&req);
-            protocol = echoed;
-            auth = session::authenticate(&app.node, token.as_deref()).map_err(|e| {
-                let code = match e {
-                    TokenError::Expired => CloseCode::TokenExpired,
-                    TokenError::Invalid(_) => CloseCode::InvalidToken,
-                };
-                (code, e.to_string())
-            });
+            let presented = plain_token(&req);
+            protocol = presented.echo;
+            auth = match presented.token {
+                // Without token auth tokens are ignored, conflicting or not.
+                Err(reason) if app.node.verifier().is_some() => {
+                    Stats::bump(&app.node.stats().auth_denials);
+                    Err((CloseCode::InvalidToken, reason.to_string()))
+                }
+                token => {
+                    session::authenticate(&app.node, token.ok().flatten().as_deref()).map_err(|e| {
+                        let code = match e {
+                            TokenError::Expired => CloseCode::TokenExpired,
+                            TokenError::Invalid(_) => CloseCode::InvalidToken,
+                        };
+                        (code, e.to_string())
+                    })
+                }
+            };
             if let Ok(identity) = &auth {
                 match app.node.claim_user(&identity.user) {
                     Ok(slot) => user_slot = slot,
@@ -350,4 +396,51 @@ async fn upgrade(
         headers.insert(header::SEC_WEBSOCKET_PROTOCOL, protocol);
     }
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn presented(query: &str, protocols: &[&str]) -> Presented {
+        let mut req = Request::builder().uri(format!("/{query}"));
+        for p in protocols {
+            req = req.header(header::SEC_WEBSOCKET_PROTOCOL, *p);
+        }
+        plain_token(&req.body(Body::empty()).unwrap())
+    }
+
+    fn token(p: &Presented) -> Result<Option<&str>, &'static str> {
+        p.token.as_ref().map(|t| t.as_deref()).map_err(|e| *e)
+    }
+
+    #[test]
+    fn one_precedence_for_query_and_protocol_tokens() {
+        let none = presented("", &[]);
+        assert_eq!((token(&none), &none.echo), (Ok(None), &None));
+        // An empty ?token= hides nothing.
+        let p = presented("?token=", &["token.abc"]);
+        assert_eq!(token(&p), Ok(Some("abc")));
+        assert_eq!(p.echo.unwrap(), "token.abc");
+        let p = presented("?token=abc", &[]);
+        assert_eq!((token(&p), &p.echo), (Ok(Some("abc")), &None));
+        // The same token twice is that token, and the entry is echoed.
+        let p = presented("?token=abc", &["chat, token.abc"]);
+        assert_eq!(token(&p), Ok(Some("abc")));
+        assert_eq!(p.echo.unwrap(), "token.abc");
+        // Two different ones: refused, but still echoed (the close must reach a browser).
+        let p = presented("?token=abc", &["token.xyz"]);
+        assert_eq!(token(&p), Err(TWO_TOKENS));
+        assert_eq!(p.echo.unwrap(), "token.xyz");
+        assert_eq!(token(&presented("?token=a&token=b", &[])), Err(TWO_TOKENS));
+        assert_eq!(
+            token(&presented("", &["token.a", "token.b"])),
+            Err(TWO_TOKENS)
+        );
+        // An empty entry is absent too, yet echoed.
+        let p = presented("?token=abc", &["token."]);
+        assert_eq!(token(&p), Ok(Some("abc")));
+        assert_eq!(p.echo.unwrap(), "token.");
+        assert!(TWO_TOKENS.len() <= 123, "fits a close reason");
+    }
 }
