@@ -258,3 +258,34 @@ async fn a_prefix_with_a_hash_is_refused_at_start() {
     .to_string();
     assert!(err.contains("redis_prefix") && err.contains("'#'"), "{err}");
 }
+
+/// The operator's part (docs/AUTH.md) is checked for them: a node whose
+/// prefix overlaps a live deployment's on the same Redis says so at start.
+#[tokio::test]
+async fn an_overlapping_prefix_is_warned_about_at_start() {
+    let redis = RedisServer::start();
+    let _first =
+        support::process::NodeProcess::start(&["--redis", &redis.url(), "--redis-prefix", "a"])
+            .await;
+    let apart = support::process::NodeProcess::start_logged(&[
+        "--redis",
+        &redis.url(),
+        "--redis-prefix",
+        "z:",
+    ])
+    .await;
+    let second = support::process::NodeProcess::start_logged(&[
+        "--redis",
+        &redis.url(),
+        "--redis-prefix",
+        "ab",
+    ])
+    .await;
+    support::eventually("the overlap is logged", || async {
+        second.log().contains(
+            r#"redis_prefix "ab" overlaps the prefix of other deployments on this Redis ("a")"#,
+        )
+    })
+    .await;
+    assert!(!apart.log().contains("overlaps"), "{}", apart.log());
+}

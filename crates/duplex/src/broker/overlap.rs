@@ -10,8 +10,6 @@
 //! [`overlapping_prefixes`] finds such a neighbour.
 //!
 //! Pure: the broker does the I/O.
-// Wired into the Redis broker separately; the tests use it meanwhile.
-#![cfg_attr(not(test), allow(dead_code))]
 
 /// The suffix of every node's order channel, after its deployment's prefix.
 const CONTROL_SUFFIX: &[u8] = b"#control";

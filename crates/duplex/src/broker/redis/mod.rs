@@ -30,6 +30,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::echo::EchoFilter;
 use super::intake::Intake;
+use super::overlap::{overlap_warning, overlapping_prefixes};
 use super::{unix_now, Broker, BrokerError, BrokerHandler, BrokerState, BrokerStatus, Upstream};
 use crate::message::Publication;
 use crate::throttle::Throttle;
@@ -310,6 +311,25 @@ impl Broker for RedisBroker {
 }
 
 impl Shared {
+    /// Warns when another live deployment on this Redis has a prefix that
+    /// starts ours or that ours starts (their ordinary channels overlap;
+    /// docs/AUTH.md): every deployment's nodes hold `<prefix>#control`.
+    async fn warn_of_overlapping_prefixes(&self, conn: &mut MultiplexedConnection) {
+        let mut cmd = redis::cmd("PUBSUB");
+        cmd.arg("CHANNELS").arg("*#control");
+        let listed = cmd.query_async::<Vec<Vec<u8>>>(conn);
+        match tokio::time::timeout(self.settings.timeout, listed).await {
+            Ok(Ok(channels)) => {
+                let others = overlapping_prefixes(&self.settings.prefix, &channels);
+                if !others.is_empty() {
+                    tracing::warn!("{}", overlap_warning(&self.settings.prefix, &others));
+                }
+            }
+            Ok(Err(e)) => tracing::debug!(error = %e, "could not list other deployments' prefixes"),
+            Err(_) => tracing::debug!("could not list other deployments' prefixes in time"),
+        }
+    }
+
     fn set_connected(&self, resubscribed: usize) {
         let mut state = self.state.lock();
         if state.status == BrokerStatus::Connected {

@@ -154,6 +154,7 @@ pub(super) async fn run(
         }
         backoff.reset();
         shared.set_connected(channels.len());
+        shared.warn_of_overlapping_prefixes(&mut conn).await;
         let error = serve(&shared, &mut conn, &link, &mut ops, &mut wanted, &cancel).await;
         match error {
             Some(error) => shared.set_disconnected(&error),
