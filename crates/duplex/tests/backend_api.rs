@@ -418,3 +418,44 @@ async fn a_user_channel_reaches_that_user_on_both_nodes_and_nobody_else() {
     );
     assert_eq!(bob_b.next_text().await, "for bob");
 }
+
+/// A node restarted with the same `node_id` never hands out a connection id
+/// it gave before: a backend's stale `#conn:<id>` (or a disconnect, or an
+/// rpc reply) for a client of the previous run reaches nobody, instead of
+/// whoever holds that id now.
+#[tokio::test]
+async fn connection_ids_are_not_reused_after_a_restart_with_the_same_node_id() {
+    let redis = RedisServer::start();
+    let node_settings = || Settings {
+        redis: Some(redis.url()),
+        node_id: Some("m2".into()),
+        ..settings()
+    };
+    let first = TestNode::start(node_settings()).await;
+    let mut before = Client::connect(&first.ws("/ws")).await;
+    let reply = before.command("connect", json!({})).await;
+    let old_id = reply["result"]["client"].as_str().expect("client id").to_string();
+    first.stop().await;
+
+    let second = TestNode::start(node_settings()).await;
+    support::eventually("restarted node connected", || async {
+        second.health().await == 200
+    })
+    .await;
+    let mut after = Client::connect(&second.ws("/ws")).await;
+    let reply = after.command("connect", json!({})).await;
+    let new_id = reply["result"]["client"].as_str().expect("client id").to_string();
+    assert_ne!(new_id, old_id, "a new run, new ids");
+    assert!(new_id.starts_with("m2."), "{new_id}");
+
+    for (to, data) in [(&old_id, "for the old client"), (&new_id, "for the new one")] {
+        let (status, body) = second
+            .post_json(
+                "/api/publish",
+                &json!({"channel": format!("#conn:{to}"), "data": data}),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    assert_eq!(after.next_push().await.1, json!("for the new one"));
+}

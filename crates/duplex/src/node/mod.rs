@@ -260,7 +260,7 @@ impl Node {
                 registry: (0..REGISTRY_SHARDS).map(|_| Mutex::default()).collect(),
                 stripes: (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
                 hasher: Default::default(),
-                next_seq: AtomicU64::new(1),
+                next_seq: AtomicU64::new(first_seq()),
                 publish_warnings: Throttle::new(1000),
                 coalescer,
                 per_ip: Mutex::default(),
@@ -533,6 +533,19 @@ impl Node {
     pub async fn close_broker(&self) {
         self.inner.broker.close().await;
     }
+}
+
+/// The first connection number of this run: the time in microseconds, so
+/// that a node restarted with the same `node_id` never hands out an id
+/// (`<node>.<n>`) of a previous run (a backend's stale `#conn:`, reply or
+/// disconnect then reaches nobody), as long as the clock does not go back
+/// by more than the previous run lasted. Under 2^53 until the year 2255,
+/// so ids stay exact in JavaScript.
+fn first_seq() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX >> 11))
+        .max(1)
 }
 
 /// `#control` and `#node:<id>`: channels the node subscribes to for itself.
