@@ -93,7 +93,9 @@ impl Target {
     }
 }
 
-/// One order, as JSON on `#control`.
+/// One order, as JSON on `#control`. Read orders with [`Order::parse`]:
+/// `send` and `reply` carry the backend's JSON verbatim, which serde's
+/// tagged-enum reading would re-encode (keys sorted, big numbers rounded).
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Order {
@@ -113,9 +115,8 @@ pub enum Order {
     Send {
         /// The connection id.
         connection: String,
-        /// The data, as in `/api/publish`. (A `Value`, not a `RawValue`:
-        /// serde cannot buffer raw values inside a tagged enum.)
-        data: serde_json::Value,
+        /// The data, as in `/api/publish`: the backend's JSON text as sent.
+        data: Box<RawValue>,
         /// `text` (default) or `base64`.
         #[serde(default)]
         encoding: Encoding,
@@ -169,9 +170,9 @@ pub enum Order {
         /// The request id (the entry's `request`).
         #[serde(alias = "request_id")]
         request: String,
-        /// The answer, any JSON (absent means `null`).
+        /// The answer, any JSON (absent means `null`), as the backend wrote it.
         #[serde(default)]
-        data: Option<serde_json::Value>,
+        data: Option<Box<RawValue>>,
         /// Or the backend's error instead of data.
         #[serde(default)]
         error: Option<ReplyError>,
@@ -222,8 +223,17 @@ pub enum BadOrder {
 impl Order {
     /// Parses and checks an order read from `#control`.
     pub fn parse(payload: &[u8]) -> Result<Order, BadOrder> {
-        let order: Order =
-            serde_json::from_slice(payload).map_err(|e| BadOrder::Malformed(e.to_string()))?;
+        let malformed = |e: serde_json::Error| BadOrder::Malformed(e.to_string());
+        let op: OpOnly<'_> = serde_json::from_slice(payload).map_err(malformed)?;
+        let order: Order = match op.op.as_ref() {
+            "send" => serde_json::from_slice::<SendWire>(payload)
+                .map_err(malformed)?
+                .into(),
+            "reply" => serde_json::from_slice::<ReplyWire>(payload)
+                .map_err(malformed)?
+                .into(),
+            _ => serde_json::from_slice(payload).map_err(malformed)?,
+        };
         order.check()?;
         Ok(order)
     }
@@ -298,12 +308,66 @@ impl Order {
 
 /// The bytes and kind of a `send` order's data.
 pub fn send_payload(
-    data: &serde_json::Value,
+    data: &RawValue,
     encoding: Encoding,
 ) -> Result<(bytes::Bytes, MessageKind), BadOrder> {
-    let raw: Box<RawValue> =
-        serde_json::value::to_raw_value(data).map_err(|e| BadOrder::Data(e.to_string()))?;
-    bytes_from_json(&raw, encoding).map_err(|e| BadOrder::Data(e.to_string()))
+    bytes_from_json(data, encoding).map_err(|e| BadOrder::Data(e.to_string()))
+}
+
+/// An order's `op`, read first to pick how to read the rest.
+#[derive(Deserialize)]
+struct OpOnly<'a> {
+    #[serde(borrow)]
+    op: std::borrow::Cow<'a, str>,
+}
+
+/// A `send` order as it travels, read by a struct of its own so that
+/// `data` stays the text the backend wrote.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SendWire {
+    #[serde(rename = "op")]
+    _op: serde::de::IgnoredAny,
+    connection: String,
+    data: Box<RawValue>,
+    #[serde(default)]
+    encoding: Encoding,
+}
+
+impl From<SendWire> for Order {
+    fn from(w: SendWire) -> Order {
+        Order::Send {
+            connection: w.connection,
+            data: w.data,
+            encoding: w.encoding,
+        }
+    }
+}
+
+/// A `reply` order as it travels (see [`SendWire`]).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReplyWire {
+    #[serde(rename = "op")]
+    _op: serde::de::IgnoredAny,
+    connection: String,
+    #[serde(alias = "request_id")]
+    request: String,
+    #[serde(default)]
+    data: Option<Box<RawValue>>,
+    #[serde(default)]
+    error: Option<ReplyError>,
+}
+
+impl From<ReplyWire> for Order {
+    fn from(w: ReplyWire) -> Order {
+        Order::Reply {
+            connection: w.connection,
+            request: w.request,
+            data: w.data,
+            error: w.error,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -368,6 +432,32 @@ mod tests {
             Order::parse(&wire),
             Ok(Order::Answer { connections, .. }) if connections.len() == 1
         ));
+    }
+
+    #[test]
+    fn send_and_reply_keep_the_backends_json_text() {
+        let text = r#"{"b":1,"a":123456789012345678901234567890,"a":2,"e":1E2}"#;
+        let send = format!(r#"{{"op":"send","connection":"n1.7","data":{text}}}"#);
+        let Ok(Order::Send { data, .. }) = Order::parse(send.as_bytes()) else {
+            panic!("send");
+        };
+        assert_eq!(data.get(), text);
+        let wire = serde_json::to_string(&Order::Send {
+            connection: "n1.7".into(),
+            data,
+            encoding: Encoding::Json,
+        })
+        .unwrap();
+        assert!(wire.contains(text), "{wire}");
+        let reply = format!(r#"{{"op":"reply","connection":"n1.7","request":"1","data":{text}}}"#);
+        let Ok(Order::Reply {
+            data: Some(data), ..
+        }) = Order::parse(reply.as_bytes())
+        else {
+            panic!("reply");
+        };
+        assert_eq!(data.get(), text);
+        assert!(Order::parse(br#"{"op":"send","connection":"n1.7","data":1,"extra":2}"#).is_err());
     }
 
     #[test]

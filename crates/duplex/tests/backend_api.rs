@@ -434,7 +434,10 @@ async fn connection_ids_are_not_reused_after_a_restart_with_the_same_node_id() {
     let first = TestNode::start(node_settings()).await;
     let mut before = Client::connect(&first.ws("/ws")).await;
     let reply = before.command("connect", json!({})).await;
-    let old_id = reply["result"]["client"].as_str().expect("client id").to_string();
+    let old_id = reply["result"]["client"]
+        .as_str()
+        .expect("client id")
+        .to_string();
     first.stop().await;
 
     let second = TestNode::start(node_settings()).await;
@@ -444,11 +447,17 @@ async fn connection_ids_are_not_reused_after_a_restart_with_the_same_node_id() {
     .await;
     let mut after = Client::connect(&second.ws("/ws")).await;
     let reply = after.command("connect", json!({})).await;
-    let new_id = reply["result"]["client"].as_str().expect("client id").to_string();
+    let new_id = reply["result"]["client"]
+        .as_str()
+        .expect("client id")
+        .to_string();
     assert_ne!(new_id, old_id, "a new run, new ids");
     assert!(new_id.starts_with("m2."), "{new_id}");
 
-    for (to, data) in [(&old_id, "for the old client"), (&new_id, "for the new one")] {
+    for (to, data) in [
+        (&old_id, "for the old client"),
+        (&new_id, "for the new one"),
+    ] {
         let (status, body) = second
             .post_json(
                 "/api/publish",

@@ -489,3 +489,65 @@ async fn without_an_upstream_rpc_is_refused_with_102() {
     assert_eq!(reply["error"]["code"], 101, "{reply}");
     assert_eq!(stat(&node, "rpc_pending").await, 0);
 }
+
+/// What a backend sends to one connection (`#conn:<id>` through
+/// `/api/publish`) or answers to an rpc (`/api/reply`) reaches the client
+/// as the backend wrote it: key order, repeated keys, big numbers and
+/// exponents untouched, as a publish to a channel does.
+#[tokio::test]
+async fn a_backends_json_reaches_one_connection_as_written() {
+    const TEXT: &str = r#"{"b":1,"a":123456789012345678901234567890,"a":2,"e":1E2}"#;
+    let redis = RedisServer::start();
+    create_group(&redis).await;
+    let node = redis_node(&redis, Settings::default()).await;
+    let mut client = Client::connect(&node.ws("/ws")).await;
+    let reply = client.command("connect", json!({})).await;
+    let id = reply["result"]["client"]
+        .as_str()
+        .expect("client id")
+        .to_string();
+    let post = |path: &str, body: String| {
+        let url = node.http(path);
+        async move {
+            let response = reqwest::Client::new()
+                .post(url)
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .await
+                .expect("POST");
+            response.status().as_u16()
+        }
+    };
+    let publish = format!(r##"{{"channel":"#conn:{id}","data":{TEXT}}}"##);
+    assert_eq!(post("/api/publish", publish).await, 200);
+    let frame = client
+        .next_message()
+        .await
+        .into_text()
+        .expect("text")
+        .to_string();
+    assert!(frame.contains(&format!(r#""data":{TEXT}"#)), "{frame}");
+
+    let command = json!({"id": 7, "method": "rpc", "params": {"method": "m"}});
+    client.send_text(&command.to_string()).await;
+    let mut worker = redis.connection().await;
+    let entry = loop {
+        if let Some(e) = read_group(&mut worker, "w", 1).await.pop() {
+            break e;
+        }
+    };
+    let answer = format!(
+        r#"{{"connection":{},"request":{},"data":{TEXT}}}"#,
+        json!(entry.1["connection"]),
+        json!(entry.1["request"])
+    );
+    assert_eq!(post("/api/reply", answer).await, 200);
+    let frame = client
+        .next_message()
+        .await
+        .into_text()
+        .expect("text")
+        .to_string();
+    assert!(frame.contains(&format!(r#""data":{TEXT}"#)), "{frame}");
+}

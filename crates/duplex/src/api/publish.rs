@@ -42,11 +42,9 @@ pub(super) async fn publish(
 ) -> Result<Json<Value>, ApiError> {
     let channel = channel(&app.node, &req.channel)?;
     if let Some(id) = channel.as_str().strip_prefix(CONN_CHANNEL_PREFIX) {
-        let data = serde_json::from_str(req.data.get())
-            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_data", e.to_string()))?;
         let order = Order::Send {
             connection: id.to_string(),
-            data,
+            data: req.data,
             encoding: req.encoding,
         };
         return send_order(&app, order).await;

@@ -7,6 +7,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
 use super::json::Body;
@@ -21,7 +22,7 @@ pub(super) struct ReplyRequest {
     #[serde(alias = "request_id")]
     request: String,
     #[serde(default)]
-    data: Option<Value>,
+    data: Option<Box<RawValue>>,
     #[serde(default)]
     error: Option<ReplyError>,
 }

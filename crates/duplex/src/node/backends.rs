@@ -173,7 +173,7 @@ impl Node {
     fn send_to_connection(
         &self,
         id: &str,
-        data: &serde_json::Value,
+        data: &serde_json::value::RawValue,
         encoding: duplex_protocol::payload::Encoding,
     ) {
         let Some(conn) = self.local_connection(id) else {
@@ -222,17 +222,22 @@ impl Node {
     }
 }
 
-/// What a reply order means for the client.
-fn reply_outcome(data: Option<serde_json::Value>, error: Option<ReplyError>) -> Outcome {
+/// What a reply order means for the client: the backend's JSON as it wrote it.
+fn reply_outcome(
+    data: Option<Box<serde_json::value::RawValue>>,
+    error: Option<ReplyError>,
+) -> Outcome {
     if let Some(error) = error {
         return Outcome::backend_error(error.code, &error.message);
     }
-    let data = data.unwrap_or(serde_json::Value::Null);
-    match serde_json::value::to_raw_value(&data) {
-        Ok(raw) => Outcome::Data(raw),
-        Err(e) => Outcome::Error(
-            duplex_protocol::code::ErrorCode::UpstreamFailed,
-            format!("backend reply cannot be encoded: {e}"),
-        ),
+    match data {
+        Some(raw) => Outcome::Data(raw),
+        None => match serde_json::value::to_raw_value(&serde_json::Value::Null) {
+            Ok(null) => Outcome::Data(null),
+            Err(e) => Outcome::Error(
+                duplex_protocol::code::ErrorCode::UpstreamFailed,
+                format!("backend reply cannot be encoded: {e}"),
+            ),
+        },
     }
 }

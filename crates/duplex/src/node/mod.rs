@@ -544,7 +544,9 @@ impl Node {
 fn first_seq() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map_or(1, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX >> 11))
+        .map_or(1, |d| {
+            u64::try_from(d.as_micros()).unwrap_or(u64::MAX >> 11)
+        })
         .max(1)
 }
 
