@@ -233,13 +233,14 @@ impl Collector for NodeCollector {
             &mut e,
             (
                 "upstream_messages",
-                "Client send messages up to the backends, by outcome",
+                "Client messages up to the backends, by outcome (throttled: over a byte budget)",
                 MetricType::Counter,
             ),
             "outcome",
             &[
                 ("appended", load(&s.upstream_messages)),
                 ("refused", load(&s.upstream_failures)),
+                ("throttled", load(&s.upstream_throttled)),
             ],
         )?;
         counter(

@@ -70,6 +70,10 @@ pub struct Stats {
     pub upstream_messages: AtomicU64,
     /// Client `send` messages the broker refused (the client was told).
     pub upstream_failures: AtomicU64,
+    /// Client messages up to the backends (`send`, `rpc`, plain frames)
+    /// refused for being over a byte budget: the connection's
+    /// `max_upstream_rate` or the node's `max_upstream_node_rate`.
+    pub upstream_throttled: AtomicU64,
     /// Connections removed from a channel by an `unsubscribe` order (native
     /// ones told with a push, plain ones closed with 3502).
     pub api_unsubscribes: AtomicU64,
@@ -142,6 +146,8 @@ pub struct StatsSnapshot {
     pub upstream_messages: u64,
     /// See [`Stats::upstream_failures`].
     pub upstream_failures: u64,
+    /// See [`Stats::upstream_throttled`].
+    pub upstream_throttled: u64,
     /// See [`Stats::api_unsubscribes`].
     pub api_unsubscribes: u64,
     /// See [`Stats::connection_queries`].
@@ -275,6 +281,7 @@ impl Stats {
             api_disconnects: self.api_disconnects.load(Relaxed),
             upstream_messages: self.upstream_messages.load(Relaxed),
             upstream_failures: self.upstream_failures.load(Relaxed),
+            upstream_throttled: self.upstream_throttled.load(Relaxed),
             api_unsubscribes: self.api_unsubscribes.load(Relaxed),
             connection_queries: self.connection_queries.load(Relaxed),
             queries_incomplete: self.queries_incomplete.load(Relaxed),

@@ -253,8 +253,8 @@ settings! {
     redis_health_interval: Duration = Duration::from_secs(5), "DUPLEX_REDIS_HEALTH_INTERVAL", humantime::parse_duration;
     /// Redis Stream that client `send`s, `rpc`s and upstream plain frames are appended to, for backend workers; a namespace may name its own [default: duplex:upstream].
     upstream_stream: String = "duplex:upstream".to_string(), "DUPLEX_UPSTREAM_STREAM";
-    /// Approximate cap on the upstream stream's length (`XADD MAXLEN ~`) [default: 100000].
-    upstream_maxlen: usize = 100_000, "DUPLEX_UPSTREAM_MAXLEN";
+    /// Approximate cap on each upstream stream's length in entries (`XADD MAXLEN ~`): Redis memory per stream stays under about (upstream_maxlen + 100) x 1.26 x (max_message_size + 1 KiB), 0.85 GB at the defaults (docs/UPSTREAM.md) [default: 10000].
+    upstream_maxlen: usize = 10_000, "DUPLEX_UPSTREAM_MAXLEN";
     /// Backend HTTP endpoint that client `send` and `rpc` calls are POSTed to as JSON, instead of the Redis Stream; needed for them on the memory broker; a namespace may name its own [default: none].
     upstream_url: String = String::new(), "DUPLEX_UPSTREAM_URL";
     /// Most requests to upstream_url in flight at once; more wait in a queue bounded by max_inflight_rpcs [default: 64].
@@ -319,6 +319,10 @@ settings! {
     max_handshakes_per_ip: u32 = 0, "DUPLEX_MAX_HANDSHAKES_PER_IP";
     /// Publishes per second one connection may make (burst as large), 0 = no limit [default: 1000].
     max_publish_rate: u32 = 1000, "DUPLEX_MAX_PUBLISH_RATE";
+    /// Bytes per second one connection may send up to the backends (`send` and `rpc` data, plain frames with plain_frames upstream or both), in bursts of up to one max_message_size message; over it error 108 (a plain frame is dropped), and after max_publish_rate refusals in a row close 3004; 0 = no limit [default: 65536].
+    max_upstream_rate: usize = 64 * 1024, "DUPLEX_MAX_UPSTREAM_RATE";
+    /// Bytes per second all connections of this node together may send to one upstream (each stream and each URL has its own budget), in bursts of up to one max_message_size message; over it error 108 (a plain frame is dropped); 0 = no limit [default: 8388608].
+    max_upstream_node_rate: usize = 8 * 1024 * 1024, "DUPLEX_MAX_UPSTREAM_NODE_RATE";
     /// Most channels one connection may subscribe to [default: 10000].
     max_subscriptions: usize = 10_000, "DUPLEX_MAX_SUBSCRIPTIONS";
     /// Longest channel name in bytes [default: 255].

@@ -18,7 +18,7 @@ mod rpc;
 mod upstream;
 
 pub(crate) use rpc::Outcome;
-pub(crate) use upstream::CallError;
+pub(crate) use upstream::{CallError, OverBudget};
 
 use std::collections::HashMap;
 use std::hash::BuildHasher;
@@ -120,6 +120,8 @@ struct Inner {
     queries: query::Queries,
     /// Calls waiting for a backend's answer.
     rpcs: rpc::Rpcs,
+    /// Bytes per second up to each upstream, all connections together.
+    upstream_budget: upstream::NodeBudget,
     /// The HTTP upstream, when `upstream_url` is set or a namespace has its own.
     http: Option<http_upstream::HttpUpstream>,
 }
@@ -227,6 +229,8 @@ impl Node {
             config.max_inflight_rpcs,
             config.rpc_timeout,
         );
+        let upstream_budget =
+            upstream::NodeBudget::new(config.max_upstream_node_rate, config.max_message_size);
         let node = Node {
             inner: Arc::new_cyclic(|weak| Inner {
                 http: (!config.upstream_url.is_empty() || permissions.has_upstream_urls()).then(
@@ -242,6 +246,7 @@ impl Node {
                     },
                 ),
                 rpcs,
+                upstream_budget,
                 id,
                 config,
                 verifier,

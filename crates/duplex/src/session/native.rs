@@ -19,7 +19,7 @@ use crate::auth::TokenError;
 use crate::broker::BrokerError;
 use crate::conn::Conn;
 use crate::message::Publication;
-use crate::node::{CallError, Node};
+use crate::node::{CallError, Node, OverBudget};
 use crate::permissions::{Asker, Denied};
 use crate::rate::{RateLimit, Verdict};
 use crate::session::is_own_user_channel;
@@ -42,6 +42,9 @@ pub(crate) struct NativeSession {
     auth: Option<Box<Authenticated>>,
     channels: IndexSet<ChannelName>,
     publish_rate: RateLimit,
+    /// Bytes per second up to the backends (`max_upstream_rate`); made at
+    /// the first `send` or `rpc`, so idle connections do not pay for it.
+    upstream_budget: Option<Box<RateLimit>>,
 }
 
 /// Why a command got no result.
@@ -69,6 +72,7 @@ impl NativeSession {
             auth: None,
             channels: IndexSet::new(),
             publish_rate: RateLimit::new(max_publish_rate),
+            upstream_budget: None,
         }
     }
 
@@ -165,6 +169,9 @@ impl NativeSession {
                 let (payload, kind) = bytes_from_json(&p.data, p.encoding)
                     .map_err(|e| Refusal::Error(ErrorCode::BadRequest, e.to_string()))?;
                 let route = node.route(channel.as_ref().map(ChannelName::as_str));
+                let budget = upstream_budget(&mut self.upstream_budget, node);
+                node.charge_upstream(conn, budget, payload.len(), &route)
+                    .map_err(over_budget)?;
                 if let Some(url) = route.url.clone() {
                     node.send_upstream_http(conn, id, &p.data, p.encoding, route.channel, url)
                         .map_err(call_error)?;
@@ -179,6 +186,10 @@ impl NativeSession {
                 let channel = self.upstream_channel(node, conn, p.channel.as_deref())?;
                 let data = p.data.as_deref().unwrap_or(RawValue::NULL);
                 let route = node.route(channel.as_ref().map(ChannelName::as_str));
+                let budget = upstream_budget(&mut self.upstream_budget, node);
+                let cost = data.get().len() + p.method.len();
+                node.charge_upstream(conn, budget, cost, &route)
+                    .map_err(over_budget)?;
                 node.call_upstream(conn, id, &p.method, data, route)
                     .await
                     .map_err(call_error)?;
@@ -515,6 +526,22 @@ impl NativeSession {
     pub(crate) fn forget_channels(&mut self, taken: &[ChannelName]) {
         for channel in taken {
             self.channels.shift_remove(channel);
+        }
+    }
+}
+
+/// The connection's byte budget up to the backends, made on first use.
+fn upstream_budget<'a>(budget: &'a mut Option<Box<RateLimit>>, node: &Node) -> &'a mut RateLimit {
+    budget.get_or_insert_with(|| Box::new(node.connection_upstream_budget()))
+}
+
+/// A message up refused for its bytes: error 108, or close 3004 for a
+/// client that keeps going (as the publish rate limit does).
+fn over_budget(over: OverBudget) -> Refusal {
+    match over {
+        OverBudget::KeptOn(_) => Refusal::Close(CloseCode::TooManyRequests, over.to_string()),
+        OverBudget::Connection(_) | OverBudget::Node(_) => {
+            Refusal::Error(ErrorCode::TooManyRequests, over.to_string())
         }
     }
 }
