@@ -265,6 +265,10 @@ settings! {
     max_pending_rpcs: usize = 32, "DUPLEX_MAX_PENDING_RPCS";
     /// Most rpcs (and HTTP-upstream sends) waiting on this node; more get error 114 [default: 10000].
     max_inflight_rpcs: usize = 10_000, "DUPLEX_MAX_INFLIGHT_RPCS";
+    /// Share max_inflight_rpcs among client addresses: while N addresses have calls waiting, one may hold at most max(max_pending_rpcs, 90% of max_inflight_rpcs / N), more get error 114; behind a proxy all clients have its address, so turn it off there (rpc_fair_share_per_user still applies) [default: true].
+    rpc_fair_share_per_ip: bool = true, "DUPLEX_RPC_FAIR_SHARE_PER_IP";
+    /// The same share among users (the token's `sub`; anonymous clients are not counted per user) [default: true].
+    rpc_fair_share_per_user: bool = true, "DUPLEX_RPC_FAIR_SHARE_PER_USER";
     /// Longest wait between Redis reconnect attempts [default: 2s].
     redis_max_backoff: Duration = Duration::from_secs(2), "DUPLEX_REDIS_MAX_BACKOFF", humantime::parse_duration;
     /// Node id shown in APIs and connection ids [default: random].

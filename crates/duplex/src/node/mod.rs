@@ -224,11 +224,7 @@ impl Node {
         } else {
             config.node_id.clone()
         };
-        let rpcs = rpc::Rpcs::new(
-            config.max_pending_rpcs,
-            config.max_inflight_rpcs,
-            config.rpc_timeout,
-        );
+        let rpcs = rpc::Rpcs::new(&config);
         let upstream_budget =
             upstream::NodeBudget::new(config.max_upstream_node_rate, config.max_message_size);
         let node = Node {
