@@ -245,6 +245,13 @@ impl Collector for NodeCollector {
         )?;
         counter(
             &mut e,
+            "subscriptions_refused",
+            "Subscribe commands and plain clients refused for max_subscriptions or max_subscriptions_per_ip",
+            None,
+            load(&s.subscriptions_refused),
+        )?;
+        counter(
+            &mut e,
             "order_unsubscribes",
             "Connections removed from a channel by an unsubscribe order",
             None,

@@ -10,6 +10,7 @@ use duplex::config::Settings;
 use serde_json::{json, Value};
 use support::client::Client;
 use support::node::{settings, TestNode};
+use support::process::NodeProcess;
 use support::redis_server::RedisServer;
 use support::stream::{create_group, read_group, GROUP, STREAM};
 use tokio_util::sync::CancellationToken;
@@ -206,4 +207,150 @@ async fn one_user_cannot_take_every_waiting_rpc_behind_a_proxy() {
     assert!(reply.get("result").is_some(), "{reply}");
     stop.cancel();
     worker.await.expect("worker");
+}
+
+/// The status and reason of a refused handshake from 127.0.0.1.
+async fn refused(url: &str) -> (u16, String) {
+    match tokio_tungstenite::connect_async(url).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => (
+            response.status().as_u16(),
+            String::from_utf8_lossy(response.body().as_deref().unwrap_or_default()).to_string(),
+        ),
+        Ok(_) => panic!("connection was accepted"),
+        Err(e) => panic!("unexpected error {e}"),
+    }
+}
+
+/// Subscribes `client` to `<prefix>0..<prefix>n`; the reply as it is.
+async fn subscribe_many(client: &mut Client, prefix: &str, n: usize) -> Value {
+    let channels: Vec<String> = (0..n).map(|i| format!("{prefix}{i}")).collect();
+    client
+        .command("subscribe", json!({"channels": channels}))
+        .await
+}
+
+#[tokio::test]
+async fn subscriptions_are_bounded_per_connection_and_per_address_all_or_nothing() {
+    let node = TestNode::start(Settings {
+        max_subscriptions: Some(10),
+        max_subscriptions_per_ip: Some(25),
+        ..settings()
+    })
+    .await;
+    let subscriptions = || async { node.info().await["subscriptions"].clone() };
+    let mut a = Client::connect(&node.ws("/ws")).await;
+    assert!(subscribe_many(&mut a, "a", 10).await["result"].is_object());
+    let reply = subscribe_many(&mut a, "more", 1).await;
+    assert_eq!(reply["error"]["code"], 106, "{reply}");
+    let message = reply["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("(max_subscriptions)"), "{reply}");
+    // A second connection from the address fills it to 20 of 25.
+    let mut b = Client::connect(&node.ws("/ws")).await;
+    assert!(subscribe_many(&mut b, "b", 10).await["result"].is_object());
+    // A third asks for 10: over the address's 25, so none of them.
+    let mut c = Client::connect(&node.ws("/ws")).await;
+    let reply = subscribe_many(&mut c, "c", 10).await;
+    assert_eq!(reply["error"]["code"], 106, "{reply}");
+    let message = reply["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("max_subscriptions_per_ip"), "{reply}");
+    assert_eq!(subscriptions().await, 20, "nothing half-applied");
+    assert!(subscribe_many(&mut c, "c", 5).await["result"].is_object());
+    // Plain clients count too: a full address is refused at the upgrade.
+    let (status, reason) = refused(&node.ws("/?channel=p")).await;
+    assert_eq!(status, 429, "{reason}");
+    assert!(reason.contains("max_subscriptions_per_ip"), "{reason}");
+    // Another address has its own.
+    let mut other = Client::connect_from(&node.ws("/ws"), OTHER_ADDRESS).await;
+    assert!(subscribe_many(&mut other, "o", 10).await["result"].is_object());
+    let plain_elsewhere = Client::ws_from(&node.ws("/?channel=p"), OTHER_ADDRESS).await;
+    assert!(plain_elsewhere.is_ok(), "{plain_elsewhere:?}");
+    // Unsubscribing and leaving give the address its room back.
+    let reply = a
+        .command("unsubscribe", json!({"channels": ["a0", "a1"]}))
+        .await;
+    assert!(reply["result"].is_object(), "{reply}");
+    let mut plain = Client::connect(&node.ws("/?channel=p")).await;
+    b.close().await;
+    support::eventually("b's subscriptions given back", || async {
+        subscriptions().await == 8 + 1 + 5 + 10 + 1
+    })
+    .await;
+    let mut d = Client::connect(&node.ws("/ws")).await;
+    assert!(subscribe_many(&mut d, "d", 10).await["result"].is_object());
+    assert_eq!(
+        node.info().await["stats"]["subscriptions_refused"],
+        3,
+        "a's 11th, c's 10 and the plain client"
+    );
+    // The plain client is subscribed for real.
+    let mut publisher = Client::connect_from(&node.ws("/ws"), OTHER_ADDRESS).await;
+    let reply = publisher
+        .command("publish", json!({"channel": "p", "data": "hi"}))
+        .await;
+    assert!(reply["result"].is_object(), "{reply}");
+    assert_eq!(plain.next_text().await, "hi");
+}
+
+/// Channel names of 255 bytes, the longest allowed: the costliest.
+fn long_names(prefix: &str, n: usize) -> Vec<String> {
+    (0..n)
+        .map(|i| {
+            format!("{prefix}-{i}-")
+                .chars()
+                .chain(std::iter::repeat('x'))
+                .take(255)
+                .collect()
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn one_address_holds_bounded_subscription_memory_at_the_defaults() {
+    let redis = RedisServer::start();
+    let node = NodeProcess::start(&["--redis", &redis.url()]).await;
+    support::eventually("node on redis", || async {
+        reqwest::get(node.http("/health"))
+            .await
+            .is_ok_and(|r| r.status() == 200)
+    })
+    .await;
+    let before = node.rss_kib();
+    // Defaults: 1,000 per connection, 20,000 per address.
+    let mut clients = Vec::new();
+    for c in 0..20 {
+        let mut client = Client::connect(&node.ws("/ws")).await;
+        for chunk in long_names(&format!("c{c}"), 1000).chunks(200) {
+            let reply = client
+                .command("subscribe", json!({"channels": chunk}))
+                .await;
+            assert!(reply["result"].is_object(), "{}", reply["error"]);
+        }
+        clients.push(client);
+    }
+    let reply = clients[0]
+        .command("subscribe", json!({"channel": "one-more"}))
+        .await;
+    assert_eq!(reply["error"]["code"], 106, "{reply}");
+    assert!(reply["error"]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .contains("(max_subscriptions)"));
+    let mut extra = Client::connect(&node.ws("/ws")).await;
+    let reply = extra
+        .command("subscribe", json!({"channels": long_names("extra", 200)}))
+        .await;
+    assert_eq!(reply["error"]["code"], 106, "{}", reply["error"]);
+    assert!(reply["error"]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .contains("max_subscriptions_per_ip"));
+    assert_eq!(node.info().await["subscriptions"], 20_000);
+    // docs/PROTOCOL.md section 6: at most 1.5 KiB per subscription, so
+    // 30 MiB per address at the defaults (measured: about 1.3 KiB).
+    let grown = node.rss_kib().saturating_sub(before);
+    eprintln!(
+        "20,000 subscriptions of 255-byte names from one address: RSS +{grown} KiB, {} B each",
+        grown * 1024 / 20_000
+    );
+    assert!(grown < 30 * 1024, "RSS grew {grown} KiB");
 }

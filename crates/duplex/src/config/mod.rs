@@ -327,8 +327,10 @@ settings! {
     max_upstream_rate: usize = 64 * 1024, "DUPLEX_MAX_UPSTREAM_RATE";
     /// Bytes per second all connections of this node together may send to one upstream (each stream and each URL has its own budget), in bursts of up to one max_message_size message; over it error 108 (a plain frame is dropped); 0 = no limit [default: 8388608].
     max_upstream_node_rate: usize = 8 * 1024 * 1024, "DUPLEX_MAX_UPSTREAM_NODE_RATE";
-    /// Most channels one connection may subscribe to [default: 10000].
-    max_subscriptions: usize = 10_000, "DUPLEX_MAX_SUBSCRIPTIONS";
+    /// Most channels one connection may subscribe to; more get error 106 (at `/`: HTTP 400) [default: 1000].
+    max_subscriptions: usize = 1_000, "DUPLEX_MAX_SUBSCRIPTIONS";
+    /// Most subscriptions all connections from one client address may hold together, 0 = no limit; more get error 106 (at `/`: HTTP 429); behind a proxy all clients have its address, so raise it or set 0 there [default: 20000].
+    max_subscriptions_per_ip: usize = 20_000, "DUPLEX_MAX_SUBSCRIPTIONS_PER_IP";
     /// Longest channel name in bytes [default: 255].
     max_channel_length: usize = duplex_protocol::channel::DEFAULT_MAX_CHANNEL_LENGTH, "DUPLEX_MAX_CHANNEL_LENGTH";
     /// Outbound bytes queued for one client before it is cut as a slow consumer [default: 1048576].

@@ -15,6 +15,7 @@ use duplex_protocol::ws::MessageKind;
 
 use super::{user_of, Authenticated, Flow};
 use crate::conn::Conn;
+use crate::limits::{AddressFull, AddressSubscriptions};
 use crate::message::Publication;
 use crate::node::{Node, OverBudget};
 use crate::permissions::{Asker, Denied};
@@ -32,25 +33,47 @@ pub(crate) struct PlainSession {
     /// Bytes per second up to the backends (`max_upstream_rate`); made at
     /// the first frame that goes up.
     upstream_budget: Option<Box<RateLimit>>,
+    /// This connection's part of its address's subscriptions.
+    _address_subscriptions: AddressSubscriptions,
+}
+
+/// Why a plain client could not be subscribed to its channels.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum Unstarted {
+    /// The broker refused a subscription (the detail is for the log).
+    #[error("broker unavailable, try again")]
+    Broker(String),
+    /// The client's address holds `max_subscriptions_per_ip`.
+    #[error(transparent)]
+    AddressFull(#[from] AddressFull),
 }
 
 impl PlainSession {
-    /// Subscribes the connection to `channels` (non-empty, validated, distinct).
+    /// Subscribes the connection to `channels` (non-empty, validated,
+    /// distinct), all of them or none when its address has no room for them.
     pub(crate) async fn start(
         node: &Node,
         conn: &Arc<Conn>,
         channels: Vec<ChannelName>,
         auth: Option<Box<Authenticated>>,
-    ) -> Result<Self, (Self, String)> {
+    ) -> Result<Self, (Self, Unstarted)> {
+        let mut share = node.address_subscriptions(conn);
+        let reserved = share.reserve(channels.len());
         let mut session = PlainSession {
             channels: Vec::with_capacity(channels.len()),
             auth,
             publish_rate: RateLimit::new(node.config().max_publish_rate),
             upstream_budget: None,
+            _address_subscriptions: share,
         };
+        if let Err(full) = reserved {
+            Stats::bump(&node.stats().subscriptions_refused);
+            tracing::debug!(conn = %conn.id, addr = %conn.remote, %full, "plain client refused");
+            return Err((session, full.into()));
+        }
         for channel in channels {
             if let Err(e) = node.subscribe(conn, &channel).await {
-                return Err((session, e.to_string()));
+                return Err((session, Unstarted::Broker(e.to_string())));
             }
             session.channels.push(channel);
         }
