@@ -1,6 +1,8 @@
-//! Admission limits that span connections: connections per user and
-//! handshakes per second per client address. (Connections per node and per
-//! address are counted in `node`, next to the registry.)
+//! Admission limits that span connections: connections per user,
+//! handshakes per second per client address, and subscriptions per client
+//! address. (Connections per node and per address are counted in `node`,
+//! next to the registry; calls waiting per address and per user in
+//! `node::rpc`.)
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -109,6 +111,112 @@ impl HandshakeLimit {
     }
 }
 
+/// Subscriptions held by all connections of one client address
+/// (`max_subscriptions_per_ip`), so one address cannot make the node hold
+/// unbounded subscription memory (docs/PROTOCOL.md section 6 gives the
+/// measured cost of one).
+#[derive(Debug, Default)]
+pub(crate) struct SubscriptionLimit {
+    max: usize,
+    counts: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// What one connection holds of its address's subscriptions; kept equal to
+/// the number of channels it holds, and given back when dropped (with its
+/// session).
+#[derive(Debug)]
+pub(crate) struct AddressSubscriptions {
+    limit: Arc<SubscriptionLimit>,
+    ip: IpAddr,
+    held: usize,
+}
+
+/// Over `max_subscriptions_per_ip`: what the address holds and the limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("subscription limit: your address already holds {held} subscriptions, at most {max} (max_subscriptions_per_ip)")]
+pub(crate) struct AddressFull {
+    /// Subscriptions the address holds now.
+    pub(crate) held: usize,
+    /// The limit.
+    pub(crate) max: usize,
+}
+
+impl SubscriptionLimit {
+    /// `max == 0` disables the limit (nothing is counted).
+    pub(crate) fn new(max: usize) -> Arc<Self> {
+        Arc::new(SubscriptionLimit {
+            max,
+            counts: Mutex::default(),
+        })
+    }
+
+    /// An empty share for a connection from `ip`.
+    pub(crate) fn share(self: &Arc<Self>, ip: IpAddr) -> AddressSubscriptions {
+        AddressSubscriptions {
+            limit: Arc::clone(self),
+            ip,
+            held: 0,
+        }
+    }
+
+    #[cfg(test)]
+    fn count(&self, ip: IpAddr) -> usize {
+        self.counts.lock().get(&ip).copied().unwrap_or(0)
+    }
+}
+
+impl AddressSubscriptions {
+    /// Counts `more` subscriptions against the address: all of them, or
+    /// none when that would pass the limit.
+    pub(crate) fn reserve(&mut self, more: usize) -> Result<(), AddressFull> {
+        let limit = &self.limit;
+        if limit.max == 0 || more == 0 {
+            return Ok(());
+        }
+        let mut counts = limit.counts.lock();
+        let count = counts.entry(self.ip).or_insert(0);
+        if count.saturating_add(more) > limit.max {
+            let held = *count;
+            if held == 0 {
+                counts.remove(&self.ip);
+            }
+            return Err(AddressFull {
+                held,
+                max: limit.max,
+            });
+        }
+        *count += more;
+        self.held += more;
+        Ok(())
+    }
+
+    /// Gives back what this connection no longer holds: its count becomes
+    /// `held` (never more than it reserved).
+    pub(crate) fn release_to(&mut self, held: usize) {
+        if held >= self.held {
+            return;
+        }
+        let freed = self.held - held;
+        self.held = held;
+        if self.limit.max == 0 {
+            return;
+        }
+        let mut counts = self.limit.counts.lock();
+        if let Some(count) = counts.get_mut(&self.ip) {
+            *count = count.saturating_sub(freed);
+            if *count == 0 {
+                counts.remove(&self.ip);
+            }
+        }
+    }
+}
+
+impl Drop for AddressSubscriptions {
+    fn drop(&mut self) {
+        self.release_to(0);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -141,5 +249,31 @@ mod tests {
         assert!(!limit.allow(one));
         assert!(limit.allow(two));
         assert!((0..100).all(|_| HandshakeLimit::new(0).allow(one)));
+    }
+
+    #[test]
+    fn address_subscriptions_are_all_or_nothing_and_given_back() {
+        let limit = SubscriptionLimit::new(5);
+        let one: IpAddr = [10, 0, 0, 1].into();
+        let two: IpAddr = [10, 0, 0, 2].into();
+        let mut a = limit.share(one);
+        let mut b = limit.share(one);
+        a.reserve(3).unwrap();
+        assert_eq!(b.reserve(3), Err(AddressFull { held: 3, max: 5 }));
+        assert_eq!(limit.count(one), 3, "nothing half-applied");
+        b.reserve(2).unwrap();
+        let mut other = limit.share(two);
+        other.reserve(5).unwrap();
+        a.release_to(1);
+        assert_eq!(limit.count(one), 3);
+        drop(b);
+        assert_eq!(limit.count(one), 1);
+        drop(a);
+        drop(other);
+        assert!(limit.counts.lock().is_empty(), "no entry left behind");
+        let off = SubscriptionLimit::new(0);
+        let mut share = off.share(one);
+        share.reserve(usize::MAX).unwrap();
+        assert!(off.counts.lock().is_empty(), "off: nothing counted");
     }
 }

@@ -246,14 +246,22 @@ impl Collector for NodeCollector {
             &mut e,
             (
                 "upstream_messages",
-                "Client send messages up to the backends, by outcome",
+                "Client messages up to the backends, by outcome (throttled: over a byte budget)",
                 MetricType::Counter,
             ),
             "outcome",
             &[
                 ("appended", load(&s.upstream_messages)),
                 ("refused", load(&s.upstream_failures)),
+                ("throttled", load(&s.upstream_throttled)),
             ],
+        )?;
+        counter(
+            &mut e,
+            "subscriptions_refused",
+            "Subscribe commands and plain clients refused for max_subscriptions or max_subscriptions_per_ip",
+            None,
+            load(&s.subscriptions_refused),
         )?;
         counter(
             &mut e,

@@ -70,6 +70,13 @@ pub struct Stats {
     pub upstream_messages: AtomicU64,
     /// Client `send` messages the broker refused (the client was told).
     pub upstream_failures: AtomicU64,
+    /// Client messages up to the backends (`send`, `rpc`, plain frames)
+    /// refused for being over a byte budget: the connection's
+    /// `max_upstream_rate` or the node's `max_upstream_node_rate`.
+    pub upstream_throttled: AtomicU64,
+    /// Subscribe commands (and plain clients at the upgrade) refused for
+    /// `max_subscriptions` or `max_subscriptions_per_ip`.
+    pub subscriptions_refused: AtomicU64,
     /// Connections removed from a channel by an `unsubscribe` order (native
     /// ones told with a push, plain ones closed with 3502).
     pub api_unsubscribes: AtomicU64,
@@ -142,6 +149,10 @@ pub struct StatsSnapshot {
     pub upstream_messages: u64,
     /// See [`Stats::upstream_failures`].
     pub upstream_failures: u64,
+    /// See [`Stats::upstream_throttled`].
+    pub upstream_throttled: u64,
+    /// See [`Stats::subscriptions_refused`].
+    pub subscriptions_refused: u64,
     /// See [`Stats::api_unsubscribes`].
     pub api_unsubscribes: u64,
     /// See [`Stats::connection_queries`].
@@ -275,6 +286,8 @@ impl Stats {
             api_disconnects: self.api_disconnects.load(Relaxed),
             upstream_messages: self.upstream_messages.load(Relaxed),
             upstream_failures: self.upstream_failures.load(Relaxed),
+            upstream_throttled: self.upstream_throttled.load(Relaxed),
+            subscriptions_refused: self.subscriptions_refused.load(Relaxed),
             api_unsubscribes: self.api_unsubscribes.load(Relaxed),
             connection_queries: self.connection_queries.load(Relaxed),
             queries_incomplete: self.queries_incomplete.load(Relaxed),

@@ -255,8 +255,8 @@ settings! {
     redis_backlog_bytes: usize = 16 * 1024 * 1024, "DUPLEX_REDIS_BACKLOG_BYTES";
     /// Redis Stream that client `send`s, `rpc`s and upstream plain frames are appended to, for backend workers; a namespace may name its own [default: duplex:upstream].
     upstream_stream: String = "duplex:upstream".to_string(), "DUPLEX_UPSTREAM_STREAM";
-    /// Approximate cap on the upstream stream's length (`XADD MAXLEN ~`) [default: 100000].
-    upstream_maxlen: usize = 100_000, "DUPLEX_UPSTREAM_MAXLEN";
+    /// Approximate cap on each upstream stream's length in entries (`XADD MAXLEN ~`): Redis memory per stream stays under about (upstream_maxlen + 100) x 1.26 x (max_message_size + 1 KiB), 0.85 GB at the defaults (docs/UPSTREAM.md) [default: 10000].
+    upstream_maxlen: usize = 10_000, "DUPLEX_UPSTREAM_MAXLEN";
     /// Backend HTTP endpoint that client `send` and `rpc` calls are POSTed to as JSON, instead of the Redis Stream; needed for them on the memory broker; a namespace may name its own [default: none].
     upstream_url: String = String::new(), "DUPLEX_UPSTREAM_URL";
     /// Most requests to upstream_url in flight at once; more wait in a queue bounded by max_inflight_rpcs [default: 64].
@@ -267,6 +267,10 @@ settings! {
     max_pending_rpcs: usize = 32, "DUPLEX_MAX_PENDING_RPCS";
     /// Most rpcs (and HTTP-upstream sends) waiting on this node; more get error 114 [default: 10000].
     max_inflight_rpcs: usize = 10_000, "DUPLEX_MAX_INFLIGHT_RPCS";
+    /// Share max_inflight_rpcs among client addresses: while N addresses have calls waiting, one may hold at most max(max_pending_rpcs, 90% of max_inflight_rpcs / N), more get error 114; behind a proxy all clients have its address, so turn it off there (rpc_fair_share_per_user still applies) [default: true].
+    rpc_fair_share_per_ip: bool = true, "DUPLEX_RPC_FAIR_SHARE_PER_IP";
+    /// The same share among users (the token's `sub`; anonymous clients are not counted per user) [default: true].
+    rpc_fair_share_per_user: bool = true, "DUPLEX_RPC_FAIR_SHARE_PER_USER";
     /// Longest wait between Redis reconnect attempts [default: 2s].
     redis_max_backoff: Duration = Duration::from_secs(2), "DUPLEX_REDIS_MAX_BACKOFF", humantime::parse_duration;
     /// Node id shown in APIs and connection ids [default: random].
@@ -321,8 +325,14 @@ settings! {
     max_handshakes_per_ip: u32 = 0, "DUPLEX_MAX_HANDSHAKES_PER_IP";
     /// Publishes per second one connection may make (burst as large), 0 = no limit [default: 1000].
     max_publish_rate: u32 = 1000, "DUPLEX_MAX_PUBLISH_RATE";
-    /// Most channels one connection may subscribe to [default: 10000].
-    max_subscriptions: usize = 10_000, "DUPLEX_MAX_SUBSCRIPTIONS";
+    /// Bytes per second one connection may send up to the backends (`send` and `rpc` data, plain frames with plain_frames upstream or both), in bursts of up to one max_message_size message; over it error 108 (a plain frame is dropped), and after max_publish_rate refusals in a row close 3004; 0 = no limit [default: 65536].
+    max_upstream_rate: usize = 64 * 1024, "DUPLEX_MAX_UPSTREAM_RATE";
+    /// Bytes per second all connections of this node together may send to one upstream (each stream and each URL has its own budget), in bursts of up to one max_message_size message; over it error 108 (a plain frame is dropped); 0 = no limit [default: 8388608].
+    max_upstream_node_rate: usize = 8 * 1024 * 1024, "DUPLEX_MAX_UPSTREAM_NODE_RATE";
+    /// Most channels one connection may subscribe to; more get error 106 (at `/`: HTTP 400) [default: 1000].
+    max_subscriptions: usize = 1_000, "DUPLEX_MAX_SUBSCRIPTIONS";
+    /// Most subscriptions all connections from one client address may hold together, 0 = no limit; more get error 106 (at `/`: HTTP 429); behind a proxy all clients have its address, so raise it or set 0 there [default: 20000].
+    max_subscriptions_per_ip: usize = 20_000, "DUPLEX_MAX_SUBSCRIPTIONS_PER_IP";
     /// Longest channel name in bytes [default: 255].
     max_channel_length: usize = duplex_protocol::channel::DEFAULT_MAX_CHANNEL_LENGTH, "DUPLEX_MAX_CHANNEL_LENGTH";
     /// Outbound bytes queued for one client before it is cut as a slow consumer [default: 1048576].

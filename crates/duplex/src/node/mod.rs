@@ -18,7 +18,7 @@ mod rpc;
 mod upstream;
 
 pub(crate) use rpc::Outcome;
-pub(crate) use upstream::CallError;
+pub(crate) use upstream::{CallError, OverBudget};
 
 use std::collections::HashMap;
 use std::hash::BuildHasher;
@@ -41,7 +41,7 @@ use crate::config::Config;
 use crate::conn::Conn;
 use crate::control::{CONTROL_CHANNEL, NODE_CHANNEL_PREFIX};
 use crate::hub::{Hub, Wire};
-use crate::limits::{HandshakeLimit, UserLimit, UserSlot};
+use crate::limits::{AddressSubscriptions, HandshakeLimit, SubscriptionLimit, UserLimit, UserSlot};
 use crate::message::Publication;
 use crate::permissions::Permissions;
 use crate::stats::{Stats, StatsSnapshot};
@@ -120,6 +120,10 @@ struct Inner {
     queries: query::Queries,
     /// Calls waiting for a backend's answer.
     rpcs: rpc::Rpcs,
+    /// Bytes per second up to each upstream, all connections together.
+    upstream_budget: upstream::NodeBudget,
+    /// Subscriptions per client address.
+    address_subscriptions: Arc<SubscriptionLimit>,
     /// The HTTP upstream, when `upstream_url` is set or a namespace has its own.
     http: Option<http_upstream::HttpUpstream>,
 }
@@ -227,11 +231,10 @@ impl Node {
         };
         let lanes = std::thread::available_parallelism().map_or(1, |n| n.get());
         let coalescer = Arc::new(Coalescer::new(config.write_delay, lanes));
-        let rpcs = rpc::Rpcs::new(
-            config.max_pending_rpcs,
-            config.max_inflight_rpcs,
-            config.rpc_timeout,
-        );
+        let rpcs = rpc::Rpcs::new(&config);
+        let upstream_budget =
+            upstream::NodeBudget::new(config.max_upstream_node_rate, config.max_message_size);
+        let address_subscriptions = SubscriptionLimit::new(config.max_subscriptions_per_ip);
         let node = Node {
             inner: Arc::new_cyclic(|weak| Inner {
                 http: (!config.upstream_url.is_empty() || permissions.has_upstream_urls()).then(
@@ -247,6 +250,8 @@ impl Node {
                     },
                 ),
                 rpcs,
+                upstream_budget,
+                address_subscriptions,
                 id,
                 config,
                 verifier,
@@ -348,6 +353,12 @@ impl Node {
             Stats::bump(&self.inner.stats.connections_refused);
         }
         claimed
+    }
+
+    /// A connection's place in `max_subscriptions_per_ip`, empty until it
+    /// subscribes; given back when dropped.
+    pub(crate) fn address_subscriptions(&self, conn: &Conn) -> AddressSubscriptions {
+        self.inner.address_subscriptions.share(conn.remote.ip())
     }
 
     /// Counts a new connection against the node and per-address limits.

@@ -3,8 +3,18 @@
 //! table; the entry leaves on the reply, on the timeout (one sweeper task for
 //! all of them, no timer per call) or when its connection ends. Replies for
 //! an id no longer in the table (late, or made up) are dropped and counted.
+//!
+//! The table is shared capacity (`max_inflight_rpcs`), so besides the bound
+//! per connection each client address and each user gets a fair share of
+//! it: while N of them hold calls, one may hold at most
+//! max(`max_pending_rpcs`, 90% of `max_inflight_rpcs` / N). One address or
+//! user alone can take 90%; the rest stays free for the next one, whose
+//! arrival shrinks everyone's share (a holder over its new share gets no
+//! new call until its count falls under it).
 
 use std::collections::{BTreeMap, HashMap};
+use std::hash::Hash;
+use std::net::IpAddr;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
@@ -68,6 +78,84 @@ pub(crate) enum Full {
         "this node already has {0} calls waiting for replies (max_inflight_rpcs); retry later"
     )]
     Node(usize),
+    /// The client's address holds its fair share (`rpc_fair_share_per_ip`).
+    #[error("your address holds its share of this node's calls waiting for replies: {share} while {holders} addresses have calls waiting (rpc_fair_share_per_ip of max_inflight_rpcs); retry later")]
+    Address {
+        /// The address's share now.
+        share: usize,
+        /// Addresses holding calls, the caller's included.
+        holders: usize,
+    },
+    /// The client's user holds its fair share (`rpc_fair_share_per_user`).
+    #[error("your user holds its share of this node's calls waiting for replies: {share} while {holders} users have calls waiting (rpc_fair_share_per_user of max_inflight_rpcs); retry later")]
+    User {
+        /// The user's share now.
+        share: usize,
+        /// Users holding calls, the caller's included.
+        holders: usize,
+    },
+}
+
+/// The bounds on waiting calls, from the settings.
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    /// `max_pending_rpcs`: per connection, and the least fair share.
+    per_conn: usize,
+    /// `max_inflight_rpcs`.
+    inflight: usize,
+    /// `rpc_fair_share_per_ip`.
+    per_ip: bool,
+    /// `rpc_fair_share_per_user`.
+    per_user: bool,
+}
+
+impl Limits {
+    /// What one of `holders` addresses (or users) may hold: 90% of the
+    /// node's capacity split evenly, never under one connection's bound.
+    fn fair_share(&self, holders: usize) -> usize {
+        let shared = self.inflight - self.inflight / 10;
+        (shared / holders.max(1)).max(self.per_conn)
+    }
+}
+
+/// Calls waiting per key (connection, address or user); a key with none is
+/// not kept.
+#[derive(Debug)]
+struct Counts<K>(HashMap<K, usize>);
+
+impl<K: Hash + Eq> Default for Counts<K> {
+    fn default() -> Self {
+        Counts(HashMap::new())
+    }
+}
+
+impl<K: Hash + Eq> Counts<K> {
+    fn get(&self, key: &K) -> usize {
+        self.0.get(key).copied().unwrap_or(0)
+    }
+
+    /// Keys holding calls, counting `key` as one of them.
+    fn holders_with(&self, key: &K) -> usize {
+        self.0.len() + usize::from(!self.0.contains_key(key))
+    }
+
+    fn add(&mut self, key: K) {
+        *self.0.entry(key).or_insert(0) += 1;
+    }
+
+    fn remove(&mut self, key: &K, n: usize) {
+        if let Some(count) = self.0.get_mut(key) {
+            *count = count.saturating_sub(n);
+            if *count == 0 {
+                self.0.remove(key);
+            }
+        }
+    }
+
+    #[cfg(test)]
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
 }
 
 /// One call waiting for its answer.
@@ -80,6 +168,11 @@ struct Pending {
     command: u64,
     answer: Answer,
     started: Instant,
+    /// The client's address, for its fair share.
+    ip: IpAddr,
+    /// The client's user, for its fair share; None when anonymous (or when
+    /// shares per user are off).
+    user: Option<Arc<str>>,
 }
 
 /// The table, behind one lock; methods that need the lock live here.
@@ -88,21 +181,52 @@ struct Table {
     /// By request id; ids grow with time and every call has the same
     /// timeout, so the first entries are the first to expire.
     pending: BTreeMap<u64, Pending>,
-    per_conn: HashMap<u64, usize>,
+    per_conn: Counts<u64>,
+    per_ip: Counts<IpAddr>,
+    per_user: Counts<Arc<str>>,
     next: u64,
 }
 
 impl Table {
-    fn insert(&mut self, pending: Pending, limits: (usize, usize)) -> Result<u64, Full> {
-        let (per_conn, inflight) = limits;
-        if self.pending.len() >= inflight {
-            return Err(Full::Node(inflight));
+    fn new(next: u64) -> Table {
+        Table {
+            pending: BTreeMap::new(),
+            per_conn: Counts::default(),
+            per_ip: Counts::default(),
+            per_user: Counts::default(),
+            next,
         }
-        let count = self.per_conn.entry(pending.conn_seq).or_insert(0);
-        if *count >= per_conn {
-            return Err(Full::Connection(per_conn));
+    }
+
+    /// Adds a call, or says which bound it would pass (the node's first).
+    fn insert(&mut self, pending: Pending, limits: Limits) -> Result<u64, Full> {
+        if self.pending.len() >= limits.inflight {
+            return Err(Full::Node(limits.inflight));
         }
-        *count += 1;
+        if self.per_conn.get(&pending.conn_seq) >= limits.per_conn {
+            return Err(Full::Connection(limits.per_conn));
+        }
+        if limits.per_ip {
+            let holders = self.per_ip.holders_with(&pending.ip);
+            let share = limits.fair_share(holders);
+            if self.per_ip.get(&pending.ip) >= share {
+                return Err(Full::Address { share, holders });
+            }
+        }
+        if let Some(user) = pending.user.as_ref().filter(|_| limits.per_user) {
+            let holders = self.per_user.holders_with(user);
+            let share = limits.fair_share(holders);
+            if self.per_user.get(user) >= share {
+                return Err(Full::User { share, holders });
+            }
+        }
+        self.per_conn.add(pending.conn_seq);
+        if limits.per_ip {
+            self.per_ip.add(pending.ip);
+        }
+        if let Some(user) = pending.user.clone().filter(|_| limits.per_user) {
+            self.per_user.add(user);
+        }
         self.next += 1;
         self.pending.insert(self.next, pending);
         Ok(self.next)
@@ -114,16 +238,17 @@ impl Table {
             return None;
         }
         let entry = self.pending.remove(&request)?;
-        self.release(entry.conn_seq, 1);
+        self.release(&entry);
         Some(entry)
     }
 
-    fn release(&mut self, conn_seq: u64, n: usize) {
-        if let Some(count) = self.per_conn.get_mut(&conn_seq) {
-            *count = count.saturating_sub(n);
-            if *count == 0 {
-                self.per_conn.remove(&conn_seq);
-            }
+    /// Uncounts a call that left the table (keys it was not counted
+    /// under are absent, so removing from them does nothing).
+    fn release(&mut self, entry: &Pending) {
+        self.per_conn.remove(&entry.conn_seq, 1);
+        self.per_ip.remove(&entry.ip, 1);
+        if let Some(user) = &entry.user {
+            self.per_user.remove(user, 1);
         }
     }
 
@@ -134,18 +259,28 @@ impl Table {
                 break;
             }
             let entry = entry.remove();
-            self.release(entry.conn_seq, 1);
+            self.release(&entry);
             out.push(entry);
         }
         out
     }
 
     fn forget(&mut self, conn_seq: u64) -> usize {
-        let Some(count) = self.per_conn.remove(&conn_seq) else {
+        if self.per_conn.get(&conn_seq) == 0 {
             return 0;
-        };
-        self.pending.retain(|_, p| p.conn_seq != conn_seq);
-        count
+        }
+        let requests: Vec<u64> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| p.conn_seq == conn_seq)
+            .map(|(request, _)| *request)
+            .collect();
+        for request in &requests {
+            if let Some(entry) = self.pending.remove(request) {
+                self.release(&entry);
+            }
+        }
+        requests.len()
     }
 }
 
@@ -156,25 +291,24 @@ pub(crate) struct Rpcs {
     /// Whether the sweeper runs: started with the first call, so a node
     /// that never sees one has no task for it.
     sweeping: std::sync::atomic::AtomicBool,
-    per_conn: usize,
-    inflight: usize,
+    limits: Limits,
     timeout: Duration,
 }
 
 impl Rpcs {
     /// An empty table; ids start at a random point so a restarted node with
     /// the same id does not take an old worker's late reply for a new call.
-    pub(crate) fn new(per_conn: usize, inflight: usize, timeout: Duration) -> Rpcs {
+    pub(crate) fn new(config: &crate::config::Config) -> Rpcs {
         Rpcs {
-            table: Mutex::new(Table {
-                pending: BTreeMap::new(),
-                per_conn: HashMap::new(),
-                next: u64::from(rand::random::<u32>()) << 20,
-            }),
+            table: Mutex::new(Table::new(u64::from(rand::random::<u32>()) << 20)),
             sweeping: std::sync::atomic::AtomicBool::new(false),
-            per_conn,
-            inflight,
-            timeout,
+            limits: Limits {
+                per_conn: config.max_pending_rpcs,
+                inflight: config.max_inflight_rpcs,
+                per_ip: config.rpc_fair_share_per_ip,
+                per_user: config.rpc_fair_share_per_user,
+            },
+            timeout: config.rpc_timeout,
         }
     }
 
@@ -213,11 +347,13 @@ impl Node {
             command,
             answer,
             started: Instant::now(),
+            ip: conn.remote.ip(),
+            user: conn
+                .user()
+                .filter(|u| rpcs.limits.per_user && !u.is_empty())
+                .map(Arc::from),
         };
-        let begun = rpcs
-            .table
-            .lock()
-            .insert(pending, (rpcs.per_conn, rpcs.inflight));
+        let begun = rpcs.table.lock().insert(pending, rpcs.limits);
         match &begun {
             Ok(_) => {
                 if !rpcs.sweeping.swap(true, Relaxed) {
@@ -230,7 +366,7 @@ impl Node {
             }
             Err(full) => {
                 Stats::bump(&self.inner.stats.rpc_refused);
-                tracing::debug!(conn = %conn.id, %full, "call refused");
+                tracing::debug!(conn = %conn.id, addr = %conn.remote, %full, "call refused");
             }
         }
         begun
@@ -354,6 +490,10 @@ mod tests {
     use super::*;
 
     fn pending(conn_seq: u64) -> Pending {
+        from(conn_seq, [10, 0, 0, conn_seq as u8], None)
+    }
+
+    fn from(conn_seq: u64, ip: [u8; 4], user: Option<&str>) -> Pending {
         Pending {
             conn: Weak::new(),
             conn_seq,
@@ -361,18 +501,29 @@ mod tests {
             command: 1,
             answer: Answer::Rpc,
             started: Instant::now(),
+            ip: ip.into(),
+            user: user.map(Arc::from),
+        }
+    }
+
+    fn limits(per_conn: usize, inflight: usize) -> Limits {
+        Limits {
+            per_conn,
+            inflight,
+            per_ip: true,
+            per_user: true,
         }
     }
 
     #[test]
     fn bounds_and_bookkeeping_return_to_zero() {
-        let rpcs = Rpcs::new(2, 3, Duration::from_secs(1));
-        let mut t = rpcs.table.lock();
-        let a = t.insert(pending(1), (2, 3)).unwrap();
-        let b = t.insert(pending(1), (2, 3)).unwrap();
-        assert_eq!(t.insert(pending(1), (2, 3)), Err(Full::Connection(2)));
-        let c = t.insert(pending(2), (2, 3)).unwrap();
-        assert_eq!(t.insert(pending(3), (2, 3)), Err(Full::Node(3)));
+        let mut t = Table::new(0);
+        let l = limits(2, 3);
+        let a = t.insert(pending(1), l).unwrap();
+        let b = t.insert(pending(1), l).unwrap();
+        assert_eq!(t.insert(pending(1), l), Err(Full::Connection(2)));
+        let c = t.insert(pending(2), l).unwrap();
+        assert_eq!(t.insert(pending(3), l), Err(Full::Node(3)));
         assert!(a < b && b < c);
         // A reply naming another connection does not take the call.
         assert!(t.take(a, Some("n.2")).is_none());
@@ -381,6 +532,66 @@ mod tests {
         assert_eq!(t.forget(1), 1);
         assert_eq!(t.expired(Instant::now()).len(), 1);
         assert!(t.pending.is_empty() && t.per_conn.is_empty());
+        assert!(t.per_ip.is_empty() && t.per_user.is_empty());
+    }
+
+    #[test]
+    fn one_address_or_user_gets_a_fair_share_and_leaves_room() {
+        // 100 calls on the node, 2 per connection: alone, an address may
+        // hold 90; with a second address holding calls, 45 each.
+        let l = limits(2, 100);
+        let mut t = Table::new(0);
+        let mut seq = 0;
+        let mut call = |t: &mut Table, ip: [u8; 4], user: Option<&str>| {
+            seq += 1;
+            t.insert(from(seq / 2, ip, user), l)
+        };
+        let flooder = [10, 0, 0, 1];
+        let taken = (0..100)
+            .map(|_| call(&mut t, flooder, None))
+            .filter(Result::is_ok)
+            .count();
+        assert_eq!(taken, 90);
+        assert_eq!(
+            call(&mut t, flooder, None),
+            Err(Full::Address {
+                share: 90,
+                holders: 1
+            })
+        );
+        // Another address gets in; now the flooder's share is 45, and it
+        // gets nothing more until it holds fewer.
+        assert!(call(&mut t, [10, 0, 0, 2], None).is_ok());
+        assert_eq!(
+            call(&mut t, flooder, None),
+            Err(Full::Address {
+                share: 45,
+                holders: 2
+            })
+        );
+        // Per user, across addresses.
+        let mut t = Table::new(0);
+        let taken = (0..100u8)
+            .map(|i| call(&mut t, [10, 1, 0, i], Some("mallory")))
+            .filter(Result::is_ok)
+            .count();
+        assert_eq!(taken, 90);
+        assert!(call(&mut t, [10, 2, 0, 1], Some("bob")).is_ok());
+        assert!(call(&mut t, [10, 2, 0, 2], None).is_ok(), "anonymous");
+        // Never under one connection's bound, however many holders.
+        assert_eq!(l.fair_share(1000), 2);
+        // Off: only the node and connection bounds.
+        let off = Limits {
+            per_ip: false,
+            per_user: false,
+            ..l
+        };
+        let mut t = Table::new(0);
+        let taken = (0..100)
+            .map(|i| t.insert(from(i, flooder, Some("mallory")), off))
+            .filter(Result::is_ok)
+            .count();
+        assert_eq!(taken, 100);
     }
 
     #[test]

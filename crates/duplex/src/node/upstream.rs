@@ -6,7 +6,15 @@
 //! Where a message goes is its [`Route`]: the namespace of the channel it
 //! names (a plain client's channel, a native `send`/`rpc`'s `channel`) may
 //! have its own stream and URL; otherwise the node's.
+//!
+//! Every message up costs its bytes against two byte budgets before it
+//! goes: the connection's (`max_upstream_rate`, kept by the session) and
+//! the node's for its destination (`max_upstream_node_rate`, one per stream
+//! and per URL), so neither one client nor many together can push more than
+//! a known number of bytes per second into Redis. What Redis then holds is
+//! bounded by `upstream_maxlen` entries per stream (docs/UPSTREAM.md).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -19,6 +27,63 @@ use super::rpc::{Answer, Full};
 use super::Node;
 use crate::broker::{BrokerError, Upstream};
 use crate::conn::Conn;
+use crate::rate::{RateLimit, Verdict};
+use crate::stats::Stats;
+use crate::throttle::Throttle;
+
+/// Why a message did not go up: over a byte budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum OverBudget {
+    /// Over the connection's `max_upstream_rate`: refuse this message.
+    #[error("upstream byte budget exceeded: this connection may send {0} bytes per second to the backends (max_upstream_rate); slow down")]
+    Connection(usize),
+    /// Still over it after `max_publish_rate` refusals in a row: close.
+    #[error(
+        "kept sending over the upstream byte budget ({0} bytes per second, max_upstream_rate)"
+    )]
+    KeptOn(usize),
+    /// Over the node's `max_upstream_node_rate` for this destination.
+    #[error("upstream byte budget exceeded: this node takes at most {0} bytes per second for this upstream from all its clients (max_upstream_node_rate); retry later")]
+    Node(usize),
+}
+
+/// The node's byte budgets, one per destination (stream or URL; as many as
+/// the configuration names, so the map stays small).
+#[derive(Debug)]
+pub(crate) struct NodeBudget {
+    rate: usize,
+    burst: usize,
+    buckets: parking_lot::Mutex<HashMap<Box<str>, RateLimit>>,
+    warnings: Throttle,
+}
+
+impl NodeBudget {
+    /// `rate` bytes per second per destination (0 = no limit), in bursts
+    /// of up to one message of `max_message_size`.
+    pub(crate) fn new(rate: usize, max_message_size: usize) -> NodeBudget {
+        NodeBudget {
+            rate,
+            burst: rate.max(max_message_size),
+            buckets: parking_lot::Mutex::default(),
+            warnings: Throttle::new(1000),
+        }
+    }
+
+    /// Takes `cost` bytes from `destination`'s budget, if it holds them.
+    fn take(&self, destination: &str, cost: usize) -> bool {
+        if self.rate == 0 {
+            return true;
+        }
+        let mut buckets = self.buckets.lock();
+        let bucket = match buckets.get_mut(destination) {
+            Some(bucket) => bucket,
+            None => buckets
+                .entry(destination.into())
+                .or_insert_with(|| RateLimit::with_burst(self.rate as u64, self.burst as u64, 0)),
+        };
+        bucket.check_cost(cost as u64) == Verdict::Allow
+    }
+}
 
 /// Why a call was not handed to the backends.
 #[derive(Debug, thiserror::Error)]
@@ -73,6 +138,65 @@ fn unix_millis() -> u128 {
 }
 
 impl Node {
+    /// A connection's own byte budget up to the backends
+    /// (`max_upstream_rate`, in bursts of one `max_message_size` message),
+    /// closing after `max_publish_rate` refusals in a row as the publish
+    /// rate limit does.
+    pub(crate) fn connection_upstream_budget(&self) -> RateLimit {
+        let config = &self.inner.config;
+        let rate = config.max_upstream_rate;
+        RateLimit::with_burst(
+            rate as u64,
+            rate.max(config.max_message_size) as u64,
+            config.max_publish_rate,
+        )
+    }
+
+    /// Charges a message of `cost` bytes up to `route` against the
+    /// connection's budget (`own`) and then the node's for the route's
+    /// destination; a refusal is counted (`upstream_throttled`) and logged
+    /// (throttled), and takes nothing from either budget. A message with
+    /// no upstream at all (memory broker, no URL) is not charged.
+    pub(crate) fn charge_upstream(
+        &self,
+        conn: &Conn,
+        own: &mut RateLimit,
+        cost: usize,
+        route: &Route<'_>,
+    ) -> Result<(), OverBudget> {
+        let config = &self.inner.config;
+        if route.url.is_none() && config.redis_url().is_none() {
+            // Nowhere to go: refused next (102), not charged.
+            return Ok(());
+        }
+        let refused = match own.check_cost(cost as u64) {
+            Verdict::Allow => {
+                let destination = route.url.as_deref().unwrap_or(route.stream);
+                if self.inner.upstream_budget.take(destination, cost) {
+                    return Ok(());
+                }
+                own.refund(cost as u64);
+                OverBudget::Node(config.max_upstream_node_rate)
+            }
+            Verdict::Refuse => OverBudget::Connection(config.max_upstream_rate),
+            Verdict::Close => OverBudget::KeptOn(config.max_upstream_rate),
+        };
+        Stats::bump(&self.inner.stats.upstream_throttled);
+        if let Some(skipped) = self.inner.upstream_budget.warnings.allow() {
+            tracing::warn!(
+                conn = %conn.id,
+                addr = %conn.remote,
+                bytes = cost,
+                stream = route.stream,
+                url = route.url.as_deref().unwrap_or(""),
+                refused = %refused,
+                similar_skipped = skipped,
+                "message up to the backends refused: over a byte budget (counted in upstream_throttled)"
+            );
+        }
+        Err(refused)
+    }
+
     /// Where a message about `channel` (or about no channel) goes, the most
     /// specific first: the channel's namespace's `upstream_url`, then its
     /// `upstream_stream`, then the node's `upstream_url`, then the node's

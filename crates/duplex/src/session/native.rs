@@ -18,8 +18,9 @@ use super::{user_of, Authenticated, Flow, Identity};
 use crate::auth::TokenError;
 use crate::broker::BrokerError;
 use crate::conn::Conn;
+use crate::limits::AddressSubscriptions;
 use crate::message::Publication;
-use crate::node::{CallError, Node};
+use crate::node::{CallError, Node, OverBudget};
 use crate::permissions::{Asker, Denied};
 use crate::rate::{RateLimit, Verdict};
 use crate::session::is_own_user_channel;
@@ -42,6 +43,12 @@ pub(crate) struct NativeSession {
     auth: Option<Box<Authenticated>>,
     channels: IndexSet<ChannelName>,
     publish_rate: RateLimit,
+    /// Bytes per second up to the backends (`max_upstream_rate`); made at
+    /// the first `send` or `rpc`, so idle connections do not pay for it.
+    upstream_budget: Option<Box<RateLimit>>,
+    /// This connection's part of its address's subscriptions
+    /// (`max_subscriptions_per_ip`); made at the first subscription.
+    address_subscriptions: Option<AddressSubscriptions>,
 }
 
 /// Why a command got no result.
@@ -69,6 +76,8 @@ impl NativeSession {
             auth: None,
             channels: IndexSet::new(),
             publish_rate: RateLimit::new(max_publish_rate),
+            upstream_budget: None,
+            address_subscriptions: None,
         }
     }
 
@@ -165,6 +174,9 @@ impl NativeSession {
                 let (payload, kind) = bytes_from_json(&p.data, p.encoding)
                     .map_err(|e| Refusal::Error(ErrorCode::BadRequest, e.to_string()))?;
                 let route = node.route(channel.as_ref().map(ChannelName::as_str));
+                let budget = upstream_budget(&mut self.upstream_budget, node);
+                node.charge_upstream(conn, budget, payload.len(), &route)
+                    .map_err(over_budget)?;
                 if let Some(url) = route.url.clone() {
                     node.send_upstream_http(conn, id, &p.data, p.encoding, route.channel, url)
                         .map_err(call_error)?;
@@ -179,6 +191,10 @@ impl NativeSession {
                 let channel = self.upstream_channel(node, conn, p.channel.as_deref())?;
                 let data = p.data.as_deref().unwrap_or(RawValue::NULL);
                 let route = node.route(channel.as_ref().map(ChannelName::as_str));
+                let budget = upstream_budget(&mut self.upstream_budget, node);
+                let cost = data.get().len() + p.method.len();
+                node.charge_upstream(conn, budget, cost, &route)
+                    .map_err(over_budget)?;
                 node.call_upstream(conn, id, &p.method, data, route)
                     .await
                     .map_err(call_error)?;
@@ -221,19 +237,33 @@ impl NativeSession {
                 format!("this user already has {max} connections"),
             )
         })?;
-        // Channels from a signed token are trusted: they may be reserved ones.
+        // Channels from a signed token are trusted: they may be reserved
+        // ones, and pass `max_subscriptions`; they count for the address.
         let wanted = super::channels_at_connect(node, &identity);
         let mut granted = Vec::new();
+        let mut fresh = IndexSet::new();
         for name in &wanted {
             let channel =
                 ChannelName::parse(name, node.config().max_channel_length).map_err(|e| {
                     Refusal::Close(CloseCode::InvalidToken, format!("token channel: {e}"))
                 })?;
             if !self.channels.contains(&channel) {
-                node.subscribe(conn, &channel).await.map_err(broker_error)?;
-                self.channels.insert(channel);
+                fresh.insert(channel);
             }
             granted.push(name.as_str());
+        }
+        let share = self
+            .address_subscriptions
+            .get_or_insert_with(|| node.address_subscriptions(conn));
+        share
+            .reserve(fresh.len())
+            .map_err(|full| subscriptions_refused(node, conn, full.to_string()))?;
+        for channel in fresh {
+            if let Err(e) = node.subscribe(conn, &channel).await {
+                share.release_to(self.channels.len());
+                return Err(broker_error(e).into());
+            }
+            self.channels.insert(channel);
         }
         self.status = Status::Connected;
         conn.authenticated(&identity.user, identity.expires);
@@ -304,13 +334,26 @@ impl NativeSession {
         }
         let max = node.config().max_subscriptions;
         if self.channels.len() + new.len() > max {
-            return Err(Refusal::Error(
-                ErrorCode::LimitExceeded,
-                format!("subscription limit: at most {max} channels per connection"),
+            return Err(subscriptions_refused(
+                node,
+                conn,
+                format!(
+                    "subscription limit: at most {max} channels per connection (max_subscriptions)"
+                ),
             ));
         }
+        // Counted for the address before anything changes: all or nothing.
+        let share = self
+            .address_subscriptions
+            .get_or_insert_with(|| node.address_subscriptions(conn));
+        share
+            .reserve(new.len())
+            .map_err(|full| subscriptions_refused(node, conn, full.to_string()))?;
         for channel in new {
-            node.subscribe(conn, channel).await.map_err(broker_error)?;
+            if let Err(e) = node.subscribe(conn, channel).await {
+                share.release_to(self.channels.len());
+                return Err(broker_error(e).into());
+            }
             self.channels.insert(channel.clone());
         }
         Ok(channels_reply(id, &names))
@@ -329,6 +372,7 @@ impl NativeSession {
                 node.unsubscribe(conn, channel).await;
             }
         }
+        self.release_subscriptions();
         Ok(channels_reply(id, &names))
     }
 
@@ -516,5 +560,37 @@ impl NativeSession {
         for channel in taken {
             self.channels.shift_remove(channel);
         }
+        self.release_subscriptions();
     }
+
+    /// Gives the address back the subscriptions this connection no longer holds.
+    fn release_subscriptions(&mut self) {
+        if let Some(share) = &mut self.address_subscriptions {
+            share.release_to(self.channels.len());
+        }
+    }
+}
+
+/// The connection's byte budget up to the backends, made on first use.
+fn upstream_budget<'a>(budget: &'a mut Option<Box<RateLimit>>, node: &Node) -> &'a mut RateLimit {
+    budget.get_or_insert_with(|| Box::new(node.connection_upstream_budget()))
+}
+
+/// A message up refused for its bytes: error 108, or close 3004 for a
+/// client that keeps going (as the publish rate limit does).
+fn over_budget(over: OverBudget) -> Refusal {
+    match over {
+        OverBudget::KeptOn(_) => Refusal::Close(CloseCode::TooManyRequests, over.to_string()),
+        OverBudget::Connection(_) | OverBudget::Node(_) => {
+            Refusal::Error(ErrorCode::TooManyRequests, over.to_string())
+        }
+    }
+}
+
+/// A subscribe over a limit: error 106 naming it, counted, logged at debug
+/// (the client is told; nothing changed).
+fn subscriptions_refused(node: &Node, conn: &Conn, why: String) -> Refusal {
+    Stats::bump(&node.stats().subscriptions_refused);
+    tracing::debug!(conn = %conn.id, addr = %conn.remote, why, "subscribe refused");
+    Refusal::Error(ErrorCode::LimitExceeded, why)
 }

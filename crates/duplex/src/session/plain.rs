@@ -2,8 +2,9 @@
 //! subscribed to the default channel (or `?channel=a&channel=b`); every
 //! message on those channels arrives as one frame of exactly the published
 //! bytes; every frame the client sends is published to its first channel.
-//! There is no error channel in this mode: a publish the broker refuses is
-//! counted (`plain_publish_dropped`) and logged.
+//! There is no error channel in this mode: a publish the broker refuses, or
+//! a frame over the publish rate or over the byte budget up to the
+//! backends, is counted (`plain_publish_dropped`) and logged.
 
 use std::sync::Arc;
 
@@ -14,8 +15,9 @@ use duplex_protocol::ws::MessageKind;
 
 use super::{user_of, Authenticated, Flow};
 use crate::conn::Conn;
+use crate::limits::{AddressFull, AddressSubscriptions};
 use crate::message::Publication;
-use crate::node::Node;
+use crate::node::{Node, OverBudget};
 use crate::permissions::{Asker, Denied};
 use crate::rate::{RateLimit, Verdict};
 use crate::stats::Stats;
@@ -28,24 +30,50 @@ pub(crate) struct PlainSession {
     /// Who the token said the client is; None while anonymous.
     auth: Option<Box<Authenticated>>,
     publish_rate: RateLimit,
+    /// Bytes per second up to the backends (`max_upstream_rate`); made at
+    /// the first frame that goes up.
+    upstream_budget: Option<Box<RateLimit>>,
+    /// This connection's part of its address's subscriptions.
+    _address_subscriptions: AddressSubscriptions,
+}
+
+/// Why a plain client could not be subscribed to its channels.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum Unstarted {
+    /// The broker refused a subscription (the detail is for the log).
+    #[error("broker unavailable, try again")]
+    Broker(String),
+    /// The client's address holds `max_subscriptions_per_ip`.
+    #[error(transparent)]
+    AddressFull(#[from] AddressFull),
 }
 
 impl PlainSession {
-    /// Subscribes the connection to `channels` (non-empty, validated, distinct).
+    /// Subscribes the connection to `channels` (non-empty, validated,
+    /// distinct), all of them or none when its address has no room for them.
     pub(crate) async fn start(
         node: &Node,
         conn: &Arc<Conn>,
         channels: Vec<ChannelName>,
         auth: Option<Box<Authenticated>>,
-    ) -> Result<Self, (Self, String)> {
+    ) -> Result<Self, (Self, Unstarted)> {
+        let mut share = node.address_subscriptions(conn);
+        let reserved = share.reserve(channels.len());
         let mut session = PlainSession {
             channels: Vec::with_capacity(channels.len()),
             auth,
             publish_rate: RateLimit::new(node.config().max_publish_rate),
+            upstream_budget: None,
+            _address_subscriptions: share,
         };
+        if let Err(full) = reserved {
+            Stats::bump(&node.stats().subscriptions_refused);
+            tracing::debug!(conn = %conn.id, addr = %conn.remote, %full, "plain client refused");
+            return Err((session, full.into()));
+        }
         for channel in channels {
             if let Err(e) = node.subscribe(conn, &channel).await {
-                return Err((session, e.to_string()));
+                return Err((session, Unstarted::Broker(e.to_string())));
             }
             session.channels.push(channel);
         }
@@ -66,12 +94,42 @@ impl PlainSession {
                 "publishing is disabled for plain clients".to_string(),
             );
         }
+        let Some(channel) = self.channels.first() else {
+            return Flow::Continue;
+        };
+        let frames = config.plain_frames;
+        // The channel's namespace may have its own stream or URL.
+        let route = frames
+            .to_upstream()
+            .then(|| node.route(Some(channel.as_str())));
+        // No error channel in plain mode: over a limit, the frame is
+        // dropped and counted; a client that keeps going is closed. The
+        // byte budget (for a frame going up) comes first, so that its
+        // refusals in a row are its own and not the publish rate's.
+        let cost = payload.len();
+        if let Some(route) = &route {
+            let budget = self
+                .upstream_budget
+                .get_or_insert_with(|| Box::new(node.connection_upstream_budget()));
+            match node.charge_upstream(conn, budget, cost, route) {
+                Ok(()) => {}
+                Err(over @ OverBudget::KeptOn(_)) => {
+                    return Flow::Close(CloseCode::TooManyRequests, over.to_string());
+                }
+                Err(OverBudget::Connection(_) | OverBudget::Node(_)) => {
+                    Stats::bump(&node.stats().plain_publish_dropped);
+                    return Flow::Continue;
+                }
+            }
+        }
         match self.publish_rate.check() {
             Verdict::Allow => {}
-            // No error channel in plain mode: over the limit, the frame is
-            // dropped and counted; a client that keeps going is closed.
             Verdict::Refuse => {
                 Stats::bump(&node.stats().plain_publish_dropped);
+                // Not sent after all: its bytes go back to its budget.
+                if let (Some(_), Some(budget)) = (&route, self.upstream_budget.as_deref_mut()) {
+                    budget.refund(cost as u64);
+                }
                 return Flow::Continue;
             }
             Verdict::Close => {
@@ -81,10 +139,6 @@ impl PlainSession {
                 );
             }
         }
-        let Some(channel) = self.channels.first() else {
-            return Flow::Continue;
-        };
-        let frames = config.plain_frames;
         if frames.to_channel() {
             if let Some(denied) = self.publish_denied(node, channel) {
                 Stats::bump(&node.stats().auth_denials);
@@ -94,11 +148,9 @@ impl PlainSession {
                 );
             }
         }
-        if frames.to_upstream() {
-            // The channel's namespace may have its own stream or URL; a URL
-            // (the namespace's, else the node's) takes frames as it takes
-            // `send` and `rpc`, else the stream.
-            let route = node.route(Some(channel.as_str()));
+        if let Some(route) = route {
+            // A URL (the namespace's, else the node's) takes frames as it
+            // takes `send` and `rpc`, else the stream.
             let sent = match route.url.clone() {
                 Some(url) => node
                     .post_frame(conn, &payload, kind, channel.as_str(), url)

@@ -21,7 +21,7 @@ use crate::hub::Wire;
 use crate::node::{Node, Refused};
 use crate::server::AppState;
 use crate::session::native::NativeSession;
-use crate::session::plain::PlainSession;
+use crate::session::plain::{PlainSession, Unstarted};
 use crate::session::{self, Authenticated, Identity, Session};
 use crate::stats::Stats;
 
@@ -68,7 +68,7 @@ fn plain_channels(
         }
         if channels.len() > config.max_subscriptions {
             return Err(format!(
-                "too many channels: at most {}",
+                "too many channels: at most {} (max_subscriptions)",
                 config.max_subscriptions
             ));
         }
@@ -341,14 +341,17 @@ async fn upgrade(
         .await
         {
             Ok(session) => Session::Plain(session),
-            Err((session, error)) => {
-                tracing::warn!(conn = %conn.id, error, "could not subscribe plain client");
+            Err((session, unstarted)) => {
                 node.deregister(&conn, Session::Plain(session).into_channels())
                     .await;
-                return refuse(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "broker unavailable, try again",
-                );
+                let status = match &unstarted {
+                    Unstarted::Broker(error) => {
+                        tracing::warn!(conn = %conn.id, error, "could not subscribe plain client");
+                        StatusCode::SERVICE_UNAVAILABLE
+                    }
+                    Unstarted::AddressFull(_) => StatusCode::TOO_MANY_REQUESTS,
+                };
+                return refuse(status, &unstarted.to_string());
             }
         },
     };

@@ -32,6 +32,33 @@ impl Client {
         Client { ws, next_id: 1 }
     }
 
+    /// Connects from the given local address (127.0.0.2, 127.0.0.3...: all
+    /// of 127/8 is loopback on Linux), as a client on another host would.
+    pub async fn connect_from(url: &str, local: [u8; 4]) -> Client {
+        Client::from_ws(Self::ws_from(url, local).await.expect("websocket connects"))
+    }
+
+    /// Like [`Client::connect_from`], the handshake's outcome as it is.
+    pub async fn ws_from(
+        url: &str,
+        local: [u8; 4],
+    ) -> Result<Ws, tokio_tungstenite::tungstenite::Error> {
+        let uri: tokio_tungstenite::tungstenite::http::Uri = url.parse().expect("ws:// url");
+        let port = uri.port_u16().expect("url with a port");
+        let host: std::net::IpAddr = uri.host().expect("host").parse().expect("an IP host");
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket
+            .bind((std::net::Ipv4Addr::from(local), 0).into())
+            .expect("bind the local address");
+        let tcp = socket
+            .connect((host, port).into())
+            .await
+            .expect("tcp connect");
+        tokio_tungstenite::client_async(url, MaybeTlsStream::Plain(tcp))
+            .await
+            .map(|(ws, _)| ws)
+    }
+
     /// Wraps a stream connected some other way (custom headers).
     pub fn from_ws(ws: Ws) -> Client {
         Client { ws, next_id: 1 }

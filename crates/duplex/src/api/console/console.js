@@ -14,7 +14,7 @@ const KEY_STORE = "duplex.console.apiKey";
 const PROBLEMS = new Set([
   "publish_failures", "plain_publish_dropped", "slow_consumer_disconnects", "heartbeat_timeouts",
   "protocol_errors", "handshake_timeouts", "connect_timeouts", "auth_denials", "token_expirations",
-  "connections_refused", "upstream_failures",
+  "connections_refused", "upstream_failures", "upstream_throttled", "subscriptions_refused",
 ]);
 
 const $ = (id) => document.getElementById(id);
