@@ -160,7 +160,7 @@ impl Collector for NodeCollector {
             load(&s.write_batching_starts),
         )?;
         // Plain counters, one series each.
-        let plain: [(&str, &str, &std::sync::atomic::AtomicU64); 8] = [
+        let plain: [(&str, &str, &std::sync::atomic::AtomicU64); 10] = [
             ("connects", "Connections accepted", &s.connects),
             ("connections_refused", "Connections refused by node, address, user or handshake-rate limits", &s.connections_refused),
             ("client_messages", "Messages received from clients", &s.client_messages),
@@ -169,10 +169,31 @@ impl Collector for NodeCollector {
             ("deliveries", "Frames queued to clients, one per subscriber per message", &s.deliveries),
             ("handshake_timeouts", "HTTP connections closed for not sending request headers (or a TLS handshake) in time", &s.handshake_timeouts),
             ("auth_denials", "Tokens refused and commands denied by permissions", &s.auth_denials),
+            ("hosts_refused", "HTTP requests refused with 421 because their Host is not one this node answers to (allowed_hosts)", &s.hosts_refused),
+            ("request_timeouts", "HTTP requests whose body was not complete within request_timeout (408, connection closed)", &s.request_timeouts),
         ];
         for (name, help, value) in plain {
             counter(&mut e, name, help, None, load(value))?;
         }
+        gauge(
+            &mut e,
+            "http_connections",
+            "Open TCP connections not upgraded to WebSocket (HTTP requests, handshakes in progress)",
+            gauge_of(load(&s.http_connections)),
+        )?;
+        labelled(
+            &mut e,
+            (
+                "http_connections_dropped",
+                "Connections the node closed to stay within max_http_connections and the fd limit, by reason",
+                MetricType::Counter,
+            ),
+            "reason",
+            &[
+                ("evicted", load(&s.http_evictions)),
+                ("refused", load(&s.sockets_refused)),
+            ],
+        )?;
         let reasons: Vec<(&str, u64)> = Disconnect::ALL
             .iter()
             .zip(s.disconnects.iter())

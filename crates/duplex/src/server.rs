@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ConnectInfo;
+use axum::middleware;
 use axum::routing::get;
 use axum::Router;
 use duplex_protocol::code::CloseCode;
@@ -29,7 +30,9 @@ use crate::config::Config;
 use crate::node::{Node, NodeError};
 use crate::stats::Stats;
 use crate::tls::TlsError;
+use crate::transport::guard::{self, HttpGuard};
 use crate::transport::origin::OriginPolicy;
+use crate::transport::sockets::{self, Admission, Socket, Sockets};
 use crate::transport::{coalesce, upgrade};
 use crate::{api, heartbeat};
 
@@ -88,6 +91,10 @@ pub struct AppState {
     pub(crate) origins: Arc<OriginPolicy>,
     /// What `/metrics` renders.
     pub(crate) metrics: Arc<prometheus_client::registry::Registry>,
+    /// Which names the node answers to, and how long a request body may take.
+    pub(crate) guard: Arc<HttpGuard>,
+    /// Every accepted connection, counted until it closes.
+    pub(crate) sockets: Arc<Sockets>,
 }
 
 /// Why the server stopped with an error.
@@ -104,12 +111,22 @@ pub enum ServerError {
     Tls(#[from] TlsError),
 }
 
-/// All routes of a node.
+/// All routes of a node. Every request, whatever its path (unknown ones
+/// and the WebSocket upgrades included), first passes the `Host` check,
+/// then gets its body deadline (`transport::guard`).
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/", get(api::console::root))
         .route("/ws", get(upgrade::native))
         .merge(api::routes(&state))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            guard::body_deadline,
+        ))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            guard::check_host,
+        ))
         .with_state(state)
 }
 
@@ -129,6 +146,11 @@ pub async fn run(
     };
     let listen_ip = listener.local_addr()?.ip();
     let origins = OriginPolicy::from_setting(&config.allowed_origins, listen_ip.is_loopback());
+    let guard = HttpGuard::new(
+        &config.allowed_hosts,
+        listen_ip.is_loopback(),
+        config.request_timeout,
+    );
     let node = Node::start(config)?;
     let state = AppState {
         node: node.clone(),
@@ -136,6 +158,8 @@ pub async fn run(
         tracker: TaskTracker::new(),
         origins: Arc::new(origins),
         metrics: Arc::new(crate::metrics::registry(&node)),
+        guard: Arc::new(guard),
+        sockets: Arc::new(socket_table(&node)),
     };
     node.listen_for_orders();
     wait_for_broker(&node).await;
@@ -167,6 +191,49 @@ pub async fn run(
     shut_down(&state).await;
     let _ = heartbeat.await;
     Ok(())
+}
+
+/// The socket table under the process's open-file limit, raised to its
+/// hard limit first; says what it can hold, and warns when the connection
+/// limits promise more than the descriptors allow.
+fn socket_table(node: &Node) -> Sockets {
+    let config = node.config();
+    let http_upstream = !config.upstream_url.is_empty() || node.permissions().has_upstream_urls();
+    let reserve = sockets::FD_RESERVE
+        + if http_upstream {
+            config.upstream_concurrency as u64
+        } else {
+            0
+        };
+    let (limit, before) = sockets::raise_fd_limit().unwrap_or((u64::MAX, u64::MAX));
+    let table = Sockets::new(
+        node.stats_handle(),
+        config.max_http_connections,
+        limit,
+        reserve,
+    );
+    tracing::info!(
+        fd_limit = limit,
+        raised_from = before,
+        client_sockets = table.budget(),
+        reserved = reserve,
+        "open-file limit"
+    );
+    let promised = [config.max_connections, config.max_http_connections]
+        .iter()
+        .map(|&n| if n == 0 { u64::MAX } else { n as u64 })
+        .fold(reserve, u64::saturating_add);
+    if promised > limit {
+        tracing::warn!(
+            fd_limit = limit,
+            max_connections = config.max_connections,
+            max_http_connections = config.max_http_connections,
+            reserved = reserve,
+            "the open-file limit is below max_connections + max_http_connections + the reserve: past {} open sockets, a new connection evicts the oldest HTTP connection of the busiest address, or is refused (503) when all are WebSockets; raise the hard limit (LimitNOFILE=, ulimit -Hn) or lower the limits",
+            table.budget()
+        );
+    }
+    table
 }
 
 /// Gives the broker (and a JWKS, if configured) up to `redis_timeout` to
@@ -206,7 +273,7 @@ async fn accept_loop(
     loop {
         let (tcp, remote) = tokio::select! {
             _ = &mut shutdown => return,
-            accepted = listener.accept() => match accepted {
+            accepted = accept(listener, &state.sockets) => match accepted {
                 Ok(pair) => pair,
                 Err(e) => {
                     // EMFILE and friends: back off instead of spinning.
@@ -216,29 +283,51 @@ async fn accept_loop(
                 }
             },
         };
+        let socket = match state.sockets.admit(remote) {
+            Admission::Admitted { socket, .. } => socket,
+            Admission::Refused => {
+                if tls.is_none() {
+                    let _ = tcp.try_write(&sockets::refusal());
+                }
+                continue; // dropped: closed at once, its descriptor free again
+            }
+        };
         tune_client_socket(&tcp, unacked_limit);
+        let in_request = Arc::clone(&socket);
         let service =
             app.clone()
                 .map_request(move |mut req: axum::http::Request<hyper::body::Incoming>| {
                     req.extensions_mut().insert(ConnectInfo(remote));
+                    req.extensions_mut().insert(Arc::clone(&in_request));
                     req
                 });
         let service = TowerToHyperService::new(service);
-        let (node, cancel) = (state.node.clone(), state.shutdown.clone());
+        let conn = Connection {
+            remote,
+            node: state.node.clone(),
+            shutdown: state.shutdown.clone(),
+            socket,
+        };
         match &tls {
-            None => state
+            None => state.tracker.spawn(serve_http(tcp, service, conn)),
+            Some(acceptor) => state
                 .tracker
-                .spawn(serve_http(tcp, remote, service, node, cancel)),
-            Some(acceptor) => state.tracker.spawn(serve_tls(
-                acceptor.clone(),
-                tcp,
-                remote,
-                service,
-                node,
-                cancel,
-            )),
+                .spawn(serve_tls(acceptor.clone(), tcp, service, conn)),
         };
     }
+}
+
+/// Accepts the next connection once the socket table has room for it:
+/// while evicted connections have not closed their sockets yet, newcomers
+/// wait in the listen backlog (which costs no descriptor) rather than be
+/// refused. A table that stays full for a second (evicted tasks stuck)
+/// lets accept go on: then the newcomer is refused at once.
+async fn accept(
+    listener: &TcpListener,
+    sockets: &Sockets,
+) -> std::io::Result<(TcpStream, SocketAddr)> {
+    let _ = tokio::time::timeout(Duration::from_secs(1), sockets.room()).await;
+    listener.accept().await
 }
 
 /// The router as hyper drives it, one connection at a time; named once so
@@ -265,22 +354,27 @@ impl<T> HttpService for T where
 {
 }
 
-/// Completes the TLS handshake, then serves HTTP over it. The handshake is
-/// bounded by `handshake_timeout` (a client that opens TCP and never sends a
-/// ClientHello must not hold a task), and abandoned when shutdown starts.
-async fn serve_tls<S>(
-    acceptor: TlsAcceptor,
-    tcp: TcpStream,
+/// What a connection task needs besides its stream and service.
+struct Connection {
     remote: SocketAddr,
-    service: S,
     node: Node,
     shutdown: CancellationToken,
-) where
+    /// Its place in the socket table; a newcomer may evict it.
+    socket: Arc<Socket>,
+}
+
+/// Completes the TLS handshake, then serves HTTP over it. The handshake is
+/// bounded by `handshake_timeout` (a client that opens TCP and never sends a
+/// ClientHello must not hold a task), and abandoned when shutdown starts or
+/// the connection is evicted.
+async fn serve_tls<S>(acceptor: TlsAcceptor, tcp: TcpStream, service: S, conn: Connection)
+where
     S: HttpService,
 {
-    let timeout = node.config().handshake_timeout;
+    let (remote, timeout) = (conn.remote, conn.node.config().handshake_timeout);
     let stream = tokio::select! {
-        _ = shutdown.cancelled() => return,
+        _ = conn.shutdown.cancelled() => return,
+        _ = conn.socket.evicted() => return,
         accepted = tokio::time::timeout(timeout, acceptor.accept(tcp)) => match accepted {
             Ok(Ok(stream)) => stream,
             Ok(Err(e)) => {
@@ -288,39 +382,45 @@ async fn serve_tls<S>(
                 return;
             }
             Err(_) => {
-                Stats::bump(&node.stats().handshake_timeouts);
+                Stats::bump(&conn.node.stats().handshake_timeouts);
                 tracing::info!(%remote, "closing connection: TLS handshake not completed within handshake_timeout");
                 return;
             }
         },
     };
-    serve_http(stream, remote, service, node, shutdown).await;
+    serve_http(stream, service, conn).await;
 }
 
-/// Serves HTTP/1.1 (with upgrades) on one connection, plain TCP or TLS.
-async fn serve_http<I, S>(
-    io: I,
-    remote: SocketAddr,
-    service: S,
-    node: Node,
-    shutdown: CancellationToken,
-) where
+/// Serves HTTP/1.1 (with upgrades) on one connection, plain TCP or TLS,
+/// until it ends, is upgraded, or is evicted (closed at once).
+async fn serve_http<I, S>(io: I, service: S, conn: Connection)
+where
     S: HttpService,
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let Connection {
+        remote,
+        node,
+        shutdown,
+        socket,
+    } = conn;
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(node.config().handshake_timeout);
-    let conn = builder
+    let http = builder
         .serve_connection(TokioIo::new(io), service)
         .with_upgrades();
-    tokio::pin!(conn);
+    tokio::pin!(http);
     let result = tokio::select! {
-        result = conn.as_mut() => result,
+        result = http.as_mut() => result,
+        _ = socket.evicted() => {
+            tracing::debug!(%remote, "http connection evicted for a newcomer");
+            return;
+        }
         _ = shutdown.cancelled() => {
-            conn.as_mut().graceful_shutdown();
-            conn.await
+            http.as_mut().graceful_shutdown();
+            http.await
         }
     };
     match result {

@@ -58,6 +58,21 @@ pub struct Stats {
     pub handshake_timeouts: AtomicU64,
     /// `/ws` clients cut for sending no command within `connect_timeout`.
     pub connect_timeouts: AtomicU64,
+    /// HTTP requests refused with 421: their `Host` is not one this node
+    /// answers to (`allowed_hosts`; DNS rebinding).
+    pub hosts_refused: AtomicU64,
+    /// HTTP requests whose body was not complete within `request_timeout`
+    /// (answered 408, connection closed).
+    pub request_timeouts: AtomicU64,
+    /// TCP connections open and not upgraded to WebSocket: HTTP requests,
+    /// idle keep-alive, handshakes in progress (gauge).
+    pub http_connections: AtomicU64,
+    /// Not-upgraded connections closed to admit a newcomer, because
+    /// `max_http_connections` or the fd budget was full.
+    pub http_evictions: AtomicU64,
+    /// Connections closed at accept: no room under the fd limit and nothing
+    /// to evict (answered 503 when the socket took it).
+    pub sockets_refused: AtomicU64,
     /// Tokens refused (invalid, expired, missing) and commands denied for lack of rights.
     pub auth_denials: AtomicU64,
     /// Clients cut because their token expired without a refresh.
@@ -137,6 +152,16 @@ pub struct StatsSnapshot {
     pub handshake_timeouts: u64,
     /// See [`Stats::connect_timeouts`].
     pub connect_timeouts: u64,
+    /// See [`Stats::hosts_refused`].
+    pub hosts_refused: u64,
+    /// See [`Stats::request_timeouts`].
+    pub request_timeouts: u64,
+    /// See [`Stats::http_connections`].
+    pub http_connections: u64,
+    /// See [`Stats::http_evictions`].
+    pub http_evictions: u64,
+    /// See [`Stats::sockets_refused`].
+    pub sockets_refused: u64,
     /// See [`Stats::auth_denials`].
     pub auth_denials: u64,
     /// See [`Stats::token_expirations`].
@@ -280,6 +305,11 @@ impl Stats {
             protocol_errors: self.protocol_errors.load(Relaxed),
             handshake_timeouts: self.handshake_timeouts.load(Relaxed),
             connect_timeouts: self.connect_timeouts.load(Relaxed),
+            hosts_refused: self.hosts_refused.load(Relaxed),
+            request_timeouts: self.request_timeouts.load(Relaxed),
+            http_connections: self.http_connections.load(Relaxed),
+            http_evictions: self.http_evictions.load(Relaxed),
+            sockets_refused: self.sockets_refused.load(Relaxed),
             auth_denials: self.auth_denials.load(Relaxed),
             token_expirations: self.token_expirations.load(Relaxed),
             connections_refused: self.connections_refused.load(Relaxed),

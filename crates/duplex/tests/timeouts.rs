@@ -115,3 +115,107 @@ async fn ws_clients_that_never_send_a_command_get_3005() {
     assert_eq!(native.next_push().await.1, json!("still here"));
     assert_eq!(plain.next_text().await, "still here");
 }
+
+/// Opens a connection and sends `head` and the start of a body, never the rest.
+async fn stalled(addr: std::net::SocketAddr, request: String) -> TcpStream {
+    let mut tcp = TcpStream::connect(addr).await.expect("connect");
+    tcp.write_all(request.as_bytes()).await.expect("write");
+    tcp
+}
+
+/// `POST <path>` announcing `Content-Length: 1000000`, with 1 byte sent.
+fn short_body(addr: std::net::SocketAddr, path: &str) -> String {
+    format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: 1000000\r\n\r\n{{"
+    )
+}
+
+#[tokio::test]
+async fn request_bodies_not_complete_by_the_request_timeout_get_408() {
+    let node = TestNode::start(duplex::config::Settings {
+        request_timeout: Some(Duration::from_millis(500)),
+        ..settings()
+    })
+    .await;
+    let mut bystander = Client::connect(&node.ws("/")).await;
+    let addr = node.addr;
+    // Every route that reads a body, each with 1 byte of the 1,000,000 announced.
+    let paths = [
+        "/api/publish",
+        "/api/broadcast",
+        "/api/disconnect",
+        "/api/unsubscribe",
+        "/api/reply",
+        "/api/console/token",
+    ];
+    let mut stuck = Vec::new();
+    for path in paths {
+        stuck.push(stalled(addr, short_body(addr, path)).await);
+    }
+    // A chunked body without its last chunk.
+    stuck.push(
+        stalled(
+            addr,
+            format!("POST /api/publish HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n5\r\n{{\"cha\r\n"),
+        )
+        .await,
+    );
+    // And one trickled a byte per 100 ms: a per-read idle timeout never fires on it.
+    let mut trickler = stalled(
+        addr,
+        format!("POST /api/publish HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"),
+    )
+    .await;
+    let trickle = tokio::spawn(async move {
+        let give_up = tokio::time::Instant::now() + support::WAIT;
+        while tokio::time::Instant::now() < give_up {
+            if trickler.write_all(b"1\r\n \r\n").await.is_err() {
+                return trickler;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let mut probe = [0u8; 1];
+            // Stop once the node has answered (the answer is read below).
+            if let Ok(Ok(n)) = tokio::time::timeout(Duration::ZERO, trickler.peek(&mut probe)).await
+            {
+                if n > 0 {
+                    return trickler;
+                }
+            }
+        }
+        trickler
+    });
+    // Meanwhile a normal client is served.
+    let (status, _) = node
+        .post_json("/api/publish", &json!({"channel": "channel", "data": "hi"}))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(bystander.next_text().await, "hi");
+
+    stuck.push(trickle.await.unwrap());
+    let count = stuck.len() as u64;
+    for tcp in &mut stuck {
+        let answer = read_to_end(tcp).await;
+        assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+        assert!(answer.contains("\"code\":\"request_timeout\""), "{answer}");
+        assert!(
+            answer.to_ascii_lowercase().contains("connection: close"),
+            "{answer}"
+        );
+    }
+    let stats = &node.info().await["stats"];
+    assert_eq!(stats["request_timeouts"].as_u64(), Some(count), "{stats}");
+    assert_eq!(stats["messages_published"], 1, "only the complete request");
+    // A complete body that takes a moment is still fine.
+    let mut slow_but_whole = TcpStream::connect(addr).await.unwrap();
+    let body = r#"{"channel":"channel","data":"late"}"#;
+    slow_but_whole
+        .write_all(format!("POST /api/publish HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len()).as_bytes())
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    slow_but_whole.write_all(body.as_bytes()).await.unwrap();
+    assert!(read_to_end(&mut slow_but_whole)
+        .await
+        .starts_with("HTTP/1.1 200"));
+    assert_eq!(bystander.next_text().await, "late");
+}

@@ -297,6 +297,8 @@ settings! {
     tls_key: String = String::new(), "DUPLEX_TLS_KEY";
     /// Web origins allowed to open WebSockets, comma-separated (`https://app.example`), `*` = any [default: the node's own host, plus loopback pages when listening on loopback].
     allowed_origins: String = String::new(), "DUPLEX_ALLOWED_ORIGINS";
+    /// Host names or addresses this node answers to, comma-separated (port ignored, case-insensitive), `*` = any; other `Host` headers get 421, against DNS rebinding [default: loopback names (localhost, *.localhost, 127.0.0.0/8, [::1]) when listening on loopback, any name otherwise].
+    allowed_hosts: String = String::new(), "DUPLEX_ALLOWED_HOSTS";
     /// Subscribe every authenticated connection to its user's `#user:<id>` channel, so backends reach a user with no client action [default: true].
     user_channels: bool = true, "DUPLEX_USER_CHANNELS";
     /// With token auth on, also let clients without a token in, as anonymous [default: false].
@@ -319,6 +321,8 @@ settings! {
     max_connections: usize = 100_000, "DUPLEX_MAX_CONNECTIONS";
     /// Most open connections from one client address, 0 = no limit; more get HTTP 429 [default: 0].
     max_connections_per_ip: usize = 0, "DUPLEX_MAX_CONNECTIONS_PER_IP";
+    /// Most open connections not (yet) upgraded to WebSocket: HTTP requests and handshakes in progress, 0 = no limit but the fd limit; when full, a newcomer closes the oldest such connection of the address holding the most of them [default: 1024].
+    max_http_connections: usize = 1024, "DUPLEX_MAX_HTTP_CONNECTIONS";
     /// Most open connections of one user (the token's `sub`), 0 = no limit; more are closed with 3007 [default: 0].
     max_connections_per_user: usize = 0, "DUPLEX_MAX_CONNECTIONS_PER_USER";
     /// WebSocket handshakes per second from one client address (burst as large), 0 = no limit; more get HTTP 429 [default: 0].
@@ -347,6 +351,8 @@ settings! {
     pong_timeout: Duration = Duration::from_secs(10), "DUPLEX_PONG_TIMEOUT", humantime::parse_duration;
     /// Longest wait for a connection's HTTP request headers, against slowloris [default: 10s].
     handshake_timeout: Duration = Duration::from_secs(10), "DUPLEX_HANDSHAKE_TIMEOUT", humantime::parse_duration;
+    /// Longest wait for a whole HTTP request body, from the end of its headers; later, 408 and the connection is closed [default: 10s].
+    request_timeout: Duration = Duration::from_secs(10), "DUPLEX_REQUEST_TIMEOUT", humantime::parse_duration;
     /// How long a /ws client may stay connected without sending its first command, 0 = no limit [default: 10s].
     connect_timeout: Duration = Duration::from_secs(10), "DUPLEX_CONNECT_TIMEOUT", humantime::parse_duration;
     /// How long shutdown waits for queues to flush and clients to close [default: 5s].
@@ -524,6 +530,22 @@ impl Config {
         }
         if self.handshake_timeout.is_zero() {
             return invalid("handshake_timeout", "must be above zero");
+        }
+        if let Some(entry) = self
+            .allowed_hosts
+            .split(',')
+            .find(|h| h.contains('/') || h.trim().contains(char::is_whitespace))
+        {
+            return invalid(
+                "allowed_hosts",
+                &format!(
+                    "{:?} is not a host name: list names or addresses as browsers send them in Host (chat.example, 10.0.0.5:1234), no scheme or path",
+                    entry.trim()
+                ),
+            );
+        }
+        if self.request_timeout.is_zero() {
+            return invalid("request_timeout", "must be above zero");
         }
         if self.redis_timeout.is_zero() {
             return invalid("redis_timeout", "must be above zero");
@@ -710,6 +732,33 @@ mod tests {
             err.contains("namespaces") && err.contains("upstream_url"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn allowed_hosts_are_names_not_urls() {
+        let url = Settings {
+            allowed_hosts: Some("chat.example, https://chat.example/".into()),
+            ..Default::default()
+        };
+        let err = url.resolve().unwrap_err().to_string();
+        assert!(
+            err.contains("allowed_hosts") && err.contains("https://chat.example/"),
+            "{err}"
+        );
+        let names = Settings {
+            allowed_hosts: Some("chat.example, 10.0.0.5:1234, [::1]".into()),
+            ..Default::default()
+        };
+        assert!(names.resolve().is_ok());
+        let zero = Settings {
+            request_timeout: Some(Duration::ZERO),
+            ..Default::default()
+        };
+        assert!(zero
+            .resolve()
+            .unwrap_err()
+            .to_string()
+            .contains("request_timeout"));
     }
 
     #[test]

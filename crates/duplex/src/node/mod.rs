@@ -302,6 +302,12 @@ impl Node {
         &self.inner.stats
     }
 
+    /// The counters as a handle of their own, for tables that outlive a borrow
+    /// (the socket table).
+    pub(crate) fn stats_handle(&self) -> Arc<Stats> {
+        Arc::clone(&self.inner.stats)
+    }
+
     /// Milliseconds since start: a cheap monotonic clock for liveness.
     pub(crate) fn now_ms(&self) -> u64 {
         self.inner.started.elapsed().as_millis() as u64

@@ -9,15 +9,23 @@
 //! - [`writer`]: drains the outbound queue with coalesced vectored writes.
 //! - [`outbound`]: the bounded queue between producers and the writer.
 //! - [`origin`]: which web pages may open WebSockets (CSWSH protection).
+//! - [`host`]: which names the node answers to (DNS rebinding protection).
+//! - [`guard`]: the checks every HTTP request passes before its route:
+//!   `Host`, and the request body's deadline.
+//! - [`sockets`]: every accepted connection counted until it closes, HTTP
+//!   connections capped with fair eviction, file descriptors kept in reserve.
 //!
 //! Frames are decoded by `duplex_protocol::ws`, a sans-IO decoder whose
 //! buffers we own: an idle connection holds no read buffer at all.
 
 pub(crate) mod coalesce;
+pub(crate) mod guard;
+pub(crate) mod host;
 pub(crate) mod origin;
 pub(crate) mod outbound;
 pub(crate) mod pressure;
 pub(crate) mod reader;
+pub(crate) mod sockets;
 pub(crate) mod stream;
 pub mod upgrade;
 pub(crate) mod writer;

@@ -6,6 +6,8 @@
 //! Requests without an `Origin` header come from non-browser clients, which
 //! no page can drive, and are let through.
 
+use super::host::is_loopback_host;
+
 /// The Origin policy from `allowed_origins`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum OriginPolicy {
@@ -65,19 +67,6 @@ impl OriginPolicy {
             ))
         }
     }
-}
-
-/// `host[:port]` naming this machine.
-fn is_loopback_host(host_port: &str) -> bool {
-    let host = match host_port.strip_prefix('[') {
-        Some(v6) => v6.split(']').next().unwrap_or(""),
-        None => host_port.split(':').next().unwrap_or(""),
-    };
-    host == "localhost"
-        || host.ends_with(".localhost")
-        || host
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@
 //! reader and writer own their halves, and our own frame codec runs on it.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, State};
@@ -15,6 +16,7 @@ use duplex_protocol::code::CloseCode;
 use duplex_protocol::ws::accept_key;
 
 use super::reader;
+use super::sockets::Socket;
 use super::stream::Stream;
 use crate::auth::TokenError;
 use crate::hub::Wire;
@@ -365,8 +367,15 @@ async fn upgrade(
             conn.close(code.as_u16(), reason, false);
         }
     }
+    // From here on the socket counts as a WebSocket connection, not an HTTP
+    // one (`transport::sockets`); the reader holds its slot until it ends.
+    let socket = req.extensions().get::<Arc<Socket>>().cloned();
+    if let Some(socket) = &socket {
+        socket.upgraded(); // if evicted meanwhile, `on_upgrade` fails below
+    }
     let on_upgrade = hyper::upgrade::on(&mut req);
     app.tracker.spawn(async move {
+        let _socket = socket;
         let (stream, leftover) = match on_upgrade.await.map(Stream::from_upgraded) {
             Ok(Some(taken)) => taken,
             Ok(None) => {

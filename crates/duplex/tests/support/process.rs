@@ -17,7 +17,7 @@ pub struct NodeProcess {
 impl NodeProcess {
     /// Starts `duplex serve --listen <free port> <args>` and waits until it answers HTTP.
     pub async fn start(args: &[&str]) -> NodeProcess {
-        Self::spawn(args, None).await
+        Self::spawn(args, None, None).await
     }
 
     /// Like [`NodeProcess::start`], with its log kept for [`NodeProcess::log`].
@@ -27,7 +27,26 @@ impl NodeProcess {
             std::process::id(),
             rand_suffix()
         ));
-        Self::spawn(args, Some(path)).await
+        Self::spawn(args, Some(path), None).await
+    }
+
+    /// Like [`NodeProcess::start_logged`], under an open-file limit of
+    /// `nofile` (soft and hard, set by util-linux `prlimit`, which then execs
+    /// the node: the pid is the node's).
+    pub async fn start_with_fd_limit(nofile: u64, args: &[&str]) -> NodeProcess {
+        let path = std::env::temp_dir().join(format!(
+            "duplex-test-{}-{}.log",
+            std::process::id(),
+            rand_suffix()
+        ));
+        Self::spawn(args, Some(path), Some(nofile)).await
+    }
+
+    /// How many file descriptors the node has open now.
+    pub fn open_fds(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
+            .map(|dir| dir.count())
+            .unwrap_or(0)
     }
 
     /// Everything the node logged so far.
@@ -38,13 +57,26 @@ impl NodeProcess {
             .unwrap_or_default()
     }
 
-    async fn spawn(args: &[&str], log: Option<std::path::PathBuf>) -> NodeProcess {
+    async fn spawn(
+        args: &[&str],
+        log: Option<std::path::PathBuf>,
+        nofile: Option<u64>,
+    ) -> NodeProcess {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("free port")
             .port();
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-        let child = Command::new(env!("CARGO_BIN_EXE_duplex"))
+        let mut command = match nofile {
+            None => Command::new(env!("CARGO_BIN_EXE_duplex")),
+            Some(n) => {
+                let mut prlimit = Command::new("prlimit");
+                prlimit.arg(format!("--nofile={n}:{n}"));
+                prlimit.arg(env!("CARGO_BIN_EXE_duplex"));
+                prlimit
+            }
+        };
+        let child = command
             .args(["serve", "--listen", &addr.to_string()])
             .args(args)
             .stdout(Stdio::null())

@@ -15,6 +15,7 @@ const PROBLEMS = new Set([
   "publish_failures", "plain_publish_dropped", "slow_consumer_disconnects", "heartbeat_timeouts",
   "protocol_errors", "handshake_timeouts", "connect_timeouts", "auth_denials", "token_expirations",
   "connections_refused", "upstream_failures", "upstream_throttled", "subscriptions_refused",
+  "hosts_refused", "request_timeouts", "http_evictions", "sockets_refused",
 ]);
 
 const $ = (id) => document.getElementById(id);
