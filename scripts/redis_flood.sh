@@ -10,19 +10,24 @@
 #   scripts/redis_flood.sh            # BUFFERS=off: client-output-buffer-limit pubsub 0 0 0
 #   BUFFERS=default scripts/redis_flood.sh
 #
-# Env: BIN (target/release/duplex), BENCH (target/release/duplex-bench),
+# Env: BIN (target/release/duplex),
 # READERS (1), MESSAGES (30000000), PIPELINE (200), SECONDS_MAX (60),
-# SUBSCRIBE_AT (5, seconds into the flood). Build first: cargo build --release.
+# SUBSCRIBE_AT (5, seconds into the flood), NODE_ARGS (see below).
+# Build first: cargo build --release.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${BIN:-target/release/duplex}
-BENCH=${BENCH:-target/release/duplex-bench}
+
 READERS=${READERS:-1}
 MESSAGES=${MESSAGES:-30000000}
 PIPELINE=${PIPELINE:-200}
 SECONDS_MAX=${SECONDS_MAX:-60}
 SUBSCRIBE_AT=${SUBSCRIBE_AT:-5}
 BUFFERS=${BUFFERS:-off}
+# Deep client queues, so that the readers stay subscribed (with the default
+# 4096 messages a reader falls that far behind within a second and is cut
+# as a slow consumer, which ends the flood for the node).
+NODE_ARGS=${NODE_ARGS:---max-queued-messages 10000000 --max-queued-bytes 67108864}
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 RP=$(free_port); NP=$(free_port)
 WORK=$(mktemp -d)
@@ -34,12 +39,30 @@ redis-server --port "$RP" --bind 127.0.0.1 --save "" --appendonly no --dir "$WOR
 pids+=($!)
 until redis-cli -p "$RP" ping >/dev/null 2>&1; do sleep 0.05; done
 [ "$BUFFERS" = off ] && redis-cli -p "$RP" config set client-output-buffer-limit "pubsub 0 0 0" >/dev/null
-"$BIN" serve --listen "127.0.0.1:$NP" --redis "redis://127.0.0.1:$RP" 2>"$WORK/node.log" &
+# shellcheck disable=SC2086
+"$BIN" serve --listen "127.0.0.1:$NP" --redis "redis://127.0.0.1:$RP" $NODE_ARGS 2>"$WORK/node.log" &
 NODE=$!; pids+=("$NODE")
 until curl -sf "127.0.0.1:$NP/health" >/dev/null; do sleep 0.05; done
-"$BENCH" idle --server "ws://127.0.0.1:$NP" --connections "$READERS" --channel flood --hold 3600s --json >/dev/null 2>&1 &
-pids+=($!)
-until [ "$(redis-cli -p "$RP" pubsub numsub flood | tail -1)" = 1 ]; do sleep 0.05; done
+# Readers that read everything and do nothing else (a plain WebSocket each).
+python3 - "$NP" "$READERS" <<'PY' &
+import selectors, socket, sys
+port, n = int(sys.argv[1]), int(sys.argv[2])
+sel = selectors.DefaultSelector()
+for _ in range(n):
+    s = socket.create_connection(("127.0.0.1", port))
+    s.sendall(f"GET /?channel=flood HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+              "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n".encode())
+    sel.register(s, selectors.EVENT_READ)
+while sel.get_map():
+    for key, _ in sel.select():
+        if not key.fileobj.recv(1 << 20):
+            sel.unregister(key.fileobj)
+PY
+BENCH_PID=$!
+until [ "$(redis-cli -p "$RP" pubsub numsub flood | tail -1)" = 1 ]; do
+  kill -0 "$BENCH_PID" 2>/dev/null || { echo "the readers did not start" >&2; exit 1; }
+  sleep 0.05
+done
 
 redis-benchmark -p "$RP" -n "$MESSAGES" -P "$PIPELINE" -c 2 -q PUBLISH flood xxxxxxxxxxxxxxxxxxxx >/dev/null 2>&1 &
 FLOOD=$!; pids+=("$FLOOD")
@@ -106,9 +129,11 @@ elapsed=$(echo "$(date +%s.%N) - $start" | bc)
 sleep 1
 info=$(curl -s "127.0.0.1:$NP/api/info")
 hwm=$(awk '/VmHWM/ {print $2}' "/proc/$NODE/status")
-wait_sub() { sleep 0.1; }
-echo "flood: $MESSAGES x PUBLISH -P $PIPELINE -c 2, pubsub buffers $BUFFERS, $READERS reader(s), ${elapsed%.*} s"
+echo "flood: $MESSAGES x PUBLISH -P $PIPELINE -c 2, pubsub buffers $BUFFERS, $READERS reader(s), ${elapsed%.*} s; node: $BIN $NODE_ARGS"
 echo "node: peak RSS $((hwm / 1024)) MiB (sampled $((peak_rss / 1024)) MiB); Redis used_memory peak $((peak_redis / 1024)) MiB"
-echo "$info" | python3 -c 'import json,sys; d=json.load(sys.stdin); b=d["broker"]; s=d["stats"]; print(f"broker: received {s[\"messages_received\"]}, dropped {b.get(\"dropped\")}, reconnects {b[\"reconnects\"]}, status {b[\"status\"]}; slow-consumer cuts {s[\"slow_consumer_disconnects\"]}")'
-grep -c "dropped a message from redis" "$WORK/node.log" | sed 's/^/drop warnings logged (throttled): /'
-wait
+echo "$info" | python3 -c '
+import json, sys
+d = json.load(sys.stdin); b = d["broker"]; s = d["stats"]
+print("broker: received {}, dropped {}, reconnects {}, status {}; slow-consumer cuts {}".format(
+    s["messages_received"], b.get("dropped"), b["reconnects"], b["status"], s["slow_consumer_disconnects"]))'
+echo "drop warnings logged (throttled): $(grep -c "dropped a message from redis" "$WORK/node.log" || true)"
