@@ -344,12 +344,13 @@ impl From<SendWire> for Order {
     }
 }
 
-/// A `reply` order as it travels (see [`SendWire`]).
-#[derive(Deserialize)]
+/// A `reply` order as it travels (see [`SendWire`]), and the body of
+/// `POST /api/reply`, which is the same without `op`.
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct ReplyWire {
-    #[serde(rename = "op")]
-    _op: serde::de::IgnoredAny,
+pub struct ReplyWire {
+    #[serde(default, rename = "op")]
+    _op: Option<serde::de::IgnoredAny>,
     connection: String,
     #[serde(alias = "request_id")]
     request: String,

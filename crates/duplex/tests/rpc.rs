@@ -521,12 +521,7 @@ async fn a_backends_json_reaches_one_connection_as_written() {
     };
     let publish = format!(r##"{{"channel":"#conn:{id}","data":{TEXT}}}"##);
     assert_eq!(post("/api/publish", publish).await, 200);
-    let frame = client
-        .next_message()
-        .await
-        .into_text()
-        .expect("text")
-        .to_string();
+    let frame = client.next_text().await;
     assert!(frame.contains(&format!(r#""data":{TEXT}"#)), "{frame}");
 
     let command = json!({"id": 7, "method": "rpc", "params": {"method": "m"}});
@@ -543,11 +538,6 @@ async fn a_backends_json_reaches_one_connection_as_written() {
         json!(entry.1["request"])
     );
     assert_eq!(post("/api/reply", answer).await, 200);
-    let frame = client
-        .next_message()
-        .await
-        .into_text()
-        .expect("text")
-        .to_string();
+    let frame = client.next_text().await;
     assert!(frame.contains(&format!(r#""data":{TEXT}"#)), "{frame}");
 }

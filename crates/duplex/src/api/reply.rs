@@ -6,40 +6,21 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
-use serde::Deserialize;
-use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
 use super::json::Body;
 use super::ApiError;
-use crate::control::{Order, ReplyError};
+use crate::control::{Order, ReplyWire};
 use crate::server::AppState;
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct ReplyRequest {
-    connection: String,
-    #[serde(alias = "request_id")]
-    request: String,
-    #[serde(default)]
-    data: Option<Box<RawValue>>,
-    #[serde(default)]
-    error: Option<ReplyError>,
-}
 
 /// `POST /api/reply`: answers once the reply is on its way to the holding
 /// node (whether the call is still waiting is that node's business: a late
 /// reply is dropped and counted there).
 pub(super) async fn reply(
     State(app): State<AppState>,
-    Body(req): Body<ReplyRequest>,
+    Body(req): Body<ReplyWire>,
 ) -> Result<Json<Value>, ApiError> {
-    let order = Order::Reply {
-        connection: req.connection,
-        request: req.request,
-        data: req.data,
-        error: req.error,
-    };
+    let order = Order::from(req);
     order
         .check()
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e.to_string()))?;

@@ -48,7 +48,7 @@ pub(crate) struct NativeSession {
     upstream_budget: Option<Box<RateLimit>>,
     /// This connection's part of its address's subscriptions
     /// (`max_subscriptions_per_ip`); made at the first subscription.
-    address_subscriptions: Option<AddressSubscriptions>,
+    address_subscriptions: Option<Box<AddressSubscriptions>>,
 }
 
 /// Why a command got no result.
@@ -254,7 +254,7 @@ impl NativeSession {
         }
         let share = self
             .address_subscriptions
-            .get_or_insert_with(|| node.address_subscriptions(conn));
+            .get_or_insert_with(|| Box::new(node.address_subscriptions(conn)));
         share
             .reserve(fresh.len())
             .map_err(|full| subscriptions_refused(node, conn, full.to_string()))?;
@@ -345,7 +345,7 @@ impl NativeSession {
         // Counted for the address before anything changes: all or nothing.
         let share = self
             .address_subscriptions
-            .get_or_insert_with(|| node.address_subscriptions(conn));
+            .get_or_insert_with(|| Box::new(node.address_subscriptions(conn)));
         share
             .reserve(new.len())
             .map_err(|full| subscriptions_refused(node, conn, full.to_string()))?;

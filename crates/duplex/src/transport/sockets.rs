@@ -286,15 +286,20 @@ impl Table {
 
 impl Socket {
     /// Moves the connection from HTTP to WebSocket (no longer evictable,
-    /// still holding its descriptor); false if it was evicted first.
-    pub(crate) fn upgraded(&self) -> bool {
+    /// still holding its descriptor): the slot it returns holds that
+    /// descriptor's place for as long as the WebSocket lives, without the
+    /// eviction machinery an idle connection does not need; None if it was
+    /// evicted first.
+    pub(crate) fn upgraded(&self) -> Option<OpenSlot> {
         let mut table = self.sockets.table.lock();
         if self.phase.load(Relaxed) != HTTP || !table.remove(self.ip, self.id) {
-            return false;
+            return None;
         }
         self.phase.store(UPGRADED, Relaxed);
         self.sockets.publish(&table);
-        true
+        Some(OpenSlot {
+            sockets: Arc::clone(&self.sockets),
+        })
     }
 
     /// Resolves when a newcomer evicted this connection: close it now.
@@ -305,16 +310,40 @@ impl Socket {
 
 impl Drop for Socket {
     fn drop(&mut self) {
+        if self.phase.load(Relaxed) == UPGRADED {
+            return; // its `OpenSlot` counts the descriptor now
+        }
         let mut table = self.sockets.table.lock();
-        let at_brake = table.open >= self.sockets.brake;
-        table.open -= 1;
         // Not found when evicted: the eviction took it out already.
-        if self.phase.load(Relaxed) == HTTP && table.remove(self.ip, self.id) {
+        if table.remove(self.ip, self.id) {
             self.sockets.publish(&table);
         }
+        self.sockets.close_one(table);
+    }
+}
+
+/// An upgraded connection's place among the open sockets, given back when
+/// its WebSocket ends.
+#[derive(Debug)]
+pub(crate) struct OpenSlot {
+    sockets: Arc<Sockets>,
+}
+
+impl Drop for OpenSlot {
+    fn drop(&mut self) {
+        let table = self.sockets.table.lock();
+        self.sockets.close_one(table);
+    }
+}
+
+impl Sockets {
+    /// One socket closed: count it, and wake the accept loop if it waits for room.
+    fn close_one(&self, mut table: parking_lot::MutexGuard<'_, Table>) {
+        let at_brake = table.open >= self.brake;
+        table.open -= 1;
         drop(table);
         if at_brake {
-            self.sockets.freed.notify_waiters();
+            self.freed.notify_waiters();
         }
     }
 }
@@ -396,13 +425,16 @@ mod tests {
         // fd limit 6, reserve 2: 4 sockets, 5 while an eviction is pending.
         let sockets = Arc::new(Sockets::new(Arc::clone(&stats), 0, 6, 2));
         let ws: Vec<_> = (0..3).map(|_| admitted(&sockets, ip(1)).0).collect();
-        assert!(ws.iter().all(|s| s.upgraded()));
+        let ws: Vec<OpenSlot> = ws.iter().map(|s| s.upgraded().expect("slot")).collect();
         assert_eq!(stats.http_connections.load(Relaxed), 0);
         let (http, _) = admitted(&sockets, ip(2));
         // Full: the HTTP connection is evicted, never a WebSocket.
         let (newcomer, evicted) = admitted(&sockets, ip(3));
         assert_eq!(evicted.map(|e| e.address), Some(ip(2)));
-        assert!(!http.upgraded(), "an evicted connection cannot upgrade");
+        assert!(
+            http.upgraded().is_none(),
+            "an evicted connection cannot upgrade"
+        );
         // The evicted socket is not closed yet: at the brake, the accept loop
         // waits for room, and a newcomer admitted anyway is refused at once.
         let room = sockets.room();

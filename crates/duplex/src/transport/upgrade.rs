@@ -369,13 +369,14 @@ async fn upgrade(
     }
     // From here on the socket counts as a WebSocket connection, not an HTTP
     // one (`transport::sockets`); the reader holds its slot until it ends.
-    let socket = req.extensions().get::<Arc<Socket>>().cloned();
-    if let Some(socket) = &socket {
-        socket.upgraded(); // if evicted meanwhile, `on_upgrade` fails below
-    }
+    // If it was evicted meanwhile, there is no slot and `on_upgrade` fails below.
+    let slot = req
+        .extensions()
+        .get::<Arc<Socket>>()
+        .and_then(|socket| socket.upgraded());
     let on_upgrade = hyper::upgrade::on(&mut req);
     app.tracker.spawn(async move {
-        let _socket = socket;
+        let _slot = slot;
         let (stream, leftover) = match on_upgrade.await.map(Stream::from_upgraded) {
             Ok(Some(taken)) => taken,
             Ok(None) => {
