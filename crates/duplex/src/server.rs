@@ -223,15 +223,32 @@ fn socket_table(node: &Node) -> Sockets {
         .iter()
         .map(|&n| if n == 0 { u64::MAX } else { n as u64 })
         .fold(reserve, u64::saturating_add);
+    // With the defaults as shipped (max_connections 100,000) most machines'
+    // limits are lower: say so once, quietly; an operator who chose the
+    // limits gets a warning.
+    let defaults = Config::default();
+    let chosen = config.max_connections != defaults.max_connections
+        || config.max_http_connections != defaults.max_http_connections;
     if promised > limit {
-        tracing::warn!(
-            fd_limit = limit,
-            max_connections = config.max_connections,
-            max_http_connections = config.max_http_connections,
-            reserved = reserve,
-            "the open-file limit is below max_connections + max_http_connections + the reserve: past {} open sockets, a new connection evicts the oldest HTTP connection of the busiest address, or is refused (503) when all are WebSockets; raise the hard limit (LimitNOFILE=, ulimit -Hn) or lower the limits",
-            table.budget()
-        );
+        let budget = table.budget();
+        let what =
+            "the open-file limit is below max_connections + max_http_connections + the reserve";
+        let then = "a new connection evicts the oldest HTTP connection of the busiest address, or is refused (503) when all are WebSockets; raise the hard limit (LimitNOFILE=, ulimit -Hn) or lower the limits";
+        if chosen {
+            tracing::warn!(
+                fd_limit = limit,
+                max_connections = config.max_connections,
+                max_http_connections = config.max_http_connections,
+                reserved = reserve,
+                "{what}: past {budget} open sockets, {then}"
+            );
+        } else {
+            tracing::info!(
+                fd_limit = limit,
+                max_connections = config.max_connections,
+                "{what} (default limits): at most {budget} open sockets; past that, {then}"
+            );
+        }
     }
     table
 }
