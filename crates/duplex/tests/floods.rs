@@ -175,6 +175,55 @@ async fn subscribe_churn_leaves_nothing_behind() {
     );
 }
 
+/// Clients that vanish (TCP reset) in the middle of subscribing hundreds of
+/// channels leave nothing behind: not in the node, not in Redis, where only
+/// the node's own order channels stay subscribed (a regression case of
+/// issue 14: subscribes now wait for Redis, and an abandoned one is undone).
+#[tokio::test]
+async fn clients_reset_mid_subscribe_leave_nothing_behind() {
+    const CLIENTS: usize = 50;
+    const CHANNELS: usize = 220;
+    let redis = RedisServer::start();
+    let node = NodeProcess::start(&["--redis", &redis.url()]).await;
+    support::eventually("node connected to redis", || async {
+        reqwest::get(node.http("/health"))
+            .await
+            .is_ok_and(|r| r.status() == 200)
+    })
+    .await;
+    let mut resets = Vec::new();
+    for c in 0..CLIENTS {
+        let mut raw = Raw::connect(node.addr, "/ws").await;
+        let channels: Vec<String> = (0..CHANNELS).map(|i| format!("ch-{c}-{i}")).collect();
+        let command = json!({"id": 1, "method": "subscribe", "params": {"channels": channels}});
+        raw.send(&frame(0x81, command.to_string().as_bytes(), true))
+            .await;
+        resets.push(raw);
+    }
+    for raw in resets {
+        raw.tcp
+            .set_linger(Some(std::time::Duration::ZERO))
+            .expect("linger");
+        drop(raw); // RST, whatever the node was doing
+    }
+    support::eventually("the node holds nothing", || async {
+        let info = node.info().await;
+        info["connections"] == 0 && info["subscriptions"] == 0 && info["channels"] == 0
+    })
+    .await;
+    let mut conn = redis.connection().await;
+    let channels: Vec<String> = redis::cmd("PUBSUB")
+        .arg("CHANNELS")
+        .query_async(&mut conn)
+        .await
+        .expect("PUBSUB CHANNELS");
+    assert!(
+        channels.iter().all(|c| c.starts_with('#')),
+        "only the node's order channels stay subscribed in Redis: {channels:?}"
+    );
+    assert_eq!(channels.len(), 2, "#control and #node:<id>: {channels:?}");
+}
+
 /// Hostile frames from many connections at once: each gets its code, the
 /// node's memory stays within the per-connection bounds, a bystander is
 /// served throughout.
