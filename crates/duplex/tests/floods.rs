@@ -201,7 +201,7 @@ async fn clients_reset_mid_subscribe_leave_nothing_behind() {
         resets.push(raw);
     }
     for raw in resets {
-        raw.tcp
+        socket2::SockRef::from(&raw.tcp)
             .set_linger(Some(std::time::Duration::ZERO))
             .expect("linger");
         drop(raw); // RST, whatever the node was doing
