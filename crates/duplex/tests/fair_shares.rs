@@ -17,24 +17,15 @@ use tokio_util::sync::CancellationToken;
 
 const OTHER_ADDRESS: [u8; 4] = [127, 0, 0, 2];
 
-async fn stat(node: &TestNode, name: &str) -> u64 {
-    node.info().await["stats"][name]
-        .as_u64()
-        .unwrap_or_else(|| panic!("no stat {name}"))
-}
-
 /// A node on `redis` with room for 20 waiting calls, 4 per connection.
 async fn rpc_node(redis: &RedisServer, extra: Settings) -> TestNode {
-    let node = TestNode::start(Settings {
-        redis: Some(redis.url()),
+    let extra = Settings {
         max_inflight_rpcs: Some(20),
         max_pending_rpcs: Some(4),
         max_publish_rate: Some(0),
-        ..extra.or(settings())
-    })
-    .await;
-    support::eventually("node on redis", || async { node.health().await == 200 }).await;
-    node
+        ..extra
+    };
+    TestNode::on_redis(&redis.url(), extra).await
 }
 
 /// A backend worker answering every call with its request id, until stopped.
@@ -75,17 +66,17 @@ fn spawn_worker(redis: &RedisServer, stop: CancellationToken) -> tokio::task::Jo
 async fn fill(node: &TestNode, clients: &mut [Client]) -> Vec<Value> {
     let mut refusals = Vec::new();
     for client in clients {
-        let before = stat(node, "rpc_pending").await + stat(node, "rpc_refused").await;
+        let before = node.stat("rpc_pending").await + node.stat("rpc_refused").await;
         for id in 1..=4 {
             let command =
                 json!({"id": id, "method": "rpc", "params": {"method": "hold", "data": id}});
             client.send_text(&command.to_string()).await;
         }
         support::eventually("the node took or refused the batch", || async {
-            stat(node, "rpc_pending").await + stat(node, "rpc_refused").await == before + 4
+            node.stat("rpc_pending").await + node.stat("rpc_refused").await == before + 4
         })
         .await;
-        let refused = stat(node, "rpc_refused").await;
+        let refused = node.stat("rpc_refused").await;
         while (refusals.len() as u64) < refused {
             refusals.push(client.next_json().await);
         }
@@ -95,11 +86,11 @@ async fn fill(node: &TestNode, clients: &mut [Client]) -> Vec<Value> {
 
 /// Sends one rpc on `client` and waits until the node took or refused it.
 async fn call(node: &TestNode, client: &mut Client) {
-    let before = stat(node, "rpc_pending").await + stat(node, "rpc_refused").await;
+    let before = node.stat("rpc_pending").await + node.stat("rpc_refused").await;
     let command = json!({"id": 99, "method": "rpc", "params": {"method": "ask", "data": "mine"}});
     client.send_text(&command.to_string()).await;
     support::eventually("the node took or refused the call", || async {
-        stat(node, "rpc_pending").await + stat(node, "rpc_refused").await == before + 1
+        node.stat("rpc_pending").await + node.stat("rpc_refused").await == before + 1
     })
     .await;
 }
@@ -139,7 +130,7 @@ async fn one_address_cannot_take_every_waiting_rpc_from_the_others() {
     }
     // Once answered, the flooder's address is under its share again.
     support::eventually("every call answered", || async {
-        stat(&node, "rpc_pending").await == 0
+        node.stat("rpc_pending").await == 0
     })
     .await;
     let reply = answered(&mut flooders[5]).await;
@@ -307,13 +298,7 @@ fn long_names(prefix: &str, n: usize) -> Vec<String> {
 #[tokio::test]
 async fn one_address_holds_bounded_subscription_memory_at_the_defaults() {
     let redis = RedisServer::start();
-    let node = NodeProcess::start(&["--redis", &redis.url()]).await;
-    support::eventually("node on redis", || async {
-        reqwest::get(node.http("/health"))
-            .await
-            .is_ok_and(|r| r.status() == 200)
-    })
-    .await;
+    let node = NodeProcess::on_redis(&redis.url()).await;
     let before = node.rss_kib();
     // Defaults: 1,000 per connection, 20,000 per address.
     let mut clients = Vec::new();

@@ -113,13 +113,7 @@ async fn ping_flood_from_a_non_reader_is_cut_and_memory_stays_bounded() {
 #[tokio::test]
 async fn subscribe_churn_leaves_nothing_behind() {
     let redis = RedisServer::start();
-    let node = NodeProcess::start(&["--redis", &redis.url()]).await;
-    support::eventually("node connected to redis", || async {
-        reqwest::get(node.http("/health"))
-            .await
-            .is_ok_and(|r| r.status() == 200)
-    })
-    .await;
+    let node = NodeProcess::on_redis(&redis.url()).await;
     let mut bystander = Client::connect(&node.ws("/ws")).await;
     bystander.subscribe(&["news"]).await;
     let baseline = node.rss_kib();
@@ -184,13 +178,7 @@ async fn clients_reset_mid_subscribe_leave_nothing_behind() {
     const CLIENTS: usize = 50;
     const CHANNELS: usize = 220;
     let redis = RedisServer::start();
-    let node = NodeProcess::start(&["--redis", &redis.url()]).await;
-    support::eventually("node connected to redis", || async {
-        reqwest::get(node.http("/health"))
-            .await
-            .is_ok_and(|r| r.status() == 200)
-    })
-    .await;
+    let node = NodeProcess::on_redis(&redis.url()).await;
     let mut resets = Vec::new();
     for c in 0..CLIENTS {
         let mut raw = Raw::connect(node.addr, "/ws").await;

@@ -11,7 +11,7 @@ use std::time::Duration;
 use duplex::config::Settings;
 use serde_json::{json, Value};
 use support::client::Client;
-use support::node::{settings, TestNode};
+use support::node::TestNode;
 use support::redis_server::RedisServer;
 use tokio_util::sync::CancellationToken;
 
@@ -108,20 +108,11 @@ fn spawn_worker(
 }
 
 async fn redis_node(redis: &RedisServer, extra: Settings) -> TestNode {
-    let node = TestNode::start(Settings {
-        redis: Some(redis.url()),
+    let extra = Settings {
         max_publish_rate: Some(0),
-        ..extra.or(settings())
-    })
-    .await;
-    support::eventually("node on redis", || async { node.health().await == 200 }).await;
-    node
-}
-
-async fn stat(node: &TestNode, name: &str) -> u64 {
-    node.info().await["stats"][name]
-        .as_u64()
-        .unwrap_or_else(|| panic!("no stat {name}"))
+        ..extra
+    };
+    TestNode::on_redis(&redis.url(), extra).await
 }
 
 /// Sends `rpc` commands with ids `first..first+n` without waiting, then
@@ -207,9 +198,9 @@ async fn an_rpc_is_answered_by_a_stream_worker() {
             "{reply}"
         );
     }
-    assert_eq!(stat(&node, "rpc_requests").await, 3);
-    assert_eq!(stat(&node, "rpc_replies").await, 3);
-    assert_eq!(stat(&node, "rpc_pending").await, 0);
+    assert_eq!(node.stat("rpc_requests").await, 3);
+    assert_eq!(node.stat("rpc_replies").await, 3);
+    assert_eq!(node.stat("rpc_pending").await, 0);
     let metrics = reqwest::get(node.http("/metrics"))
         .await
         .expect("GET /metrics")
@@ -270,7 +261,7 @@ async fn two_workers_share_a_thousand_requests_each_handled_once() {
     );
     assert_eq!(by.values().sum::<usize>(), 1000);
     assert_eq!(by.len(), 2, "both workers took a share: {by:?}");
-    assert_eq!(stat(&node, "rpc_pending").await, 0);
+    assert_eq!(node.stat("rpc_pending").await, 0);
 }
 
 #[tokio::test]
@@ -344,8 +335,8 @@ async fn a_call_times_out_and_its_late_reply_is_dropped_and_counted() {
         .await;
     assert_eq!(reply["error"]["code"], 113, "{reply}");
     assert_eq!(reply["error"]["temporary"], true);
-    assert_eq!(stat(&node, "rpc_timeouts").await, 1);
-    assert_eq!(stat(&node, "rpc_pending").await, 0);
+    assert_eq!(node.stat("rpc_timeouts").await, 1);
+    assert_eq!(node.stat("rpc_pending").await, 0);
 
     // The slow worker answers after all: dropped, counted, nothing reaches the client.
     let mut worker = redis.connection().await;
@@ -361,7 +352,7 @@ async fn a_call_times_out_and_its_late_reply_is_dropped_and_counted() {
         json!({"op": "reply", "connection": entry.1["connection"], "request": "nope", "data": 1});
     answer(&mut worker, &entry, &made_up).await;
     support::eventually("late replies counted", || async {
-        stat(&node, "rpc_late_replies").await == 2
+        node.stat("rpc_late_replies").await == 2
     })
     .await;
     let pong = client.command("ping", json!({})).await;
@@ -417,7 +408,7 @@ async fn a_reply_through_node_b_reaches_the_client_on_node_a() {
         )
         .await;
     assert_eq!(status, 400, "{body}");
-    assert_eq!(stat(&a, "rpc_replies").await, 2);
+    assert_eq!(a.stat("rpc_replies").await, 2);
 }
 
 #[tokio::test]
@@ -439,7 +430,7 @@ async fn pending_calls_are_bounded_and_forgotten_on_disconnect() {
         client.send_text(&command.to_string()).await;
     }
     support::eventually("two calls waiting", || async {
-        stat(&node, "rpc_pending").await == 2
+        node.stat("rpc_pending").await == 2
     })
     .await;
     let reply = client.command("rpc", json!({"method": "m"})).await;
@@ -453,17 +444,17 @@ async fn pending_calls_are_bounded_and_forgotten_on_disconnect() {
     let command = json!({"id": 1, "method": "rpc", "params": {"method": "m"}});
     other.send_text(&command.to_string()).await;
     support::eventually("three calls waiting", || async {
-        stat(&node, "rpc_pending").await == 3
+        node.stat("rpc_pending").await == 3
     })
     .await;
     client.close().await;
     other.close().await;
     support::eventually("calls forgotten with their connections", || async {
-        stat(&node, "rpc_pending").await == 0
+        node.stat("rpc_pending").await == 0
     })
     .await;
-    assert_eq!(stat(&node, "rpc_abandoned").await, 3);
-    assert_eq!(stat(&node, "rpc_refused").await, 1);
+    assert_eq!(node.stat("rpc_abandoned").await, 3);
+    assert_eq!(node.stat("rpc_refused").await, 1);
 }
 
 #[tokio::test]
@@ -475,8 +466,8 @@ async fn a_redis_outage_answers_107_and_leaves_nothing_waiting() {
     let reply = client.command("rpc", json!({"method": "m"})).await;
     assert_eq!(reply["error"]["code"], 107, "{reply}");
     assert_eq!(reply["error"]["temporary"], true);
-    assert_eq!(stat(&node, "rpc_failures").await, 1);
-    assert_eq!(stat(&node, "rpc_pending").await, 0);
+    assert_eq!(node.stat("rpc_failures").await, 1);
+    assert_eq!(node.stat("rpc_pending").await, 0);
 }
 
 #[tokio::test]
@@ -487,7 +478,7 @@ async fn without_an_upstream_rpc_is_refused_with_102() {
     assert_eq!(reply["error"]["code"], 102, "{reply}");
     let reply = client.command("rpc", json!({"method": ""})).await;
     assert_eq!(reply["error"]["code"], 101, "{reply}");
-    assert_eq!(stat(&node, "rpc_pending").await, 0);
+    assert_eq!(node.stat("rpc_pending").await, 0);
 }
 
 /// What a backend sends to one connection (`#conn:<id>` through

@@ -10,25 +10,13 @@ use std::time::{Duration, Instant};
 use duplex::config::{PlainFrames, Settings};
 use serde_json::{json, Value};
 use support::client::Client;
-use support::node::{settings, TestNode};
+use support::node::TestNode;
 use support::redis_server::RedisServer;
 use support::stream::STREAM;
 
 /// A node on `redis` with `extra` settings, once connected.
 async fn redis_node(redis: &RedisServer, extra: Settings) -> TestNode {
-    let node = TestNode::start(Settings {
-        redis: Some(redis.url()),
-        ..extra.or(settings())
-    })
-    .await;
-    support::eventually("node on redis", || async { node.health().await == 200 }).await;
-    node
-}
-
-async fn stat(node: &TestNode, name: &str) -> u64 {
-    node.info().await["stats"][name]
-        .as_u64()
-        .unwrap_or_else(|| panic!("no stat {name}"))
+    TestNode::on_redis(&redis.url(), extra).await
 }
 
 async fn xlen(redis: &RedisServer) -> u64 {
@@ -91,8 +79,8 @@ async fn a_client_over_its_byte_budget_gets_108_and_another_client_is_not_affect
     let reply = other.command("send", big).await;
     assert_eq!(reply["result"], json!({}), "{reply}");
     assert_eq!(xlen(&redis).await, 3);
-    assert_eq!(stat(&node, "upstream_throttled").await, 2);
-    assert_eq!(stat(&node, "upstream_messages").await, 3);
+    assert_eq!(node.stat("upstream_throttled").await, 2);
+    assert_eq!(node.stat("upstream_messages").await, 3);
 }
 
 #[tokio::test]
@@ -149,10 +137,7 @@ async fn many_connections_together_stay_under_the_node_byte_budget() {
         assert_eq!(reply["error"]["code"], 108, "{reply}");
         assert!(message(reply).contains("max_upstream_node_rate"), "{reply}");
     }
-    assert_eq!(
-        stat(&node, "upstream_throttled").await,
-        refused.len() as u64
-    );
+    assert_eq!(node.stat("upstream_throttled").await, refused.len() as u64);
 }
 
 #[tokio::test]
@@ -216,10 +201,10 @@ async fn plain_frames_over_the_byte_budget_are_dropped_counted_then_closed() {
         plain.send_text(&frame).await;
     }
     support::eventually("three frames dropped", || async {
-        stat(&node, "plain_publish_dropped").await == 3
+        node.stat("plain_publish_dropped").await == 3
     })
     .await;
-    assert_eq!(stat(&node, "upstream_throttled").await, 3);
+    assert_eq!(node.stat("upstream_throttled").await, 3);
     // One that keeps going past max_publish_rate refusals in a row is closed.
     plain.send_text(&frame).await;
     let closed = plain.expect_close().await;

@@ -33,9 +33,15 @@ impl TestNode {
 
     /// A node on the given Redis, once it is connected to it.
     pub async fn redis(url: &str) -> Self {
+        Self::on_redis(url, Settings::default()).await
+    }
+
+    /// A node on the given Redis with `extra` settings (the rest as
+    /// [`settings`]), once it is connected to it.
+    pub async fn on_redis(url: &str, extra: Settings) -> Self {
         let node = Self::start(Settings {
             redis: Some(url.to_string()),
-            ..settings()
+            ..extra.or(settings())
         })
         .await;
         super::eventually("node connected to redis", || async {
@@ -43,6 +49,13 @@ impl TestNode {
         })
         .await;
         node
+    }
+
+    /// A counter from `/api/info`'s `stats`.
+    pub async fn stat(&self, name: &str) -> u64 {
+        self.info().await["stats"][name]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no stat {name}"))
     }
 
     /// A node with explicit settings (listen is forced to a free port).

@@ -20,6 +20,18 @@ impl NodeProcess {
         Self::spawn(args, None, None).await
     }
 
+    /// `duplex serve --redis <url>`, once it is connected to Redis.
+    pub async fn on_redis(url: &str) -> NodeProcess {
+        let node = Self::start(&["--redis", url]).await;
+        super::eventually("node connected to redis", || async {
+            reqwest::get(node.http("/health"))
+                .await
+                .is_ok_and(|r| r.status() == 200)
+        })
+        .await;
+        node
+    }
+
     /// Like [`NodeProcess::start`], with its log kept for [`NodeProcess::log`].
     pub async fn start_logged(args: &[&str]) -> NodeProcess {
         let path = std::env::temp_dir().join(format!(
