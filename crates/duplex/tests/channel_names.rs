@@ -54,18 +54,9 @@ async fn invisible_formatting_characters_are_refused_everywhere() {
         let query: String = url::form_urlencoded::Serializer::new(String::new())
             .append_pair("channel", name)
             .finish();
-        match tokio_tungstenite::connect_async(node.ws(&format!("/?{query}"))).await {
-            Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
-                assert_eq!(response.status(), 400, "plain {name:?}");
-                let body = String::from_utf8_lossy(response.body().as_deref().unwrap_or_default())
-                    .to_string();
-                assert!(body.contains("invisible formatting character"), "{body}");
-            }
-            other => panic!(
-                "plain {name:?}: expected HTTP 400, got {:?}",
-                other.map(|_| ())
-            ),
-        }
+        let (status, body) = support::client::refused(&node.ws(&format!("/?{query}"))).await;
+        assert_eq!(status, 400, "plain {name:?}");
+        assert!(body.contains("invisible formatting character"), "{body}");
     }
     // The connection lives on, and nothing of the refused names exists.
     client.subscribe(&["news"]).await;

@@ -200,18 +200,6 @@ async fn one_user_cannot_take_every_waiting_rpc_behind_a_proxy() {
     worker.await.expect("worker");
 }
 
-/// The status and reason of a refused handshake from 127.0.0.1.
-async fn refused(url: &str) -> (u16, String) {
-    match tokio_tungstenite::connect_async(url).await {
-        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => (
-            response.status().as_u16(),
-            String::from_utf8_lossy(response.body().as_deref().unwrap_or_default()).to_string(),
-        ),
-        Ok(_) => panic!("connection was accepted"),
-        Err(e) => panic!("unexpected error {e}"),
-    }
-}
-
 /// Subscribes `client` to `<prefix>0..<prefix>n`; the reply as it is.
 async fn subscribe_many(client: &mut Client, prefix: &str, n: usize) -> Value {
     let channels: Vec<String> = (0..n).map(|i| format!("{prefix}{i}")).collect();
@@ -247,7 +235,7 @@ async fn subscriptions_are_bounded_per_connection_and_per_address_all_or_nothing
     assert_eq!(subscriptions().await, 20, "nothing half-applied");
     assert!(subscribe_many(&mut c, "c", 5).await["result"].is_object());
     // Plain clients count too: a full address is refused at the upgrade.
-    let (status, reason) = refused(&node.ws("/?channel=p")).await;
+    let (status, reason) = support::client::refused(&node.ws("/?channel=p")).await;
     assert_eq!(status, 429, "{reason}");
     assert!(reason.contains("max_subscriptions_per_ip"), "{reason}");
     // Another address has its own.

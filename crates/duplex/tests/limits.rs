@@ -6,17 +6,6 @@ mod support;
 use support::client::Client;
 use support::node::{settings, TestNode};
 
-async fn refused(url: &str) -> (u16, String) {
-    match tokio_tungstenite::connect_async(url).await {
-        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => (
-            response.status().as_u16(),
-            String::from_utf8_lossy(response.body().as_deref().unwrap_or_default()).to_string(),
-        ),
-        Ok(_) => panic!("connection was accepted"),
-        Err(e) => panic!("unexpected error {e}"),
-    }
-}
-
 #[tokio::test]
 async fn node_limit_answers_503_and_frees_slots() {
     let node = TestNode::start(duplex::config::Settings {
@@ -26,7 +15,7 @@ async fn node_limit_answers_503_and_frees_slots() {
     .await;
     let first = Client::connect(&node.ws("/")).await;
     let _second = Client::connect(&node.ws("/ws")).await;
-    let (status, body) = refused(&node.ws("/")).await;
+    let (status, body) = support::client::refused(&node.ws("/")).await;
     assert_eq!(status, 503);
     assert!(body.contains("connection limit (2)"), "{body}");
     first.close().await;
@@ -45,7 +34,7 @@ async fn per_address_limit_answers_429() {
     })
     .await;
     let only = Client::connect(&node.ws("/")).await;
-    let (status, body) = refused(&node.ws("/ws")).await;
+    let (status, body) = support::client::refused(&node.ws("/ws")).await;
     assert_eq!(status, 429);
     assert!(
         body.contains("too many connections from your address"),
@@ -163,7 +152,7 @@ async fn handshake_rate_per_address_answers_429() {
     for _ in 0..3 {
         open.push(Client::connect(&node.ws("/")).await);
     }
-    let (status, body) = refused(&node.ws("/")).await;
+    let (status, body) = support::client::refused(&node.ws("/")).await;
     assert_eq!(status, 429);
     assert!(body.contains("too many connection attempts"), "{body}");
     // The bucket refills: a patient client gets in.

@@ -168,13 +168,11 @@ async fn plain_clients_are_held_to_the_same_rules_at_the_upgrade() {
         "/?channel=chat:lobby".to_string(),
         format!("/?channel=private:ann&token={}", user("ann")),
     ] {
-        let refused = tokio_tungstenite::connect_async(node.ws(&query)).await;
-        match refused {
-            Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
-                assert_eq!(response.status(), 400, "{query}")
-            }
-            other => panic!("{query}: expected a refusal, got {other:?}"),
-        }
+        assert_eq!(
+            support::client::refused(&node.ws(&query)).await.0,
+            400,
+            "{query}"
+        );
     }
     let mut member =
         Client::connect(&node.ws(&format!("/?channel=chat:lobby&token={}", user("ann")))).await;

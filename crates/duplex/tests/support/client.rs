@@ -172,3 +172,16 @@ impl Client {
             .await;
     }
 }
+
+/// The status and body of a WebSocket handshake the node refused; panics
+/// when it was accepted or failed otherwise.
+pub async fn refused(url: &str) -> (u16, String) {
+    match tokio_tungstenite::connect_async(url).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => (
+            response.status().as_u16(),
+            String::from_utf8_lossy(response.body().as_deref().unwrap_or_default()).to_string(),
+        ),
+        Ok(_) => panic!("connection to {url} was accepted"),
+        Err(e) => panic!("connection to {url}: unexpected error {e}"),
+    }
+}
