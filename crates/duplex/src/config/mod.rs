@@ -6,6 +6,7 @@
 //! and checks the result, producing the [`Config`] the node runs with.
 
 mod default_file;
+mod validate;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -14,7 +15,7 @@ use std::time::Duration;
 use clap::Args;
 use serde::Deserialize;
 
-use crate::permissions::{Namespace, Permissions};
+use crate::permissions::Namespace;
 use default_file::{ToToml, DEFAULT_FILE_HEADER, DEFAULT_FILE_NAMESPACES};
 
 /// Why the settings cannot run a node; shown to the operator as is.
@@ -413,176 +414,6 @@ impl Config {
             .split(',')
             .map(str::trim)
             .filter(|k| !k.is_empty())
-    }
-
-    fn validate(&self) -> Result<(), ConfigError> {
-        let invalid = |name, reason: &str| {
-            Err(ConfigError::Invalid {
-                name,
-                reason: reason.to_string(),
-            })
-        };
-        if let Err(e) =
-            duplex_protocol::channel::validate(&self.default_channel, self.max_channel_length)
-        {
-            return invalid("default_channel", &e.to_string());
-        }
-        if self.redis_prefix.contains('#') {
-            // Reserved Redis channels are `<prefix>#...`: with no `#` in any
-            // prefix, their first `#` ends the prefix, which is what keeps
-            // deployments on one Redis apart (duplex_protocol::channel).
-            return invalid(
-                "redis_prefix",
-                "may not contain '#': this node's reserved Redis channels are <prefix>#control, <prefix>#node:<id>, <prefix>#user:<id>..., \
-                 and only a '#'-free prefix keeps every other deployment's channel names away from them (docs/AUTH.md, \"Sharing one Redis\")",
-            );
-        }
-        if let Some(url) = self.redis_url() {
-            if let Err(e) = redis::Client::open(url) {
-                return invalid("redis", &format!("not a valid Redis URL: {e}"));
-            }
-        }
-        if !self.listen.ip().is_loopback() && !self.insecure {
-            if !self.token_auth() {
-                return invalid(
-                    "listen",
-                    &format!(
-                        "refusing to listen on {} without client authentication: anyone who reaches it could read and write every channel. \
-                         Set --token-secret (HS256 tokens) or --token-public-key (RS256/ES256) so clients must present a token, \
-                         listen on 127.0.0.1 behind a proxy, or pass --insecure (DUPLEX_INSECURE=true) to accept the risk",
-                        self.listen
-                    ),
-                );
-            }
-            if self.api_keys().next().is_none() {
-                return invalid(
-                    "listen",
-                    &format!(
-                        "refusing to listen on {} with an open HTTP API: anyone who reaches it could publish anywhere. \
-                         Set --api-key, or pass --insecure to accept the risk",
-                        self.listen
-                    ),
-                );
-            }
-        }
-        if self.tls_cert.is_empty() != self.tls_key.is_empty() {
-            return invalid(
-                if self.tls_cert.is_empty() { "tls_cert" } else { "tls_key" },
-                "tls_cert and tls_key go together: set both (PEM files) to serve wss:// and https://, or neither for plain ws://",
-            );
-        }
-        if self.allow_anonymous && !self.token_auth() {
-            return invalid(
-                "allow_anonymous",
-                "only means something with token auth (token_secret or token_public_key)",
-            );
-        }
-        if self.max_message_size == 0 {
-            return invalid("max_message_size", "must be at least 1");
-        }
-        if self.max_fragments == 0 {
-            return invalid("max_fragments", "must be at least 1");
-        }
-        if self.max_queued_bytes < self.max_message_size.min(64 * 1024) {
-            return invalid(
-                "max_queued_bytes",
-                "must hold at least one message (>= 64 KiB or max_message_size)",
-            );
-        }
-        if self.max_queued_messages == 0 {
-            return invalid("max_queued_messages", "must be at least 1");
-        }
-        if self.ping_interval.is_zero() || self.pong_timeout.is_zero() {
-            return invalid(
-                "ping_interval",
-                "ping_interval and pong_timeout must be above zero",
-            );
-        }
-        if let Err(e) = Permissions::new(self.namespaces.clone()) {
-            return invalid("namespaces", &e.to_string());
-        }
-        if !self.token_jwks_url.is_empty() {
-            match url::Url::parse(&self.token_jwks_url) {
-                Ok(u) if u.scheme() == "http" || u.scheme() == "https" => {}
-                _ => return invalid("token_jwks_url", "must be an http:// or https:// URL"),
-            }
-            if self.token_jwks_refresh.is_zero() {
-                return invalid("token_jwks_refresh", "must be above zero");
-            }
-        }
-        if !self.upstream_url.is_empty() {
-            match url::Url::parse(&self.upstream_url) {
-                Ok(u) if u.scheme() == "http" || u.scheme() == "https" => {}
-                _ => return invalid("upstream_url", "must be an http:// or https:// URL"),
-            }
-        }
-        if self.upstream_concurrency == 0 {
-            return invalid("upstream_concurrency", "must be at least 1");
-        }
-        if self.rpc_timeout.is_zero() {
-            return invalid("rpc_timeout", "must be above zero");
-        }
-        if self.max_pending_rpcs == 0 || self.max_inflight_rpcs == 0 {
-            return invalid(
-                "max_pending_rpcs",
-                "max_pending_rpcs and max_inflight_rpcs must be at least 1",
-            );
-        }
-        if self.handshake_timeout.is_zero() {
-            return invalid("handshake_timeout", "must be above zero");
-        }
-        if let Some(entry) = self
-            .allowed_hosts
-            .split(',')
-            .find(|h| h.contains('/') || h.trim().contains(char::is_whitespace))
-        {
-            return invalid(
-                "allowed_hosts",
-                &format!(
-                    "{:?} is not a host name: list names or addresses as browsers send them in Host (chat.example, 10.0.0.5:1234), no scheme or path",
-                    entry.trim()
-                ),
-            );
-        }
-        if self.request_timeout.is_zero() {
-            return invalid("request_timeout", "must be above zero");
-        }
-        if self.redis_timeout.is_zero() {
-            return invalid("redis_timeout", "must be above zero");
-        }
-        // The one place that says where plain frames can go up: a Redis
-        // Stream, or the HTTP upstream (namespaces may name their own URLs).
-        if self.plain_frames.to_upstream()
-            && self.redis_url().is_none()
-            && self.upstream_url.is_empty()
-        {
-            return invalid(
-                "plain_frames",
-                "\"upstream\" and \"both\" need Redis (--redis) or an HTTP upstream (--upstream-url); use \"channel\"",
-            );
-        }
-        if self.redis_url().is_none() {
-            if let Some(ns) = self
-                .namespaces
-                .iter()
-                .find(|ns| ns.upstream_stream.is_some())
-            {
-                return invalid(
-                    "namespaces",
-                    &format!(
-                        "namespace {:?}: upstream_stream needs Redis (--redis): the memory broker has no streams; use upstream_url",
-                        ns.pattern
-                    ),
-                );
-            }
-        }
-        if self.query_timeout.is_zero() || self.node_heartbeat.is_zero() {
-            return invalid(
-                "query_timeout",
-                "query_timeout and node_heartbeat must be above zero",
-            );
-        }
-        Ok(())
     }
 }
 

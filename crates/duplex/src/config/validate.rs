@@ -1,0 +1,187 @@
+//! Checks of a resolved [`Config`]: each refusal names the setting and says
+//! what is allowed, at start, before anything listens.
+
+use super::{Config, ConfigError};
+use crate::permissions::Permissions;
+
+impl Config {
+    /// Every check; the first refusal wins.
+    pub(super) fn validate(&self) -> Result<(), ConfigError> {
+        check_broker(self)?;
+        check_exposure(self)?;
+        check_bounds(self)
+    }
+}
+
+fn invalid(name: &'static str, reason: &str) -> Result<(), ConfigError> {
+    Err(ConfigError::Invalid {
+        name,
+        reason: reason.to_string(),
+    })
+}
+
+/// Channels, Redis and where client messages can go.
+fn check_broker(c: &Config) -> Result<(), ConfigError> {
+    if let Err(e) = duplex_protocol::channel::validate(&c.default_channel, c.max_channel_length) {
+        return invalid("default_channel", &e.to_string());
+    }
+    if c.redis_prefix.contains('#') {
+        // Reserved Redis channels are `<prefix>#...`: with no `#` in any
+        // prefix, their first `#` ends the prefix, which is what keeps
+        // deployments on one Redis apart (duplex_protocol::channel).
+        return invalid(
+            "redis_prefix",
+            "may not contain '#': this node's reserved Redis channels are <prefix>#control, <prefix>#node:<id>, <prefix>#user:<id>..., \
+             and only a '#'-free prefix keeps every other deployment's channel names away from them (docs/AUTH.md, \"Sharing one Redis\")",
+        );
+    }
+    if let Some(url) = c.redis_url() {
+        if let Err(e) = redis::Client::open(url) {
+            return invalid("redis", &format!("not a valid Redis URL: {e}"));
+        }
+    }
+    if c.redis_timeout.is_zero() {
+        return invalid("redis_timeout", "must be above zero");
+    }
+    if !c.upstream_url.is_empty() {
+        match url::Url::parse(&c.upstream_url) {
+            Ok(u) if u.scheme() == "http" || u.scheme() == "https" => {}
+            _ => return invalid("upstream_url", "must be an http:// or https:// URL"),
+        }
+    }
+    // The one place that says where plain frames can go up: a Redis
+    // Stream, or the HTTP upstream (namespaces may name their own URLs).
+    if c.plain_frames.to_upstream() && c.redis_url().is_none() && c.upstream_url.is_empty() {
+        return invalid(
+            "plain_frames",
+            "\"upstream\" and \"both\" need Redis (--redis) or an HTTP upstream (--upstream-url); use \"channel\"",
+        );
+    }
+    if c.redis_url().is_none() {
+        if let Some(ns) = c.namespaces.iter().find(|ns| ns.upstream_stream.is_some()) {
+            return invalid(
+                "namespaces",
+                &format!(
+                    "namespace {:?}: upstream_stream needs Redis (--redis): the memory broker has no streams; use upstream_url",
+                    ns.pattern
+                ),
+            );
+        }
+    }
+    if c.query_timeout.is_zero() || c.node_heartbeat.is_zero() {
+        return invalid(
+            "query_timeout",
+            "query_timeout and node_heartbeat must be above zero",
+        );
+    }
+    Ok(())
+}
+
+/// Who may reach the node and how: listen address, tokens, TLS, hosts, namespaces.
+fn check_exposure(c: &Config) -> Result<(), ConfigError> {
+    if !c.listen.ip().is_loopback() && !c.insecure {
+        if !c.token_auth() {
+            return invalid(
+                "listen",
+                &format!(
+                    "refusing to listen on {} without client authentication: anyone who reaches it could read and write every channel. \
+                     Set --token-secret (HS256 tokens) or --token-public-key (RS256/ES256) so clients must present a token, \
+                     listen on 127.0.0.1 behind a proxy, or pass --insecure (DUPLEX_INSECURE=true) to accept the risk",
+                    c.listen
+                ),
+            );
+        }
+        if c.api_keys().next().is_none() {
+            return invalid(
+                "listen",
+                &format!(
+                    "refusing to listen on {} with an open HTTP API: anyone who reaches it could publish anywhere. \
+                     Set --api-key, or pass --insecure to accept the risk",
+                    c.listen
+                ),
+            );
+        }
+    }
+    if c.tls_cert.is_empty() != c.tls_key.is_empty() {
+        return invalid(
+            if c.tls_cert.is_empty() { "tls_cert" } else { "tls_key" },
+            "tls_cert and tls_key go together: set both (PEM files) to serve wss:// and https://, or neither for plain ws://",
+        );
+    }
+    if c.allow_anonymous && !c.token_auth() {
+        return invalid(
+            "allow_anonymous",
+            "only means something with token auth (token_secret or token_public_key)",
+        );
+    }
+    if let Err(e) = Permissions::new(c.namespaces.clone()) {
+        return invalid("namespaces", &e.to_string());
+    }
+    if let Some(entry) = c
+        .allowed_hosts
+        .split(',')
+        .find(|h| h.contains('/') || h.trim().contains(char::is_whitespace))
+    {
+        return invalid(
+            "allowed_hosts",
+            &format!(
+                "{:?} is not a host name: list names or addresses as browsers send them in Host (chat.example, 10.0.0.5:1234), no scheme or path",
+                entry.trim()
+            ),
+        );
+    }
+    if !c.token_jwks_url.is_empty() {
+        match url::Url::parse(&c.token_jwks_url) {
+            Ok(u) if u.scheme() == "http" || u.scheme() == "https" => {}
+            _ => return invalid("token_jwks_url", "must be an http:// or https:// URL"),
+        }
+        if c.token_jwks_refresh.is_zero() {
+            return invalid("token_jwks_refresh", "must be above zero");
+        }
+    }
+    Ok(())
+}
+
+/// Sizes, counts and timeouts that must leave room for something.
+fn check_bounds(c: &Config) -> Result<(), ConfigError> {
+    if c.max_message_size == 0 {
+        return invalid("max_message_size", "must be at least 1");
+    }
+    if c.max_fragments == 0 {
+        return invalid("max_fragments", "must be at least 1");
+    }
+    if c.max_queued_bytes < c.max_message_size.min(64 * 1024) {
+        return invalid(
+            "max_queued_bytes",
+            "must hold at least one message (>= 64 KiB or max_message_size)",
+        );
+    }
+    if c.max_queued_messages == 0 {
+        return invalid("max_queued_messages", "must be at least 1");
+    }
+    if c.ping_interval.is_zero() || c.pong_timeout.is_zero() {
+        return invalid(
+            "ping_interval",
+            "ping_interval and pong_timeout must be above zero",
+        );
+    }
+    if c.upstream_concurrency == 0 {
+        return invalid("upstream_concurrency", "must be at least 1");
+    }
+    if c.rpc_timeout.is_zero() {
+        return invalid("rpc_timeout", "must be above zero");
+    }
+    if c.max_pending_rpcs == 0 || c.max_inflight_rpcs == 0 {
+        return invalid(
+            "max_pending_rpcs",
+            "max_pending_rpcs and max_inflight_rpcs must be at least 1",
+        );
+    }
+    if c.handshake_timeout.is_zero() {
+        return invalid("handshake_timeout", "must be above zero");
+    }
+    if c.request_timeout.is_zero() {
+        return invalid("request_timeout", "must be above zero");
+    }
+    Ok(())
+}
