@@ -29,6 +29,12 @@ pub fn node_of(connection: &str) -> Option<&str> {
     connection.rsplit_once('.').map(|(node, _)| node)
 }
 
+/// A connection id's node and number, when it has the form `<node>.<n>`.
+pub fn split_connection_id(connection: &str) -> Option<(&str, u64)> {
+    let (node, seq) = connection.rsplit_once('.')?;
+    Some((node, seq.parse().ok()?))
+}
+
 /// Close code when no code is given: "disconnected by the server" (reconnect allowed).
 pub const DEFAULT_DISCONNECT_CODE: u16 = 3003;
 

@@ -12,6 +12,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwapOption;
 use axum::extract::ConnectInfo;
 use axum::middleware;
 use axum::routing::get;
@@ -21,6 +22,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -95,6 +97,20 @@ pub struct AppState {
     pub(crate) guard: Arc<HttpGuard>,
     /// Every accepted connection, counted until it closes.
     pub(crate) sockets: Arc<Sockets>,
+    /// The TLS certificate new connections get; a reload swaps it.
+    pub(crate) tls: Arc<LiveTls>,
+}
+
+/// The TLS acceptor of new connections (none: plain), swapped by a reload.
+#[derive(Default)]
+pub(crate) struct LiveTls(ArcSwapOption<TlsAcceptor>);
+
+impl std::fmt::Debug for LiveTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LiveTls")
+            .field("on", &self.0.load().is_some())
+            .finish()
+    }
 }
 
 /// Why the server stopped with an error.
@@ -136,6 +152,18 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServerError> {
+    let (_keep, reloads) = mpsc::channel(1);
+    run_reloading(listener, config, shutdown, reloads).await
+}
+
+/// [`run`], also taking new configs while serving (SIGHUP): each is
+/// applied as `config::reload` plans it and logged.
+pub async fn run_reloading(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+    reloads: mpsc::Receiver<Config>,
+) -> Result<(), ServerError> {
     let tls = if config.tls() {
         Some(crate::tls::acceptor(
             Path::new(&config.tls_cert),
@@ -160,7 +188,9 @@ pub async fn run(
         metrics: Arc::new(crate::metrics::registry(&node)),
         guard: Arc::new(guard),
         sockets: Arc::new(socket_table(&node)),
+        tls: Arc::new(LiveTls(ArcSwapOption::new(tls.map(Arc::new)))),
     };
+    tokio::spawn(apply_reloads(state.clone(), reloads));
     node.listen_for_orders();
     wait_for_broker(&node).await;
     let heartbeat = tokio::spawn(heartbeat::run(node.clone(), state.shutdown.clone()));
@@ -169,7 +199,8 @@ pub async fn run(
     }
     tokio::spawn(coalesce::watch(node.clone(), state.shutdown.clone()));
     let addr = listener.local_addr()?;
-    let (ws, http) = if tls.is_some() {
+    let tls_on = state.tls.0.load().is_some();
+    let (ws, http) = if tls_on {
         ("wss", "https")
     } else {
         ("ws", "http")
@@ -180,13 +211,13 @@ pub async fn run(
         broker = node.broker_state().kind,
         api_key = node.config().api_keys().next().is_some(),
         token_auth = node.config().token_auth(),
-        tls = tls.is_some(),
+        tls = tls_on,
         "duplex listening: plain clients at {ws}://{addr}/, native protocol at {ws}://{addr}/ws, HTTP API at {http}://{addr}/api"
     );
     if node.config().insecure && !addr.ip().is_loopback() {
         tracing::warn!(%addr, "INSECURE: listening on a non-loopback address without client authentication; anyone who can reach it can read and write every channel");
     }
-    accept_loop(&listener, &state, tls, shutdown).await;
+    accept_loop(&listener, &state, shutdown).await;
     drop(listener);
     shut_down(&state).await;
     let _ = heartbeat.await;
@@ -275,12 +306,47 @@ async fn wait_for_broker(node: &Node) {
     }
 }
 
-async fn accept_loop(
-    listener: &TcpListener,
-    state: &AppState,
-    tls: Option<TlsAcceptor>,
-    shutdown: impl Future<Output = ()>,
-) {
+/// Applies each new config: the node takes the reloadable settings, the
+/// TLS certificate is read again (rotated files, same paths); what cannot
+/// be applied keeps the running config and is logged.
+async fn apply_reloads(state: AppState, mut reloads: mpsc::Receiver<Config>) {
+    while let Some(new) = reloads.recv().await {
+        // Only a node serving TLS swaps certificates (turning TLS on or off
+        // is a restart).
+        let tls = match new.tls() && state.node.config().tls() {
+            true => match crate::tls::acceptor(Path::new(&new.tls_cert), Path::new(&new.tls_key)) {
+                Ok(acceptor) => Some(acceptor),
+                Err(e) => {
+                    tracing::error!(error = %e, "reload refused: the TLS certificate or key cannot be used; still running with the old config");
+                    continue;
+                }
+            },
+            false => None,
+        };
+        let plan = match state.node.reload(&new).await {
+            Ok(plan) => plan,
+            Err(e) => {
+                tracing::error!(error = %e, "reload refused; still running with the old config");
+                continue;
+            }
+        };
+        if let (Some(acceptor), true) = (tls, state.node.config().tls()) {
+            state.tls.0.store(Some(Arc::new(acceptor)));
+        }
+        tracing::info!(
+            applied = ?plan.applied,
+            "config reloaded (the TLS certificate and token key files read again); open connections keep what they were admitted with"
+        );
+        if !plan.need_restart.is_empty() {
+            tracing::warn!(
+                settings = ?plan.need_restart,
+                "changed settings that take effect only after a restart; still running with their old values"
+            );
+        }
+    }
+}
+
+async fn accept_loop(listener: &TcpListener, state: &AppState, shutdown: impl Future<Output = ()>) {
     let app = router(state.clone());
     let unacked_limit = {
         let config = state.node.config();
@@ -303,7 +369,7 @@ async fn accept_loop(
         let socket = match state.sockets.admit(remote) {
             Admission::Admitted { socket, .. } => socket,
             Admission::Refused => {
-                if tls.is_none() {
+                if state.tls.0.load().is_none() {
                     let _ = tcp.try_write(&sockets::refusal());
                 }
                 continue; // dropped: closed at once, its descriptor free again
@@ -325,11 +391,13 @@ async fn accept_loop(
             shutdown: state.shutdown.clone(),
             socket,
         };
-        match &tls {
+        match state.tls.0.load_full() {
             None => state.tracker.spawn(serve_http(tcp, service, conn)),
-            Some(acceptor) => state
-                .tracker
-                .spawn(serve_tls(acceptor.clone(), tcp, service, conn)),
+            Some(acceptor) => {
+                state
+                    .tracker
+                    .spawn(serve_tls(TlsAcceptor::clone(&acceptor), tcp, service, conn))
+            }
         };
     }
 }

@@ -280,3 +280,79 @@ async fn an_acknowledged_publish_after_a_restart_is_delivered_here() {
     }
     eprintln!("{refused} publishes refused while the subscriber came back");
 }
+
+/// Issue 15 #8: once `/health` says 200 after a Redis restart, the first
+/// `send` (XADD) and the first publish succeed: the node's append/publish
+/// connection died with the old Redis, and the node must find that out
+/// before a client's request does (it answered 107 "broken pipe").
+#[tokio::test]
+async fn the_first_requests_after_a_restart_succeed() {
+    let mut redis = RedisServer::start();
+    let node = TestNode::redis(&redis.url()).await;
+    support::eventually("healthy", || async { node.health().await == 200 }).await;
+    let mut native = Client::connect(&node.ws("/ws")).await;
+    let reply = native.command("send", json!({"data": "before"})).await;
+    assert_eq!(reply["result"], json!({}), "{reply}");
+
+    redis.restart();
+    support::eventually("health back to 200", || async {
+        node.health().await == 200
+    })
+    .await;
+    let reply = native.command("send", json!({"data": "after"})).await;
+    assert_eq!(
+        reply["result"],
+        json!({}),
+        "first send after the restart: {reply}"
+    );
+    let (status, body) = node
+        .post_json("/api/publish", &json!({"channel": "channel", "data": "x"}))
+        .await;
+    assert_eq!(status, 200, "first publish after the restart: {body}");
+}
+
+/// Redis closes idle clients after its `timeout` (managed Redis often sets
+/// one): the node's idle append/publish connection is gone when the next
+/// request comes, and that request must still succeed.
+#[tokio::test]
+async fn a_connection_redis_closed_for_idleness_is_replaced_before_use() {
+    let redis = RedisServer::start();
+    let node = TestNode::redis(&redis.url()).await;
+    support::eventually("healthy", || async { node.health().await == 200 }).await;
+    let mut native = Client::connect(&node.ws("/ws")).await;
+    let reply = native.command("send", json!({"data": "before"})).await;
+    assert_eq!(reply["result"], json!({}), "{reply}");
+    // The node's publish connection is the one whose last command was XADD.
+    let publisher_open = || async {
+        let list: String = redis::cmd("CLIENT")
+            .arg("LIST")
+            .query_async(&mut redis.connection().await)
+            .await
+            .expect("CLIENT LIST");
+        list.lines().any(|l| l.contains("cmd=xadd"))
+    };
+    assert!(publisher_open().await);
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("timeout")
+        .arg("1")
+        .query_async(&mut redis.connection().await)
+        .await
+        .expect("CONFIG SET timeout");
+    // Redis closes idle clients (not subscribers): the node's publisher goes.
+    support::eventually("redis closed the idle publish connection", || async {
+        !publisher_open().await
+    })
+    .await;
+    assert_eq!(
+        node.health().await,
+        200,
+        "the subscriber connection is untouched"
+    );
+    let reply = native.command("send", json!({"data": "after"})).await;
+    assert_eq!(
+        reply["result"],
+        json!({}),
+        "send after the idle close: {reply}"
+    );
+}

@@ -26,6 +26,10 @@ pub(super) struct PublishRequest {
     data: Box<RawValue>,
     #[serde(default)]
     encoding: Encoding,
+    /// A connection id (`<node>.<n>`) not to deliver to: the client a
+    /// backend publishes for, on whichever node it is.
+    #[serde(default)]
+    exclude: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -34,6 +38,8 @@ pub(super) struct BroadcastRequest {
     data: Box<RawValue>,
     #[serde(default)]
     encoding: Encoding,
+    #[serde(default)]
+    exclude: Option<String>,
 }
 
 pub(super) async fn publish(
@@ -41,7 +47,15 @@ pub(super) async fn publish(
     Body(req): Body<PublishRequest>,
 ) -> Result<Json<Value>, ApiError> {
     let channel = channel(&app.node, &req.channel)?;
+    let exclude = exclude(req.exclude.as_deref())?;
     if let Some(id) = channel.as_str().strip_prefix(CONN_CHANNEL_PREFIX) {
+        if exclude.is_some() {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "\"exclude\" does not apply to a #conn: channel (one connection)",
+            ));
+        }
         let order = Order::Send {
             connection: id.to_string(),
             data: req.data,
@@ -51,8 +65,37 @@ pub(super) async fn publish(
     }
     let publication = publication(channel, &req.data, req.encoding)?;
     Stats::bump(&app.node.stats().http_publishes);
-    app.node.publish(publication).await.map_err(unavailable)?;
+    publish_one(&app.node, publication, exclude)
+        .await
+        .map_err(unavailable)?;
     Ok(Json(json!({"ok": true})))
+}
+
+async fn publish_one(
+    node: &Node,
+    publication: Publication,
+    exclude: Option<&str>,
+) -> Result<(), BrokerError> {
+    match exclude {
+        Some(connection) => node.publish_excluding(publication, connection).await,
+        None => node.publish(publication).await,
+    }
+}
+
+/// The `exclude` field: absent, or a connection id `<node>.<n>`.
+fn exclude(value: Option<&str>) -> Result<Option<&str>, ApiError> {
+    match value {
+        None => Ok(None),
+        Some(id) if crate::control::split_connection_id(id).is_some() => Ok(Some(id)),
+        Some(id) => {
+            let shown: String = id.chars().take(64).collect();
+            Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                format!("\"exclude\" must be a connection id <node>.<number>, not {shown:?}"),
+            ))
+        }
+    }
 }
 
 pub(super) async fn broadcast(
@@ -71,6 +114,7 @@ pub(super) async fn broadcast(
         .iter()
         .map(|c| channel(&app.node, c))
         .collect::<Result<Vec<_>, _>>()?;
+    let exclude = exclude(req.exclude.as_deref())?;
     let first = publication(channels[0].clone(), &req.data, req.encoding)?;
     let mut published = 0usize;
     for channel in channels {
@@ -79,7 +123,7 @@ pub(super) async fn broadcast(
             ..first.clone()
         };
         Stats::bump(&app.node.stats().http_publishes);
-        if let Err(e) = app.node.publish(p).await {
+        if let Err(e) = publish_one(&app.node, p, exclude).await {
             let mut err = unavailable(e);
             err.message = format!(
                 "{} (published to {published} of {} channels)",

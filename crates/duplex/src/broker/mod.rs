@@ -22,6 +22,7 @@ use serde::Serialize;
 use crate::message::Publication;
 
 mod echo;
+pub mod exclusion;
 mod intake;
 pub mod memory;
 mod overlap;
@@ -50,6 +51,16 @@ pub enum BrokerError {
     /// This broker cannot do that (e.g. upstream messages on the memory broker).
     #[error("{0}")]
     Unsupported(&'static str),
+}
+
+/// A connection held by another node: its node id and its number there
+/// (the connection id `<node>.<seq>`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RemoteConnection<'a> {
+    /// The node holding it.
+    pub node: &'a str,
+    /// Its number on that node.
+    pub seq: u64,
 }
 
 /// One message from a client up to the backends: the fields of a stream entry.
@@ -116,6 +127,18 @@ pub(crate) fn unix_now() -> u64 {
 pub trait Broker: Send + Sync + 'static {
     /// Publishes to every node that subscribed the channel, this one included.
     fn publish(&self, publication: Publication) -> BoxFuture<'_, Result<(), BrokerError>>;
+    /// Publishes to every node but skips one connection held by another
+    /// node (`exclude` on `/api/publish`: the sender, for a backend that
+    /// publishes on a client's behalf). The holding node must learn which
+    /// message to skip before the message itself, in order. A broker with
+    /// one node has no other node's connections: it just publishes.
+    fn publish_excluding(
+        &self,
+        publication: Publication,
+        _excluded: RemoteConnection<'_>,
+    ) -> BoxFuture<'_, Result<(), BrokerError>> {
+        self.publish(publication)
+    }
     /// Starts receiving a channel on this node; `Ok` once the broker
     /// confirmed it, an error (and nothing recorded) when it cannot; kept
     /// across reconnects once confirmed.

@@ -3,6 +3,7 @@
 
 mod check;
 mod poke;
+mod reload;
 mod token;
 
 use std::path::PathBuf;
@@ -81,17 +82,18 @@ pub(crate) fn main() -> ExitCode {
 
 async fn serve(file: Option<PathBuf>, check_only: bool, flags: Settings) -> anyhow::Result<()> {
     let settings = match &file {
-        Some(path) => flags.or(Settings::from_file(path)?),
-        None => flags,
+        Some(path) => flags.clone().or(Settings::from_file(path)?),
+        None => flags.clone(),
     };
     let config = settings.resolve()?;
     if check_only {
         return check::check(&config);
     }
     init_logging(config.log_format, &config.log_level)?;
+    let reloads = reload::on_sighup(file, flags)?;
     let listener = duplex::server::bind(config.listen)
         .with_context(|| format!("cannot listen on {}", config.listen))?;
-    duplex::server::run(listener, config, shutdown_signal()).await?;
+    duplex::server::run_reloading(listener, config, shutdown_signal(), reloads).await?;
     Ok(())
 }
 

@@ -6,6 +6,7 @@
 //! and checks the result, producing the [`Config`] the node runs with.
 
 mod default_file;
+pub mod reload;
 mod validate;
 
 use std::net::SocketAddr;
@@ -191,6 +192,17 @@ macro_rules! settings {
                 )*
                 out.push_str(DEFAULT_FILE_NAMESPACES);
                 out
+            }
+
+            /// Names of the settings (as in the file) whose values differ
+            /// from `other`'s: what a reload (SIGHUP) changes.
+            pub fn changed(&self, other: &Config) -> Vec<&'static str> {
+                let mut names = Vec::new();
+                $( if self.$name != other.$name { names.push(stringify!($name)); } )*
+                if self.namespaces != other.namespaces {
+                    names.push("namespaces");
+                }
+                names
             }
         }
 

@@ -27,6 +27,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Instant;
 
+use arc_swap::{ArcSwap, ArcSwapOption, Guard};
 use bytes::Bytes;
 use duplex_protocol::channel::ChannelName;
 use futures_util::future::{BoxFuture, FutureExt};
@@ -37,6 +38,7 @@ use crate::auth::Verifier;
 use crate::broker::memory::MemoryBroker;
 use crate::broker::redis::{RedisBroker, RedisSettings};
 use crate::broker::{Broker, BrokerError, BrokerHandler, BrokerState, BrokerStatus};
+use crate::config::reload::ReloadPlan;
 use crate::config::Config;
 use crate::conn::Conn;
 use crate::control::{CONTROL_CHANNEL, NODE_CHANNEL_PREFIX};
@@ -92,11 +94,12 @@ pub struct Node {
 
 struct Inner {
     id: String,
-    config: Config,
+    /// Swapped whole by a reload (config::reload says which settings change).
+    config: ArcSwap<Config>,
     /// Checks connection tokens; None when token auth is off.
-    verifier: Option<Arc<Verifier>>,
+    verifier: ArcSwapOption<Verifier>,
     /// Who may subscribe and publish where.
-    permissions: Permissions,
+    permissions: ArcSwap<Permissions>,
     /// Connections per user.
     users: Arc<UserLimit>,
     /// Handshakes per second per address.
@@ -225,6 +228,7 @@ impl Node {
                         CONTROL_CHANNEL.to_string(),
                         format!("{NODE_CHANNEL_PREFIX}{id}"),
                     ],
+                    node_id: id.clone(),
                 },
                 handler,
             )?),
@@ -253,9 +257,9 @@ impl Node {
                 upstream_budget,
                 address_subscriptions,
                 id,
-                config,
-                verifier,
-                permissions,
+                config: ArcSwap::from_pointee(config),
+                verifier: ArcSwapOption::new(verifier),
+                permissions: ArcSwap::from_pointee(permissions),
                 users,
                 handshakes,
                 started: Instant::now(),
@@ -282,19 +286,52 @@ impl Node {
         &self.inner.id
     }
 
-    /// The settings the node runs with.
-    pub fn config(&self) -> &Config {
-        &self.inner.config
+    /// The settings the node runs with now (a reload may change them:
+    /// read them where they are used rather than keeping them).
+    pub fn config(&self) -> Guard<Arc<Config>> {
+        self.inner.config.load()
     }
 
     /// The token checker, when clients must present tokens.
-    pub(crate) fn verifier(&self) -> Option<&Verifier> {
-        self.inner.verifier.as_deref()
+    pub(crate) fn verifier(&self) -> Option<Arc<Verifier>> {
+        self.inner.verifier.load_full()
     }
 
     /// Channel permissions.
-    pub(crate) fn permissions(&self) -> &Permissions {
-        &self.inner.permissions
+    pub(crate) fn permissions(&self) -> Guard<Arc<Permissions>> {
+        self.inner.permissions.load()
+    }
+
+    /// Takes the reloadable settings of `new` (a valid config, SIGHUP):
+    /// rebuilds the token verifier (fetching a JWKS first) and the namespace
+    /// rules before anything is swapped, so a key file that cannot be read
+    /// leaves the running config whole. Open connections keep what they
+    /// were admitted with.
+    pub async fn reload(&self, new: &Config) -> Result<ReloadPlan, NodeError> {
+        let live = self.config();
+        let mut plan = crate::config::reload::plan(&live, new);
+        // Rebuilt even when no setting changed: key files may have been
+        // rotated in place.
+        let verifier = Verifier::from_config(&plan.config)?.map(Arc::new);
+        if let Some(v) = verifier
+            .as_ref()
+            .filter(|_| !plan.config.token_jwks_url.is_empty())
+        {
+            v.refresh_jwks().await?;
+            tokio::spawn(Verifier::keep_jwks_fresh(Arc::downgrade(v)));
+        }
+        let mut permissions = Permissions::new(plan.config.namespaces.clone())?;
+        if permissions.has_upstream_urls() && self.inner.http.is_none() {
+            // The HTTP upstream client is started with the node.
+            plan.config.namespaces = live.namespaces.clone();
+            plan.applied.retain(|s| *s != "namespaces");
+            plan.need_restart.push("namespaces (a first upstream_url)");
+            permissions = Permissions::new(plan.config.namespaces.clone())?;
+        }
+        self.inner.verifier.store(verifier);
+        self.inner.permissions.store(Arc::new(permissions));
+        self.inner.config.store(Arc::new(plan.config.clone()));
+        Ok(plan)
     }
 
     /// Counters.
@@ -325,7 +362,7 @@ impl Node {
 
     /// Creates and registers a connection.
     pub(crate) fn register(&self, wire: Wire, remote: SocketAddr) -> Result<Arc<Conn>, Refused> {
-        let config = &self.inner.config;
+        let config = self.config();
         self.admit(remote.ip())?;
         let seq = self.inner.next_seq.fetch_add(1, Relaxed);
         let limits = QueueLimits {
@@ -371,9 +408,7 @@ impl Node {
     fn admit(&self, ip: IpAddr) -> Result<(), Refused> {
         if !self.inner.handshakes.allow(ip) {
             Stats::bump(&self.inner.stats.connections_refused);
-            return Err(Refused::HandshakeRate(
-                self.inner.config.max_handshakes_per_ip,
-            ));
+            return Err(Refused::HandshakeRate(self.config().max_handshakes_per_ip));
         }
         let refused = self.admit_counted(ip);
         if refused.is_err() {
@@ -383,7 +418,7 @@ impl Node {
     }
 
     fn admit_counted(&self, ip: IpAddr) -> Result<(), Refused> {
-        let config = &self.inner.config;
+        let config = self.config();
         let open = self.inner.stats.connections.fetch_add(1, Relaxed);
         if config.max_connections > 0 && open >= config.max_connections as u64 {
             self.inner.stats.connections.fetch_sub(1, Relaxed);
@@ -404,7 +439,7 @@ impl Node {
 
     fn release(&self, ip: IpAddr) {
         self.inner.stats.connections.fetch_sub(1, Relaxed);
-        if self.inner.config.max_connections_per_ip > 0 {
+        if self.config().max_connections_per_ip > 0 {
             let mut per_ip = self.inner.per_ip.lock();
             if let Some(count) = per_ip.get_mut(&ip) {
                 *count -= 1;
@@ -517,6 +552,42 @@ impl Node {
         Stats::bump(&self.inner.stats.messages_published);
         let channel = publication.channel.clone();
         let result = self.inner.broker.publish(publication).await;
+        self.count_failure(&channel, result)
+    }
+
+    /// Publishes to every subscriber on every node except one connection,
+    /// on whichever node it is (`<node>.<n>`; a connection that no longer
+    /// exists skips nothing).
+    pub async fn publish_excluding(
+        &self,
+        mut publication: Publication,
+        connection: &str,
+    ) -> Result<(), BrokerError> {
+        match crate::control::split_connection_id(connection) {
+            Some((node, seq)) if node == self.inner.id => {
+                publication.exclude = Some(seq);
+                self.publish(publication).await
+            }
+            Some((node, seq)) => {
+                Stats::bump(&self.inner.stats.messages_published);
+                let channel = publication.channel.clone();
+                let excluded = crate::broker::RemoteConnection { node, seq };
+                let result = self
+                    .inner
+                    .broker
+                    .publish_excluding(publication, excluded)
+                    .await;
+                self.count_failure(&channel, result)
+            }
+            None => self.publish(publication).await,
+        }
+    }
+
+    fn count_failure(
+        &self,
+        channel: &ChannelName,
+        result: Result<(), BrokerError>,
+    ) -> Result<(), BrokerError> {
         if let Err(e) = &result {
             Stats::bump(&self.inner.stats.publish_failures);
             if let Some(skipped) = self.inner.publish_warnings.allow() {

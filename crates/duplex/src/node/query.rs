@@ -124,7 +124,7 @@ impl Node {
             missing: Vec::new(),
             truncated: false,
         };
-        if self.inner.config.redis_url().is_some() {
+        if self.config().redis_url().is_some() {
             let expected = self.live_peers();
             let request = format!("{}-{:016x}", self.inner.id, rand::random::<u64>());
             let (done, answered) = oneshot::channel();
@@ -162,7 +162,7 @@ impl Node {
                 };
                 match self.publish_order(&order).await {
                     Ok(()) => {
-                        let wait = self.inner.config.query_timeout;
+                        let wait = self.config().query_timeout;
                         let _ = tokio::time::timeout(wait, answered).await;
                     }
                     Err(e) => {
@@ -312,12 +312,11 @@ impl Node {
     /// Starts announcing this node on `#control` (Redis only; once).
     pub(super) fn start_heartbeat(&self) {
         let queries = &self.inner.queries;
-        if self.inner.config.redis_url().is_none() || queries.heartbeat_started.swap(true, Relaxed)
-        {
+        if self.config().redis_url().is_none() || queries.heartbeat_started.swap(true, Relaxed) {
             return;
         }
         let weak = Arc::downgrade(&self.inner);
-        let interval = self.inner.config.node_heartbeat;
+        let interval = self.config().node_heartbeat;
         tokio::spawn(async move {
             loop {
                 let Some(inner) = weak.upgrade() else {
@@ -381,6 +380,6 @@ impl Node {
     }
 
     fn live_horizon(&self) -> Duration {
-        self.inner.config.node_heartbeat * LIVE_HEARTBEATS
+        self.config().node_heartbeat * LIVE_HEARTBEATS
     }
 }

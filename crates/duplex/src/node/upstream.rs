@@ -117,8 +117,9 @@ struct HttpCall<'a> {
 /// Where one upstream message goes.
 #[derive(Debug, Clone)]
 pub(crate) struct Route<'a> {
-    /// The Redis Stream (before `redis_prefix`).
-    pub(crate) stream: &'a str,
+    /// The Redis Stream (before `redis_prefix`); owned, as a reload may
+    /// replace the config and namespaces it came from.
+    pub(crate) stream: String,
     /// The HTTP endpoint, when there is one: `send` and `rpc` go there
     /// instead of the stream (plain frames always go to the stream).
     pub(crate) url: Option<Arc<str>>,
@@ -143,7 +144,7 @@ impl Node {
     /// closing after `max_publish_rate` refusals in a row as the publish
     /// rate limit does.
     pub(crate) fn connection_upstream_budget(&self) -> RateLimit {
-        let config = &self.inner.config;
+        let config = self.config();
         let rate = config.max_upstream_rate;
         RateLimit::with_burst(
             rate as u64,
@@ -164,14 +165,14 @@ impl Node {
         cost: usize,
         route: &Route<'_>,
     ) -> Result<(), OverBudget> {
-        let config = &self.inner.config;
+        let config = self.config();
         if route.url.is_none() && config.redis_url().is_none() {
             // Nowhere to go: refused next (102), not charged.
             return Ok(());
         }
         let refused = match own.check_cost(cost as u64) {
             Verdict::Allow => {
-                let destination = route.url.as_deref().unwrap_or(route.stream);
+                let destination = route.url.as_deref().unwrap_or(&route.stream);
                 if self.inner.upstream_budget.take(destination, cost) {
                     return Ok(());
                 }
@@ -201,10 +202,9 @@ impl Node {
     /// specific first: the channel's namespace's `upstream_url`, then its
     /// `upstream_stream`, then the node's `upstream_url`, then the node's
     /// `upstream_stream`.
-    pub(crate) fn route<'a>(&'a self, channel: Option<&'a str>) -> Route<'a> {
-        let own = channel
-            .map(|c| self.inner.permissions.upstream(c))
-            .unwrap_or_default();
+    pub(crate) fn route<'a>(&self, channel: Option<&'a str>) -> Route<'a> {
+        let permissions = self.permissions();
+        let own = channel.map(|c| permissions.upstream(c)).unwrap_or_default();
         let node_url = self.inner.http.as_ref().and_then(|h| h.default_url());
         // A namespace that names its own stream keeps its messages off the node's URL.
         let url = match own.stream {
@@ -212,7 +212,9 @@ impl Node {
             None => own.url.or(node_url),
         };
         Route {
-            stream: own.stream.unwrap_or(&self.inner.config.upstream_stream),
+            stream: own
+                .stream
+                .map_or_else(|| self.config().upstream_stream.clone(), str::to_string),
             url: url.cloned(),
             channel,
         }
@@ -254,7 +256,7 @@ impl Node {
     /// The channel backends publish rpc replies to: this node's own, with
     /// the Redis prefix, exactly as a worker's `PUBLISH` must name it.
     pub fn reply_channel(&self) -> String {
-        format!("{}{}", self.inner.config.redis_prefix, self.node_channel())
+        format!("{}{}", self.config().redis_prefix, self.node_channel())
     }
 
     /// Starts an rpc: the client's reply is queued when the backend answers,
@@ -267,7 +269,7 @@ impl Node {
         data: &RawValue,
         route: Route<'_>,
     ) -> Result<(), CallError> {
-        if route.url.is_none() && self.inner.config.redis_url().is_none() {
+        if route.url.is_none() && self.config().redis_url().is_none() {
             return Err(BrokerError::Unsupported(NO_UPSTREAM).into());
         }
         let request = self.begin_call(conn, command, Answer::Rpc)?;
@@ -362,7 +364,7 @@ impl Node {
             ts: unix_millis(),
             channel: Some(channel),
         };
-        let full = || CallError::Full(Full::Node(self.inner.config.max_inflight_rpcs));
+        let full = || CallError::Full(Full::Node(self.config().max_inflight_rpcs));
         let (Some(http), Ok(body)) = (&self.inner.http, serde_json::to_vec(&body)) else {
             return Err(full());
         };
@@ -407,7 +409,7 @@ impl Node {
         };
         let full = || {
             self.abandon_call(request);
-            CallError::Full(Full::Node(self.inner.config.max_inflight_rpcs))
+            CallError::Full(Full::Node(self.config().max_inflight_rpcs))
         };
         let (Some(http), Ok(body)) = (&self.inner.http, serde_json::to_vec(&body)) else {
             return Err(full());

@@ -11,6 +11,8 @@ pub struct TestNode {
     pub addr: SocketAddr,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
+    /// New configs for the running node, as SIGHUP hands them over.
+    reloads: tokio::sync::mpsc::Sender<Config>,
 }
 
 /// Settings for tests: fast heartbeats off, redis timeouts short.
@@ -66,18 +68,28 @@ impl TestNode {
             .expect("bind");
         let addr = listener.local_addr().expect("addr");
         let (stop, stopped) = oneshot::channel::<()>();
+        let (reloads, new_configs) = tokio::sync::mpsc::channel(1);
         let task = tokio::spawn(async move {
-            duplex::server::run(listener, config, async {
+            let stopped = async {
                 let _ = stopped.await;
-            })
-            .await
-            .expect("node runs");
+            };
+            duplex::server::run_reloading(listener, config, stopped, new_configs)
+                .await
+                .expect("node runs");
         });
         TestNode {
             addr,
             stop: Some(stop),
             task: Some(task),
+            reloads,
         }
+    }
+
+    /// Hands the running node a new config, as SIGHUP does (applied in
+    /// the background: wait for its effect).
+    pub async fn reload(&self, settings: Settings) {
+        let config = settings.resolve().expect("valid test settings");
+        self.reloads.send(config).await.expect("node takes reloads");
     }
 
     pub fn ws(&self, path: &str) -> String {

@@ -9,7 +9,8 @@
 //!   fair [`Intake`] queue, drained by one delivery task.
 //! - A separate multiplexed connection for `PUBLISH` and `XADD`, re-opened
 //!   on demand; every operation, connecting included, ends within
-//!   `redis_timeout`.
+//!   `redis_timeout`. A connection Redis closed (a restart, its idle
+//!   `timeout`) is noticed when it closes, not by the next client's request.
 //! - Payloads travel verbatim, so `PUBLISH channel data` from any Redis
 //!   client reaches WebSocket clients unchanged; the text/binary kind of a
 //!   message is inferred from UTF-8 validity on the way in.
@@ -29,9 +30,13 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::echo::EchoFilter;
+use super::exclusion::{self, EXCLUDE_CHANNEL_PREFIX};
 use super::intake::Intake;
 use super::overlap::{overlap_warning, overlapping_prefixes};
-use super::{unix_now, Broker, BrokerError, BrokerHandler, BrokerState, BrokerStatus, Upstream};
+use super::{
+    unix_now, Broker, BrokerError, BrokerHandler, BrokerState, BrokerStatus, RemoteConnection,
+    Upstream,
+};
 use crate::message::Publication;
 use crate::throttle::Throttle;
 use subscriber::Op;
@@ -57,18 +62,22 @@ pub struct RedisSettings {
     /// Channels (without prefix) the node listens to for its whole life,
     /// whatever its clients do: its order channels.
     pub node_channels: Vec<String>,
+    /// This node's id: other nodes' exclusion notices for its connections
+    /// arrive on `#exclude:<id>`, held like the order channels.
+    pub node_id: String,
 }
 
 struct Shared {
     settings: RedisSettings,
-    /// For the publish connection: the operator's URL as given.
+    /// The operator's server, spoken to in RESP3 by both connections (pushes
+    /// for the subscriber, the close notice for the publisher).
     client: redis::Client,
-    /// For the subscriber connection: the same server, spoken to in RESP3.
-    subscriber_client: redis::Client,
     state: Mutex<BrokerState>,
     /// Set at the first successful connect: later ones are reconnects.
     connected_before: AtomicBool,
     echo: EchoFilter,
+    /// `<prefix>#exclude:<node id>`: notices are filed in `echo` on arrival.
+    exclude_channel: String,
     intake: Intake,
     drop_warnings: Throttle,
     handler: Arc<dyn BrokerHandler>,
@@ -78,10 +87,29 @@ struct Shared {
 pub struct RedisBroker {
     shared: Arc<Shared>,
     ops: mpsc::Sender<Op>,
-    publisher: Mutex<Option<MultiplexedConnection>>,
+    publisher: Mutex<Option<Publisher>>,
     connecting: tokio::sync::Mutex<()>,
     cancel: CancellationToken,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+/// The publish connection and whether Redis has closed it since.
+///
+/// redis-rs tells a connection's push sender when the connection ends
+/// (the server went away or closed it); a request on a dead connection
+/// would fail with "broken pipe" without ever reaching Redis, so a dead one
+/// is replaced before use instead (issue 15: the first `send` after a
+/// Redis restart used to get 107 while `/health` said 200).
+#[derive(Clone)]
+struct Publisher {
+    conn: MultiplexedConnection,
+    closed: Arc<AtomicBool>,
+}
+
+impl Publisher {
+    fn live(&self) -> Option<MultiplexedConnection> {
+        (!self.closed.load(Ordering::Acquire)).then(|| self.conn.clone())
+    }
 }
 
 impl std::fmt::Debug for RedisBroker {
@@ -96,7 +124,7 @@ impl std::fmt::Debug for RedisBroker {
 fn describe(e: &redis::RedisError) -> String {
     let text = e.to_string();
     if text.to_ascii_lowercase().contains("hello") {
-        format!("{text} (the subscriber connection speaks RESP3: Redis 6 or later is needed)")
+        format!("{text} (the node speaks RESP3 to Redis: Redis 6 or later is needed)")
     } else {
         text
     }
@@ -111,24 +139,26 @@ impl RedisBroker {
     /// Starts the subscriber and delivery tasks; returns at once even if
     /// Redis is down (the node starts degraded and connects when Redis comes up).
     pub fn start(
-        settings: RedisSettings,
+        mut settings: RedisSettings,
         handler: Arc<dyn BrokerHandler>,
     ) -> Result<Self, redis::RedisError> {
+        let exclusions = format!("{EXCLUDE_CHANNEL_PREFIX}{}", settings.node_id);
+        let exclude_channel = format!("{}{exclusions}", settings.prefix);
+        settings.node_channels.push(exclusions);
         let info = settings.url.as_str().into_connection_info()?;
         let resp3 = info
             .redis_settings()
             .clone()
             .set_protocol(ProtocolVersion::RESP3);
-        let subscriber_client = redis::Client::open(info.clone().set_redis_settings(resp3))?;
-        let client = redis::Client::open(info)?;
+        let client = redis::Client::open(info.set_redis_settings(resp3))?;
         let shared = Arc::new(Shared {
             intake: Intake::new(settings.backlog_bytes),
             settings,
             client,
-            subscriber_client,
             state: Mutex::new(BrokerState::new("redis", BrokerStatus::Disconnected)),
             connected_before: AtomicBool::new(false),
             echo: EchoFilter::default(),
+            exclude_channel,
             drop_warnings: Throttle::new(1000),
             handler,
         });
@@ -149,24 +179,36 @@ impl RedisBroker {
     }
 
     async fn publisher(&self) -> Result<MultiplexedConnection, BrokerError> {
-        if let Some(conn) = self.publisher.lock().clone() {
+        let cached = || self.publisher.lock().as_ref().and_then(Publisher::live);
+        if let Some(conn) = cached() {
             return Ok(conn);
         }
         let _one_at_a_time = self.connecting.lock().await;
-        if let Some(conn) = self.publisher.lock().clone() {
+        if let Some(conn) = cached() {
             return Ok(conn);
         }
         let timeout = self.shared.settings.timeout;
+        let closed = Arc::new(AtomicBool::new(false));
+        let on_close = Arc::clone(&closed);
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(timeout))
-            .set_response_timeout(Some(timeout));
+            .set_response_timeout(Some(timeout))
+            .set_push_sender(move |push: redis::PushInfo| {
+                if push.kind == redis::PushKind::Disconnection {
+                    on_close.store(true, Ordering::Release);
+                }
+                Ok::<(), std::convert::Infallible>(())
+            });
         let conn = self
             .shared
             .client
             .get_multiplexed_async_connection_with_config(&config)
             .await
             .map_err(|e| BrokerError::Unavailable(describe(&e)))?;
-        *self.publisher.lock() = Some(conn.clone());
+        *self.publisher.lock() = Some(Publisher {
+            conn: conn.clone(),
+            closed,
+        });
         Ok(conn)
     }
 
@@ -178,6 +220,27 @@ impl RedisBroker {
         let attempt = async {
             let mut conn = self.publisher().await?;
             cmd.query_async::<T>(&mut conn).await.map_err(|e| {
+                if is_broken(&e) {
+                    *self.publisher.lock() = None;
+                }
+                BrokerError::Unavailable(describe(&e))
+            })
+        };
+        match tokio::time::timeout(timeout, attempt).await {
+            Ok(result) => result,
+            Err(_) => {
+                *self.publisher.lock() = None;
+                Err(BrokerError::Timeout(timeout))
+            }
+        }
+    }
+
+    /// Runs a pipeline on the publish connection, bounded like [`Self::command`].
+    async fn pipeline(&self, pipe: redis::Pipeline) -> Result<(), BrokerError> {
+        let timeout = self.shared.settings.timeout;
+        let attempt = async {
+            let mut conn = self.publisher().await?;
+            pipe.query_async::<()>(&mut conn).await.map_err(|e| {
                 if is_broken(&e) {
                     *self.publisher.lock() = None;
                 }
@@ -214,6 +277,33 @@ impl RedisBroker {
             self.shared.echo.forget(&key, &p.payload, sender);
         }
         result
+    }
+
+    /// The notice for the holding node, then the message, in one pipeline on
+    /// the publish connection: Redis hands them to that node in this order.
+    async fn do_publish_excluding(
+        &self,
+        p: Publication,
+        excluded: RemoteConnection<'_>,
+    ) -> Result<(), BrokerError> {
+        if self.shared.state.lock().status != BrokerStatus::Connected {
+            return Err(BrokerError::Unavailable(
+                "redis subscriber connection is down; retry shortly".to_string(),
+            ));
+        }
+        let prefix = &self.shared.settings.prefix;
+        let connection = format!("{}.{}", excluded.node, excluded.seq);
+        let notice = exclusion::notice(&connection, p.channel.as_str(), &p.payload);
+        let mut pipe = redis::pipe();
+        pipe.cmd("PUBLISH")
+            .arg(format!("{prefix}{EXCLUDE_CHANNEL_PREFIX}{}", excluded.node))
+            .arg(notice)
+            .ignore()
+            .cmd("PUBLISH")
+            .arg(format!("{prefix}{}", p.channel))
+            .arg(p.payload.as_ref())
+            .ignore();
+        self.pipeline(pipe).await
     }
 
     /// `XADD <prefix><stream> MAXLEN ~ <max> * field value ...` on the
@@ -275,6 +365,23 @@ async fn deliver(shared: Arc<Shared>) {
 impl Broker for RedisBroker {
     fn publish(&self, publication: Publication) -> BoxFuture<'_, Result<(), BrokerError>> {
         self.do_publish(publication).boxed()
+    }
+
+    fn publish_excluding(
+        &self,
+        publication: Publication,
+        excluded: RemoteConnection<'_>,
+    ) -> BoxFuture<'_, Result<(), BrokerError>> {
+        // The notice names the node by value: copied, so the future owns it.
+        let node = excluded.node.to_string();
+        async move {
+            let excluded = RemoteConnection {
+                node: &node,
+                seq: excluded.seq,
+            };
+            self.do_publish_excluding(publication, excluded).await
+        }
+        .boxed()
     }
 
     fn subscribe(&self, channel: ChannelName) -> BoxFuture<'_, Result<(), BrokerError>> {

@@ -87,6 +87,10 @@ impl Shared {
         else {
             return;
         };
+        if name == self.exclude_channel.as_bytes() {
+            self.file_exclusion(&payload);
+            return;
+        }
         let Some(channel) = std::str::from_utf8(&name)
             .ok()
             .and_then(|n| n.strip_prefix(self.settings.prefix.as_str()))
@@ -116,6 +120,21 @@ impl Shared {
                     "dropped a message from redis: the node cannot fan out as fast as they arrive and the busiest channels' backlog is full (counted in broker.dropped)"
                 );
             }
+        }
+    }
+}
+
+impl Shared {
+    /// Another node's notice that the next message it publishes with these
+    /// bytes skips one of our connections: filed at once, before that
+    /// message (right behind it on this connection) is taken in.
+    fn file_exclusion(&self, notice: &[u8]) {
+        match super::exclusion::parse(&self.settings.node_id, notice) {
+            Ok(e) => {
+                let key = format!("{}{}", self.settings.prefix, e.channel);
+                self.echo.expect(&key, e.payload, e.seq);
+            }
+            Err(e) => tracing::warn!(error = %e, "ignoring a bad notice on #exclude"),
         }
     }
 }
@@ -230,7 +249,7 @@ async fn connect(
         let attempt = tokio::time::timeout(
             timeout,
             shared
-                .subscriber_client
+                .client
                 .get_multiplexed_async_connection_with_config(&config),
         );
         let error = match while_away(attempt, shared, ops, wanted, cancel).await? {
