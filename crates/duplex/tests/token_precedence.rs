@@ -176,3 +176,34 @@ async fn a_fractional_exp_ends_the_connection_like_a_whole_one() {
     assert_eq!(plain.expect_close().await.code, 3006);
     assert_eq!(node.info().await["stats"]["token_expirations"], 2);
 }
+
+/// Issue 15 #4: a connection closed with 3006 at exp+0.06 s and the same
+/// token accepted on reconnect at exp+0.06 s (connect compared whole
+/// seconds, the sweep fractions). One rule now: once the sweep has closed a
+/// connection for its token, that token is refused at connect, on /ws and
+/// in plain mode.
+#[tokio::test]
+async fn a_token_that_ended_a_connection_is_refused_on_reconnect() {
+    let node = secret_node(Settings {
+        ping_interval: Some(Duration::from_millis(20)),
+        pong_timeout: Some(Duration::from_millis(5000)),
+        ..settings()
+    })
+    .await;
+    // A whole-second exp, as most backends mint them, about a second away.
+    let exp = unix_now_precise().floor() + 1.0;
+    let token = sign(json!({"sub": "7", "exp": exp as u64}));
+    let mut native = Client::connect(&node.ws("/ws")).await;
+    let reply = native.command("connect", json!({"token": token})).await;
+    assert_eq!(reply["result"]["user"], "7", "{reply}");
+    assert_eq!(native.expect_close().await.code, 3006);
+    // At once, within the same second as the close.
+    let mut again = Client::connect(&node.ws("/ws")).await;
+    let reply = again.command("connect", json!({"token": token})).await;
+    assert_eq!(
+        reply["error"]["code"], 111,
+        "accepted again after 3006: {reply}"
+    );
+    let mut plain = Client::connect(&node.ws(&format!("/?token={token}"))).await;
+    assert_eq!(plain.expect_close().await.code, 3006);
+}
