@@ -5,7 +5,7 @@ export const VERSION: string;
 /** Native protocol version this client speaks. */
 export const PROTOCOL_VERSION: 1;
 
-/** Server error codes (100-112) and client-side failure codes (1-4). */
+/** Server error codes (100-115) and client-side failure codes (1-4). */
 export const ErrorCode: Readonly<{
   INTERNAL: 100;
   BAD_REQUEST: 101;
@@ -58,7 +58,7 @@ export function reconnectAllowed(code: number): boolean;
 export class DuplexError extends Error {
   constructor(code: number, message: string, temporary?: boolean);
   readonly name: "DuplexError";
-  /** Server error code (100-112, more in later versions) or an ErrorCode client code (1-4). */
+  /** Server error code (100-115, more in later versions) or an ErrorCode client code (1-4). */
   code: number;
   /** True when the same command may succeed if retried later. */
   temporary: boolean;
@@ -92,12 +92,10 @@ export interface DuplexOptions {
   version?: string;
   /** WebSocket constructor; default `globalThis.WebSocket`. */
   WebSocket?: WebSocketLike;
-  /** Smallest backoff delay in ms. Default 500. */
+  /** Smallest backoff delay in ms. Default 500. The backoff starts again from it after every successful connect. */
   minReconnectDelay?: number;
   /** Largest backoff delay in ms. Default 20000. */
   maxReconnectDelay?: number;
-  /** A connection that lasted this long (ms) resets the backoff. Default 10000. */
-  stableAfter?: number;
   /**
    * Ms to wait for a reply, for the connection (handshake plus `connect`
    * reply), and for a command queued while disconnected. Default 10000.
@@ -124,7 +122,7 @@ export type ConnectionState = "disconnected" | "connecting" | "connected";
 
 export interface ConnectingEvent {
   state: "connecting";
-  /** Failed attempts since the last stable connection. */
+  /** Failed attempts since the last successful connect. */
   attempt: number;
 }
 export interface ConnectedEvent {

@@ -45,6 +45,12 @@ export const ErrorCode = Object.freeze({
   NOT_SUPPORTED: 4,
 });
 
+/** After a 1001 (going away), this many retries come quickly (the node is restarting, or a load balancer has another). */
+const GOING_AWAY_RETRIES = 10;
+/** Quick retries wait 100–300 ms each (jittered, so a node's clients spread out). */
+const QUICK_RETRY_MIN = 100;
+const QUICK_RETRY_MAX = 300;
+
 /** Close codes the client treats specially (docs/PROTOCOL.md section 5). */
 export const CloseCode = Object.freeze({
   NORMAL: 1000,
@@ -218,7 +224,6 @@ export class Duplex extends Emitter {
       version: VERSION,
       minReconnectDelay: 500,
       maxReconnectDelay: 20000,
-      stableAfter: 10000,
       timeout: 10000,
       ...options,
     };
@@ -238,11 +243,12 @@ export class Duplex extends Emitter {
     this._queue = []; // commands waiting for a connection
     this._subs = new Map(); // channel -> Subscription
     this._wanted = false; // connect() called and not disconnect()
-    this._attempt = 0;
+    this._attempt = 0; // attempts since the last successful connect
+    this._backoffStep = 0; // exponent of the next backoff delay
+    this._quickRetries = 0; // quick retries left after a 1001
     this._reconnectTimer = null;
     this._refreshTimer = null;
     this._connectTimer = null;
-    this._connectedAt = 0;
     this._gen = 0; // bumped by every _open() and _stop(): stale async steps give up
   }
 
@@ -252,7 +258,7 @@ export class Duplex extends Emitter {
   connect() {
     if (this._wanted) return;
     this._wanted = true;
-    this._attempt = 0;
+    this._attempt = this._backoffStep = this._quickRetries = 0;
     this._open();
   }
 
@@ -302,17 +308,32 @@ export class Duplex extends Emitter {
     ws.onmessage = (event) => {
       if (this._ws === ws) this._onFrame(event.data);
     };
-    ws.onerror = () => {}; // a close event always follows
-    ws.onclose = (event) => {
+    // One loss per attempt, whichever event comes first: browsers fire
+    // `error` then `close`, but Node 20 fires only `error` when the
+    // connection is refused. The later one finds this._ws changed.
+    const ended = (code, reason) => {
       if (this._ws !== ws) return;
       this._ws = null;
+      ws.onopen = ws.onmessage = ws.onclose = null;
+      ws.onerror = () => {};
+      // An error on an open socket: make sure it does not linger half-open.
+      if (ws.readyState === 1) {
+        try {
+          ws.close(1000);
+        } catch {
+          // already closing
+        }
+      }
       // The disconnect push carries the untruncated reason and the server's verdict.
       const push = this._serverDisconnect;
-      const code = push?.code ?? event.code;
-      const reason = push?.reason ?? event.reason ?? "";
-      const reconnect = push ? push.reconnect === true : reconnectAllowed(code);
-      this._lost(code, reason, reconnect);
+      const finalCode = push?.code ?? code;
+      const finalReason = push?.reason ?? reason;
+      const reconnect = push ? push.reconnect === true : reconnectAllowed(finalCode);
+      this._lost(finalCode, finalReason, reconnect);
     };
+    // An error event means the connection failed: 1006, as the close event that may follow says.
+    ws.onerror = (event) => ended(CloseCode.ABNORMAL, event?.message || "connection failed");
+    ws.onclose = (event) => ended(event.code, event.reason ?? "");
   }
 
   _sendConnect(ws, token) {
@@ -323,7 +344,7 @@ export class Duplex extends Emitter {
         if (this._ws !== ws) return;
         clearTimeout(this._connectTimer);
         this.info = result;
-        this._connectedAt = Date.now();
+        this._attempt = this._backoffStep = this._quickRetries = 0;
         this._setState("connected", { info: result });
         this._scheduleRefresh(result.expires);
         for (const sub of this._subs.values()) this._sendSubscribe(sub);
@@ -368,8 +389,6 @@ export class Duplex extends Emitter {
     clearTimeout(this._connectTimer);
     clearTimeout(this._refreshTimer);
     this._refreshTimer = null;
-    if (this._connectedAt && Date.now() - this._connectedAt >= this.options.stableAfter) this._attempt = 0;
-    this._connectedAt = 0;
     this.info = null;
     this._rejectPending(new DuplexError(ErrorCode.CONNECTION_LOST, `connection closed: ${code} ${reason}`.trim(), true));
     for (const sub of this._subs.values()) {
@@ -384,7 +403,8 @@ export class Duplex extends Emitter {
       this._setState("disconnected", { code, reason, reconnect: false });
       return;
     }
-    const delay = this._reconnectDelay(code);
+    if (code === CloseCode.GOING_AWAY) this._quickRetries = GOING_AWAY_RETRIES;
+    const delay = this._reconnectDelay();
     this._attempt++;
     this._setState("disconnected", { code, reason, reconnect: true, delay });
     this._reconnectTimer = setTimeout(() => {
@@ -392,12 +412,15 @@ export class Duplex extends Emitter {
     }, delay);
   }
 
-  _reconnectDelay(code) {
-    const { minReconnectDelay: min, maxReconnectDelay: max } = this.options;
-    // Going away: at once, with a little jitter so a node's clients spread out.
-    if (code === CloseCode.GOING_AWAY) return Math.floor(Math.random() * Math.min(min, 1000));
+  _reconnectDelay() {
+    // After a going away: a few quick tries, jittered so a node's clients spread out.
+    if (this._quickRetries > 0) {
+      this._quickRetries--;
+      return Math.floor(QUICK_RETRY_MIN + Math.random() * (QUICK_RETRY_MAX - QUICK_RETRY_MIN));
+    }
     // Exponential backoff with full jitter above the floor `min`.
-    const cap = Math.min(max, min * 2 ** Math.min(this._attempt, 30));
+    const { minReconnectDelay: min, maxReconnectDelay: max } = this.options;
+    const cap = Math.min(max, min * 2 ** Math.min(this._backoffStep++, 30));
     return Math.floor(min + Math.random() * (cap - min));
   }
 
@@ -415,7 +438,6 @@ export class Duplex extends Emitter {
     this._ws = null;
     if (ws) this._dropSocket(ws);
     this.info = null;
-    this._connectedAt = 0;
     const err = new DuplexError(errorCode, `disconnected: ${reason}`);
     this._rejectPending(err);
     this._rejectQueue(err);
