@@ -50,6 +50,10 @@ const GOING_AWAY_RETRIES = 10;
 /** Quick retries wait 100–300 ms each (jittered, so a node's clients spread out). */
 const QUICK_RETRY_MIN = 100;
 const QUICK_RETRY_MAX = 300;
+/** The server's rpc_timeout when its `connect` reply does not say (servers before `rpc_timeout_ms`). */
+const DEFAULT_SERVER_RPC_TIMEOUT = 10000;
+/** How much longer than the server's rpc_timeout `rpc` and `send` wait, so the server's RPC_TIMEOUT (113) comes first. */
+export const RPC_TIMEOUT_MARGIN = 2000;
 
 /** Close codes the client treats specially (docs/PROTOCOL.md section 5). */
 export const CloseCode = Object.freeze({
@@ -497,17 +501,25 @@ export class Duplex extends Emitter {
 
   // ---- commands --------------------------------------------------------
 
-  _command(method, params, { direct = false } = {}) {
+  // `timeout`: ms for the whole command (default `options.timeout`).
+  // `replyTimeout()`: when `timeout` is not given, ms to wait for the reply
+  // once the command is sent (rpc, send); queued, it waits `options.timeout`.
+  _command(method, params, { direct = false, timeout, replyTimeout } = {}) {
     return new Promise((resolve, reject) => {
       const id = this._nextId++;
       const frame = JSON.stringify(params === undefined ? { id, method } : { id, method, params });
-      const entry = { id, frame, resolve, reject };
-      entry.timer = setTimeout(() => {
-        this._pending.delete(id);
-        const i = this._queue.indexOf(entry);
-        if (i >= 0) this._queue.splice(i, 1);
-        reject(new DuplexError(ErrorCode.CLIENT_TIMEOUT, `${method}: no reply within ${this.options.timeout} ms`, true));
-      }, this.options.timeout);
+      const entry = { id, frame, resolve, reject, timer: null };
+      entry.arm = (ms) => {
+        clearTimeout(entry.timer);
+        entry.timer = setTimeout(() => {
+          this._pending.delete(id);
+          const i = this._queue.indexOf(entry);
+          if (i >= 0) this._queue.splice(i, 1);
+          reject(new DuplexError(ErrorCode.CLIENT_TIMEOUT, `${method}: no reply within ${ms} ms`, true));
+        }, ms);
+      };
+      entry.replyTimeout = timeout === undefined ? replyTimeout : undefined;
+      entry.arm(timeout ?? this.options.timeout);
       if (direct || this.state === "connected") {
         this._write(entry);
       } else if (this._wanted) {
@@ -521,6 +533,7 @@ export class Duplex extends Emitter {
 
   _write(entry) {
     this._pending.set(entry.id, entry);
+    if (entry.replyTimeout) entry.arm(entry.replyTimeout());
     try {
       this._ws.send(entry.frame);
     } catch (err) {
@@ -631,29 +644,48 @@ export class Duplex extends Emitter {
    * Asks the application's backends: `method` names the call, `data` is
    * any JSON (see docs/UPSTREAM.md). Resolves with the backend's reply
    * data; rejects with a backend's own code (1000–9999), RPC_TIMEOUT (113)
-   * when no backend answered in time, or UNKNOWN_METHOD (102) when the
-   * node has no upstream. Keep `timeout` above the server's `rpc_timeout`.
+   * when no backend answered within the server's `rpc_timeout`, or
+   * UNKNOWN_METHOD (102) when the node has no upstream. Once sent, it waits
+   * the server's `rpc_timeout` (`info.rpc_timeout_ms`) plus
+   * RPC_TIMEOUT_MARGIN for the reply, so the server's answer comes first;
+   * `options.timeout` (ms, the whole call) overrides that.
    * `options.channel` names the channel the call is about: its namespace
    * may route it to its own backend, and the client must be allowed to
    * publish there (else PERMISSION_DENIED, 105).
    */
-  async rpc(method, data = null, { channel } = {}) {
+  async rpc(method, data = null, { channel, timeout } = {}) {
     if (typeof method !== "string" || method === "") throw new TypeError("rpc: method must be a non-empty string");
-    const result = await this._command("rpc", withChannel({ method, data }, channel));
+    const result = await this._command("rpc", withChannel({ method, data }, channel), this._upstreamTimeouts(timeout));
     return result?.data ?? null;
   }
   /**
    * Sends `data` up to the application's backends (a Redis Stream the
    * workers read, or the node's HTTP upstream; see docs/UPSTREAM.md).
    * Resolves once the node has handed it over; a node with neither answers
-   * UNKNOWN_METHOD (102). `options.channel` as for `rpc`.
+   * UNKNOWN_METHOD (102). `options` as for `rpc` (an HTTP upstream may take
+   * up to the server's `rpc_timeout` to take it).
    */
-  async send(data, { channel } = {}) {
+  async send(data, { channel, timeout } = {}) {
+    const timeouts = this._upstreamTimeouts(timeout);
     if (data instanceof ArrayBuffer || ArrayBuffer.isView(data)) {
-      return this._command("send", withChannel({ data: toBase64(data), encoding: "base64" }, channel));
+      return this._command("send", withChannel({ data: toBase64(data), encoding: "base64" }, channel), timeouts);
     }
     if (data === undefined) throw new TypeError("send: data is required");
-    return this._command("send", withChannel({ data }, channel));
+    return this._command("send", withChannel({ data }, channel), timeouts);
+  }
+
+  // rpc and send: an explicit `timeout` for the whole call, else the
+  // server's rpc_timeout plus the margin once sent.
+  _upstreamTimeouts(timeout) {
+    if (timeout !== undefined && !(typeof timeout === "number" && timeout > 0)) {
+      throw new TypeError("timeout must be a positive number of ms");
+    }
+    return { timeout, replyTimeout: () => this._serverRpcTimeout() + RPC_TIMEOUT_MARGIN };
+  }
+
+  _serverRpcTimeout() {
+    const ms = this.info?.rpc_timeout_ms;
+    return typeof ms === "number" && ms > 0 ? ms : DEFAULT_SERVER_RPC_TIMEOUT;
   }
   /** Reserved for a later protocol version. */
   presence(_channel) {
