@@ -1,7 +1,7 @@
 // Duplex JavaScript client: one dependency-free ES module for browsers and
 // Node 20+ that speaks the native protocol (docs/PROTOCOL.md, version 1).
 //
-//   import { Duplex } from "./duplex.js";
+//   import { Duplex } from "duplex-client"; // npm install /path/to/duplex/clients/js
 //   const client = new Duplex("ws://localhost:1234/ws", { getToken });
 //   client.subscribe("news", { onMessage(data) { console.log(data); } });
 //   client.connect();
