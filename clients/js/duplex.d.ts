@@ -4,8 +4,10 @@
 export const VERSION: string;
 /** Native protocol version this client speaks. */
 export const PROTOCOL_VERSION: 1;
+/** Ms `rpc` and `send` wait past the server's `rpc_timeout` (2000), so the server's RPC_TIMEOUT comes first. */
+export const RPC_TIMEOUT_MARGIN: number;
 
-/** Server error codes (100-112) and client-side failure codes (1-4). */
+/** Server error codes (100-115) and client-side failure codes (1-4). */
 export const ErrorCode: Readonly<{
   INTERNAL: 100;
   BAD_REQUEST: 101;
@@ -58,7 +60,7 @@ export function reconnectAllowed(code: number): boolean;
 export class DuplexError extends Error {
   constructor(code: number, message: string, temporary?: boolean);
   readonly name: "DuplexError";
-  /** Server error code (100-112, more in later versions) or an ErrorCode client code (1-4). */
+  /** Server error code (100-115, more in later versions) or an ErrorCode client code (1-4). */
   code: number;
   /** True when the same command may succeed if retried later. */
   temporary: boolean;
@@ -92,15 +94,15 @@ export interface DuplexOptions {
   version?: string;
   /** WebSocket constructor; default `globalThis.WebSocket`. */
   WebSocket?: WebSocketLike;
-  /** Smallest backoff delay in ms. Default 500. */
+  /** Smallest backoff delay in ms. Default 500. The backoff starts again from it after every successful connect. */
   minReconnectDelay?: number;
   /** Largest backoff delay in ms. Default 20000. */
   maxReconnectDelay?: number;
-  /** A connection that lasted this long (ms) resets the backoff. Default 10000. */
-  stableAfter?: number;
   /**
    * Ms to wait for a reply, for the connection (handshake plus `connect`
    * reply), and for a command queued while disconnected. Default 10000.
+   * Once sent, `rpc` and `send` wait the server's `rpc_timeout` plus
+   * RPC_TIMEOUT_MARGIN instead (their own `timeout` option overrides that).
    */
   timeout?: number;
 }
@@ -112,6 +114,8 @@ export interface ConnectInfo {
   version: string;
   protocol: number;
   ping_interval: number;
+  /** The server's `rpc_timeout` in ms (absent from servers before it was added: 10000 is assumed). */
+  rpc_timeout_ms?: number;
   user?: string;
   /** Token expiry, Unix seconds. */
   expires?: number;
@@ -124,7 +128,7 @@ export type ConnectionState = "disconnected" | "connecting" | "connected";
 
 export interface ConnectingEvent {
   state: "connecting";
-  /** Failed attempts since the last stable connection. */
+  /** Failed attempts since the last successful connect. */
   attempt: number;
 }
 export interface ConnectedEvent {
@@ -184,6 +188,13 @@ export interface UpstreamOptions {
    * there (else PERMISSION_DENIED).
    */
   channel?: string;
+  /**
+   * Ms for the whole call, queue included; when it passes, the call
+   * rejects with CLIENT_TIMEOUT. Default: `options.timeout` while queued,
+   * then the server's `rpc_timeout` (`info.rpc_timeout_ms`) plus
+   * RPC_TIMEOUT_MARGIN once sent, so the server's RPC_TIMEOUT comes first.
+   */
+  timeout?: number;
 }
 
 export type SubscriptionState = "subscribing" | "subscribed" | "unsubscribed";
@@ -262,7 +273,9 @@ export class Duplex {
   /**
    * Asks the backends (a Redis Stream worker or the HTTP upstream) and
    * resolves with the reply's data; rejects with the backend's code
-   * (1000–9999), RPC_TIMEOUT, TOO_MANY_PENDING or UNKNOWN_METHOD (no upstream).
+   * (1000–9999), RPC_TIMEOUT (no answer within the server's `rpc_timeout`),
+   * TOO_MANY_PENDING, UNKNOWN_METHOD (no upstream), or CLIENT_TIMEOUT (see
+   * UpstreamOptions.timeout).
    */
   rpc<T = unknown>(method: string, data?: unknown, options?: UpstreamOptions): Promise<T>;
   /** Sends data up to the backends (a Redis Stream or the HTTP upstream); resolves once handed over. */

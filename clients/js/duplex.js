@@ -1,7 +1,7 @@
 // Duplex JavaScript client: one dependency-free ES module for browsers and
 // Node 20+ that speaks the native protocol (docs/PROTOCOL.md, version 1).
 //
-//   import { Duplex } from "./duplex.js";
+//   import { Duplex } from "duplex-client"; // npm install /path/to/duplex/clients/js
 //   const client = new Duplex("ws://localhost:1234/ws", { getToken });
 //   client.subscribe("news", { onMessage(data) { console.log(data); } });
 //   client.connect();
@@ -44,6 +44,16 @@ export const ErrorCode = Object.freeze({
   /** The feature needs a newer server (presence, history). */
   NOT_SUPPORTED: 4,
 });
+
+/** After a 1001 (going away), this many retries come quickly (the node is restarting, or a load balancer has another). */
+const GOING_AWAY_RETRIES = 10;
+/** Quick retries wait 100–300 ms each (jittered, so a node's clients spread out). */
+const QUICK_RETRY_MIN = 100;
+const QUICK_RETRY_MAX = 300;
+/** The server's rpc_timeout when its `connect` reply does not say (servers before `rpc_timeout_ms`). */
+const DEFAULT_SERVER_RPC_TIMEOUT = 10000;
+/** How much longer than the server's rpc_timeout `rpc` and `send` wait, so the server's RPC_TIMEOUT (113) comes first. */
+export const RPC_TIMEOUT_MARGIN = 2000;
 
 /** Close codes the client treats specially (docs/PROTOCOL.md section 5). */
 export const CloseCode = Object.freeze({
@@ -218,7 +228,6 @@ export class Duplex extends Emitter {
       version: VERSION,
       minReconnectDelay: 500,
       maxReconnectDelay: 20000,
-      stableAfter: 10000,
       timeout: 10000,
       ...options,
     };
@@ -238,11 +247,12 @@ export class Duplex extends Emitter {
     this._queue = []; // commands waiting for a connection
     this._subs = new Map(); // channel -> Subscription
     this._wanted = false; // connect() called and not disconnect()
-    this._attempt = 0;
+    this._attempt = 0; // attempts since the last successful connect
+    this._backoffStep = 0; // exponent of the next backoff delay
+    this._quickRetries = 0; // quick retries left after a 1001
     this._reconnectTimer = null;
     this._refreshTimer = null;
     this._connectTimer = null;
-    this._connectedAt = 0;
     this._gen = 0; // bumped by every _open() and _stop(): stale async steps give up
   }
 
@@ -252,7 +262,7 @@ export class Duplex extends Emitter {
   connect() {
     if (this._wanted) return;
     this._wanted = true;
-    this._attempt = 0;
+    this._attempt = this._backoffStep = this._quickRetries = 0;
     this._open();
   }
 
@@ -302,17 +312,32 @@ export class Duplex extends Emitter {
     ws.onmessage = (event) => {
       if (this._ws === ws) this._onFrame(event.data);
     };
-    ws.onerror = () => {}; // a close event always follows
-    ws.onclose = (event) => {
+    // One loss per attempt, whichever event comes first: browsers fire
+    // `error` then `close`, but Node 20 fires only `error` when the
+    // connection is refused. The later one finds this._ws changed.
+    const ended = (code, reason) => {
       if (this._ws !== ws) return;
       this._ws = null;
+      ws.onopen = ws.onmessage = ws.onclose = null;
+      ws.onerror = () => {};
+      // An error on an open socket: make sure it does not linger half-open.
+      if (ws.readyState === 1) {
+        try {
+          ws.close(1000);
+        } catch {
+          // already closing
+        }
+      }
       // The disconnect push carries the untruncated reason and the server's verdict.
       const push = this._serverDisconnect;
-      const code = push?.code ?? event.code;
-      const reason = push?.reason ?? event.reason ?? "";
-      const reconnect = push ? push.reconnect === true : reconnectAllowed(code);
-      this._lost(code, reason, reconnect);
+      const finalCode = push?.code ?? code;
+      const finalReason = push?.reason ?? reason;
+      const reconnect = push ? push.reconnect === true : reconnectAllowed(finalCode);
+      this._lost(finalCode, finalReason, reconnect);
     };
+    // An error event means the connection failed: 1006, as the close event that may follow says.
+    ws.onerror = (event) => ended(CloseCode.ABNORMAL, event?.message || "connection failed");
+    ws.onclose = (event) => ended(event.code, event.reason ?? "");
   }
 
   _sendConnect(ws, token) {
@@ -323,7 +348,7 @@ export class Duplex extends Emitter {
         if (this._ws !== ws) return;
         clearTimeout(this._connectTimer);
         this.info = result;
-        this._connectedAt = Date.now();
+        this._attempt = this._backoffStep = this._quickRetries = 0;
         this._setState("connected", { info: result });
         this._scheduleRefresh(result.expires);
         for (const sub of this._subs.values()) this._sendSubscribe(sub);
@@ -368,8 +393,6 @@ export class Duplex extends Emitter {
     clearTimeout(this._connectTimer);
     clearTimeout(this._refreshTimer);
     this._refreshTimer = null;
-    if (this._connectedAt && Date.now() - this._connectedAt >= this.options.stableAfter) this._attempt = 0;
-    this._connectedAt = 0;
     this.info = null;
     this._rejectPending(new DuplexError(ErrorCode.CONNECTION_LOST, `connection closed: ${code} ${reason}`.trim(), true));
     for (const sub of this._subs.values()) {
@@ -384,7 +407,8 @@ export class Duplex extends Emitter {
       this._setState("disconnected", { code, reason, reconnect: false });
       return;
     }
-    const delay = this._reconnectDelay(code);
+    if (code === CloseCode.GOING_AWAY) this._quickRetries = GOING_AWAY_RETRIES;
+    const delay = this._reconnectDelay();
     this._attempt++;
     this._setState("disconnected", { code, reason, reconnect: true, delay });
     this._reconnectTimer = setTimeout(() => {
@@ -392,12 +416,15 @@ export class Duplex extends Emitter {
     }, delay);
   }
 
-  _reconnectDelay(code) {
-    const { minReconnectDelay: min, maxReconnectDelay: max } = this.options;
-    // Going away: at once, with a little jitter so a node's clients spread out.
-    if (code === CloseCode.GOING_AWAY) return Math.floor(Math.random() * Math.min(min, 1000));
+  _reconnectDelay() {
+    // After a going away: a few quick tries, jittered so a node's clients spread out.
+    if (this._quickRetries > 0) {
+      this._quickRetries--;
+      return Math.floor(QUICK_RETRY_MIN + Math.random() * (QUICK_RETRY_MAX - QUICK_RETRY_MIN));
+    }
     // Exponential backoff with full jitter above the floor `min`.
-    const cap = Math.min(max, min * 2 ** Math.min(this._attempt, 30));
+    const { minReconnectDelay: min, maxReconnectDelay: max } = this.options;
+    const cap = Math.min(max, min * 2 ** Math.min(this._backoffStep++, 30));
     return Math.floor(min + Math.random() * (cap - min));
   }
 
@@ -415,7 +442,6 @@ export class Duplex extends Emitter {
     this._ws = null;
     if (ws) this._dropSocket(ws);
     this.info = null;
-    this._connectedAt = 0;
     const err = new DuplexError(errorCode, `disconnected: ${reason}`);
     this._rejectPending(err);
     this._rejectQueue(err);
@@ -475,17 +501,25 @@ export class Duplex extends Emitter {
 
   // ---- commands --------------------------------------------------------
 
-  _command(method, params, { direct = false } = {}) {
+  // `timeout`: ms for the whole command (default `options.timeout`).
+  // `replyTimeout()`: when `timeout` is not given, ms to wait for the reply
+  // once the command is sent (rpc, send); queued, it waits `options.timeout`.
+  _command(method, params, { direct = false, timeout, replyTimeout } = {}) {
     return new Promise((resolve, reject) => {
       const id = this._nextId++;
       const frame = JSON.stringify(params === undefined ? { id, method } : { id, method, params });
-      const entry = { id, frame, resolve, reject };
-      entry.timer = setTimeout(() => {
-        this._pending.delete(id);
-        const i = this._queue.indexOf(entry);
-        if (i >= 0) this._queue.splice(i, 1);
-        reject(new DuplexError(ErrorCode.CLIENT_TIMEOUT, `${method}: no reply within ${this.options.timeout} ms`, true));
-      }, this.options.timeout);
+      const entry = { id, frame, resolve, reject, timer: null };
+      entry.arm = (ms) => {
+        clearTimeout(entry.timer);
+        entry.timer = setTimeout(() => {
+          this._pending.delete(id);
+          const i = this._queue.indexOf(entry);
+          if (i >= 0) this._queue.splice(i, 1);
+          reject(new DuplexError(ErrorCode.CLIENT_TIMEOUT, `${method}: no reply within ${ms} ms`, true));
+        }, ms);
+      };
+      entry.replyTimeout = timeout === undefined ? replyTimeout : undefined;
+      entry.arm(timeout ?? this.options.timeout);
       if (direct || this.state === "connected") {
         this._write(entry);
       } else if (this._wanted) {
@@ -499,6 +533,7 @@ export class Duplex extends Emitter {
 
   _write(entry) {
     this._pending.set(entry.id, entry);
+    if (entry.replyTimeout) entry.arm(entry.replyTimeout());
     try {
       this._ws.send(entry.frame);
     } catch (err) {
@@ -609,29 +644,48 @@ export class Duplex extends Emitter {
    * Asks the application's backends: `method` names the call, `data` is
    * any JSON (see docs/UPSTREAM.md). Resolves with the backend's reply
    * data; rejects with a backend's own code (1000–9999), RPC_TIMEOUT (113)
-   * when no backend answered in time, or UNKNOWN_METHOD (102) when the
-   * node has no upstream. Keep `timeout` above the server's `rpc_timeout`.
+   * when no backend answered within the server's `rpc_timeout`, or
+   * UNKNOWN_METHOD (102) when the node has no upstream. Once sent, it waits
+   * the server's `rpc_timeout` (`info.rpc_timeout_ms`) plus
+   * RPC_TIMEOUT_MARGIN for the reply, so the server's answer comes first;
+   * `options.timeout` (ms, the whole call) overrides that.
    * `options.channel` names the channel the call is about: its namespace
    * may route it to its own backend, and the client must be allowed to
    * publish there (else PERMISSION_DENIED, 105).
    */
-  async rpc(method, data = null, { channel } = {}) {
+  async rpc(method, data = null, { channel, timeout } = {}) {
     if (typeof method !== "string" || method === "") throw new TypeError("rpc: method must be a non-empty string");
-    const result = await this._command("rpc", withChannel({ method, data }, channel));
+    const result = await this._command("rpc", withChannel({ method, data }, channel), this._upstreamTimeouts(timeout));
     return result?.data ?? null;
   }
   /**
    * Sends `data` up to the application's backends (a Redis Stream the
    * workers read, or the node's HTTP upstream; see docs/UPSTREAM.md).
    * Resolves once the node has handed it over; a node with neither answers
-   * UNKNOWN_METHOD (102). `options.channel` as for `rpc`.
+   * UNKNOWN_METHOD (102). `options` as for `rpc` (an HTTP upstream may take
+   * up to the server's `rpc_timeout` to take it).
    */
-  async send(data, { channel } = {}) {
+  async send(data, { channel, timeout } = {}) {
+    const timeouts = this._upstreamTimeouts(timeout);
     if (data instanceof ArrayBuffer || ArrayBuffer.isView(data)) {
-      return this._command("send", withChannel({ data: toBase64(data), encoding: "base64" }, channel));
+      return this._command("send", withChannel({ data: toBase64(data), encoding: "base64" }, channel), timeouts);
     }
     if (data === undefined) throw new TypeError("send: data is required");
-    return this._command("send", withChannel({ data }, channel));
+    return this._command("send", withChannel({ data }, channel), timeouts);
+  }
+
+  // rpc and send: an explicit `timeout` for the whole call, else the
+  // server's rpc_timeout plus the margin once sent.
+  _upstreamTimeouts(timeout) {
+    if (timeout !== undefined && !(typeof timeout === "number" && timeout > 0)) {
+      throw new TypeError("timeout must be a positive number of ms");
+    }
+    return { timeout, replyTimeout: () => this._serverRpcTimeout() + RPC_TIMEOUT_MARGIN };
+  }
+
+  _serverRpcTimeout() {
+    const ms = this.info?.rpc_timeout_ms;
+    return typeof ms === "number" && ms > 0 ? ms : DEFAULT_SERVER_RPC_TIMEOUT;
   }
   /** Reserved for a later protocol version. */
   presence(_channel) {

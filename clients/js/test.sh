@@ -1,10 +1,18 @@
 #!/usr/bin/env bash
 # Runs the JavaScript client tests against a real node. Builds nothing:
 # DUPLEX_BIN names the binary (default target/debug/duplex from the repo root).
-# Needs Node 20+ and no npm packages.
+# Needs Node 20+ and npm: test/package.test.js installs the package into
+# fresh projects as README.md says, and TypeScript from the npm registry
+# (cached in target/npm-cache). The client itself has no dependencies.
 set -euo pipefail
 cd "$(dirname "$0")"
 root="$(cd ../.. && pwd)"
+as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
+if ! command -v npm >/dev/null 2>&1; then
+    echo "== installing npm (the package tests run npm init, pack and install)"
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq npm >/dev/null
+fi
 export DUPLEX_BIN="${DUPLEX_BIN:-$root/target/debug/duplex}"
 case "$DUPLEX_BIN" in /*) ;; *) DUPLEX_BIN="$root/$DUPLEX_BIN" ;; esac
 if [ ! -x "$DUPLEX_BIN" ]; then

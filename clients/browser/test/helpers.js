@@ -58,6 +58,16 @@ export function collectErrors(page) {
   return errors;
 }
 
+/** Requests of the page that failed (no answer) or were answered 4xx/5xx, as "STATUS url". */
+export function collectFailedRequests(page) {
+  const failed = [];
+  page.on("requestfailed", (r) => failed.push(`failed ${r.url()}: ${r.failure()?.errorText}`));
+  page.on("response", (r) => {
+    if (r.status() >= 400) failed.push(`${r.status()} ${r.url()}`);
+  });
+  return failed;
+}
+
 /** Lines the page logs with console.log, and a way to wait for one. */
 export function consoleLines(page) {
   const lines = [];

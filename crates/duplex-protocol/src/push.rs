@@ -34,6 +34,9 @@ pub struct ConnectResult<'a> {
     pub protocol: u32,
     /// Seconds between server pings; answer them (browsers do) or be dropped.
     pub ping_interval: u64,
+    /// Milliseconds the server waits for a backend's answer to an `rpc`
+    /// before it replies 113: a client waits a little longer than this.
+    pub rpc_timeout_ms: u64,
     /// User id from the token; empty for anonymous clients.
     pub user: &'a str,
     /// When the token expires (Unix seconds, the token's `exp` as it is,

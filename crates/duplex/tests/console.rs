@@ -220,3 +220,51 @@ async fn a_node_with_only_a_public_key_cannot_mint_and_says_so() {
         .unwrap()
         .contains("token_secret"));
 }
+
+async fn access_with_key(node: &TestNode, key: Option<&str>) -> (u16, Value) {
+    let mut request = reqwest::Client::new().get(node.http("/console/access"));
+    if let Some(key) = key {
+        request = request.header("authorization", format!("apikey {key}"));
+    }
+    let response = request.send().await.expect("GET");
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+/// The page learns whether it must ask for a key, and checks a typed one,
+/// from answers that are all 200: a 401 would show as an error in the
+/// browser's console before the login form.
+#[tokio::test]
+async fn console_access_says_whether_a_key_is_needed_and_works_always_with_200() {
+    let open = TestNode::memory().await;
+    assert_eq!(
+        access_with_key(&open, None).await,
+        (
+            200,
+            json!({"api_key_required": false, "api_key_accepted": true})
+        )
+    );
+    let locked = TestNode::start(Settings {
+        api_key: Some(format!("old-key, {KEY}").as_str().into()),
+        ..settings()
+    })
+    .await;
+    for (key, accepted) in [
+        (None, false),
+        (Some("wrong"), false),
+        (Some(KEY), true),
+        (Some("old-key"), true),
+    ] {
+        assert_eq!(
+            access_with_key(&locked, key).await,
+            (
+                200,
+                json!({"api_key_required": true, "api_key_accepted": accepted})
+            ),
+            "{key:?}"
+        );
+    }
+    // /api itself still refuses without the key.
+    let (status, _) = post_with_key(&locked, "/api/publish", None, &json!({})).await;
+    assert_eq!(status, 401);
+}

@@ -59,6 +59,7 @@ const ROUTES: &[Route] = &[
     get("/console"),
     get("/console/console.css"),
     get("/console/console.js"),
+    get("/console/access"),
     get("/favicon.ico"),
     get("/duplex.js"),
     get("/health"),
@@ -232,7 +233,11 @@ async fn loopback_names_are_served_on_every_route() {
             assert_ne!(status, 421, "{what}: {head}\n{body}");
             match (route.method, route.path, route.upgrade) {
                 (_, _, true) => assert_eq!(status, 101, "{what}: {head}"),
-                ("GET", "/health" | "/api/info" | "/duplex.js" | "/console", _)
+                (
+                    "GET",
+                    "/health" | "/api/info" | "/duplex.js" | "/console" | "/console/access",
+                    _,
+                )
                 | ("POST", "/api/publish", _) => assert_eq!(status, 200, "{what}: {body}"),
                 ("POST", "/api/console/token", _) => {
                     assert_eq!(status, 200, "{what}: {body}");

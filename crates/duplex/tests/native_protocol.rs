@@ -195,3 +195,19 @@ async fn one_connection_holds_thousands_of_subscriptions() {
         json!([])
     );
 }
+
+/// The `connect` reply says the node's `rpc_timeout` in ms, so a client can
+/// wait a little longer than the node and get its 113, not time out first.
+#[tokio::test]
+async fn connect_reply_says_the_rpc_timeout() {
+    for (setting, expected) in [(None, 10_000), (Some(300), 300)] {
+        let node = TestNode::start(duplex::config::Settings {
+            rpc_timeout: setting.map(std::time::Duration::from_millis),
+            ..settings()
+        })
+        .await;
+        let mut c = Client::connect(&node.ws("/ws")).await;
+        let reply = c.command("connect", json!({})).await;
+        assert_eq!(reply["result"]["rpc_timeout_ms"], expected, "{reply}");
+    }
+}

@@ -3,24 +3,31 @@
 //! Several keys may be valid at once, so a key can be rotated without downtime.
 
 use axum::extract::{Request, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use super::ApiError;
+use crate::config::Config;
 use crate::server::AppState;
 
-pub(super) async fn require_api_key(
-    State(app): State<AppState>,
-    req: Request,
-    next: Next,
-) -> Response {
-    let config = app.node.config();
+/// What the API key check makes of a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum KeyCheck {
+    /// No API key is configured: `/api` is open.
+    NotRequired,
+    /// The request carries one of the configured keys.
+    Accepted,
+    /// A key is configured and the request has none, or another one.
+    Refused,
+}
+
+/// Checks the request's `Authorization: apikey <key>` against the configured keys.
+pub(super) fn check_key(config: &Config, headers: &HeaderMap) -> KeyCheck {
     if config.api_keys().next().is_none() {
-        return next.run(req).await;
+        return KeyCheck::NotRequired;
     }
-    let given = req
-        .headers()
+    let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("apikey "))
@@ -31,9 +38,21 @@ pub(super) async fn require_api_key(
             constant_time_eq(key.as_bytes(), k.as_bytes()) | ok
         })
     });
-    match given {
-        Some(_) if accepted => next.run(req).await,
-        _ => ApiError::new(
+    if accepted {
+        KeyCheck::Accepted
+    } else {
+        KeyCheck::Refused
+    }
+}
+
+pub(super) async fn require_api_key(
+    State(app): State<AppState>,
+    req: Request,
+    next: Next,
+) -> Response {
+    match check_key(app.node.config(), req.headers()) {
+        KeyCheck::NotRequired | KeyCheck::Accepted => next.run(req).await,
+        KeyCheck::Refused => ApiError::new(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
             "missing or wrong API key: send \"Authorization: apikey <key>\"",

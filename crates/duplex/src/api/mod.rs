@@ -15,6 +15,7 @@
 //! - `GET  /metrics`       Prometheus text format
 //! - `GET  /duplex.js`     the JavaScript client (`clients/js/duplex.js`), embedded
 //! - `GET  /console`       the web console (also `GET /` without an upgrade), see [`console`]
+//! - `GET  /console/access` whether the console needs an API key, and the sent one works (always 200)
 //! - `POST /api/console/token` `{"channel":"news"}` a short-lived token to watch a channel
 //!
 //! With an API key configured, `/api/*` and `/metrics` need
@@ -67,6 +68,7 @@ pub fn routes(state: &AppState) -> Router<AppState> {
         .route("/console", get(console::page))
         .route("/console/console.css", get(console::style))
         .route("/console/console.js", get(console::script))
+        .route("/console/access", get(console::access::access))
         .route("/favicon.ico", get(console::favicon))
 }
 

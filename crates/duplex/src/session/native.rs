@@ -269,6 +269,9 @@ impl NativeSession {
         conn.authenticated(&identity.user, identity.expires);
         tracing::debug!(conn = %conn.id, user = identity.user, name = params.name.as_deref().unwrap_or(""), version = params.version.as_deref().unwrap_or(""), "client connected");
         let ping_interval = node.config().ping_interval.as_secs().max(1);
+        let rpc_timeout_ms = u64::try_from(node.config().rpc_timeout.as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1);
         let reply = push::reply(
             id,
             &ConnectResult {
@@ -277,6 +280,7 @@ impl NativeSession {
                 version: env!("CARGO_PKG_VERSION"),
                 protocol: PROTOCOL_VERSION,
                 ping_interval,
+                rpc_timeout_ms,
                 user: &identity.user,
                 expires: identity.expires,
                 channels: &granted,

@@ -2,6 +2,8 @@
 // the node's own JavaScript client (/duplex.js over /ws), publishes through
 // /api/publish. With an API key configured, every /api call carries
 // "Authorization: apikey <key>"; the key lives in sessionStorage (this tab).
+// Whether a key is needed, and whether a typed one works, comes from
+// /console/access, which answers 200 either way (no 401 in the console).
 
 const POLL_MS = 1000;
 /** Polling slows down while the tab is hidden. */
@@ -58,6 +60,37 @@ async function api(path, body) {
 
 // ---------------------------------------------------------------- API key
 
+/**
+ * Whether the node needs an API key and accepts `key`: GET /console/access
+ * answers 200 either way, so finding out logs no failed request.
+ */
+async function access(key) {
+  let res;
+  try {
+    res = await fetch("/console/access", { headers: key ? { authorization: `apikey ${key}` } : {}, cache: "no-store" });
+  } catch (e) {
+    throw new ApiFailure(0, "unreachable", `node unreachable: ${e.message}`);
+  }
+  if (!res.ok) throw new ApiFailure(res.status, "http", `HTTP ${res.status}`);
+  return res.json();
+}
+
+/** On load: straight to the numbers, or the login form when a key is needed first. */
+async function start() {
+  let found;
+  try {
+    found = await access(apiKey);
+  } catch (err) {
+    setLive("off", err.status === 0 ? "node unreachable, retrying" : err.message);
+    pollTimer = setTimeout(start, POLL_MS);
+    return;
+  }
+  if (found.api_key_accepted) return startPolling();
+  apiKey = "";
+  sessionStorage.removeItem(KEY_STORE);
+  showLogin("");
+}
+
 function showLogin(message) {
   stopPolling();
   stopWatching();
@@ -73,15 +106,19 @@ function showLogin(message) {
 
 $("login-form").addEventListener("submit", async (e) => {
   e.preventDefault();
-  apiKey = $("api-key").value.trim();
+  const key = $("api-key").value.trim();
+  let found;
   try {
-    await api("/api/info");
+    found = await access(key);
   } catch (err) {
-    apiKey = "";
-    showLogin(err.status === 401 ? "That key was not accepted." : err.message);
+    found = { error: err.message };
+  }
+  if (!found.api_key_accepted) {
+    showLogin(found.error ?? "That key was not accepted.");
     $("api-key").select();
     return;
   }
+  apiKey = key;
   sessionStorage.setItem(KEY_STORE, apiKey);
   $("api-key").value = "";
   startPolling();
@@ -354,4 +391,4 @@ $("publish-form").addEventListener("submit", async (e) => {
   status.textContent = `Published to ${channel} at ${new Date().toLocaleTimeString("en-GB")}`;
 });
 
-startPolling();
+start();

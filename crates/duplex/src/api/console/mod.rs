@@ -4,12 +4,14 @@
 //! - `GET /` without a WebSocket upgrade, and `GET /console`: the page
 //! - `GET /console/console.css`, `GET /console/console.js`: its style and script
 //! - `GET /favicon.ico`: a small icon (an SVG), so no page on the node logs a 404 for it
+//! - `GET /console/access`: whether an API key is needed and the one sent works ([`access`])
 //! - `POST /api/console/token`: a short-lived token to watch a channel ([`token`])
 //!
 //! The page itself holds nothing secret: every number it shows comes from
 //! `/api/*`, with the API key the user types in when one is configured. No
 //! CDN, no build step: the three files below are the whole console.
 
+pub(super) mod access;
 pub(super) mod token;
 
 use std::net::SocketAddr;
