@@ -50,7 +50,7 @@ pub(super) async fn require_api_key(
     req: Request,
     next: Next,
 ) -> Response {
-    match check_key(app.node.config(), req.headers()) {
+    match check_key(&app.node.config(), req.headers()) {
         KeyCheck::NotRequired | KeyCheck::Accepted => next.run(req).await,
         KeyCheck::Refused => ApiError::new(
             StatusCode::UNAUTHORIZED,

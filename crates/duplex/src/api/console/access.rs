@@ -25,7 +25,7 @@ struct Access {
 
 /// `GET /console/access`.
 pub(crate) async fn access(State(app): State<AppState>, headers: HeaderMap) -> impl IntoResponse {
-    let check = check_key(app.node.config(), &headers);
+    let check = check_key(&app.node.config(), &headers);
     (
         [(header::CACHE_CONTROL, HeaderValue::from_static("no-store"))],
         Json(Access {
