@@ -29,11 +29,14 @@ if ! php -r 'exit(extension_loaded("redis") ? 0 : 1);' 2>/dev/null; then
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq php-redis >/dev/null
 fi
 # redis-py for the Python upstream worker example, in a venv of its own.
-if [ ! -x target/py-redis/bin/python ] || ! target/py-redis/bin/python -c 'import redis' 2>/dev/null; then
-    echo "== installing redis-py into target/py-redis (the Python upstream worker example is tested)"
+if [ ! -x target/py-redis/bin/python ]; then
+    echo "== making target/py-redis (the Python upstream worker example is tested with redis-py)"
     python3 -m venv target/py-redis || { as_root apt-get update -qq && as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null && python3 -m venv target/py-redis; }
-    target/py-redis/bin/pip install -q redis
 fi
+# Always the newest redis-py, as `pip install redis` gives a new user: its
+# defaults change (8.x's 5 s socket timeout killed the old worker when idle).
+target/py-redis/bin/pip install -q -U redis || target/py-redis/bin/python -c 'import redis'
+echo "== redis-py $(target/py-redis/bin/python -c 'import redis; print(redis.__version__)')"
 export EXAMPLE_PYTHON="$PWD/target/py-redis/bin/python"
 # Everything above is installed: the example tests must not skip for want of it.
 export EXAMPLE_REQUIRE_ALL=1
