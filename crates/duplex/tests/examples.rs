@@ -172,3 +172,38 @@ async fn php_and_python_publish_examples_reach_subscribers() {
         }
     }
 }
+
+/// `examples/auth/backend.php` required from a web page served by `php -S`
+/// (it used to run its command line there too: "Undefined constant
+/// STDERR", HTTP 500): the page's token is one the node accepts.
+#[tokio::test]
+async fn php_backend_serves_tokens_from_a_web_page() {
+    if !has_library("php", &["-r", "exit(0);"]).await {
+        return;
+    }
+    let node = TestNode::start(Settings {
+        token_secret: Some(SECRET.into()),
+        ..settings()
+    })
+    .await;
+    let docroot = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("php-token-page");
+    std::fs::create_dir_all(&docroot).expect("docroot");
+    let page = format!(
+        "<?php\nrequire '{}';\nheader('Content-Type: text/plain');\necho connection_token(getenv('DUPLEX_TOKEN_SECRET'), 'web-user');\n",
+        support::examples::path("auth/backend.php")
+    );
+    std::fs::write(docroot.join("token.php"), page).expect("page");
+    let docroot = docroot.to_string_lossy();
+    let (server, url) =
+        support::examples::php_server(&["-t", &docroot], &[("DUPLEX_TOKEN_SECRET", SECRET)]).await;
+
+    let response = reqwest::get(format!("{url}/token.php"))
+        .await
+        .expect("GET the page");
+    let status = response.status().as_u16();
+    let token = response.text().await.unwrap_or_default();
+    assert_eq!(status, 200, "{token}\n{}", server.log());
+    let mut client = Client::connect(&node.ws("/ws")).await;
+    let reply = client.command("connect", json!({"token": token})).await;
+    assert_eq!(reply["result"]["user"], "web-user", "{reply}");
+}

@@ -114,3 +114,21 @@ impl Running {
         self.child.try_wait().ok().flatten()
     }
 }
+
+/// PHP's built-in web server, `php -S 127.0.0.1:<free port> <args>` (a
+/// docroot with `-t`, or a router script), as a web page would be served;
+/// its base URL once it listens.
+pub async fn php_server(args: &[&str], env: &[(&str, &str)]) -> (Running, String) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port");
+    let address = format!("127.0.0.1:{port}");
+    let mut all = vec!["-S", address.as_str()];
+    all.extend_from_slice(args);
+    let mut server = Running::spawn("php", &all, env);
+    server
+        .wait_for_log(&format!("(http://{address}) started"), 1)
+        .await;
+    (server, format!("http://{address}"))
+}
