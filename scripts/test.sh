@@ -29,20 +29,40 @@ if ! php -r 'exit(extension_loaded("redis") ? 0 : 1);' 2>/dev/null; then
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq php-redis >/dev/null
 fi
 # redis-py for the Python upstream worker example, in a venv of its own.
-if [ ! -x target/py-redis/bin/python ] || ! target/py-redis/bin/python -c 'import redis' 2>/dev/null; then
-    echo "== installing redis-py into target/py-redis (the Python upstream worker example is tested)"
+if [ ! -x target/py-redis/bin/python ]; then
+    echo "== making target/py-redis (the Python upstream worker example is tested with redis-py)"
     python3 -m venv target/py-redis || { as_root apt-get update -qq && as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null && python3 -m venv target/py-redis; }
-    target/py-redis/bin/pip install -q redis
 fi
+# Always the newest redis-py, as `pip install redis` gives a new user: its
+# defaults change (8.x's 5 s socket timeout killed the old worker when idle).
+target/py-redis/bin/pip install -q -U redis || target/py-redis/bin/python -c 'import redis'
+echo "== redis-py $(target/py-redis/bin/python -c 'import redis; print(redis.__version__)')"
 export EXAMPLE_PYTHON="$PWD/target/py-redis/bin/python"
-# Everything above is installed: the example tests must not skip for want of it.
-export EXAMPLE_REQUIRE_ALL=1
+# deploy/duplex.service is checked with systemd-analyze (crates/duplex/tests/deploy.rs).
+if ! command -v systemd-analyze >/dev/null 2>&1; then
+    echo "== installing systemd (systemd-analyze checks deploy/duplex.service)"
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq systemd >/dev/null
+fi
+# promtool, from Debian's prometheus package, checks and unit-tests
+# deploy/alerts.yml. Unpacked under target/ rather than installed: installing
+# the package would also start a Prometheus server on this machine.
+if ! command -v promtool >/dev/null 2>&1 && [ ! -x target/tools/prometheus/usr/bin/promtool ]; then
+    echo "== unpacking promtool from Debian's prometheus package into target/tools (deploy/alerts.yml is tested)"
+    as_root apt-get update -qq
+    mkdir -p target/tools
+    (cd target/tools && apt-get download -qq prometheus 2>/dev/null && dpkg-deb -x prometheus_*.deb prometheus && rm prometheus_*.deb)
+fi
+export PATH="$PATH:$PWD/target/tools/prometheus/usr/bin"
 
 if ! command -v node >/dev/null 2>&1; then
     echo "== installing nodejs (the JavaScript client is tested; it needs Node 20+)"
     as_root apt-get update -qq
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs >/dev/null
 fi
+
+# Everything above is installed: the example and deploy tests must not skip for want of it.
+export EXAMPLE_REQUIRE_ALL=1
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check

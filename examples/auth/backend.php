@@ -5,6 +5,10 @@
 //   DUPLEX_TOKEN_SECRET=... php backend.php token 42              # print a token for user 42
 //   DUPLEX_API_KEY=... php backend.php publish '#user:42' hello   # reach every connection of user 42
 //
+// Or from your web pages (php -S, php-fpm, Apache), which get the functions only:
+//   require __DIR__ . '/backend.php';
+//   echo connection_token(getenv('DUPLEX_TOKEN_SECRET'), $signedInUserId);
+//
 // With php-redis the publish is the classic two-liner instead:
 //   $redis = new Redis(); $redis->connect('127.0.0.1');
 //   $redis->publish('#user:42', 'hello');
@@ -41,6 +45,11 @@ function publish(string $node, string $apiKey, string $channel, $data): array {
     return json_decode($body, true);
 }
 
+// The command line, only when this file is the script run (not when a page
+// or another script requires it: there STDERR and $argv do not exist).
+if (PHP_SAPI !== 'cli' || realpath($_SERVER['argv'][0] ?? '') !== __FILE__) {
+    return;
+}
 $node = getenv('DUPLEX_NODE') ?: 'http://127.0.0.1:1234';
 $command = $argv[1] ?? '';
 switch ($command) {

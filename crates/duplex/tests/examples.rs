@@ -1,15 +1,16 @@
 //! The examples run against a real node: `examples/auth/` (Python and PHP,
 //! standard libraries only) mint tokens a node accepts and publish to one
 //! user; `examples/publish/` publishes from a shell (curl, redis-cli),
-//! Node.js (fetch), PHP (php-redis) and Python (redis-py, HTTP). `scripts/test.sh` installs php-cli and nodejs when
-//! they are missing; `examples/upstream/` workers (redis-py, php-redis)
-//! answer rpcs from the stream.
+//! Node.js (fetch), PHP (php-redis) and Python (redis-py, HTTP).
+//! `scripts/test.sh` installs php-cli and nodejs when they are missing. The
+//! upstream workers are tested in `examples_workers.rs`.
 
 mod support;
 
 use duplex::config::Settings;
 use serde_json::json;
 use support::client::Client;
+use support::examples::{has_library, python, PHP_REDIS, PY_REDIS};
 use support::node::{settings, TestNode};
 
 const SECRET: &str = "examples-secret";
@@ -18,7 +19,7 @@ const API_KEY: &str = "examples-api-key";
 /// Runs the example without blocking the runtime: the node under test is
 /// served by the same (single) test thread.
 async fn run(interpreter: &str, script: &str, node: &TestNode, args: &[&str]) -> String {
-    let path = format!("{}/../../examples/{script}", env!("CARGO_MANIFEST_DIR"));
+    let path = support::examples::path(script);
     let out = tokio::process::Command::new(interpreter)
         .arg(&path)
         .args(args)
@@ -96,10 +97,7 @@ async fn shell_and_node_publish_examples_reach_subscribers() {
     let mut native = Client::connect(&node.ws("/ws")).await;
     native.subscribe(&["news"]).await;
 
-    let path = format!(
-        "{}/../../examples/publish/publish.sh",
-        env!("CARGO_MANIFEST_DIR")
-    );
+    let path = support::examples::path("publish/publish.sh");
     let out = tokio::process::Command::new("sh")
         .arg(&path)
         .args(["news", "hello"])
@@ -139,18 +137,13 @@ async fn php_and_python_publish_examples_reach_subscribers() {
     let mut plain = Client::connect(&node.ws("/?channel=news")).await;
     let mut native = Client::connect(&node.ws("/ws")).await;
     native.subscribe(&["news"]).await;
-    let python = std::env::var("EXAMPLE_PYTHON").unwrap_or_else(|_| "python3".into());
+    let python = python();
     let examples = [
-        (
-            "php",
-            "publish.php",
-            ["-r", "exit(extension_loaded('redis') ? 0 : 1);"],
-            vec!["from php"],
-        ),
+        ("php", "publish.php", PHP_REDIS, vec!["from php"]),
         (
             python.as_str(),
             "publish.py",
-            ["-c", "import redis"],
+            PY_REDIS,
             vec!["from python (via Redis)", "from python (via HTTP)"],
         ),
     ];
@@ -159,10 +152,7 @@ async fn php_and_python_publish_examples_reach_subscribers() {
             continue;
         }
         let message = expected[0].split(" (").next().unwrap_or_default();
-        let path = format!(
-            "{}/../../examples/publish/{script}",
-            env!("CARGO_MANIFEST_DIR")
-        );
+        let path = support::examples::path(&format!("publish/{script}"));
         let out = tokio::process::Command::new(interpreter)
             .arg(&path)
             .args(["news", message])
@@ -183,92 +173,37 @@ async fn php_and_python_publish_examples_reach_subscribers() {
     }
 }
 
-/// Whether `interpreter` runs and has its Redis library (`probe` exits 0).
-async fn has_library(interpreter: &str, probe: &[&str]) -> bool {
-    let ok = tokio::process::Command::new(interpreter)
-        .args(probe)
-        .output()
-        .await
-        .is_ok_and(|out| out.status.success());
-    if !ok {
-        // scripts/test.sh installs them all and says so: no silent skip there.
-        assert!(
-            std::env::var_os("EXAMPLE_REQUIRE_ALL").is_none(),
-            "{interpreter} with its Redis library is not installed"
-        );
-        eprintln!("skipped: {interpreter} with its Redis library is not installed (scripts/test.sh installs it)");
-    }
-    ok
-}
-
-/// `examples/upstream/worker.{py,php}` answer rpcs read from the stream,
-/// and first claim (XAUTOCLAIM) an entry a crashed worker left unacknowledged.
+/// `examples/auth/backend.php` required from a web page served by `php -S`
+/// (it used to run its command line there too: "Undefined constant
+/// STDERR", HTTP 500): the page's token is one the node accepts.
 #[tokio::test]
-async fn python_and_php_workers_answer_rpcs_and_claim_a_crashed_workers_entries() {
-    let python = std::env::var("EXAMPLE_PYTHON").unwrap_or_else(|_| "python3".into());
-    let workers = [
-        (python.as_str(), "worker.py", ["-c", "import redis"]),
-        (
-            "php",
-            "worker.php",
-            ["-r", "exit(extension_loaded('redis') ? 0 : 1);"],
-        ),
-    ];
-    for (interpreter, script, probe) in workers {
-        if !has_library(interpreter, &probe).await {
-            continue;
-        }
-        let redis = support::redis_server::RedisServer::start();
-        let mut conn = redis.connection().await;
-        let _: () = redis::cmd("XGROUP")
-            .arg(&["CREATE", "duplex:upstream", "workers", "0", "MKSTREAM"][..])
-            .query_async(&mut conn)
-            .await
-            .expect("XGROUP CREATE");
-        let node = TestNode::redis(&redis.url()).await;
-        let mut client = Client::connect(&node.ws("/ws")).await;
-        // A worker that crashed: read the call, never acknowledged it.
-        let call = json!({"id": 1, "method": "rpc", "params": {"method": "add", "data": {"a": 1, "b": 1}}});
-        client.send_text(&call.to_string()).await;
-        support::eventually("the crashed worker read the call", || {
-            let mut conn = conn.clone();
-            async move {
-                let read: redis::Value = redis::cmd("XREADGROUP")
-                    .arg(&["GROUP", "workers", "crashed", "COUNT", "1"][..])
-                    .arg(&["STREAMS", "duplex:upstream", ">"][..])
-                    .query_async(&mut conn)
-                    .await
-                    .expect("XREADGROUP");
-                read != redis::Value::Nil
-            }
-        })
-        .await;
-
-        let path = format!(
-            "{}/../../examples/upstream/{script}",
-            env!("CARGO_MANIFEST_DIR")
-        );
-        let _worker = tokio::process::Command::new(interpreter)
-            .arg(&path)
-            .arg("example-worker")
-            .env("REDIS_URL", redis.url())
-            .env("CLAIM_IDLE_MS", "0")
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot run {interpreter}: {e}"));
-        let claimed = client.next_json().await;
-        assert_eq!(
-            claimed,
-            json!({"id": 1, "result": {"data": {"sum": 2}}}),
-            "{script}"
-        );
-        let reply = client
-            .command("rpc", json!({"method": "add", "data": {"a": 40, "b": 2}}))
-            .await;
-        assert_eq!(reply["result"]["data"], json!({"sum": 42}), "{script}");
-        let reply = client.command("rpc", json!({"method": "nope"})).await;
-        assert_eq!(reply["error"]["code"], 4000, "{script}: {reply}");
-        let reply = client.command("send", json!({"data": "hi"})).await;
-        assert_eq!(reply["result"], json!({}), "{script}");
+async fn php_backend_serves_tokens_from_a_web_page() {
+    if !has_library("php", &["-r", "exit(0);"]).await {
+        return;
     }
+    let node = TestNode::start(Settings {
+        token_secret: Some(SECRET.into()),
+        ..settings()
+    })
+    .await;
+    let docroot = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("php-token-page");
+    std::fs::create_dir_all(&docroot).expect("docroot");
+    let page = format!(
+        "<?php\nrequire '{}';\nheader('Content-Type: text/plain');\necho connection_token(getenv('DUPLEX_TOKEN_SECRET'), 'web-user');\n",
+        support::examples::path("auth/backend.php")
+    );
+    std::fs::write(docroot.join("token.php"), page).expect("page");
+    let docroot = docroot.to_string_lossy();
+    let (server, url) =
+        support::examples::php_server(&["-t", &docroot], &[("DUPLEX_TOKEN_SECRET", SECRET)]).await;
+
+    let response = reqwest::get(format!("{url}/token.php"))
+        .await
+        .expect("GET the page");
+    let status = response.status().as_u16();
+    let token = response.text().await.unwrap_or_default();
+    assert_eq!(status, 200, "{token}\n{}", server.log());
+    let mut client = Client::connect(&node.ws("/ws")).await;
+    let reply = client.command("connect", json!({"token": token})).await;
+    assert_eq!(reply["result"]["user"], "web-user", "{reply}");
 }

@@ -274,6 +274,8 @@ settings! {
     upstream_url: String = String::new(), "DUPLEX_UPSTREAM_URL";
     /// Most requests to upstream_url in flight at once; more wait in a queue bounded by max_inflight_rpcs [default: 64].
     upstream_concurrency: usize = 64, "DUPLEX_UPSTREAM_CONCURRENCY";
+    /// Secret that signs every POST to upstream_url (and to namespaces' URLs) with a header `Duplex-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>.<body>")>`, so the backend can refuse requests that are not from a node; comma-separated to rotate, one v1= per secret in order; examples/upstream/http_backend.* check it (docs/UPSTREAM.md) [default: none, unsigned].
+    upstream_secret: Secret = Secret::default(), "DUPLEX_UPSTREAM_SECRET";
     /// How long a client's `rpc` waits for the backend's reply before it gets error 113 [default: 10s].
     rpc_timeout: Duration = Duration::from_secs(10), "DUPLEX_RPC_TIMEOUT", humantime::parse_duration;
     /// Most rpcs one connection may have waiting for replies; more get error 114 [default: 32].

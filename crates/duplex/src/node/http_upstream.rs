@@ -10,9 +10,13 @@
 //! its own error (C in 1000–9999 reaches the client as is). Anything else
 //! is 115 for the client; a request that takes longer than `rpc_timeout`
 //! is 113.
+//!
+//! With `upstream_secret` set, every request (to the node's URL or a
+//! namespace's) carries a `Duplex-Signature` header over its time and body
+//! (`upstream_signature.rs`), so the backend can refuse anyone else's.
 
 use std::sync::{Arc, Weak};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use duplex_protocol::code::ErrorCode;
 use futures_util::StreamExt;
@@ -21,6 +25,7 @@ use serde_json::value::RawValue;
 use tokio::sync::mpsc;
 
 use super::rpc::{Answer, Outcome};
+use super::upstream_signature::{self, Signer};
 use super::{Inner, Node};
 
 /// One request for the backend endpoint.
@@ -53,6 +58,8 @@ struct Driver {
     concurrency: usize,
     /// Largest reply body read, in bytes (`max_message_size`).
     max_body: usize,
+    /// Signs each request when `upstream_secret` is set.
+    signer: Option<Signer>,
     node: Weak<Inner>,
 }
 
@@ -70,13 +77,14 @@ struct BackendError {
 
 impl HttpUpstream {
     /// Starts the driver task; it ends with the node. `default_url` is the
-    /// node's `upstream_url`, if any.
+    /// node's `upstream_url`, if any; `signer` signs every request.
     pub(super) fn start(
         default_url: Option<&str>,
         timeout: Duration,
         concurrency: usize,
         capacity: usize,
         max_body: usize,
+        signer: Option<Signer>,
         node: Weak<Inner>,
     ) -> HttpUpstream {
         let (jobs, queue) = mpsc::channel(capacity);
@@ -88,6 +96,7 @@ impl HttpUpstream {
             client,
             concurrency,
             max_body,
+            signer,
             node,
         };
         tokio::spawn(driver.run(queue));
@@ -130,13 +139,17 @@ impl Driver {
     }
 
     async fn post(&self, url: &str, body: Vec<u8>, answer: Option<Answer>) -> Outcome {
-        let sent = self
+        let mut request = self
             .client
             .post(url)
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .body(body)
-            .send()
-            .await;
+            .header(reqwest::header::CONTENT_TYPE, "application/json");
+        if let Some(signer) = &self.signer {
+            let now = SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            request = request.header(upstream_signature::HEADER, signer.header(now, &body));
+        }
+        let sent = request.body(body).send().await;
         let mut response = match sent {
             Ok(response) => response,
             Err(e) => return failure(url, &e),

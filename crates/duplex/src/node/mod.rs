@@ -16,6 +16,7 @@ pub use query::{ConnectionList, QueryError};
 mod http_upstream;
 mod rpc;
 mod upstream;
+mod upstream_signature;
 
 pub(crate) use rpc::Outcome;
 pub(crate) use upstream::{CallError, OverBudget};
@@ -249,6 +250,7 @@ impl Node {
                             config.upstream_concurrency,
                             config.max_inflight_rpcs,
                             config.max_message_size,
+                            upstream_signature::Signer::new(&config.upstream_secret),
                             weak.clone(),
                         )
                     },

@@ -4,6 +4,7 @@
 #![allow(dead_code, unreachable_pub)]
 
 pub mod client;
+pub mod examples;
 pub mod node;
 pub mod process;
 pub mod proxy;
