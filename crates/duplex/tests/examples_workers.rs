@@ -177,25 +177,13 @@ async fn workers_answer_after_redis_restarts_on_the_same_port() {
     .await;
     for (example, worker) in examples.iter().zip(&mut workers) {
         worker.wait_for_log(&example.ready(), 2).await;
-        let mut answered = None;
-        for _ in 0..20 {
-            let reply = client
-                .command(
-                    "rpc",
-                    json!({"method": "add", "channel": example.channel(), "data": {"a": 2, "b": 3}}),
-                )
-                .await;
-            // The node's first append after a restart may still fail with
-            // 107 (issue 15, bug 8: a dead connection found by failing);
-            // that, and only that, is asked again.
-            if reply["error"]["code"] == 107 {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-            answered = Some(reply);
-            break;
-        }
-        let reply = answered.unwrap_or_else(|| panic!("107 after 20 tries"));
+        // The node's first append after the restart succeeds (issue 15 #8).
+        let reply = client
+            .command(
+                "rpc",
+                json!({"method": "add", "channel": example.channel(), "data": {"a": 2, "b": 3}}),
+            )
+            .await;
         assert_eq!(
             reply["result"]["data"],
             json!({"sum": 5}),
