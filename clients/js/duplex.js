@@ -422,9 +422,11 @@ export class Duplex extends Emitter {
       this._quickRetries--;
       return Math.floor(QUICK_RETRY_MIN + Math.random() * (QUICK_RETRY_MAX - QUICK_RETRY_MIN));
     }
-    // Exponential backoff with full jitter above the floor `min`.
+    // Exponential backoff with full jitter above the floor `min`; the first
+    // retry is jittered too (between min and 2·min), so the clients of a
+    // node that crashed do not all come back in the same millisecond.
     const { minReconnectDelay: min, maxReconnectDelay: max } = this.options;
-    const cap = Math.min(max, min * 2 ** Math.min(this._backoffStep++, 30));
+    const cap = Math.min(max, min * 2 ** Math.min(1 + this._backoffStep++, 30));
     return Math.floor(min + Math.random() * (cap - min));
   }
 
