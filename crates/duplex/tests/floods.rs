@@ -209,7 +209,11 @@ async fn clients_reset_mid_subscribe_leave_nothing_behind() {
         channels.iter().all(|c| c.starts_with('#')),
         "only the node's order channels stay subscribed in Redis: {channels:?}"
     );
-    assert_eq!(channels.len(), 2, "#control and #node:<id>: {channels:?}");
+    assert_eq!(
+        channels.len(),
+        3,
+        "#control, #node:<id> and #exclude:<id>: {channels:?}"
+    );
 }
 
 /// Hostile frames from many connections at once: each gets its code, the

@@ -65,8 +65,19 @@ const READERS: usize = 100;
 async fn node_with_readers(
     redis: &RedisServer,
 ) -> (NodeProcess, Vec<tokio::task::JoinHandle<u64>>) {
-    let node =
-        NodeProcess::start_logged(&["--redis", &redis.url(), "--max-queued-bytes", "131072"]).await;
+    // A 64 KiB intake backlog (default 16 MiB): the node falls behind a
+    // flood whatever the machine's load, so the dropping path always runs
+    // (with the default, a loaded machine slows redis-benchmark enough
+    // for 100 readers to keep up, and nothing was dropped).
+    let node = NodeProcess::start_logged(&[
+        "--redis",
+        &redis.url(),
+        "--max-queued-bytes",
+        "131072",
+        "--redis-backlog-bytes",
+        "65536",
+    ])
+    .await;
     let mut readers = Vec::new();
     for _ in 0..READERS {
         let raw = Raw::connect(node.addr, "/?channel=flood").await;
