@@ -126,19 +126,29 @@ async fn assert_adds(client: &mut Client, example: &Example, worker: &Running, a
     );
 }
 
+/// Starts every example worker and checks each answers a first call.
+async fn start_workers(
+    examples: &[Example],
+    redis: &RedisServer,
+    client: &mut Client,
+) -> Vec<Running> {
+    let mut workers = Vec::new();
+    for example in examples {
+        let mut worker = example.start(redis, "30000");
+        worker.wait_for_log(&example.ready(), 1).await;
+        assert_adds(client, example, &worker, 1, 2).await;
+        workers.push(worker);
+    }
+    workers
+}
+
 #[tokio::test]
 async fn workers_answer_after_a_quiet_spell_longer_than_client_timeouts() {
     let examples = examples().await;
     let redis = RedisServer::start();
     let node = node(&redis, &examples).await;
     let mut client = Client::connect(&node.ws("/ws")).await;
-    let mut workers = Vec::new();
-    for example in &examples {
-        let mut worker = example.start(&redis, "30000");
-        worker.wait_for_log(&example.ready(), 1).await;
-        assert_adds(&mut client, example, &worker, 1, 2).await;
-        workers.push(worker);
-    }
+    let mut workers = start_workers(&examples, &redis, &mut client).await;
     // The quiet spell is what is tested: longer than redis-py's 5 s default
     // socket timeout, during which the old Python worker died.
     tokio::time::sleep(Duration::from_millis(6500)).await;
@@ -160,13 +170,7 @@ async fn workers_answer_after_redis_restarts_on_the_same_port() {
     let mut redis = RedisServer::start();
     let node = node(&redis, &examples).await;
     let mut client = Client::connect(&node.ws("/ws")).await;
-    let mut workers = Vec::new();
-    for example in &examples {
-        let mut worker = example.start(&redis, "30000");
-        worker.wait_for_log(&example.ready(), 1).await;
-        assert_adds(&mut client, example, &worker, 1, 2).await;
-        workers.push(worker);
-    }
+    let mut workers = start_workers(&examples, &redis, &mut client).await;
 
     // Killed, started again empty (no persistence): streams and groups are
     // gone, the workers must notice, reconnect and create their group again.

@@ -216,31 +216,28 @@ impl RedisBroker {
     /// for another caller's connect) and the command together end within
     /// `redis_timeout`.
     async fn command<T: redis::FromRedisValue>(&self, cmd: redis::Cmd) -> Result<T, BrokerError> {
-        let timeout = self.shared.settings.timeout;
-        let attempt = async {
-            let mut conn = self.publisher().await?;
-            cmd.query_async::<T>(&mut conn).await.map_err(|e| {
-                if is_broken(&e) {
-                    *self.publisher.lock() = None;
-                }
-                BrokerError::Unavailable(describe(&e))
-            })
-        };
-        match tokio::time::timeout(timeout, attempt).await {
-            Ok(result) => result,
-            Err(_) => {
-                *self.publisher.lock() = None;
-                Err(BrokerError::Timeout(timeout))
-            }
-        }
+        self.on_publisher(|mut conn| async move { cmd.query_async::<T>(&mut conn).await })
+            .await
     }
 
     /// Runs a pipeline on the publish connection, bounded like [`Self::command`].
     async fn pipeline(&self, pipe: redis::Pipeline) -> Result<(), BrokerError> {
+        self.on_publisher(|mut conn| async move { pipe.query_async::<()>(&mut conn).await })
+            .await
+    }
+
+    /// Runs `request` on the publish connection within `redis_timeout`,
+    /// connecting first if needed; a connection that broke or timed out is
+    /// dropped so the next request opens a fresh one.
+    async fn on_publisher<T, F, Fut>(&self, request: F) -> Result<T, BrokerError>
+    where
+        F: FnOnce(MultiplexedConnection) -> Fut,
+        Fut: std::future::Future<Output = redis::RedisResult<T>>,
+    {
         let timeout = self.shared.settings.timeout;
         let attempt = async {
-            let mut conn = self.publisher().await?;
-            pipe.query_async::<()>(&mut conn).await.map_err(|e| {
+            let conn = self.publisher().await?;
+            request(conn).await.map_err(|e| {
                 if is_broken(&e) {
                     *self.publisher.lock() = None;
                 }
