@@ -15,7 +15,7 @@ use prometheus_client::registry::{Registry, Unit};
 
 use crate::broker::BrokerStatus;
 use crate::node::Node;
-use crate::stats::Disconnect;
+use crate::stats::{Disconnect, Shown, METRICS};
 
 /// The registry of one node, built once at start.
 pub fn registry(node: &Node) -> Registry {
@@ -99,6 +99,46 @@ impl Collector for NodeCollector {
         let load = |a: &std::sync::atomic::AtomicU64| a.load(Relaxed);
         let gauge_of = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
 
+        // Every counter declared in stats.rs, one family per name.
+        let mut rest = METRICS;
+        while let Some(first) = rest.first() {
+            let len = rest.iter().take_while(|m| m.name == first.name).count();
+            let (family, next) = rest.split_at(len);
+            rest = next;
+            match first.shown {
+                Shown::Custom => {}
+                _ if first.label.is_some() => {
+                    let label = first.label.map_or("", |(l, _)| l);
+                    let series: Vec<(&str, u64)> = family
+                        .iter()
+                        .map(|m| (m.label.map_or("", |(_, v)| v), load((m.read)(s))))
+                        .collect();
+                    let kind = match first.shown {
+                        Shown::Gauge => MetricType::Gauge,
+                        _ => MetricType::Counter,
+                    };
+                    labelled(&mut e, (first.name, first.help, kind), label, &series)?;
+                }
+                Shown::Gauge => gauge(
+                    &mut e,
+                    first.name,
+                    first.help,
+                    gauge_of(load((first.read)(s))),
+                )?,
+                Shown::Bytes => counter(
+                    &mut e,
+                    first.name,
+                    first.help,
+                    Some(&Unit::Bytes),
+                    load((first.read)(s)),
+                )?,
+                Shown::Counter => {
+                    counter(&mut e, first.name, first.help, None, load((first.read)(s)))?
+                }
+            }
+        }
+
+        // The counters marked Custom, and what is not a counter of Stats.
         let open = load(&s.connections);
         let native = load(&s.native_connections).min(open);
         labelled(
@@ -107,11 +147,45 @@ impl Collector for NodeCollector {
             "transport",
             &[("plain", open - native), ("native", native)],
         )?;
-        gauge(
+        labelled(
             &mut e,
-            "subscriptions",
-            "Subscriptions held by open connections",
-            gauge_of(load(&s.subscriptions)),
+            (
+                "connection_queries",
+                "/api/connections queries asked on this node, by outcome",
+                MetricType::Counter,
+            ),
+            "outcome",
+            &[
+                (
+                    "complete",
+                    load(&s.connection_queries)
+                        .saturating_sub(load(&s.queries_incomplete) + load(&s.queries_refused)),
+                ),
+                ("incomplete", load(&s.queries_incomplete)),
+                ("refused", load(&s.queries_refused)),
+            ],
+        )?;
+        let busy = ConstCounter::new(load(&s.fanout_busy_nanos) as f64 / 1e9);
+        busy.encode(e.encode_descriptor(
+            "fanout_busy",
+            "Seconds spent fanning out (concurrent fan-outs add up): near the number of cores per second of wall time, fan-out cannot keep up",
+            Some(&Unit::Seconds),
+            busy.metric_type(),
+        )?)?;
+        let reasons: Vec<(&str, u64)> = Disconnect::ALL
+            .iter()
+            .zip(s.disconnects.iter())
+            .map(|(d, n)| (d.label(), load(n)))
+            .collect();
+        labelled(
+            &mut e,
+            (
+                "disconnects",
+                "Connections ended, by reason",
+                MetricType::Counter,
+            ),
+            "reason",
+            &reasons,
         )?;
         gauge(
             &mut e,
@@ -148,216 +222,71 @@ impl Collector for NodeCollector {
         )?;
         gauge(
             &mut e,
-            "write_batching",
-            "1 while each client's messages are batched into one write because fan-out could not keep up with one write per delivery",
-            gauge_of(load(&s.write_batching)),
-        )?;
-        counter(
-            &mut e,
-            "write_batching_starts",
-            "Times write batching started because fan-out could not keep up",
-            None,
-            load(&s.write_batching_starts),
-        )?;
-        // Plain counters, one series each.
-        let plain: [(&str, &str, &std::sync::atomic::AtomicU64); 10] = [
-            ("connects", "Connections accepted", &s.connects),
-            ("connections_refused", "Connections refused by node, address, user or handshake-rate limits", &s.connections_refused),
-            ("client_messages", "Messages received from clients", &s.client_messages),
-            ("publish_failures", "Publishes the broker refused (the publisher was told)", &s.publish_failures),
-            ("broker_messages", "Publications received from the broker for local delivery (any publisher, Redis PUBLISH included)", &s.messages_received),
-            ("deliveries", "Frames queued to clients, one per subscriber per message", &s.deliveries),
-            ("handshake_timeouts", "HTTP connections closed for not sending request headers (or a TLS handshake) in time", &s.handshake_timeouts),
-            ("auth_denials", "Tokens refused and commands denied by permissions", &s.auth_denials),
-            ("hosts_refused", "HTTP requests refused with 421 because their Host is not one this node answers to (allowed_hosts)", &s.hosts_refused),
-            ("request_timeouts", "HTTP requests whose body was not complete within request_timeout (408, connection closed)", &s.request_timeouts),
-        ];
-        for (name, help, value) in plain {
-            counter(&mut e, name, help, None, load(value))?;
-        }
-        gauge(
-            &mut e,
-            "http_connections",
-            "Open TCP connections not upgraded to WebSocket (HTTP requests, handshakes in progress)",
-            gauge_of(load(&s.http_connections)),
-        )?;
-        labelled(
-            &mut e,
-            (
-                "http_connections_dropped",
-                "Connections the node closed to stay within max_http_connections and the fd limit, by reason",
-                MetricType::Counter,
-            ),
-            "reason",
-            &[
-                ("evicted", load(&s.http_evictions)),
-                ("refused", load(&s.sockets_refused)),
-            ],
-        )?;
-        let reasons: Vec<(&str, u64)> = Disconnect::ALL
-            .iter()
-            .zip(s.disconnects.iter())
-            .map(|(d, n)| (d.label(), load(n)))
-            .collect();
-        labelled(
-            &mut e,
-            (
-                "disconnects",
-                "Connections ended, by reason",
-                MetricType::Counter,
-            ),
-            "reason",
-            &reasons,
-        )?;
-        counter(
-            &mut e,
-            "client_received",
-            "Payload bytes received from clients",
-            Some(&Unit::Bytes),
-            load(&s.client_bytes),
-        )?;
-        labelled(
-            &mut e,
-            (
-                "publishes",
-                "Publishes made through this node, by source",
-                MetricType::Counter,
-            ),
-            "source",
-            &[
-                ("client", load(&s.client_publishes)),
-                ("http", load(&s.http_publishes)),
-            ],
-        )?;
-        counter(
-            &mut e,
-            "delivered",
-            "Bytes of the frames queued to clients",
-            Some(&Unit::Bytes),
-            load(&s.delivered_bytes),
-        )?;
-        labelled(
-            &mut e,
-            (
-                "dropped_messages",
-                "Messages dropped, by reason (each also logged)",
-                MetricType::Counter,
-            ),
-            "reason",
-            &[("plain_publish_refused", load(&s.plain_publish_dropped))],
-        )?;
-        labelled(
-            &mut e,
-            (
-                "forced_disconnects",
-                "Clients cut by the node, by reason",
-                MetricType::Counter,
-            ),
-            "reason",
-            &[
-                ("slow_consumer", load(&s.slow_consumer_disconnects)),
-                ("heartbeat_timeout", load(&s.heartbeat_timeouts)),
-                ("protocol_error", load(&s.protocol_errors)),
-                ("connect_timeout", load(&s.connect_timeouts)),
-                ("token_expired", load(&s.token_expirations)),
-                ("disconnect_order", load(&s.api_disconnects)),
-            ],
-        )?;
-        labelled(
-            &mut e,
-            (
-                "upstream_messages",
-                "Client messages up to the backends, by outcome (throttled: over a byte budget)",
-                MetricType::Counter,
-            ),
-            "outcome",
-            &[
-                ("appended", load(&s.upstream_messages)),
-                ("refused", load(&s.upstream_failures)),
-                ("throttled", load(&s.upstream_throttled)),
-            ],
-        )?;
-        counter(
-            &mut e,
-            "subscriptions_refused",
-            "Subscribe commands and plain clients refused for max_subscriptions or max_subscriptions_per_ip",
-            None,
-            load(&s.subscriptions_refused),
-        )?;
-        counter(
-            &mut e,
-            "order_unsubscribes",
-            "Connections removed from a channel by an unsubscribe order",
-            None,
-            load(&s.api_unsubscribes),
-        )?;
-        labelled(
-            &mut e,
-            (
-                "connection_queries",
-                "/api/connections queries asked on this node, by outcome",
-                MetricType::Counter,
-            ),
-            "outcome",
-            &[
-                (
-                    "complete",
-                    load(&s.connection_queries)
-                        .saturating_sub(load(&s.queries_incomplete) + load(&s.queries_refused)),
-                ),
-                ("incomplete", load(&s.queries_incomplete)),
-                ("refused", load(&s.queries_refused)),
-            ],
-        )?;
-        counter(
-            &mut e,
-            "query_answers_dropped",
-            "Node answers to connection queries dropped (late, unknown or unpublishable)",
-            None,
-            load(&s.query_answers_dropped),
-        )?;
-        counter(
-            &mut e,
-            "rpc_requests",
-            "Client rpcs accepted (each then answered, timed out, failed or abandoned)",
-            None,
-            load(&s.rpc_requests),
-        )?;
-        labelled(
-            &mut e,
-            (
-                "rpc_outcomes",
-                "Client calls (rpcs, HTTP-upstream sends) ended other than by success, and rpc replies, by outcome",
-                MetricType::Counter,
-            ),
-            "outcome",
-            &[
-                ("reply", load(&s.rpc_replies)),
-                ("timeout", load(&s.rpc_timeouts)),
-                ("refused", load(&s.rpc_refused)),
-                ("failed", load(&s.rpc_failures)),
-                ("abandoned", load(&s.rpc_abandoned)),
-            ],
-        )?;
-        counter(
-            &mut e,
-            "rpc_late_replies",
-            "Backend replies for no waiting call (late or unknown), dropped",
-            None,
-            load(&s.rpc_late_replies),
-        )?;
-        gauge(
-            &mut e,
-            "rpc_pending",
-            "Calls waiting for a backend's answer",
-            gauge_of(load(&s.rpc_pending)),
-        )?;
-        gauge(
-            &mut e,
             "uptime_seconds",
             "Seconds since the node started",
             gauge_of(info.uptime_seconds),
         )?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    /// A family's counters are declared together, with one kind and help.
+    #[test]
+    fn families_are_contiguous_and_consistent() {
+        let mut seen: Vec<&str> = Vec::new();
+        for pair in METRICS.windows(2) {
+            let (a, b) = (&pair[0], &pair[1]);
+            if a.name == b.name {
+                assert_eq!(
+                    (a.shown, a.help),
+                    (b.shown, b.help),
+                    "{} / {}",
+                    a.field,
+                    b.field
+                );
+                assert_eq!(a.label.map(|l| l.0), b.label.map(|l| l.0), "{}", a.field);
+            } else {
+                seen.push(a.name);
+                assert!(
+                    !seen.contains(&b.name),
+                    "{} declared apart from its family",
+                    b.field
+                );
+            }
+        }
+    }
+
+    /// Every counter declared in stats.rs is served in `/metrics` (the
+    /// Custom ones by hand here) and in `/api/info`'s `stats`.
+    #[tokio::test]
+    async fn every_counter_is_served_in_metrics_and_info() {
+        let node = Node::start(Config::default()).expect("node");
+        let text = render(&registry(&node)).expect("render");
+        for m in METRICS {
+            let family = format!("# TYPE duplex_{}", m.name);
+            assert!(
+                text.contains(&family),
+                "{} ({}) not in /metrics",
+                m.field,
+                m.name
+            );
+            if let Some((label, value)) = m.label {
+                let series = format!("{label}=\"{value}\"");
+                assert!(
+                    text.contains(&series),
+                    "{} series {series} not in /metrics",
+                    m.field
+                );
+            }
+        }
+        let info = serde_json::to_value(node.stats().snapshot()).expect("json");
+        for m in METRICS {
+            assert!(info.get(m.field).is_some(), "{} not in /api/info", m.field);
+        }
     }
 }

@@ -1,209 +1,204 @@
-//! Node-wide counters. Every dropped message and every forced disconnect
-//! increments one of these, so nothing is lost silently; `/api/info` shows
-//! them, and the Prometheus exporter (later) will read the same atomics.
+//! Node-wide counters, declared once. Every dropped message and every
+//! forced disconnect increments one of these, so nothing is lost silently.
+//! The [`counters!`] table below is the only list: it makes the fields of
+//! [`Stats`], the `stats` object of `/api/info` (and so the console, which
+//! shows every key) and the metric each counter feeds in `/metrics`
+//! ([`METRICS`], read by `metrics.rs`). A counter cannot be in one and
+//! missing from another.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use serde::Serialize;
 
-/// Monotonic counters plus a few gauges; cheap to bump from any task.
-#[derive(Debug, Default)]
-pub struct Stats {
+/// How a counter appears in `/metrics`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shown {
+    /// A Prometheus counter (`duplex_<name>_total`).
+    Counter,
+    /// A Prometheus counter in bytes (`duplex_<name>_bytes_total`).
+    Bytes,
+    /// A Prometheus gauge.
+    Gauge,
+    /// Rendered by hand in `metrics.rs` (split or derived from others);
+    /// `metrics.rs`'s tests check each such one appears.
+    Custom,
+}
+
+/// One counter's place in `/metrics`: several counters with the same
+/// `name` are one family, told apart by `label`.
+#[derive(Debug, Clone, Copy)]
+pub struct Metric {
+    /// The `Stats` field (and `/api/info` key).
+    pub field: &'static str,
+    /// Reads the counter.
+    pub read: fn(&Stats) -> &AtomicU64,
+    /// Family name without the `duplex_` prefix and suffixes.
+    pub name: &'static str,
+    /// `(label, value)` of this counter's series in a labelled family.
+    pub label: Option<(&'static str, &'static str)>,
+    /// Counter, gauge, bytes or by hand.
+    pub shown: Shown,
+    /// The family's help text.
+    pub help: &'static str,
+}
+
+macro_rules! counters {
+    (
+        @extra { $( $(#[doc = $xdoc:literal])* $xfield:ident : $xty:ty, )* }
+        $( $(#[doc = $doc:literal])* $field:ident => $shown:ident $name:literal $([$label:literal = $value:literal])? , $help:literal ; )*
+    ) => {
+        /// Monotonic counters plus a few gauges; cheap to bump from any task.
+        #[derive(Debug, Default)]
+        pub struct Stats {
+            $( $(#[doc = $doc])* pub $field: AtomicU64, )*
+            $( $(#[doc = $xdoc])* pub $xfield: $xty, )*
+        }
+
+        /// A consistent-enough copy of the counters for JSON output
+        /// (`/api/info`'s `stats`): every counter of [`Stats`].
+        #[derive(Debug, Serialize)]
+        pub struct StatsSnapshot {
+            $( $(#[doc = $doc])* pub $field: u64, )*
+        }
+
+        impl Stats {
+            /// Reads every counter.
+            pub fn snapshot(&self) -> StatsSnapshot {
+                StatsSnapshot { $( $field: self.$field.load(Relaxed), )* }
+            }
+        }
+
+        /// Every counter's metric, in `/metrics` order.
+        pub const METRICS: &[Metric] = &[
+            $( Metric {
+                field: stringify!($field),
+                read: |s| &s.$field,
+                name: $name,
+                label: counters!(@label $($label, $value)?),
+                shown: Shown::$shown,
+                help: $help,
+            }, )*
+        ];
+    };
+    (@label) => { None };
+    (@label $label:literal, $value:literal) => { Some(($label, $value)) };
+}
+
+counters! {
+    @extra {
+        /// Connections ended, by why (indexed by [`Disconnect`]).
+        disconnects: [AtomicU64; Disconnect::ALL.len()],
+        /// Time from a publication's arrival from the broker to its last queued frame.
+        fanout_seconds: FanoutHistogram,
+        /// Time from an rpc's start to the backend's reply.
+        rpc_seconds: RpcHistogram,
+    }
     /// Connections currently open (gauge).
-    pub connections: AtomicU64,
+    connections => Custom "connections", "Open client connections";
     /// Of those, native-protocol (`/ws`) ones (gauge); the rest are plain.
-    pub native_connections: AtomicU64,
-    /// Connections ended, by why (indexed by [`Disconnect`]).
-    pub disconnects: [AtomicU64; Disconnect::ALL.len()],
-    /// Messages clients sent (frames of complete messages).
-    pub client_messages: AtomicU64,
-    /// Payload bytes of those messages.
-    pub client_bytes: AtomicU64,
-    /// Publishes made by clients (native `publish`, plain frames).
-    pub client_publishes: AtomicU64,
-    /// Publishes made through the HTTP API.
-    pub http_publishes: AtomicU64,
-    /// Bytes of the frames queued to clients (deliveries × frame size).
-    pub delivered_bytes: AtomicU64,
-    /// Time from a publication's arrival from the broker to its last queued frame.
-    pub fanout_seconds: FanoutHistogram,
-    /// Wall-clock nanoseconds spent in fan-out (concurrent ones add up): how
-    /// the node tells it cannot keep up.
-    pub fanout_busy_nanos: AtomicU64,
-    /// 1 while writes are batched because fan-out could not keep up (gauge).
-    pub write_batching: AtomicU64,
-    /// Times write batching started because fan-out could not keep up.
-    pub write_batching_starts: AtomicU64,
+    native_connections => Custom "connections", "Open client connections";
     /// Subscriptions currently held by all connections (gauge).
-    pub subscriptions: AtomicU64,
+    subscriptions => Gauge "subscriptions", "Subscriptions held by open connections";
+    /// 1 while writes are batched because fan-out could not keep up (gauge).
+    write_batching => Gauge "write_batching", "1 while each client's messages are batched into one write because fan-out could not keep up with one write per delivery";
+    /// Times write batching started because fan-out could not keep up.
+    write_batching_starts => Counter "write_batching_starts", "Times write batching started because fan-out could not keep up";
     /// Connections accepted since start.
-    pub connects: AtomicU64,
-    /// Publications received from the broker for local delivery.
-    pub messages_received: AtomicU64,
-    /// Frames queued to clients (one per subscriber per message).
-    pub deliveries: AtomicU64,
-    /// Publishes handed to the broker (from clients and the HTTP API).
-    pub messages_published: AtomicU64,
+    connects => Counter "connects", "Connections accepted";
+    /// Connections refused at admission: node, address, user or handshake-rate limits.
+    connections_refused => Counter "connections_refused", "Connections refused by node, address, user or handshake-rate limits";
+    /// Messages clients sent (frames of complete messages).
+    client_messages => Counter "client_messages", "Messages received from clients";
     /// Publishes the broker refused (outage, timeout); the publisher was told.
-    pub publish_failures: AtomicU64,
-    /// Plain-client frames that could not be published (no error channel in plain mode).
-    pub plain_publish_dropped: AtomicU64,
-    /// Clients cut because their outbound queue overflowed.
-    pub slow_consumer_disconnects: AtomicU64,
-    /// Clients cut because they stopped answering pings.
-    pub heartbeat_timeouts: AtomicU64,
-    /// Clients cut for protocol violations (bad frames, oversized messages).
-    pub protocol_errors: AtomicU64,
+    publish_failures => Counter "publish_failures", "Publishes the broker refused (the publisher was told)";
+    /// Publications received from the broker for local delivery.
+    messages_received => Counter "broker_messages", "Publications received from the broker for local delivery (any publisher, Redis PUBLISH included)";
+    /// Frames queued to clients (one per subscriber per message).
+    deliveries => Counter "deliveries", "Frames queued to clients, one per subscriber per message";
     /// HTTP connections closed for not sending their request headers in time.
-    pub handshake_timeouts: AtomicU64,
-    /// `/ws` clients cut for sending no command within `connect_timeout`.
-    pub connect_timeouts: AtomicU64,
+    handshake_timeouts => Counter "handshake_timeouts", "HTTP connections closed for not sending request headers (or a TLS handshake) in time";
+    /// Tokens refused (invalid, expired, missing) and commands denied for lack of rights.
+    auth_denials => Counter "auth_denials", "Tokens refused and commands denied by permissions";
     /// HTTP requests refused with 421: their `Host` is not one this node
     /// answers to (`allowed_hosts`; DNS rebinding).
-    pub hosts_refused: AtomicU64,
+    hosts_refused => Counter "hosts_refused", "HTTP requests refused with 421 because their Host is not one this node answers to (allowed_hosts)";
     /// HTTP requests whose body was not complete within `request_timeout`
     /// (answered 408, connection closed).
-    pub request_timeouts: AtomicU64,
+    request_timeouts => Counter "request_timeouts", "HTTP requests whose body was not complete within request_timeout (408, connection closed)";
     /// TCP connections open and not upgraded to WebSocket: HTTP requests,
     /// idle keep-alive, handshakes in progress (gauge).
-    pub http_connections: AtomicU64,
+    http_connections => Gauge "http_connections", "Open TCP connections not upgraded to WebSocket (HTTP requests, handshakes in progress)";
     /// Not-upgraded connections closed to admit a newcomer, because
     /// `max_http_connections` or the fd budget was full.
-    pub http_evictions: AtomicU64,
+    http_evictions => Counter "http_connections_dropped" ["reason" = "evicted"], "Connections the node closed to stay within max_http_connections and the fd limit, by reason";
     /// Connections closed at accept: no room under the fd limit and nothing
     /// to evict (answered 503 when the socket took it).
-    pub sockets_refused: AtomicU64,
-    /// Tokens refused (invalid, expired, missing) and commands denied for lack of rights.
-    pub auth_denials: AtomicU64,
+    sockets_refused => Counter "http_connections_dropped" ["reason" = "refused"], "Connections the node closed to stay within max_http_connections and the fd limit, by reason";
+    /// Payload bytes of the messages clients sent.
+    client_bytes => Bytes "client_received", "Payload bytes received from clients";
+    /// Publishes made by clients (native `publish`, plain frames).
+    client_publishes => Counter "publishes" ["source" = "client"], "Publishes made through this node, by source";
+    /// Publishes made through the HTTP API.
+    http_publishes => Counter "publishes" ["source" = "http"], "Publishes made through this node, by source";
+    /// Publishes handed to the broker (from clients and the HTTP API).
+    messages_published => Counter "broker_publishes", "Publishes handed to the broker (clients, HTTP API, orders)";
+    /// Bytes of the frames queued to clients (deliveries × frame size).
+    delivered_bytes => Bytes "delivered", "Bytes of the frames queued to clients";
+    /// Plain-client frames that could not be published (no error channel in plain mode).
+    plain_publish_dropped => Counter "dropped_messages" ["reason" = "plain_publish_refused"], "Messages dropped, by reason (each also logged)";
+    /// Clients cut because their outbound queue overflowed.
+    slow_consumer_disconnects => Counter "forced_disconnects" ["reason" = "slow_consumer"], "Clients cut by the node, by reason";
+    /// Clients cut because they stopped answering pings.
+    heartbeat_timeouts => Counter "forced_disconnects" ["reason" = "heartbeat_timeout"], "Clients cut by the node, by reason";
+    /// Clients cut for protocol violations (bad frames, oversized messages).
+    protocol_errors => Counter "forced_disconnects" ["reason" = "protocol_error"], "Clients cut by the node, by reason";
+    /// `/ws` clients cut for sending no command within `connect_timeout`.
+    connect_timeouts => Counter "forced_disconnects" ["reason" = "connect_timeout"], "Clients cut by the node, by reason";
     /// Clients cut because their token expired without a refresh.
-    pub token_expirations: AtomicU64,
-    /// Connections refused at admission: node, address, user or handshake-rate limits.
-    pub connections_refused: AtomicU64,
+    token_expirations => Counter "forced_disconnects" ["reason" = "token_expired"], "Clients cut by the node, by reason";
     /// Connections closed by a `disconnect` order (HTTP API or `#control`).
-    pub api_disconnects: AtomicU64,
+    api_disconnects => Counter "forced_disconnects" ["reason" = "disconnect_order"], "Clients cut by the node, by reason";
     /// Client `send` messages handed to the backends.
-    pub upstream_messages: AtomicU64,
+    upstream_messages => Counter "upstream_messages" ["outcome" = "appended"], "Client messages up to the backends, by outcome (throttled: over a byte budget)";
     /// Client `send` messages the broker refused (the client was told).
-    pub upstream_failures: AtomicU64,
+    upstream_failures => Counter "upstream_messages" ["outcome" = "refused"], "Client messages up to the backends, by outcome (throttled: over a byte budget)";
     /// Client messages up to the backends (`send`, `rpc`, plain frames)
     /// refused for being over a byte budget: the connection's
     /// `max_upstream_rate` or the node's `max_upstream_node_rate`.
-    pub upstream_throttled: AtomicU64,
+    upstream_throttled => Counter "upstream_messages" ["outcome" = "throttled"], "Client messages up to the backends, by outcome (throttled: over a byte budget)";
     /// Subscribe commands (and plain clients at the upgrade) refused for
     /// `max_subscriptions` or `max_subscriptions_per_ip`.
-    pub subscriptions_refused: AtomicU64,
+    subscriptions_refused => Counter "subscriptions_refused", "Subscribe commands and plain clients refused for max_subscriptions or max_subscriptions_per_ip";
     /// Connections removed from a channel by an `unsubscribe` order (native
     /// ones told with a push, plain ones closed with 3502).
-    pub api_unsubscribes: AtomicU64,
+    api_unsubscribes => Counter "order_unsubscribes", "Connections removed from a channel by an unsubscribe order";
     /// `/api/connections` queries asked on this node.
-    pub connection_queries: AtomicU64,
+    connection_queries => Custom "connection_queries", "/api/connections queries asked on this node, by outcome";
     /// Of those, answered `incomplete` (a live node did not answer in time).
-    pub queries_incomplete: AtomicU64,
+    queries_incomplete => Custom "connection_queries", "/api/connections queries asked on this node, by outcome";
     /// Queries refused because too many were in flight on this node.
-    pub queries_refused: AtomicU64,
+    queries_refused => Custom "connection_queries", "/api/connections queries asked on this node, by outcome";
     /// Node answers dropped: late, for an unknown query, or not publishable.
-    pub query_answers_dropped: AtomicU64,
+    query_answers_dropped => Counter "query_answers_dropped", "Node answers to connection queries dropped (late, unknown or unpublishable)";
     /// Client `rpc`s accepted (each then answered, timed out, failed or abandoned).
-    pub rpc_requests: AtomicU64,
+    rpc_requests => Counter "rpc_requests", "Client rpcs accepted (each then answered, timed out, failed or abandoned)";
     /// rpcs answered by a backend (data or the backend's error).
-    pub rpc_replies: AtomicU64,
+    rpc_replies => Counter "rpc_outcomes" ["outcome" = "reply"], "Client calls (rpcs, HTTP-upstream sends) ended other than by success, and rpc replies, by outcome";
     /// rpcs answered with 113: no reply within `rpc_timeout`.
-    pub rpc_timeouts: AtomicU64,
+    rpc_timeouts => Counter "rpc_outcomes" ["outcome" = "timeout"], "Client calls (rpcs, HTTP-upstream sends) ended other than by success, and rpc replies, by outcome";
     /// Calls refused with 114: too many waiting on the connection or the node.
-    pub rpc_refused: AtomicU64,
+    rpc_refused => Counter "rpc_outcomes" ["outcome" = "refused"], "Client calls (rpcs, HTTP-upstream sends) ended other than by success, and rpc replies, by outcome";
     /// rpcs the stream could not take (Redis outage, no upstream); the client was told.
-    pub rpc_failures: AtomicU64,
+    rpc_failures => Counter "rpc_outcomes" ["outcome" = "failed"], "Client calls (rpcs, HTTP-upstream sends) ended other than by success, and rpc replies, by outcome";
     /// Waiting calls dropped because their connection ended.
-    pub rpc_abandoned: AtomicU64,
+    rpc_abandoned => Counter "rpc_outcomes" ["outcome" = "abandoned"], "Client calls (rpcs, HTTP-upstream sends) ended other than by success, and rpc replies, by outcome";
     /// Replies for no waiting call (after the timeout or the disconnect, or unknown ids), dropped.
-    pub rpc_late_replies: AtomicU64,
+    rpc_late_replies => Counter "rpc_late_replies", "Backend replies for no waiting call (late or unknown), dropped";
     /// Calls waiting for an answer now (gauge).
-    pub rpc_pending: AtomicU64,
-    /// Time from an rpc's start to the backend's reply.
-    pub rpc_seconds: RpcHistogram,
-}
-
-/// A consistent-enough copy of the counters for JSON output.
-#[derive(Debug, Serialize)]
-pub struct StatsSnapshot {
-    /// See [`Stats::connects`].
-    pub connects: u64,
-    /// See [`Stats::messages_received`].
-    pub messages_received: u64,
-    /// See [`Stats::deliveries`].
-    pub deliveries: u64,
-    /// See [`Stats::messages_published`].
-    pub messages_published: u64,
-    /// See [`Stats::publish_failures`].
-    pub publish_failures: u64,
-    /// See [`Stats::plain_publish_dropped`].
-    pub plain_publish_dropped: u64,
-    /// See [`Stats::slow_consumer_disconnects`].
-    pub slow_consumer_disconnects: u64,
-    /// See [`Stats::write_batching`].
-    pub write_batching: u64,
-    /// See [`Stats::write_batching_starts`].
-    pub write_batching_starts: u64,
-    /// See [`Stats::heartbeat_timeouts`].
-    pub heartbeat_timeouts: u64,
-    /// See [`Stats::protocol_errors`].
-    pub protocol_errors: u64,
-    /// See [`Stats::handshake_timeouts`].
-    pub handshake_timeouts: u64,
-    /// See [`Stats::connect_timeouts`].
-    pub connect_timeouts: u64,
-    /// See [`Stats::hosts_refused`].
-    pub hosts_refused: u64,
-    /// See [`Stats::request_timeouts`].
-    pub request_timeouts: u64,
-    /// See [`Stats::http_connections`].
-    pub http_connections: u64,
-    /// See [`Stats::http_evictions`].
-    pub http_evictions: u64,
-    /// See [`Stats::sockets_refused`].
-    pub sockets_refused: u64,
-    /// See [`Stats::auth_denials`].
-    pub auth_denials: u64,
-    /// See [`Stats::token_expirations`].
-    pub token_expirations: u64,
-    /// See [`Stats::connections_refused`].
-    pub connections_refused: u64,
-    /// See [`Stats::api_disconnects`].
-    pub api_disconnects: u64,
-    /// See [`Stats::upstream_messages`].
-    pub upstream_messages: u64,
-    /// See [`Stats::upstream_failures`].
-    pub upstream_failures: u64,
-    /// See [`Stats::upstream_throttled`].
-    pub upstream_throttled: u64,
-    /// See [`Stats::subscriptions_refused`].
-    pub subscriptions_refused: u64,
-    /// See [`Stats::api_unsubscribes`].
-    pub api_unsubscribes: u64,
-    /// See [`Stats::connection_queries`].
-    pub connection_queries: u64,
-    /// See [`Stats::queries_incomplete`].
-    pub queries_incomplete: u64,
-    /// See [`Stats::queries_refused`].
-    pub queries_refused: u64,
-    /// See [`Stats::query_answers_dropped`].
-    pub query_answers_dropped: u64,
-    /// See [`Stats::rpc_requests`].
-    pub rpc_requests: u64,
-    /// See [`Stats::rpc_replies`].
-    pub rpc_replies: u64,
-    /// See [`Stats::rpc_timeouts`].
-    pub rpc_timeouts: u64,
-    /// See [`Stats::rpc_refused`].
-    pub rpc_refused: u64,
-    /// See [`Stats::rpc_failures`].
-    pub rpc_failures: u64,
-    /// See [`Stats::rpc_abandoned`].
-    pub rpc_abandoned: u64,
-    /// See [`Stats::rpc_late_replies`].
-    pub rpc_late_replies: u64,
-    /// See [`Stats::rpc_pending`].
-    pub rpc_pending: u64,
+    rpc_pending => Gauge "rpc_pending", "Calls waiting for a backend's answer";
+    /// Wall-clock nanoseconds spent in fan-out (concurrent ones add up): how
+    /// the node tells it cannot keep up.
+    fanout_busy_nanos => Custom "fanout_busy_seconds", "Seconds spent fanning out (concurrent fan-outs add up): busy time per second near the number of cores means fan-out cannot keep up";
 }
 
 /// Why a connection ended, as a metrics label.
@@ -287,50 +282,5 @@ impl Stats {
     /// Adds `spent` to a nanosecond counter (busy-time sums the load sampler reads).
     pub fn add_nanos(counter: &AtomicU64, spent: std::time::Duration) {
         counter.fetch_add(u64::try_from(spent.as_nanos()).unwrap_or(u64::MAX), Relaxed);
-    }
-
-    /// Reads every counter.
-    pub fn snapshot(&self) -> StatsSnapshot {
-        StatsSnapshot {
-            connects: self.connects.load(Relaxed),
-            messages_received: self.messages_received.load(Relaxed),
-            deliveries: self.deliveries.load(Relaxed),
-            messages_published: self.messages_published.load(Relaxed),
-            publish_failures: self.publish_failures.load(Relaxed),
-            plain_publish_dropped: self.plain_publish_dropped.load(Relaxed),
-            slow_consumer_disconnects: self.slow_consumer_disconnects.load(Relaxed),
-            write_batching: self.write_batching.load(Relaxed),
-            write_batching_starts: self.write_batching_starts.load(Relaxed),
-            heartbeat_timeouts: self.heartbeat_timeouts.load(Relaxed),
-            protocol_errors: self.protocol_errors.load(Relaxed),
-            handshake_timeouts: self.handshake_timeouts.load(Relaxed),
-            connect_timeouts: self.connect_timeouts.load(Relaxed),
-            hosts_refused: self.hosts_refused.load(Relaxed),
-            request_timeouts: self.request_timeouts.load(Relaxed),
-            http_connections: self.http_connections.load(Relaxed),
-            http_evictions: self.http_evictions.load(Relaxed),
-            sockets_refused: self.sockets_refused.load(Relaxed),
-            auth_denials: self.auth_denials.load(Relaxed),
-            token_expirations: self.token_expirations.load(Relaxed),
-            connections_refused: self.connections_refused.load(Relaxed),
-            api_disconnects: self.api_disconnects.load(Relaxed),
-            upstream_messages: self.upstream_messages.load(Relaxed),
-            upstream_failures: self.upstream_failures.load(Relaxed),
-            upstream_throttled: self.upstream_throttled.load(Relaxed),
-            subscriptions_refused: self.subscriptions_refused.load(Relaxed),
-            api_unsubscribes: self.api_unsubscribes.load(Relaxed),
-            connection_queries: self.connection_queries.load(Relaxed),
-            queries_incomplete: self.queries_incomplete.load(Relaxed),
-            queries_refused: self.queries_refused.load(Relaxed),
-            query_answers_dropped: self.query_answers_dropped.load(Relaxed),
-            rpc_requests: self.rpc_requests.load(Relaxed),
-            rpc_replies: self.rpc_replies.load(Relaxed),
-            rpc_timeouts: self.rpc_timeouts.load(Relaxed),
-            rpc_refused: self.rpc_refused.load(Relaxed),
-            rpc_failures: self.rpc_failures.load(Relaxed),
-            rpc_abandoned: self.rpc_abandoned.load(Relaxed),
-            rpc_late_replies: self.rpc_late_replies.load(Relaxed),
-            rpc_pending: self.rpc_pending.load(Relaxed),
-        }
     }
 }
