@@ -7,6 +7,8 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
+use subtle::ConstantTimeEq;
+
 use super::ApiError;
 use crate::config::Config;
 use crate::server::AppState;
@@ -35,7 +37,7 @@ pub(super) fn check_key(config: &Config, headers: &HeaderMap) -> KeyCheck {
     // Compare against every key (no early exit), so timing says nothing about which.
     let accepted = given.is_some_and(|key| {
         config.api_keys().fold(false, |ok, k| {
-            constant_time_eq(key.as_bytes(), k.as_bytes()) | ok
+            bool::from(key.as_bytes().ct_eq(k.as_bytes())) | ok
         })
     });
     if accepted {
@@ -58,23 +60,5 @@ pub(super) async fn require_api_key(
             "missing or wrong API key: send \"Authorization: apikey <key>\"",
         )
         .into_response(),
-    }
-}
-
-/// Equal-length comparison that does not stop at the first difference.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn constant_time_eq() {
-        assert!(super::constant_time_eq(b"secret", b"secret"));
-        assert!(!super::constant_time_eq(b"secret", b"secreT"));
-        assert!(!super::constant_time_eq(b"secret", b"secre"));
     }
 }

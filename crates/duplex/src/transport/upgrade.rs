@@ -1,7 +1,7 @@
 //! The WebSocket handshake (RFC 6455 section 4.2) on top of hyper.
 //!
-//! The HTTP server stays hyper/axum so that `/api`, `/health` and (later)
-//! the console share the port. After the 101 the raw stream (`TcpStream`,
+//! The HTTP server stays hyper/axum so that `/api`, `/health`, `/metrics`
+//! and the console share the port. After the 101 the raw stream (`TcpStream`,
 //! or the TLS stream over it) is taken back from hyper, so the connection's
 //! reader and writer own their halves, and our own frame codec runs on it.
 
