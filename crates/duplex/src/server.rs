@@ -4,7 +4,8 @@
 //! that resolves when the node must stop. Shutdown: stop accepting; tell
 //! every client "going away, reconnect" (close 1001) after flushing what is
 //! queued for it; wait up to `shutdown_timeout` for the connections to end,
-//! then cut the rest; leave the broker cleanly.
+//! then cut the rest; leave the broker cleanly; end the node's background
+//! tasks and wait for them (none outlives [`run`]).
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -190,14 +191,15 @@ pub async fn run_reloading(
         sockets: Arc::new(socket_table(&node)),
         tls: Arc::new(LiveTls(ArcSwapOption::new(tls.map(Arc::new)))),
     };
-    tokio::spawn(apply_reloads(state.clone(), reloads));
+    node.tasks().spawn(apply_reloads(state.clone(), reloads));
     node.listen_for_orders();
     wait_for_broker(&node).await;
-    let heartbeat = tokio::spawn(heartbeat::run(node.clone(), state.shutdown.clone()));
+    let tasks = node.tasks();
+    tasks.spawn(heartbeat::run(node.clone(), state.shutdown.clone()));
     for lane in 0..node.coalescer().lanes() {
-        tokio::spawn(coalesce::run(node.clone(), lane, state.shutdown.clone()));
+        tasks.spawn(coalesce::run(node.clone(), lane, state.shutdown.clone()));
     }
-    tokio::spawn(coalesce::watch(node.clone(), state.shutdown.clone()));
+    tasks.spawn(coalesce::watch(node.clone(), state.shutdown.clone()));
     let addr = listener.local_addr()?;
     let tls_on = state.tls.0.load().is_some();
     let (ws, http) = if tls_on {
@@ -220,7 +222,6 @@ pub async fn run_reloading(
     accept_loop(&listener, &state, shutdown).await;
     drop(listener);
     shut_down(&state).await;
-    let _ = heartbeat.await;
     Ok(())
 }
 
@@ -546,5 +547,6 @@ async fn shut_down(state: &AppState) {
         let _ = tokio::time::timeout(Duration::from_secs(2), state.tracker.wait()).await;
     }
     node.close_broker().await;
+    node.stop_tasks().await;
     tracing::info!("shutdown complete");
 }

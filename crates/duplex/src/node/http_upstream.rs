@@ -76,8 +76,9 @@ struct BackendError {
 }
 
 impl HttpUpstream {
-    /// Starts the driver task; it ends with the node. `default_url` is the
-    /// node's `upstream_url`, if any; `signer` signs every request.
+    /// The upstream and its driver, which the node runs as one of its tasks.
+    /// `default_url` is the node's `upstream_url`, if any; `signer` signs
+    /// every request.
     pub(super) fn start(
         default_url: Option<&str>,
         timeout: Duration,
@@ -86,7 +87,10 @@ impl HttpUpstream {
         max_body: usize,
         signer: Option<Signer>,
         node: Weak<Inner>,
-    ) -> HttpUpstream {
+    ) -> (
+        HttpUpstream,
+        impl std::future::Future<Output = ()> + Send + 'static,
+    ) {
         let (jobs, queue) = mpsc::channel(capacity);
         let client = reqwest::Client::builder()
             .timeout(timeout)
@@ -99,11 +103,11 @@ impl HttpUpstream {
             signer,
             node,
         };
-        tokio::spawn(driver.run(queue));
-        HttpUpstream {
+        let upstream = HttpUpstream {
             jobs,
             default_url: default_url.map(Arc::from),
-        }
+        };
+        (upstream, driver.run(queue))
     }
 
     /// The node's `upstream_url`, for calls whose namespace names none.

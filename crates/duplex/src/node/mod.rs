@@ -34,6 +34,8 @@ use duplex_protocol::channel::ChannelName;
 use futures_util::future::{BoxFuture, FutureExt};
 use parking_lot::Mutex;
 use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::auth::Verifier;
 use crate::broker::memory::MemoryBroker;
@@ -130,6 +132,32 @@ struct Inner {
     address_subscriptions: Arc<SubscriptionLimit>,
     /// The HTTP upstream, when `upstream_url` is set or a namespace has its own.
     http: Option<http_upstream::HttpUpstream>,
+    /// Every background task the node started, so shutdown can wait for them.
+    tasks: Tasks,
+}
+
+/// The node's background tasks: each ends when `stop` is cancelled, and
+/// [`Node::stop_tasks`] waits for all of them (no task outlives the node).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Tasks {
+    tracker: TaskTracker,
+    stop: CancellationToken,
+}
+
+impl Tasks {
+    /// Runs `task` until it ends or the node stops.
+    pub(crate) fn spawn<F>(&self, task: F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let stop = self.stop.clone();
+        self.tracker.spawn(async move {
+            tokio::select! {
+                _ = stop.cancelled() => {}
+                _ = task => {}
+            }
+        });
+    }
 }
 
 impl std::fmt::Debug for Inner {
@@ -192,10 +220,11 @@ pub struct NodeInfo {
 impl Node {
     /// Builds a node and starts its broker (Redis: connects in the background).
     pub fn start(config: Config) -> Result<Node, NodeError> {
+        let tasks = Tasks::default();
         let verifier = Verifier::from_config(&config)?.map(Arc::new);
         if let Some(v) = &verifier {
             if !config.token_jwks_url.is_empty() {
-                tokio::spawn(Verifier::keep_jwks_fresh(Arc::downgrade(v)));
+                tasks.spawn(Verifier::keep_jwks_fresh(Arc::downgrade(v)));
             }
         }
         let permissions = Permissions::new(config.namespaces.clone())?;
@@ -244,7 +273,7 @@ impl Node {
             inner: Arc::new_cyclic(|weak| Inner {
                 http: (!config.upstream_url.is_empty() || permissions.has_upstream_urls()).then(
                     || {
-                        http_upstream::HttpUpstream::start(
+                        let (upstream, driver) = http_upstream::HttpUpstream::start(
                             Some(config.upstream_url.as_str()).filter(|u| !u.is_empty()),
                             config.rpc_timeout,
                             config.upstream_concurrency,
@@ -252,7 +281,9 @@ impl Node {
                             config.max_message_size,
                             upstream_signature::Signer::new(&config.upstream_secret),
                             weak.clone(),
-                        )
+                        );
+                        tasks.spawn(driver);
+                        upstream
                     },
                 ),
                 rpcs,
@@ -277,6 +308,7 @@ impl Node {
                 per_ip: Mutex::default(),
                 revoked: Default::default(),
                 queries: Default::default(),
+                tasks,
             }),
         };
         let _ = deliver.node.set(Arc::downgrade(&node.inner));
@@ -320,7 +352,9 @@ impl Node {
             .filter(|_| !plan.config.token_jwks_url.is_empty())
         {
             v.refresh_jwks().await?;
-            tokio::spawn(Verifier::keep_jwks_fresh(Arc::downgrade(v)));
+            self.inner
+                .tasks
+                .spawn(Verifier::keep_jwks_fresh(Arc::downgrade(v)));
         }
         let mut permissions = Permissions::new(plan.config.namespaces.clone())?;
         if permissions.has_upstream_urls() && self.inner.http.is_none() {
@@ -334,6 +368,21 @@ impl Node {
         self.inner.permissions.store(Arc::new(permissions));
         self.inner.config.store(Arc::new(plan.config.clone()));
         Ok(plan)
+    }
+
+    /// The node's background tasks, for the server's own (heartbeat, write
+    /// batching lanes, reloads) to end and be awaited with them.
+    pub(crate) fn tasks(&self) -> &Tasks {
+        &self.inner.tasks
+    }
+
+    /// Ends every background task the node started and waits for them:
+    /// the last step of shutdown, after the broker is closed.
+    pub async fn stop_tasks(&self) {
+        let tasks = &self.inner.tasks;
+        tasks.stop.cancel();
+        tasks.tracker.close();
+        tasks.tracker.wait().await;
     }
 
     /// Counters.

@@ -212,7 +212,7 @@ impl Node {
         }
         let node = self.clone();
         // Listed in the task, off the broker's delivery path.
-        tokio::spawn(async move {
+        self.inner.tasks.spawn(async move {
             let (connections, truncated) = node.local_connections(user.as_deref(), limit);
             let order = Order::Answer {
                 request,
@@ -317,7 +317,7 @@ impl Node {
         }
         let weak = Arc::downgrade(&self.inner);
         let interval = self.config().node_heartbeat;
-        tokio::spawn(async move {
+        self.inner.tasks.spawn(async move {
             loop {
                 let Some(inner) = weak.upgrade() else {
                     return;
@@ -363,7 +363,7 @@ impl Node {
         if !known {
             tracing::info!(%node, "node joined (heard its heartbeat)");
             let me = self.clone();
-            tokio::spawn(async move {
+            self.inner.tasks.spawn(async move {
                 me.announce(&format!("{NODE_CHANNEL_PREFIX}{node}")).await;
             });
         }

@@ -65,7 +65,7 @@ impl Node {
             return;
         }
         let node = self.clone();
-        tokio::spawn(async move {
+        self.inner.tasks.spawn(async move {
             let mut removed = 0u64;
             for conn in conns {
                 if node.take_off(&conn, &channel).await {

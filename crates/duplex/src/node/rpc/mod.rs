@@ -169,7 +169,9 @@ impl Node {
         match &begun {
             Ok(_) => {
                 if !rpcs.sweeping.swap(true, Relaxed) {
-                    tokio::spawn(sweep(Arc::downgrade(&self.inner), rpcs.tick()));
+                    self.inner
+                        .tasks
+                        .spawn(sweep(Arc::downgrade(&self.inner), rpcs.tick()));
                 }
                 self.inner.stats.rpc_pending.fetch_add(1, Relaxed);
                 if answer == Answer::Rpc {
