@@ -2,14 +2,16 @@
 //! The only place that uses `anyhow`: errors here end with a message to a person.
 
 mod check;
+mod errors;
 mod poke;
 mod token;
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use duplex::config::{LogFormat, Settings};
 use tracing_subscriber::EnvFilter;
 
@@ -46,7 +48,9 @@ enum Command {
 
 /// Runs the command and turns errors into a message and exit code 1.
 pub(crate) fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let args: Vec<_> = std::env::args_os().collect();
+    let cli = Cli::try_parse_from(&args)
+        .unwrap_or_else(|e| errors::blame_environment(e, &Cli::command(), &args).exit());
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -73,7 +77,7 @@ pub(crate) fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("duplex: {e:#}");
+            eprintln!("duplex: {}", errors::report(&e));
             ExitCode::FAILURE
         }
     }
@@ -89,6 +93,9 @@ async fn serve(file: Option<PathBuf>, check_only: bool, flags: Settings) -> anyh
         return check::check(&config);
     }
     init_logging(config.log_format, &config.log_level)?;
+    for warning in config.warnings() {
+        tracing::warn!("{warning}");
+    }
     let listener = duplex::server::bind(config.listen)
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     duplex::server::run(listener, config, shutdown_signal()).await?;
@@ -101,8 +108,10 @@ fn init_logging(format: LogFormat, level: &str) -> anyhow::Result<()> {
         _ => EnvFilter::try_new(level),
     }
     .context("invalid log filter")?;
+    // Colours only for a person at a terminal, never into a file or a pipe.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.try_init(),
