@@ -86,7 +86,9 @@ async fn subscribe_prints_what_publish_sends() {
     let redis = RedisServer::start();
     let node = TestNode::redis(&redis.url()).await;
     let mut sub = tokio::process::Command::new(env!("CARGO_BIN_EXE_duplex"))
-        .args(["subscribe", "news", "--server", &node.ws("")])
+        // Either scheme names the node, for subscribe as for publish.
+        .args(["subscribe", "news", "--server", &node.http("")])
+        .stderr(Stdio::null())
         .stdout(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
@@ -116,7 +118,7 @@ async fn subscribe_prints_what_publish_sends() {
         "news",
         "via api",
         "--server",
-        &node.http(""),
+        &node.ws(""),
     ]))
     .await;
     publish(args(&[
@@ -137,7 +139,15 @@ async fn subscribe_prints_what_publish_sends() {
     ]))
     .await;
 
-    for expected in ["via api", "via redis", r#"{"a":1}"#] {
+    // Binary data is shown as base64 behind a marker, never as if it were text.
+    let (status, _) = support::post_json(
+        &node.http("/api/publish"),
+        &serde_json::json!({"channel": "news", "data": "AP8=", "encoding": "base64"}),
+    )
+    .await;
+    assert_eq!(status, 200);
+
+    for expected in ["via api", "via redis", r#"{"a":1}"#, "base64:AP8="] {
         let line = tokio::time::timeout(support::WAIT, lines.next_line())
             .await
             .unwrap()
@@ -169,6 +179,16 @@ async fn minted_tokens_open_the_door() {
         String::from_utf8_lossy(&out.stderr)
     );
     let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    // The flag has serve's name (`--secret` is its old, hidden alias).
+    for flag in ["--token-secret", "--secret"] {
+        let out = duplex()
+            .args(["token", "--user", "42", flag, "cli-secret"])
+            .env_remove("DUPLEX_TOKEN_SECRET")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{flag}: {err}");
+    }
     let node = support::process::NodeProcess::start(&["--token-secret", "cli-secret"]).await;
     let mut client = support::client::Client::connect(&node.ws("/ws")).await;
     let reply = client
@@ -283,6 +303,8 @@ fn error_messages_say_what_is_wrong_once() {
     let err = stderr_of(duplex().args(["serve", "--config", "/nonexistent/duplex.toml"]));
     assert_eq!(err.matches("os error 2").count(), 1, "{err}");
     let err = stderr_of(duplex().args(["serve", "--redis", "localhost:6379"]));
+    assert!(err.contains("redis://localhost:6379"), "{err}");
+    let err = stderr_of(duplex().args(["publish", "news", "hi", "--redis", "localhost:6379"]));
     assert!(err.contains("redis://localhost:6379"), "{err}");
     let err = stderr_of(duplex().arg("serve").env("DUPLEX_MAX_CONNECTIONS", "lots"));
     assert!(

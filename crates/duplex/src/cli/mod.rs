@@ -3,7 +3,9 @@
 
 mod check;
 mod errors;
-mod poke;
+mod publish;
+mod server_url;
+mod subscribe;
 mod token;
 
 use std::io::IsTerminal;
@@ -37,9 +39,9 @@ enum Command {
         settings: Box<Settings>,
     },
     /// Publish one message to a channel, through a node's HTTP API or straight to Redis.
-    Publish(poke::PublishArgs),
-    /// Print every message of the given channels, one line each, until interrupted.
-    Subscribe(poke::SubscribeArgs),
+    Publish(publish::PublishArgs),
+    /// Print every message of the given channels, one line each, until interrupted (reconnects).
+    Subscribe(subscribe::SubscribeArgs),
     /// Mint a connection token (HS256) from the node's secret.
     Token(token::TokenArgs),
     /// Print a complete, commented config file of the defaults.
@@ -68,8 +70,8 @@ pub(crate) fn main() -> ExitCode {
                 check_config,
                 settings,
             } => serve(config, check_config, *settings).await,
-            Command::Publish(args) => poke::publish(args).await,
-            Command::Subscribe(args) => poke::subscribe(args).await,
+            Command::Publish(args) => publish::publish(args).await,
+            Command::Subscribe(args) => subscribe::subscribe(args).await,
             Command::Token(args) => token::token(args),
             Command::Genconfig => print(&duplex::config::Config::default_file()),
         }
