@@ -17,6 +17,20 @@ use crate::payload::Encoding;
 /// Largest id a command may carry: JavaScript's `Number.MAX_SAFE_INTEGER`.
 pub const MAX_ID: u64 = (1 << 53) - 1;
 
+/// Every method [`decode`] knows, by the name clients send: the list
+/// docs/PROTOCOL.md section 3.1 shows (crates/duplex/tests/docs.rs holds
+/// the two together). Keep it in step with the match in [`decode`].
+pub const METHODS: &[&str] = &[
+    "connect",
+    "subscribe",
+    "unsubscribe",
+    "publish",
+    "ping",
+    "refresh",
+    "send",
+    "rpc",
+];
+
 /// One decoded command and the id its reply must carry.
 #[derive(Debug)]
 pub struct Request {
@@ -294,6 +308,20 @@ mod tests {
         assert!(e.message.contains("JSON object"), "{}", e.message);
         let e = err(r#"{"id":4,"method":"publish","params":"x"}"#);
         assert_eq!((e.id, e.code), (Some(4), ErrorCode::BadRequest));
+    }
+
+    #[test]
+    fn every_listed_method_is_known() {
+        for method in METHODS {
+            let frame = format!(r#"{{"id":1,"method":"{method}"}}"#);
+            if let Err(e) = decode(frame.as_bytes()) {
+                assert_ne!(e.code, ErrorCode::UnknownMethod, "{method}");
+            }
+        }
+        assert_eq!(
+            err(r#"{"id":1,"method":"fly"}"#).code,
+            ErrorCode::UnknownMethod
+        );
     }
 
     #[test]

@@ -99,6 +99,16 @@ impl Target {
     }
 }
 
+/// As a log field shows it: `user 42`, `connection n1.7`.
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Target::Connection(id) => write!(f, "connection {id}"),
+            Target::User(user) => write!(f, "user {user}"),
+        }
+    }
+}
+
 /// One order, as JSON on `#control`. Read orders with [`Order::parse`]:
 /// `send` and `reply` carry the backend's JSON verbatim, which serde's
 /// tagged-enum reading would re-encode (keys sorted, big numbers rounded).

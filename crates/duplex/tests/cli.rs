@@ -1,4 +1,5 @@
-//! The `duplex` binary: --version, publish, subscribe, token.
+//! The `duplex` binary: --version, --help, error messages, logs, publish,
+//! subscribe, token, genconfig.
 
 mod support;
 
@@ -85,7 +86,9 @@ async fn subscribe_prints_what_publish_sends() {
     let redis = RedisServer::start();
     let node = TestNode::redis(&redis.url()).await;
     let mut sub = tokio::process::Command::new(env!("CARGO_BIN_EXE_duplex"))
-        .args(["subscribe", "news", "--server", &node.ws("")])
+        // Either scheme names the node, for subscribe as for publish.
+        .args(["subscribe", "news", "--server", &node.http("")])
+        .stderr(Stdio::null())
         .stdout(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
@@ -115,7 +118,7 @@ async fn subscribe_prints_what_publish_sends() {
         "news",
         "via api",
         "--server",
-        &node.http(""),
+        &node.ws(""),
     ]))
     .await;
     publish(args(&[
@@ -136,7 +139,15 @@ async fn subscribe_prints_what_publish_sends() {
     ]))
     .await;
 
-    for expected in ["via api", "via redis", r#"{"a":1}"#] {
+    // Binary data is shown as base64 behind a marker, never as if it were text.
+    let (status, _) = support::post_json(
+        &node.http("/api/publish"),
+        &serde_json::json!({"channel": "news", "data": "AP8=", "encoding": "base64"}),
+    )
+    .await;
+    assert_eq!(status, 200);
+
+    for expected in ["via api", "via redis", r#"{"a":1}"#, "base64:AP8="] {
         let line = tokio::time::timeout(support::WAIT, lines.next_line())
             .await
             .unwrap()
@@ -168,6 +179,16 @@ async fn minted_tokens_open_the_door() {
         String::from_utf8_lossy(&out.stderr)
     );
     let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    // The flag has serve's name (`--secret` is its old, hidden alias).
+    for flag in ["--token-secret", "--secret"] {
+        let out = duplex()
+            .args(["token", "--user", "42", flag, "cli-secret"])
+            .env_remove("DUPLEX_TOKEN_SECRET")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{flag}: {err}");
+    }
     let node = support::process::NodeProcess::start(&["--token-secret", "cli-secret"]).await;
     let mut client = support::client::Client::connect(&node.ws("/ws")).await;
     let reply = client
@@ -263,4 +284,155 @@ fn genconfig_prints_a_file_that_check_config_accepts() {
         String::from_utf8_lossy(&check.stderr)
     );
     assert!(String::from_utf8_lossy(&check.stdout).contains("config OK"));
+}
+
+fn stderr_of(command: &mut Command) -> String {
+    let out = command.output().expect("run duplex");
+    assert!(!out.status.success(), "{command:?} succeeded");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Each cause said once, a hint for a Redis address without its scheme,
+/// a bad environment value blamed on its variable, a missing value said
+/// as such. (Before: "(os error 2): ... (os error 2)", "Redis URL did not
+/// parse - InvalidClientConfig", "invalid value 'lots' for
+/// '--max-connections'" with no such flag given, "invalid value 'true' for
+/// '--listen'".)
+#[test]
+fn error_messages_say_what_is_wrong_once() {
+    let err = stderr_of(duplex().args(["serve", "--config", "/nonexistent/duplex.toml"]));
+    assert_eq!(err.matches("os error 2").count(), 1, "{err}");
+    let err = stderr_of(duplex().args(["serve", "--redis", "localhost:6379"]));
+    assert!(err.contains("redis://localhost:6379"), "{err}");
+    let err = stderr_of(duplex().args(["publish", "news", "hi", "--redis", "localhost:6379"]));
+    assert!(err.contains("redis://localhost:6379"), "{err}");
+    let err = stderr_of(duplex().arg("serve").env("DUPLEX_MAX_CONNECTIONS", "lots"));
+    assert!(
+        err.contains("environment variable DUPLEX_MAX_CONNECTIONS") && err.contains("lots"),
+        "{err}"
+    );
+    let err = stderr_of(duplex().arg("serve").env("DUPLEX_LOG_FORMAT", "xml"));
+    assert!(
+        err.contains("DUPLEX_LOG_FORMAT") && err.contains("text, json"),
+        "{err}"
+    );
+    // Typed on the command line, the flag is to blame.
+    let err = stderr_of(duplex().args(["serve", "--max-connections", "lots"]));
+    assert!(
+        err.contains("'--max-connections <MAX_CONNECTIONS>'"),
+        "{err}"
+    );
+    let err = stderr_of(duplex().args(["serve", "--listen"]));
+    assert!(
+        err.contains("a value is required for '--listen <LISTEN>'"),
+        "{err}"
+    );
+}
+
+/// `serve --help` groups its ~55 settings under headings, only bool flags
+/// show their value as optional (`--insecure [<INSECURE>]`: the bool
+/// settings are those genconfig writes as `true` or `false`), and secrets
+/// from the environment are not shown.
+#[test]
+fn serve_help_is_grouped_and_only_bools_stand_bare() {
+    let help = duplex()
+        .args(["serve", "--help"])
+        .env("DUPLEX_TOKEN_SECRET", "secret-in-env")
+        .env("DUPLEX_API_KEY", "key-in-env")
+        .output()
+        .unwrap();
+    let help = String::from_utf8(help.stdout).unwrap();
+    for heading in [
+        "\nNetwork:\n",
+        "\nBroker (Redis):\n",
+        "\nUpstream (send, rpc, plain frames to the backends):\n",
+        "\nPlain clients (/):\n",
+        "\nAuthentication:\n",
+        "\nLimits:\n",
+        "\nTimeouts, heartbeats and batching:\n",
+        "\nLogging:\n",
+    ] {
+        assert!(help.contains(heading), "serve --help has {heading:?}");
+    }
+    let genconfig = duplex().arg("genconfig").output().unwrap();
+    let genconfig = String::from_utf8(genconfig.stdout).unwrap();
+    let mut bools: Vec<String> = genconfig
+        .lines()
+        .filter(|l| l.ends_with(" = true") || l.ends_with(" = false"))
+        .map(|l| format!("--{}", l.split(' ').next().unwrap().replace('_', "-")))
+        .collect();
+    let mut bare: Vec<String> = help
+        .lines()
+        .filter(|l| l.contains(" [<"))
+        .map(|l| l.split_whitespace().next().unwrap().to_string())
+        .collect();
+    bools.sort();
+    bare.sort();
+    assert!(bools.contains(&"--insecure".to_string()), "{bools:?}");
+    assert_eq!(bare, bools);
+    // Secrets set in the environment are not shown (they were: `[env: DUPLEX_API_KEY=key-in-env]`).
+    assert!(help.contains("[env: DUPLEX_TOKEN_SECRET]"), "{help}");
+    assert!(!help.contains("secret-in-env") && !help.contains("key-in-env"));
+    // genconfig has the same groups.
+    assert!(genconfig.contains("# ---- Network ----") && genconfig.contains("# ---- Logging ----"));
+}
+
+/// A token secret short enough to guess offline is refused on a public
+/// address and warned about on loopback; the warning, like every text log
+/// line written to a file, carries no colour codes.
+#[tokio::test]
+async fn a_short_token_secret_is_refused_in_public_and_warned_about_at_home() {
+    let err = stderr_of(duplex().args([
+        "serve",
+        "--check-config",
+        "--listen",
+        "0.0.0.0:0",
+        "--api-key",
+        "k",
+        "--token-secret",
+        "short",
+    ]));
+    assert!(
+        err.contains("token_secret") && err.contains("at least 32") && err.contains("--insecure"),
+        "{err}"
+    );
+    let node = support::process::NodeProcess::start_logged(&["--token-secret", "short"]).await;
+    support::eventually("the warning is logged", || async {
+        node.log().contains("token_secret is 5 bytes")
+    })
+    .await;
+    let log = node.log();
+    assert!(!log.contains('\x1b'), "colour codes in a log file: {log:?}");
+}
+
+/// JSON log lines keep `target` for the module that logged; a field once
+/// named `target` replaced it with `User("42")`.
+#[tokio::test]
+async fn json_logs_keep_the_event_target() {
+    let node = support::process::NodeProcess::start_logged(&["--log-format", "json"]).await;
+    let mut client = support::client::Client::connect(&node.ws("/ws")).await;
+    let reply = client.command("connect", serde_json::json!({})).await;
+    let id = reply["result"]["client"]
+        .as_str()
+        .expect("client id")
+        .to_string();
+    let (status, _) = support::post_json(
+        &node.http("/api/disconnect"),
+        &serde_json::json!({"connection": id}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    support::eventually("the order is logged", || async {
+        node.log().contains("disconnected by order")
+    })
+    .await;
+    let log = node.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("disconnected by order"))
+        .expect("the line");
+    let event: serde_json::Value = serde_json::from_str(line).expect("a JSON line");
+    assert_eq!(event["target"], "duplex::node::backends", "{line}");
+    assert!(event["fields"].get("target").is_none(), "{line}");
+    assert_eq!(event["fields"]["to"], format!("connection {id}"), "{line}");
 }

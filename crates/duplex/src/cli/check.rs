@@ -110,6 +110,9 @@ pub(crate) fn check(config: &Config) -> anyhow::Result<()> {
             );
         }
     }
+    for warning in config.warnings() {
+        say!("warning:    {warning}");
+    }
     super::print(&out)
 }
 

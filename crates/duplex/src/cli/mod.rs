@@ -2,15 +2,19 @@
 //! The only place that uses `anyhow`: errors here end with a message to a person.
 
 mod check;
-mod poke;
+mod errors;
+mod publish;
 mod reload;
+mod server_url;
+mod subscribe;
 mod token;
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use duplex::config::{LogFormat, Settings};
 use tracing_subscriber::EnvFilter;
 
@@ -36,9 +40,9 @@ enum Command {
         settings: Box<Settings>,
     },
     /// Publish one message to a channel, through a node's HTTP API or straight to Redis.
-    Publish(poke::PublishArgs),
-    /// Print every message of the given channels, one line each, until interrupted.
-    Subscribe(poke::SubscribeArgs),
+    Publish(publish::PublishArgs),
+    /// Print every message of the given channels, one line each, until interrupted (reconnects).
+    Subscribe(subscribe::SubscribeArgs),
     /// Mint a connection token (HS256) from the node's secret.
     Token(token::TokenArgs),
     /// Print a complete, commented config file of the defaults.
@@ -47,7 +51,9 @@ enum Command {
 
 /// Runs the command and turns errors into a message and exit code 1.
 pub(crate) fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let args: Vec<_> = std::env::args_os().collect();
+    let cli = Cli::try_parse_from(&args)
+        .unwrap_or_else(|e| errors::blame_environment(e, &Cli::command(), &args).exit());
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -65,8 +71,8 @@ pub(crate) fn main() -> ExitCode {
                 check_config,
                 settings,
             } => serve(config, check_config, *settings).await,
-            Command::Publish(args) => poke::publish(args).await,
-            Command::Subscribe(args) => poke::subscribe(args).await,
+            Command::Publish(args) => publish::publish(args).await,
+            Command::Subscribe(args) => subscribe::subscribe(args).await,
             Command::Token(args) => token::token(args),
             Command::Genconfig => print(&duplex::config::Config::default_file()),
         }
@@ -74,7 +80,7 @@ pub(crate) fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("duplex: {e:#}");
+            eprintln!("duplex: {}", errors::report(&e));
             ExitCode::FAILURE
         }
     }
@@ -90,6 +96,9 @@ async fn serve(file: Option<PathBuf>, check_only: bool, flags: Settings) -> anyh
         return check::check(&config);
     }
     init_logging(config.log_format, &config.log_level)?;
+    for warning in config.warnings() {
+        tracing::warn!("{warning}");
+    }
     let reloads = reload::on_sighup(file, flags)?;
     let listener = duplex::server::bind(config.listen)
         .with_context(|| format!("cannot listen on {}", config.listen))?;
@@ -103,8 +112,10 @@ fn init_logging(format: LogFormat, level: &str) -> anyhow::Result<()> {
         _ => EnvFilter::try_new(level),
     }
     .context("invalid log filter")?;
+    // Colours only for a person at a terminal, never into a file or a pipe.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.try_init(),

@@ -25,9 +25,15 @@ pub(crate) struct TokenArgs {
     /// Channels the server subscribes the client to at connect (comma-separated).
     #[arg(long, value_delimiter = ',')]
     channels: Vec<String>,
-    /// The node's shared secret [env: DUPLEX_TOKEN_SECRET, or token_secret in --config].
-    #[arg(long, env = "DUPLEX_TOKEN_SECRET", hide_env_values = true)]
-    secret: Option<Secret>,
+    /// The node's shared secret, as given to `serve --token-secret` (or token_secret in --config).
+    // `--secret` was this flag's name: still accepted, no longer shown.
+    #[arg(
+        long,
+        alias = "secret",
+        env = "DUPLEX_TOKEN_SECRET",
+        hide_env_values = true
+    )]
+    token_secret: Option<Secret>,
     /// TOML config file to read token_secret from.
     #[arg(long, env = "DUPLEX_CONFIG")]
     config: Option<PathBuf>,
@@ -39,7 +45,7 @@ pub(crate) fn token(args: TokenArgs) -> anyhow::Result<()> {
         Some(path) => Settings::from_file(path)?.token_secret,
         None => None,
     };
-    let secret = args.secret.or(from_file).unwrap_or_default();
+    let secret = args.token_secret.or(from_file).unwrap_or_default();
     let info = args
         .info
         .map(RawValue::from_string)

@@ -6,8 +6,29 @@ use std::time::Duration;
 
 use super::{LogFormat, Secret};
 
+/// The whole file: the header, each heading's settings (headings in the
+/// order they first appear in `entries`, as in `serve --help`), the
+/// namespaces example.
+pub(super) fn assemble(entries: &[(&'static str, String)]) -> String {
+    let mut headings: Vec<&str> = Vec::new();
+    for (heading, _) in entries {
+        if !headings.contains(heading) {
+            headings.push(heading);
+        }
+    }
+    let mut out = String::from(DEFAULT_FILE_HEADER);
+    for heading in headings {
+        out.push_str(&format!("# ---- {heading} ----\n\n"));
+        for (_, entry) in entries.iter().filter(|(h, _)| *h == heading) {
+            out.push_str(entry);
+        }
+    }
+    out.push_str(DEFAULT_FILE_NAMESPACES);
+    out
+}
+
 /// The top of `duplex genconfig`'s output.
-pub(super) const DEFAULT_FILE_HEADER: &str = "\
+const DEFAULT_FILE_HEADER: &str = "\
 # Duplex configuration: every setting with its default.
 # Use with `duplex serve --config duplex.toml`; check with `--check-config`.
 # Flags and DUPLEX_* environment variables override what is here.
@@ -15,7 +36,7 @@ pub(super) const DEFAULT_FILE_HEADER: &str = "\
 ";
 
 /// The namespaces example at the end of `duplex genconfig`'s output.
-pub(super) const DEFAULT_FILE_NAMESPACES: &str = "\
+const DEFAULT_FILE_NAMESPACES: &str = "\
 # Channel namespaces (file only), first match wins; a \"*\" pattern sets the default.
 # subscribe: anyone | authenticated | token    publish: anyone | authenticated | subscribers | nobody
 # upstream_stream, upstream_url (optional): where these channels' upstream messages go

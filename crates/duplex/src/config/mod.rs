@@ -10,6 +10,7 @@ pub mod reload;
 mod validate;
 
 use std::net::SocketAddr;
+use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -17,7 +18,8 @@ use clap::Args;
 use serde::Deserialize;
 
 use crate::permissions::Namespace;
-use default_file::{ToToml, DEFAULT_FILE_HEADER, DEFAULT_FILE_NAMESPACES};
+use default_file::ToToml;
+pub use validate::{redis_url_problem, MIN_TOKEN_SECRET};
 
 /// Why the settings cannot run a node; shown to the operator as is.
 #[derive(Debug, thiserror::Error)]
@@ -136,16 +138,24 @@ impl std::str::FromStr for Secret {
 }
 
 macro_rules! settings {
-    ($( $(#[doc = $doc:literal])* $name:ident : $ty:ty = $default:expr, $env:literal $(, $parser:expr)? ; )*) => {
+    ($( $(#[doc = $doc:literal])* $name:ident : $ty:ty = $default:expr, $env:literal, $heading:ident $(, $parser:expr)? ; )*) => {
         /// Every setting of `duplex serve`, each optional so layers can be merged.
         #[derive(Debug, Clone, Default, Args, Deserialize)]
         #[serde(deny_unknown_fields)]
         pub struct Settings {
             $(
                 $(#[doc = $doc])*
-                // A bare flag means "true", so `--insecure` works as well as
-                // `--plain-echo false`.
-                #[arg(long, env = $env, num_args = 0..=1, default_missing_value = "true" $(, value_parser = $parser)?)]
+                // Only a bool may stand bare (`--insecure` = `--insecure true`);
+                // every other flag needs its value (FlagValue).
+                #[arg(
+                    long,
+                    env = $env,
+                    help_heading = heading::$heading,
+                    num_args = <$ty as FlagValue>::NUM_ARGS,
+                    default_missing_value = <$ty as FlagValue>::BARE,
+                    hide_env_values = <$ty as FlagValue>::SECRET
+                    $(, value_parser = $parser)?
+                )]
                 #[serde(default, deserialize_with = "de_opt")]
                 pub $name: Option<$ty>,
             )*
@@ -184,14 +194,15 @@ macro_rules! settings {
             /// documentation and environment variable: `duplex genconfig`.
             pub fn default_file() -> String {
                 let d = Config::default();
-                let mut out = String::from(DEFAULT_FILE_HEADER);
+                let mut entries = Vec::new();
                 $(
-                    $( out.push_str("#"); out.push_str($doc); out.push('\n'); )*
-                    out.push_str(concat!("# env: ", $env, "\n"));
-                    out.push_str(&format!("{} = {}\n\n", stringify!($name), d.$name.to_toml()));
+                    let mut entry = String::new();
+                    $( entry.push_str("#"); entry.push_str($doc); entry.push('\n'); )*
+                    entry.push_str(concat!("# env: ", $env, "\n"));
+                    entry.push_str(&format!("{} = {}\n\n", stringify!($name), d.$name.to_toml()));
+                    entries.push((heading::$heading, entry));
                 )*
-                out.push_str(DEFAULT_FILE_NAMESPACES);
-                out
+                default_file::assemble(&entries)
             }
 
             /// Names of the settings (as in the file) whose values differ
@@ -249,137 +260,182 @@ plain_file_value!(
     PlainFrames
 );
 
+/// How a setting's flag takes its value: a bool may stand bare
+/// (`--insecure` = `--insecure true`); any other flag needs its value, so
+/// `--listen` alone says a value is missing instead of trying "true";
+/// and `--help` never shows a secret's value from the environment.
+trait FlagValue {
+    const NUM_ARGS: RangeInclusive<usize> = 1..=1;
+    const BARE: Option<&'static str> = None;
+    const SECRET: bool = false;
+}
+
+impl FlagValue for Secret {
+    const SECRET: bool = true;
+}
+
+impl FlagValue for bool {
+    const NUM_ARGS: RangeInclusive<usize> = 0..=1;
+    const BARE: Option<&'static str> = Some("true");
+}
+
+macro_rules! flag_needs_value {
+    ($($t:ty),*) => {$( impl FlagValue for $t {} )*};
+}
+flag_needs_value!(
+    SocketAddr,
+    String,
+    Duration,
+    usize,
+    u32,
+    LogFormat,
+    PlainFrames
+);
+
+/// The groups of `serve --help` and `duplex genconfig`, in the order
+/// their first setting appears in the list below.
+mod heading {
+    pub(super) const NETWORK: &str = "Network";
+    pub(super) const BROKER: &str = "Broker (Redis)";
+    pub(super) const UPSTREAM: &str = "Upstream (send, rpc, plain frames to the backends)";
+    pub(super) const PLAIN: &str = "Plain clients (/)";
+    pub(super) const AUTH: &str = "Authentication";
+    pub(super) const LIMITS: &str = "Limits";
+    pub(super) const TIMEOUTS: &str = "Timeouts, heartbeats and batching";
+    pub(super) const LOGGING: &str = "Logging";
+}
+
 fn de_opt<'de, D: serde::Deserializer<'de>, T: FileValue>(d: D) -> Result<Option<T>, D::Error> {
     T::de(d).map(Some)
 }
 
 settings! {
     /// Address and port to listen on [default: 127.0.0.1:1234].
-    listen: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 1234)), "DUPLEX_LISTEN";
+    listen: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 1234)), "DUPLEX_LISTEN", NETWORK;
     /// Redis URL (redis://host:port/db); unset = embedded in-memory broker, single node.
-    redis: String = String::new(), "DUPLEX_REDIS";
+    redis: String = String::new(), "DUPLEX_REDIS", BROKER;
     /// Prefix added to channel names in Redis; no '#'. Deployments sharing one Redis need prefixes none of which is a prefix of another's (docs/AUTH.md) [default: empty, names map 1:1].
-    redis_prefix: String = String::new(), "DUPLEX_REDIS_PREFIX";
+    redis_prefix: String = String::new(), "DUPLEX_REDIS_PREFIX", BROKER;
     /// Bound on each Redis operation and connect attempt [default: 5s].
-    redis_timeout: Duration = Duration::from_secs(5), "DUPLEX_REDIS_TIMEOUT", humantime::parse_duration;
+    redis_timeout: Duration = Duration::from_secs(5), "DUPLEX_REDIS_TIMEOUT", BROKER, humantime::parse_duration;
     /// Interval of the health PING on the Redis subscriber connection [default: 5s].
-    redis_health_interval: Duration = Duration::from_secs(5), "DUPLEX_REDIS_HEALTH_INTERVAL", humantime::parse_duration;
+    redis_health_interval: Duration = Duration::from_secs(5), "DUPLEX_REDIS_HEALTH_INTERVAL", BROKER, humantime::parse_duration;
     /// Bytes of messages from Redis that may wait for fan-out; beyond it the busiest channels' new messages are dropped, counted in broker.dropped (memory stays bounded whatever backends publish) [default: 16777216].
-    redis_backlog_bytes: usize = 16 * 1024 * 1024, "DUPLEX_REDIS_BACKLOG_BYTES";
-    /// Redis Stream that client `send`s, `rpc`s and upstream plain frames are appended to, for backend workers; a namespace may name its own [default: duplex:upstream].
-    upstream_stream: String = "duplex:upstream".to_string(), "DUPLEX_UPSTREAM_STREAM";
+    redis_backlog_bytes: usize = 16 * 1024 * 1024, "DUPLEX_REDIS_BACKLOG_BYTES", BROKER;
+    /// Redis Stream that client `send`s, `rpc`s and upstream plain frames are appended to, for backend workers, when no upstream_url applies; a namespace may name its own [default: duplex:upstream].
+    upstream_stream: String = "duplex:upstream".to_string(), "DUPLEX_UPSTREAM_STREAM", UPSTREAM;
     /// Approximate cap on each upstream stream's length in entries (`XADD MAXLEN ~`): Redis memory per stream stays under about (upstream_maxlen + 100) x 1.26 x (max_message_size + 1 KiB), 0.85 GB at the defaults (docs/UPSTREAM.md) [default: 10000].
-    upstream_maxlen: usize = 10_000, "DUPLEX_UPSTREAM_MAXLEN";
-    /// Backend HTTP endpoint that client `send` and `rpc` calls are POSTed to as JSON, instead of the Redis Stream; needed for them on the memory broker; a namespace may name its own [default: none].
-    upstream_url: String = String::new(), "DUPLEX_UPSTREAM_URL";
+    upstream_maxlen: usize = 10_000, "DUPLEX_UPSTREAM_MAXLEN", UPSTREAM;
+    /// Backend HTTP endpoint that client `send`s, `rpc`s and upstream plain frames are POSTed to as JSON, instead of the Redis Stream; without Redis the only way up; a namespace may name its own [default: none].
+    upstream_url: String = String::new(), "DUPLEX_UPSTREAM_URL", UPSTREAM;
     /// Most requests to upstream_url in flight at once; more wait in a queue bounded by max_inflight_rpcs [default: 64].
-    upstream_concurrency: usize = 64, "DUPLEX_UPSTREAM_CONCURRENCY";
+    upstream_concurrency: usize = 64, "DUPLEX_UPSTREAM_CONCURRENCY", UPSTREAM;
     /// Secret that signs every POST to upstream_url (and to namespaces' URLs) with a header `Duplex-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>.<body>")>`, so the backend can refuse requests that are not from a node; comma-separated to rotate, one v1= per secret in order; examples/upstream/http_backend.* check it (docs/UPSTREAM.md) [default: none, unsigned].
-    upstream_secret: Secret = Secret::default(), "DUPLEX_UPSTREAM_SECRET";
+    upstream_secret: Secret = Secret::default(), "DUPLEX_UPSTREAM_SECRET", UPSTREAM;
     /// How long a client's `rpc` waits for the backend's reply before it gets error 113 [default: 10s].
-    rpc_timeout: Duration = Duration::from_secs(10), "DUPLEX_RPC_TIMEOUT", humantime::parse_duration;
+    rpc_timeout: Duration = Duration::from_secs(10), "DUPLEX_RPC_TIMEOUT", UPSTREAM, humantime::parse_duration;
     /// Most rpcs one connection may have waiting for replies; more get error 114 [default: 32].
-    max_pending_rpcs: usize = 32, "DUPLEX_MAX_PENDING_RPCS";
+    max_pending_rpcs: usize = 32, "DUPLEX_MAX_PENDING_RPCS", UPSTREAM;
     /// Most rpcs (and HTTP-upstream sends) waiting on this node; more get error 114 [default: 10000].
-    max_inflight_rpcs: usize = 10_000, "DUPLEX_MAX_INFLIGHT_RPCS";
+    max_inflight_rpcs: usize = 10_000, "DUPLEX_MAX_INFLIGHT_RPCS", UPSTREAM;
     /// Share max_inflight_rpcs among client addresses: while N addresses have calls waiting, one may hold at most max(max_pending_rpcs, 90% of max_inflight_rpcs / N), more get error 114; behind a proxy all clients have its address, so turn it off there (rpc_fair_share_per_user still applies) [default: true].
-    rpc_fair_share_per_ip: bool = true, "DUPLEX_RPC_FAIR_SHARE_PER_IP";
+    rpc_fair_share_per_ip: bool = true, "DUPLEX_RPC_FAIR_SHARE_PER_IP", UPSTREAM;
     /// The same share among users (the token's `sub`; anonymous clients are not counted per user) [default: true].
-    rpc_fair_share_per_user: bool = true, "DUPLEX_RPC_FAIR_SHARE_PER_USER";
+    rpc_fair_share_per_user: bool = true, "DUPLEX_RPC_FAIR_SHARE_PER_USER", UPSTREAM;
     /// Longest wait between Redis reconnect attempts [default: 2s].
-    redis_max_backoff: Duration = Duration::from_secs(2), "DUPLEX_REDIS_MAX_BACKOFF", humantime::parse_duration;
+    redis_max_backoff: Duration = Duration::from_secs(2), "DUPLEX_REDIS_MAX_BACKOFF", BROKER, humantime::parse_duration;
     /// Node id shown in APIs and connection ids [default: random].
-    node_id: String = String::new(), "DUPLEX_NODE_ID";
+    node_id: String = String::new(), "DUPLEX_NODE_ID", BROKER;
     /// Channel of plain clients at `/` that name none [default: channel].
-    default_channel: String = "channel".to_string(), "DUPLEX_DEFAULT_CHANNEL";
+    default_channel: String = "channel".to_string(), "DUPLEX_DEFAULT_CHANNEL", PLAIN;
     /// API keys accepted by /api/* as `Authorization: apikey <key>`, comma-separated so keys can be rotated [default: none, API open].
-    api_key: Secret = Secret::default(), "DUPLEX_API_KEY";
-    /// Shared secret that verifies HS256/384/512 connection tokens; setting it (or token_public_key) makes tokens required [default: none].
-    token_secret: Secret = Secret::default(), "DUPLEX_TOKEN_SECRET";
+    api_key: Secret = Secret::default(), "DUPLEX_API_KEY", AUTH;
+    /// Shared secret that verifies HS256/384/512 connection tokens, at least 32 random bytes (`openssl rand -base64 32`): a shorter one is refused on a non-loopback --listen unless --insecure, and warned about at start otherwise; setting it (or token_public_key) makes tokens required [default: none].
+    token_secret: Secret = Secret::default(), "DUPLEX_TOKEN_SECRET", AUTH;
     /// PEM file with the RSA or EC public key that verifies RS256/ES256 connection tokens [default: none].
-    token_public_key: String = String::new(), "DUPLEX_TOKEN_PUBLIC_KEY";
+    token_public_key: String = String::new(), "DUPLEX_TOKEN_PUBLIC_KEY", AUTH;
     /// URL of a JWKS (JSON Web Key Set) with RSA/EC keys for RS/ES tokens, matched by `kid` and re-fetched in the background [default: none].
-    token_jwks_url: String = String::new(), "DUPLEX_TOKEN_JWKS_URL";
+    token_jwks_url: String = String::new(), "DUPLEX_TOKEN_JWKS_URL", AUTH;
     /// How often the JWKS is re-fetched [default: 5m].
-    token_jwks_refresh: Duration = Duration::from_secs(300), "DUPLEX_TOKEN_JWKS_REFRESH", humantime::parse_duration;
+    token_jwks_refresh: Duration = Duration::from_secs(300), "DUPLEX_TOKEN_JWKS_REFRESH", AUTH, humantime::parse_duration;
     /// Required `aud` claim of connection tokens [default: not checked].
-    token_audience: String = String::new(), "DUPLEX_TOKEN_AUDIENCE";
+    token_audience: String = String::new(), "DUPLEX_TOKEN_AUDIENCE", AUTH;
     /// Required `iss` claim of connection tokens [default: not checked].
-    token_issuer: String = String::new(), "DUPLEX_TOKEN_ISSUER";
+    token_issuer: String = String::new(), "DUPLEX_TOKEN_ISSUER", AUTH;
     /// PEM file with the TLS certificate chain; with tls_key, serves wss:// and https:// [default: none, plain ws://].
-    tls_cert: String = String::new(), "DUPLEX_TLS_CERT";
+    tls_cert: String = String::new(), "DUPLEX_TLS_CERT", NETWORK;
     /// PEM file with the TLS private key (PKCS#8, PKCS#1 or SEC1) for tls_cert [default: none].
-    tls_key: String = String::new(), "DUPLEX_TLS_KEY";
+    tls_key: String = String::new(), "DUPLEX_TLS_KEY", NETWORK;
     /// Web origins allowed to open WebSockets, comma-separated (`https://app.example`), `*` = any [default: the node's own host, plus loopback pages when listening on loopback].
-    allowed_origins: String = String::new(), "DUPLEX_ALLOWED_ORIGINS";
+    allowed_origins: String = String::new(), "DUPLEX_ALLOWED_ORIGINS", NETWORK;
     /// Host names or addresses this node answers to, comma-separated (port ignored, case-insensitive), `*` = any; other `Host` headers get 421, against DNS rebinding [default: loopback names (localhost, *.localhost, 127.0.0.0/8, [::1]) when listening on loopback, any name otherwise].
-    allowed_hosts: String = String::new(), "DUPLEX_ALLOWED_HOSTS";
+    allowed_hosts: String = String::new(), "DUPLEX_ALLOWED_HOSTS", NETWORK;
     /// Subscribe every authenticated connection to its user's `#user:<id>` channel, so backends reach a user with no client action [default: true].
-    user_channels: bool = true, "DUPLEX_USER_CHANNELS";
+    user_channels: bool = true, "DUPLEX_USER_CHANNELS", AUTH;
     /// With token auth on, also let clients without a token in, as anonymous [default: false].
-    allow_anonymous: bool = false, "DUPLEX_ALLOW_ANONYMOUS";
+    allow_anonymous: bool = false, "DUPLEX_ALLOW_ANONYMOUS", AUTH;
     /// Whether plain clients' frames are published to their channel [default: true].
-    plain_publish: bool = true, "DUPLEX_PLAIN_PUBLISH";
+    plain_publish: bool = true, "DUPLEX_PLAIN_PUBLISH", PLAIN;
     /// Whether a plain client receives its own messages back [default: true].
-    plain_echo: bool = true, "DUPLEX_PLAIN_ECHO";
-    /// Where plain clients' frames go: channel (published to their channel), upstream (appended to upstream_stream for the backends; needs Redis) or both [default: channel].
-    plain_frames: PlainFrames = PlainFrames::Channel, "DUPLEX_PLAIN_FRAMES";
+    plain_echo: bool = true, "DUPLEX_PLAIN_ECHO", PLAIN;
+    /// Where plain clients' frames go: channel (published to their channel), upstream (to the backends: POSTed to upstream_url when one applies, else appended to upstream_stream; needs Redis or upstream_url) or both [default: channel].
+    plain_frames: PlainFrames = PlainFrames::Channel, "DUPLEX_PLAIN_FRAMES", PLAIN;
     /// How long /api/connections waits for the other nodes' answers before it says `incomplete` [default: 1s].
-    query_timeout: Duration = Duration::from_secs(1), "DUPLEX_QUERY_TIMEOUT", humantime::parse_duration;
+    query_timeout: Duration = Duration::from_secs(1), "DUPLEX_QUERY_TIMEOUT", BROKER, humantime::parse_duration;
     /// Interval of each node's `alive` heartbeat on #control (Redis only); a node silent for 3 intervals is no longer expected to answer /api/connections [default: 5s].
-    node_heartbeat: Duration = Duration::from_secs(5), "DUPLEX_NODE_HEARTBEAT", humantime::parse_duration;
+    node_heartbeat: Duration = Duration::from_secs(5), "DUPLEX_NODE_HEARTBEAT", BROKER, humantime::parse_duration;
     /// Largest message a client may send, in bytes, inclusive [default: 65536].
-    max_message_size: usize = 64 * 1024, "DUPLEX_MAX_MESSAGE_SIZE";
+    max_message_size: usize = 64 * 1024, "DUPLEX_MAX_MESSAGE_SIZE", LIMITS;
     /// Most frames one fragmented message may have [default: 1024].
-    max_fragments: usize = 1024, "DUPLEX_MAX_FRAGMENTS";
+    max_fragments: usize = 1024, "DUPLEX_MAX_FRAGMENTS", LIMITS;
     /// Most open client connections on this node, 0 = no limit; more get HTTP 503 [default: 100000].
-    max_connections: usize = 100_000, "DUPLEX_MAX_CONNECTIONS";
+    max_connections: usize = 100_000, "DUPLEX_MAX_CONNECTIONS", LIMITS;
     /// Most open connections from one client address, 0 = no limit; more get HTTP 429 [default: 0].
-    max_connections_per_ip: usize = 0, "DUPLEX_MAX_CONNECTIONS_PER_IP";
+    max_connections_per_ip: usize = 0, "DUPLEX_MAX_CONNECTIONS_PER_IP", LIMITS;
     /// Most open connections not (yet) upgraded to WebSocket: HTTP requests and handshakes in progress, 0 = no limit but the fd limit; when full, a newcomer closes the oldest such connection of the address holding the most of them [default: 1024].
-    max_http_connections: usize = 1024, "DUPLEX_MAX_HTTP_CONNECTIONS";
+    max_http_connections: usize = 1024, "DUPLEX_MAX_HTTP_CONNECTIONS", LIMITS;
     /// Most open connections of one user (the token's `sub`), 0 = no limit; more are closed with 3007 [default: 0].
-    max_connections_per_user: usize = 0, "DUPLEX_MAX_CONNECTIONS_PER_USER";
+    max_connections_per_user: usize = 0, "DUPLEX_MAX_CONNECTIONS_PER_USER", LIMITS;
     /// WebSocket handshakes per second from one client address (burst as large), 0 = no limit; more get HTTP 429 [default: 0].
-    max_handshakes_per_ip: u32 = 0, "DUPLEX_MAX_HANDSHAKES_PER_IP";
+    max_handshakes_per_ip: u32 = 0, "DUPLEX_MAX_HANDSHAKES_PER_IP", LIMITS;
     /// Publishes per second one connection may make (burst as large), 0 = no limit [default: 1000].
-    max_publish_rate: u32 = 1000, "DUPLEX_MAX_PUBLISH_RATE";
+    max_publish_rate: u32 = 1000, "DUPLEX_MAX_PUBLISH_RATE", LIMITS;
     /// Bytes per second one connection may send up to the backends (`send` and `rpc` data, plain frames with plain_frames upstream or both), in bursts of up to one max_message_size message; over it error 108 (a plain frame is dropped), and after max_publish_rate refusals in a row close 3004; 0 = no limit [default: 65536].
-    max_upstream_rate: usize = 64 * 1024, "DUPLEX_MAX_UPSTREAM_RATE";
+    max_upstream_rate: usize = 64 * 1024, "DUPLEX_MAX_UPSTREAM_RATE", UPSTREAM;
     /// Bytes per second all connections of this node together may send to one upstream (each stream and each URL has its own budget), in bursts of up to one max_message_size message; over it error 108 (a plain frame is dropped); 0 = no limit [default: 8388608].
-    max_upstream_node_rate: usize = 8 * 1024 * 1024, "DUPLEX_MAX_UPSTREAM_NODE_RATE";
+    max_upstream_node_rate: usize = 8 * 1024 * 1024, "DUPLEX_MAX_UPSTREAM_NODE_RATE", UPSTREAM;
     /// Most channels one connection may subscribe to; more get error 106 (at `/`: HTTP 400) [default: 1000].
-    max_subscriptions: usize = 1_000, "DUPLEX_MAX_SUBSCRIPTIONS";
+    max_subscriptions: usize = 1_000, "DUPLEX_MAX_SUBSCRIPTIONS", LIMITS;
     /// Most subscriptions all connections from one client address may hold together, 0 = no limit; more get error 106 (at `/`: HTTP 429); behind a proxy all clients have its address, so raise it or set 0 there [default: 20000].
-    max_subscriptions_per_ip: usize = 20_000, "DUPLEX_MAX_SUBSCRIPTIONS_PER_IP";
+    max_subscriptions_per_ip: usize = 20_000, "DUPLEX_MAX_SUBSCRIPTIONS_PER_IP", LIMITS;
     /// Longest channel name in bytes [default: 255].
-    max_channel_length: usize = duplex_protocol::channel::DEFAULT_MAX_CHANNEL_LENGTH, "DUPLEX_MAX_CHANNEL_LENGTH";
+    max_channel_length: usize = duplex_protocol::channel::DEFAULT_MAX_CHANNEL_LENGTH, "DUPLEX_MAX_CHANNEL_LENGTH", LIMITS;
     /// Outbound bytes queued for one client before it is cut as a slow consumer [default: 1048576].
-    max_queued_bytes: usize = 1024 * 1024, "DUPLEX_MAX_QUEUED_BYTES";
+    max_queued_bytes: usize = 1024 * 1024, "DUPLEX_MAX_QUEUED_BYTES", LIMITS;
     /// Outbound messages queued for one client before it is cut as a slow consumer [default: 4096].
-    max_queued_messages: usize = 4096, "DUPLEX_MAX_QUEUED_MESSAGES";
+    max_queued_messages: usize = 4096, "DUPLEX_MAX_QUEUED_MESSAGES", LIMITS;
     /// Hold every client's outgoing messages up to this long and send them in one write: less CPU per message, up to this much added latency; 0 = write each at once while fan-out keeps up and batch by itself while it does not [default: 0s].
-    write_delay: Duration = Duration::ZERO, "DUPLEX_WRITE_DELAY", humantime::parse_duration;
+    write_delay: Duration = Duration::ZERO, "DUPLEX_WRITE_DELAY", TIMEOUTS, humantime::parse_duration;
     /// Interval of server pings to every client [default: 25s].
-    ping_interval: Duration = Duration::from_secs(25), "DUPLEX_PING_INTERVAL", humantime::parse_duration;
+    ping_interval: Duration = Duration::from_secs(25), "DUPLEX_PING_INTERVAL", TIMEOUTS, humantime::parse_duration;
     /// How long after a ping a silent client is dropped [default: 10s].
-    pong_timeout: Duration = Duration::from_secs(10), "DUPLEX_PONG_TIMEOUT", humantime::parse_duration;
+    pong_timeout: Duration = Duration::from_secs(10), "DUPLEX_PONG_TIMEOUT", TIMEOUTS, humantime::parse_duration;
     /// Longest wait for a connection's HTTP request headers, against slowloris [default: 10s].
-    handshake_timeout: Duration = Duration::from_secs(10), "DUPLEX_HANDSHAKE_TIMEOUT", humantime::parse_duration;
+    handshake_timeout: Duration = Duration::from_secs(10), "DUPLEX_HANDSHAKE_TIMEOUT", TIMEOUTS, humantime::parse_duration;
     /// Longest wait for a whole HTTP request body, from the end of its headers; later, 408 and the connection is closed [default: 10s].
-    request_timeout: Duration = Duration::from_secs(10), "DUPLEX_REQUEST_TIMEOUT", humantime::parse_duration;
+    request_timeout: Duration = Duration::from_secs(10), "DUPLEX_REQUEST_TIMEOUT", TIMEOUTS, humantime::parse_duration;
     /// How long a /ws client may stay connected without sending its first command, 0 = no limit [default: 10s].
-    connect_timeout: Duration = Duration::from_secs(10), "DUPLEX_CONNECT_TIMEOUT", humantime::parse_duration;
+    connect_timeout: Duration = Duration::from_secs(10), "DUPLEX_CONNECT_TIMEOUT", TIMEOUTS, humantime::parse_duration;
     /// How long shutdown waits for queues to flush and clients to close [default: 5s].
-    shutdown_timeout: Duration = Duration::from_secs(5), "DUPLEX_SHUTDOWN_TIMEOUT", humantime::parse_duration;
+    shutdown_timeout: Duration = Duration::from_secs(5), "DUPLEX_SHUTDOWN_TIMEOUT", TIMEOUTS, humantime::parse_duration;
     /// Largest HTTP API request body in bytes [default: 1048576].
-    max_http_body: usize = 1024 * 1024, "DUPLEX_MAX_HTTP_BODY";
+    max_http_body: usize = 1024 * 1024, "DUPLEX_MAX_HTTP_BODY", LIMITS;
     /// Allow a non-loopback --listen without authentication (logs a loud warning) [default: false].
-    insecure: bool = false, "DUPLEX_INSECURE";
+    insecure: bool = false, "DUPLEX_INSECURE", AUTH;
     /// Log format: text or json [default: text].
-    log_format: LogFormat = LogFormat::Text, "DUPLEX_LOG_FORMAT";
+    log_format: LogFormat = LogFormat::Text, "DUPLEX_LOG_FORMAT", LOGGING;
     /// Log filter, e.g. info or duplex=debug [default: info; RUST_LOG also works].
-    log_level: String = "info".to_string(), "DUPLEX_LOG_LEVEL";
+    log_level: String = "info".to_string(), "DUPLEX_LOG_LEVEL", LOGGING;
 }
 
 impl Settings {
@@ -502,7 +558,7 @@ mod tests {
         assert!(insecure.resolve().is_ok());
         // Token auth alone is not enough: the HTTP API would still be open.
         let tokens_only = Settings {
-            token_secret: Some("s".into()),
+            token_secret: Some("0123456789abcdef0123456789abcdef".into()),
             ..public.clone()
         };
         let err = tokens_only.clone().resolve().unwrap_err().to_string();
@@ -511,8 +567,41 @@ mod tests {
             api_key: Some("k1, k2".into()),
             ..tokens_only
         };
-        let config = secured.resolve().unwrap();
+        let config = secured.clone().resolve().unwrap();
         assert_eq!(config.api_keys().collect::<Vec<_>>(), ["k1", "k2"]);
+        assert!(config.warnings().is_empty());
+        // A secret one token can give away is no authentication in public.
+        let short = Settings {
+            token_secret: Some("0123456789abcdef0123456789abcde".into()),
+            ..secured
+        };
+        let err = short.clone().resolve().unwrap_err().to_string();
+        assert!(
+            err.contains("token_secret") && err.contains("31 bytes") && err.contains("--insecure"),
+            "{err}"
+        );
+        let accepted = Settings {
+            insecure: Some(true),
+            ..short.clone()
+        };
+        let warnings = accepted.resolve().unwrap().warnings();
+        assert!(warnings[0].contains("31 bytes"), "{warnings:?}");
+        let loopback = Settings {
+            listen: None,
+            ..short
+        };
+        assert_eq!(loopback.resolve().unwrap().warnings().len(), 1);
+    }
+
+    #[test]
+    fn a_redis_address_without_scheme_gets_a_hint() {
+        let bare = Settings {
+            redis: Some("localhost:6379".into()),
+            ..Default::default()
+        };
+        let err = bare.resolve().unwrap_err().to_string();
+        assert!(err.contains("redis://localhost:6379"), "{err}");
+        assert!(redis_url_problem("redis://localhost:6379/0").is_none());
     }
 
     #[test]

@@ -20,6 +20,43 @@ fn invalid(name: &'static str, reason: &str) -> Result<(), ConfigError> {
     })
 }
 
+/// Shortest `token_secret` accepted without a word: 256 bits, the HS256
+/// output size (RFC 7518, section 3.2).
+pub const MIN_TOKEN_SECRET: usize = 32;
+
+impl Config {
+    /// What is allowed but unwise, one sentence each, for the log at start
+    /// and `--check-config`.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if let Some(len) = short_token_secret(self) {
+            out.push(format!(
+                "token_secret is {len} bytes: whoever holds one token can guess a secret under {MIN_TOKEN_SECRET} bytes offline \
+                 and sign tokens for any user; use {MIN_TOKEN_SECRET} random bytes or more (`openssl rand -base64 32`) \
+                 before this node is reachable from elsewhere"
+            ));
+        }
+        out
+    }
+}
+
+/// The length of a set `token_secret` shorter than [`MIN_TOKEN_SECRET`].
+fn short_token_secret(c: &Config) -> Option<usize> {
+    let len = c.token_secret.expose().len();
+    (len > 0 && len < MIN_TOKEN_SECRET).then_some(len)
+}
+
+/// Why `url` cannot be a Redis URL, with what to write instead; None when
+/// it can. `--redis localhost:6379` is the usual slip: the scheme is missing.
+pub fn redis_url_problem(url: &str) -> Option<String> {
+    let e = redis::Client::open(url).err()?;
+    Some(if url.contains("://") {
+        format!("{url:?} is not a valid Redis URL ({e}); the form is redis://[user:password@]host[:port][/db], rediss:// for TLS")
+    } else {
+        format!("{url:?} is not a Redis URL: add the scheme, redis://{url} (rediss:// for TLS, unix:///path for a socket)")
+    })
+}
+
 /// Channels, Redis and where client messages can go.
 fn check_broker(c: &Config) -> Result<(), ConfigError> {
     if let Err(e) = duplex_protocol::channel::validate(&c.default_channel, c.max_channel_length) {
@@ -35,10 +72,8 @@ fn check_broker(c: &Config) -> Result<(), ConfigError> {
              and only a '#'-free prefix keeps every other deployment's channel names away from them (docs/AUTH.md, \"Sharing one Redis\")",
         );
     }
-    if let Some(url) = c.redis_url() {
-        if let Err(e) = redis::Client::open(url) {
-            return invalid("redis", &format!("not a valid Redis URL: {e}"));
-        }
+    if let Some(problem) = c.redis_url().and_then(redis_url_problem) {
+        return invalid("redis", &problem);
     }
     if c.redis_timeout.is_zero() {
         return invalid("redis_timeout", "must be above zero");
@@ -88,6 +123,18 @@ fn check_exposure(c: &Config) -> Result<(), ConfigError> {
                      Set --token-secret (HS256 tokens) or --token-public-key (RS256/ES256) so clients must present a token, \
                      listen on 127.0.0.1 behind a proxy, or pass --insecure (DUPLEX_INSECURE=true) to accept the risk",
                     c.listen
+                ),
+            );
+        }
+        if short_token_secret(c).is_some() {
+            return invalid(
+                "token_secret",
+                &format!(
+                    "refusing to listen on {} with a token secret of {} bytes: whoever holds one token can guess a short secret offline \
+                     and then sign tokens for any user. Use at least {MIN_TOKEN_SECRET} random bytes (`openssl rand -base64 32`), \
+                     or pass --insecure to accept the risk",
+                    c.listen,
+                    c.token_secret.expose().len()
                 ),
             );
         }

@@ -119,7 +119,7 @@ impl Node {
                         .stats
                         .api_disconnects
                         .fetch_add(closed as u64, Relaxed);
-                    tracing::info!(?target, code, closed, "disconnected by order");
+                    tracing::info!(to = %target, code, closed, "disconnected by order");
                 }
             }
             Order::Send {

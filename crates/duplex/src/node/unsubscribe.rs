@@ -77,7 +77,7 @@ impl Node {
                     .stats
                     .api_unsubscribes
                     .fetch_add(removed, Relaxed);
-                tracing::info!(?target, %channel, removed, "unsubscribed by order");
+                tracing::info!(to = %target, %channel, removed, "unsubscribed by order");
             }
         });
     }

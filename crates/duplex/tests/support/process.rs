@@ -69,6 +69,12 @@ impl NodeProcess {
             .unwrap_or_default()
     }
 
+    /// Like [`NodeProcess::start`], on `addr`: the same address as a node
+    /// that is gone, for clients that must find it again.
+    pub async fn start_on(addr: SocketAddr, args: &[&str]) -> NodeProcess {
+        Self::spawn_on(addr, args, None, None).await
+    }
+
     async fn spawn(
         args: &[&str],
         log: Option<std::path::PathBuf>,
@@ -78,7 +84,15 @@ impl NodeProcess {
             .and_then(|l| l.local_addr())
             .expect("free port")
             .port();
-        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        Self::spawn_on(([127, 0, 0, 1], port).into(), args, log, nofile).await
+    }
+
+    async fn spawn_on(
+        addr: SocketAddr,
+        args: &[&str],
+        log: Option<std::path::PathBuf>,
+        nofile: Option<u64>,
+    ) -> NodeProcess {
         let mut command = match nofile {
             None => Command::new(env!("CARGO_BIN_EXE_duplex")),
             Some(n) => {

@@ -1,0 +1,84 @@
+//! `duplex publish`: one message to a channel, through a node's HTTP API or
+//! straight into Redis.
+
+use anyhow::{bail, Context};
+use serde_json::{json, Value};
+
+use super::server_url::{node_url, Endpoint};
+
+/// Arguments of `duplex publish`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct PublishArgs {
+    /// Channel to publish to.
+    channel: String,
+    /// Message, delivered verbatim (use --json to send a JSON value instead).
+    data: String,
+    /// Node to publish through (its HTTP API): http(s):// or ws(s)://, either names the node.
+    #[arg(
+        long,
+        default_value = "http://127.0.0.1:1234",
+        conflicts_with = "redis"
+    )]
+    server: String,
+    /// Publish straight to Redis instead (no node needed): PUBLISH channel data.
+    #[arg(long)]
+    redis: Option<String>,
+    /// Redis channel prefix, when the nodes use one.
+    #[arg(long, default_value = "", requires = "redis")]
+    redis_prefix: String,
+    /// API key of the node.
+    #[arg(long, env = "DUPLEX_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
+    /// Treat DATA as a JSON value (native clients then receive it as JSON).
+    #[arg(long)]
+    json: bool,
+}
+
+/// Publishes, and says where on stderr when it went to Redis.
+pub(crate) async fn publish(args: PublishArgs) -> anyhow::Result<()> {
+    if let Some(url) = &args.redis {
+        return publish_to_redis(url, &args).await;
+    }
+    let data: Value = if args.json {
+        serde_json::from_str(&args.data)
+            .context("DATA is not valid JSON (drop --json to send text)")?
+    } else {
+        Value::String(args.data.clone())
+    };
+    let url = node_url(&args.server, Endpoint::Http, "/api/publish")?;
+    let mut request = reqwest::Client::new()
+        .post(&url)
+        .json(&json!({"channel": args.channel, "data": data}));
+    if let Some(key) = &args.api_key {
+        request = request.header("Authorization", format!("apikey {key}"));
+    }
+    let response = request
+        .send()
+        .await
+        .with_context(|| format!("cannot reach {url}"))?;
+    let status = response.status();
+    let body = response.text().await.unwrap_or_default();
+    if !status.is_success() {
+        bail!("{url} answered {status}: {body}");
+    }
+    Ok(())
+}
+
+async fn publish_to_redis(url: &str, args: &PublishArgs) -> anyhow::Result<()> {
+    if let Some(problem) = duplex::config::redis_url_problem(url) {
+        bail!("--redis: {problem}");
+    }
+    let client = redis::Client::open(url).context("invalid Redis URL")?;
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .with_context(|| format!("cannot connect to Redis at {url}"))?;
+    let receivers: i64 = redis::cmd("PUBLISH")
+        .arg(format!("{}{}", args.redis_prefix, args.channel))
+        .arg(args.data.as_bytes())
+        .query_async(&mut conn)
+        .await
+        .context("PUBLISH failed")?;
+    eprintln!("published to Redis ({receivers} subscribed nodes or clients)");
+    Ok(())
+}
