@@ -72,7 +72,12 @@ async fn publish_to_redis(url: &str, args: &PublishArgs) -> anyhow::Result<()> {
     let mut conn = client
         .get_multiplexed_async_connection()
         .await
-        .with_context(|| format!("cannot connect to Redis at {url}"))?;
+        .with_context(|| {
+            format!(
+                "cannot connect to Redis at {}",
+                duplex::config::redacted(url)
+            )
+        })?;
     let receivers: i64 = redis::cmd("PUBLISH")
         .arg(format!("{}{}", args.redis_prefix, args.channel))
         .arg(args.data.as_bytes())

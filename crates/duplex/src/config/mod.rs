@@ -19,7 +19,7 @@ use serde::Deserialize;
 
 use crate::permissions::Namespace;
 use default_file::ToToml;
-pub use validate::{redis_url_problem, MIN_TOKEN_SECRET};
+pub use validate::{redacted, redis_url_problem, MIN_TOKEN_SECRET};
 
 /// Why the settings cannot run a node; shown to the operator as is.
 #[derive(Debug, thiserror::Error)]
@@ -602,6 +602,18 @@ mod tests {
         let err = bare.resolve().unwrap_err().to_string();
         assert!(err.contains("redis://localhost:6379"), "{err}");
         assert!(redis_url_problem("redis://localhost:6379/0").is_none());
+    }
+
+    #[test]
+    fn redis_passwords_never_show_in_messages() {
+        let bad = Settings {
+            redis: Some("redis://user:hunter2@localhost:6379/notadb".into()),
+            ..Default::default()
+        };
+        let err = bad.resolve().unwrap_err().to_string();
+        assert!(!err.contains("hunter2") && err.contains("***"), "{err}");
+        assert_eq!(redacted("redis://:pw@h:1/0"), "redis://:***@h:1/0");
+        assert_eq!(redacted("redis://h:1"), "redis://h:1");
     }
 
     #[test]

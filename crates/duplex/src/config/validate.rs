@@ -50,11 +50,24 @@ fn short_token_secret(c: &Config) -> Option<usize> {
 /// it can. `--redis localhost:6379` is the usual slip: the scheme is missing.
 pub fn redis_url_problem(url: &str) -> Option<String> {
     let e = redis::Client::open(url).err()?;
+    let url = redacted(url);
+    let url = url.as_str();
     Some(if url.contains("://") {
         format!("{url:?} is not a valid Redis URL ({e}); the form is redis://[user:password@]host[:port][/db], rediss:// for TLS")
     } else {
         format!("{url:?} is not a Redis URL: add the scheme, redis://{url} (rediss:// for TLS, unix:///path for a socket)")
     })
+}
+
+/// A URL as it may be shown: a password in it replaced by `***`.
+pub fn redacted(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            let _ = parsed.set_password(Some("***"));
+            parsed.to_string()
+        }
+        _ => url.to_string(),
+    }
 }
 
 /// Channels, Redis and where client messages can go.
