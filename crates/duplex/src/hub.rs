@@ -7,7 +7,7 @@
 //! native JSON push) and every subscriber's queue gets a reference to the
 //! same bytes. Delivery never blocks and never awaits: a subscriber either
 //! takes the frame straight onto an idle socket or queues a reference to it
-//! (see `transport::outbound`), and no hub lock is held meanwhile.
+//! (see `conn::outbound`), and no hub lock is held meanwhile.
 //!
 //! The hub knows nothing of sockets or brokers: subscribers are anything that
 //! implements [`Subscriber`], so it is tested here with a fake.

@@ -30,13 +30,14 @@ use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
 use crate::config::Config;
+use crate::conn::coalesce;
 use crate::node::{Node, NodeError};
 use crate::stats::Stats;
 use crate::tls::TlsError;
 use crate::transport::guard::{self, HttpGuard};
 use crate::transport::origin::OriginPolicy;
 use crate::transport::sockets::{self, Admission, Socket, Sockets};
-use crate::transport::{coalesce, upgrade};
+use crate::transport::upgrade;
 use crate::{api, heartbeat};
 
 /// Pending-connection queue of the listening socket. The OS default (128 via
@@ -196,10 +197,20 @@ pub async fn run_reloading(
     wait_for_broker(&node).await;
     let tasks = node.tasks();
     tasks.spawn(heartbeat::run(node.clone(), state.shutdown.clone()));
-    for lane in 0..node.coalescer().lanes() {
-        tasks.spawn(coalesce::run(node.clone(), lane, state.shutdown.clone()));
+    let coalescer = Arc::clone(node.coalescer());
+    for lane in 0..coalescer.lanes() {
+        let registry = node.clone();
+        let connection = move |seq| registry.connection_by_seq(seq);
+        let lane = coalesce::run(
+            Arc::clone(&coalescer),
+            lane,
+            connection,
+            state.shutdown.clone(),
+        );
+        tasks.spawn(lane);
     }
-    tasks.spawn(coalesce::watch(node.clone(), state.shutdown.clone()));
+    let watch = coalesce::watch(coalescer, node.stats_handle(), state.shutdown.clone());
+    tasks.spawn(watch);
     let addr = listener.local_addr()?;
     let tls_on = state.tls.0.load().is_some();
     let (ws, http) = if tls_on {

@@ -43,6 +43,8 @@ use crate::broker::redis::{RedisBroker, RedisSettings};
 use crate::broker::{Broker, BrokerError, BrokerHandler, BrokerState, BrokerStatus};
 use crate::config::reload::ReloadPlan;
 use crate::config::Config;
+use crate::conn::coalesce::Coalescer;
+use crate::conn::outbound::{PushError, QueueLimits};
 use crate::conn::Conn;
 use crate::control::{CONTROL_CHANNEL, NODE_CHANNEL_PREFIX};
 use crate::hub::{Hub, Wire};
@@ -51,8 +53,6 @@ use crate::message::Publication;
 use crate::permissions::Permissions;
 use crate::stats::{Stats, StatsSnapshot};
 use crate::throttle::Throttle;
-use crate::transport::coalesce::Coalescer;
-use crate::transport::outbound::{PushError, QueueLimits};
 
 const STRIPES: usize = 256;
 const REGISTRY_SHARDS: usize = 16;
@@ -528,7 +528,7 @@ impl Node {
         self.registry_shard(seq).lock().get(&seq).cloned()
     }
 
-    /// Write coalescing (see `transport::coalesce`).
+    /// Write coalescing (see `conn::coalesce`).
     pub(crate) fn coalescer(&self) -> &Arc<Coalescer> {
         &self.inner.coalescer
     }

@@ -18,12 +18,9 @@
 //! Frames are decoded by `duplex_protocol::ws`, a sans-IO decoder whose
 //! buffers we own: an idle connection holds no read buffer at all.
 
-pub(crate) mod coalesce;
 pub(crate) mod guard;
 pub(crate) mod host;
 pub(crate) mod origin;
-pub(crate) mod outbound;
-pub(crate) mod pressure;
 pub(crate) mod reader;
 pub(crate) mod sockets;
 pub(crate) mod stream;
@@ -40,11 +37,11 @@ mod size_tests {
     use std::sync::Arc;
 
     use crate::config::Config;
+    use crate::conn::outbound::QueueLimits;
     use crate::conn::Conn;
     use crate::hub::Wire;
     use crate::node::Node;
     use crate::session::{native::NativeSession, Session};
-    use crate::transport::outbound::QueueLimits;
 
     /// Every idle connection holds these two futures: keep them small
     /// (boxing the command handlers took the reader from ~5 KiB to ~700 B).
@@ -55,7 +52,7 @@ mod size_tests {
             max_frames: 1,
         };
         let addr = std::net::SocketAddr::from(([127, 0, 0, 1], 1));
-        let coalescer = Arc::new(super::coalesce::Coalescer::new(
+        let coalescer = Arc::new(crate::conn::coalesce::Coalescer::new(
             std::time::Duration::ZERO,
             1,
         ));

@@ -25,9 +25,9 @@ use tokio::io::WriteHalf;
 
 use super::stream::{Attached, SinkSource, Tls, WriteSink};
 use super::CLOSE_GRACE;
+use crate::conn::outbound::Closing;
 use crate::conn::Conn;
 use crate::hub::Wire;
-use crate::transport::outbound::Closing;
 
 /// Most frames handed to one `writev` (Linux allows 1024 iovecs).
 const MAX_IOVECS: usize = 256;

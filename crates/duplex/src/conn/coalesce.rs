@@ -20,6 +20,7 @@
 //! without coalescing.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
@@ -27,7 +28,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::pressure::{Load, Pressure, WINDOW};
-use crate::node::Node;
+use super::Conn;
 use crate::stats::Stats;
 
 /// Adaptive mode, while behind: how long a lane lets frames gather. Without
@@ -123,8 +124,16 @@ impl Coalescer {
 
 /// Runs lane `index` until `shutdown`: waits for a dirty connection, lets
 /// the round's delay pass, writes what every dirty connection has queued.
-pub(crate) async fn run(node: Node, index: usize, shutdown: CancellationToken) {
-    let coalescer = node.coalescer();
+/// `connection` turns a connection number back into the connection (the
+/// node's registry), so this module needs nothing above it.
+pub(crate) async fn run<F>(
+    coalescer: Arc<Coalescer>,
+    index: usize,
+    connection: F,
+    shutdown: CancellationToken,
+) where
+    F: Fn(u64) -> Option<Arc<Conn>>,
+{
     let lane = &coalescer.lanes[index];
     let mut batch = Vec::new();
     loop {
@@ -136,7 +145,7 @@ pub(crate) async fn run(node: Node, index: usize, shutdown: CancellationToken) {
         let started = Instant::now();
         std::mem::swap(&mut *lane.dirty.lock(), &mut batch);
         for &seq in &batch {
-            if let Some(conn) = node.connection_by_seq(seq) {
+            if let Some(conn) = connection(seq) {
                 conn.outbound.flush_delayed();
             }
         }
@@ -150,12 +159,14 @@ pub(crate) async fn run(node: Node, index: usize, shutdown: CancellationToken) {
 
 /// Adaptive mode only: samples how busy fan-out and the lanes are every
 /// [`WINDOW`] and turns batching on and off (see `pressure`).
-pub(crate) async fn watch(node: Node, shutdown: CancellationToken) {
-    let coalescer = node.coalescer();
+pub(crate) async fn watch(
+    coalescer: Arc<Coalescer>,
+    stats: Arc<Stats>,
+    shutdown: CancellationToken,
+) {
     if !coalescer.adaptive() {
         return;
     }
-    let stats = node.stats();
     let mut pressure = Pressure::default();
     let mut lanes_seen = vec![0u64; coalescer.lanes()];
     let mut fanout_seen = stats.fanout_busy_nanos.load(Relaxed);

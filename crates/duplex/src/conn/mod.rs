@@ -7,6 +7,10 @@
 //! Per-client state that only the session needs (subscriptions) lives in the
 //! reader task, not here.
 
+pub(crate) mod coalesce;
+pub(crate) mod outbound;
+mod pressure;
+
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
@@ -18,8 +22,8 @@ use duplex_protocol::time::NumericDate;
 use tokio::sync::Notify;
 
 use crate::hub::{Subscriber, Undelivered, Wire};
-use crate::transport::coalesce::Coalescer;
-use crate::transport::outbound::{Outbound, PushError, QueueLimits};
+use coalesce::Coalescer;
+use outbound::{Outbound, PushError, QueueLimits};
 
 /// One connected client, as seen by everything outside its own tasks.
 #[derive(Debug)]
