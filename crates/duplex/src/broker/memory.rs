@@ -6,7 +6,7 @@ use std::sync::Arc;
 use duplex_protocol::channel::ChannelName;
 use futures_util::future::{self, BoxFuture, FutureExt};
 
-use super::{Broker, BrokerError, BrokerHandler, BrokerState, BrokerStatus};
+use super::{BrokerError, BrokerHandler, BrokerState, BrokerStatus, Link, PubSub};
 use crate::message::Publication;
 
 /// In-process broker for a single node.
@@ -31,7 +31,17 @@ impl MemoryBroker {
     }
 }
 
-impl Broker for MemoryBroker {
+impl Link for MemoryBroker {
+    fn state(&self) -> BrokerState {
+        self.state.clone()
+    }
+
+    fn close(&self) -> BoxFuture<'_, ()> {
+        future::ready(()).boxed()
+    }
+}
+
+impl PubSub for MemoryBroker {
     fn publish(&self, publication: Publication) -> BoxFuture<'_, Result<(), BrokerError>> {
         async move {
             self.handler.handle_publication(publication).await;
@@ -46,13 +56,5 @@ impl Broker for MemoryBroker {
 
     fn unsubscribe(&self, _channel: ChannelName) -> BoxFuture<'_, Result<(), BrokerError>> {
         future::ready(Ok(())).boxed()
-    }
-
-    fn state(&self) -> BrokerState {
-        self.state.clone()
-    }
-
-    fn close(&self) -> BoxFuture<'_, ()> {
-        future::ready(()).boxed()
     }
 }
