@@ -14,7 +14,9 @@
 //! The node holds a [`Broker`]: one `Arc` per ability, `None` where the
 //! backend lacks it (asking for it then answers [`BrokerError::Unsupported`]
 //! with what to configure instead). A backend is built by one constructor
-//! on [`Broker`].
+//! on [`Broker`] and must pass the conformance suite in
+//! `crates/duplex/tests/broker_conformance.rs`: adding a backend there is
+//! one line plus its fixture.
 //!
 //! # The `PubSub` contract
 //!
@@ -22,7 +24,7 @@
 //! unsubscribes when the last one leaves. Everything published on a channel
 //! this node holds, including by this node, comes back through the
 //! [`BrokerHandler`] given at construction, so every node (this one too)
-//! sees one order per channel.
+//! sees one order per channel; nothing comes for channels it does not hold.
 //! Delivery is at most once; per channel, messages from one publisher
 //! arrive in publish order. A subscribe is answered `Ok` only once the
 //! broker confirmed it (messages published after that reach this node),
@@ -33,7 +35,8 @@
 //!
 //! Each is a new trait here, a new `Option<Arc<dyn ...>>` field on
 //! [`Broker`] with an accessor like [`Broker::upstream`], implemented by
-//! the backends that can; [`PubSub`] and [`UpstreamLog`] stay as they are.
+//! the backends that can, and a group of conformance cases; [`PubSub`]
+//! and [`UpstreamLog`] stay as they are.
 //!
 //! - History (issue 17): `trait History` with an append-and-publish that
 //!   is one atomic step on the backend carrying the channel (Redis: a
@@ -48,7 +51,7 @@
 //!   NATS): each a new module implementing [`PubSub`] and whichever other
 //!   abilities it can hold (history and presence keys hash-tagged by
 //!   channel so they live on the shard that carries its messages), a
-//!   constructor on [`Broker`]. A
+//!   constructor on [`Broker`], a fixture in the conformance suite. A
 //!   backend that cannot hold an ability leaves it `None`, and the config
 //!   check refuses at start the namespaces that need it.
 
@@ -229,10 +232,11 @@ impl std::fmt::Debug for Broker {
 }
 
 impl Broker {
-    /// The embedded broker of a single node.
-    pub fn memory(handler: Arc<dyn BrokerHandler>) -> Self {
+    /// The embedded broker of a single node; it holds `node_channels` (the
+    /// node's order channels) for its whole life, as [`RedisSettings`] does.
+    pub fn memory(handler: Arc<dyn BrokerHandler>, node_channels: &[String]) -> Self {
         Broker {
-            pubsub: Arc::new(MemoryBroker::new(handler)),
+            pubsub: Arc::new(MemoryBroker::new(handler, node_channels)),
             upstream: None,
         }
     }

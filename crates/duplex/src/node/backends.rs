@@ -23,7 +23,7 @@ impl Node {
     /// on. The orders themselves need nothing here: the broker holds
     /// `#control` and this node's `#node:<id>` from its start (Redis:
     /// `RedisSettings::node_channels`, restored after every reconnect; the
-    /// memory broker hands every publication over).
+    /// memory broker is given the same list).
     pub fn listen_for_orders(&self) {
         self.start_heartbeat();
     }

@@ -218,7 +218,7 @@ impl Node {
             format!("{NODE_CHANNEL_PREFIX}{id}"),
         ];
         let broker = match config.redis_url() {
-            None => Broker::memory(handler),
+            None => Broker::memory(handler, &node_channels),
             Some(url) => Broker::redis(
                 RedisSettings {
                     url: url.to_string(),
