@@ -13,7 +13,7 @@
 //! - [`node`]: the handle that wires the hub to the broker.
 //! - [`permissions`]: namespaces: who may subscribe and publish where.
 //! - [`hub`]: channel → local subscribers; fan-out of shared frame bytes.
-//! - [`broker`]: the `Broker` trait, the memory and Redis brokers.
+//! - [`broker`]: the broker abilities (`PubSub`, `UpstreamLog`), the memory and Redis brokers.
 //! - [`api`]: HTTP publish API, info, health.
 //! - [`control`]: orders for every node (disconnect, send to one connection)
 //!   on the broker's `#control` channel.

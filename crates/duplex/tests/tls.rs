@@ -210,9 +210,11 @@ async fn a_client_that_never_says_hello_is_dropped_after_handshake_timeout() {
         .await
         .expect("the server closes the silent connection");
     assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    // Closed by the handshake timer (counted), not sooner: no upper bound
+    // on a loaded machine beyond the read's generous deadline.
     let elapsed = started.elapsed();
     assert!(
-        elapsed >= Duration::from_millis(250) && elapsed < Duration::from_secs(5),
+        elapsed >= Duration::from_millis(250),
         "closed after {elapsed:?}"
     );
     let info = info_tls(&node, &certs).await;

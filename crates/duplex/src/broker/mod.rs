@@ -1,17 +1,61 @@
 //! Brokers carry publications between nodes.
 //!
-//! A [`Broker`] has node-wide subscriptions (never one per client): the node
-//! subscribes a channel when its first local client wants it and
-//! unsubscribes when the last one leaves. Everything published, including
-//! by this node, comes back through the [`BrokerHandler`] given at
-//! construction, so every node (this one too) sees one order per channel.
+//! A broker is one backend (the embedded memory broker, Redis) seen through
+//! separate abilities, one trait each, so that no trait grows into one
+//! object with every method and a backend offers only what it can:
 //!
-//! Contract: delivery is at most once; per channel, messages from one
-//! publisher arrive in publish order. A subscribe is answered `Ok` only
-//! once the broker confirmed it (messages published after that reach this
-//! node), and refused, with nothing left behind, while it cannot be. Presence and history stores will be
-//! separate traits with the same memory/redis pair of implementations.
+//! - [`PubSub`] (every broker): node-wide subscriptions (never one per
+//!   client) and publishing to every node that holds a channel. Its
+//!   supertrait [`Link`] is the backend's connection: its state for
+//!   `/health` and leaving it at shutdown.
+//! - [`UpstreamLog`] (Redis only): clients' messages appended to streams
+//!   that backend workers read.
+//!
+//! The node holds a [`Broker`]: one `Arc` per ability, `None` where the
+//! backend lacks it (asking for it then answers [`BrokerError::Unsupported`]
+//! with what to configure instead). A backend is built by one constructor
+//! on [`Broker`] and must pass the conformance suite in
+//! `crates/duplex/tests/broker_conformance.rs`: adding a backend there is
+//! one line plus its fixture.
+//!
+//! # The `PubSub` contract
+//!
+//! The node subscribes a channel when its first local client wants it and
+//! unsubscribes when the last one leaves. Everything published on a channel
+//! this node holds, including by this node, comes back through the
+//! [`BrokerHandler`] given at construction, so every node (this one too)
+//! sees one order per channel; nothing comes for channels it does not hold.
+//! Delivery is at most once; per channel, messages from one publisher
+//! arrive in publish order. A subscribe is answered `Ok` only once the
+//! broker confirmed it (messages published after that reach this node),
+//! and refused, with nothing left behind, while it cannot be; confirmed
+//! subscriptions are kept across reconnects.
+//!
+//! # Where the next abilities plug in
+//!
+//! Each is a new trait here, a new `Option<Arc<dyn ...>>` field on
+//! [`Broker`] with an accessor like [`Broker::upstream`], implemented by
+//! the backends that can, and a group of conformance cases; [`PubSub`]
+//! and [`UpstreamLog`] stay as they are.
+//!
+//! - History (issue 17): `trait History` with an append-and-publish that
+//!   is one atomic step on the backend carrying the channel (Redis: a
+//!   script or Function doing `XADD` and `PUBLISH`) and returns the
+//!   offset and epoch, a range read, and the channel's current position.
+//!   The live copy other nodes receive carries offset and epoch, so
+//!   [`Publication`] gains an optional position filled in by the backend.
+//! - Presence (issue 18): `trait Presence` with add, remove and list of
+//!   members under an expiry that each node refreshes in batches, and the
+//!   counts; join and leave pushes travel as publications over [`PubSub`].
+//! - More backends (issue 19: Redis Cluster sharded Pub/Sub, Sentinel,
+//!   NATS): each a new module implementing [`PubSub`] and whichever other
+//!   abilities it can hold (history and presence keys hash-tagged by
+//!   channel so they live on the shard that carries its messages), a
+//!   constructor on [`Broker`], a fixture in the conformance suite. A
+//!   backend that cannot hold an ability leaves it `None`, and the config
+//!   check refuses at start the namespaces that need it.
 
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use bytes::Bytes;
@@ -27,6 +71,9 @@ mod intake;
 pub mod memory;
 mod overlap;
 pub mod redis;
+
+use self::memory::MemoryBroker;
+use self::redis::{RedisBroker, RedisSettings};
 
 /// Receives what the broker delivers to this node.
 pub trait BrokerHandler: Send + Sync + 'static {
@@ -123,8 +170,17 @@ pub(crate) fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// Moves publications between nodes (or within one node).
-pub trait Broker: Send + Sync + 'static {
+/// A backend's connection: what every ability of it shares.
+pub trait Link: Send + Sync + 'static {
+    /// Current state, for health checks.
+    fn state(&self) -> BrokerState;
+    /// Leaves the backend cleanly (unsubscribe, close connections).
+    fn close(&self) -> BoxFuture<'_, ()>;
+}
+
+/// Moves publications between nodes (or within one node): the ability
+/// every broker has (the module doc holds the contract).
+pub trait PubSub: Link {
     /// Publishes to every node that subscribed the channel, this one included.
     fn publish(&self, publication: Publication) -> BoxFuture<'_, Result<(), BrokerError>>;
     /// Publishes to every node but skips one connection held by another
@@ -145,17 +201,78 @@ pub trait Broker: Send + Sync + 'static {
     fn subscribe(&self, channel: ChannelName) -> BoxFuture<'_, Result<(), BrokerError>>;
     /// Stops receiving a channel on this node.
     fn unsubscribe(&self, channel: ChannelName) -> BoxFuture<'_, Result<(), BrokerError>>;
-    /// Current state, for health checks.
-    fn state(&self) -> BrokerState;
-    /// Leaves the broker cleanly (unsubscribe, close connections).
-    fn close(&self) -> BoxFuture<'_, ()>;
-    /// Hands a client's message to the backends (Redis: `XADD` to a stream
-    /// that workers read with consumer groups).
-    fn append_upstream(&self, _message: Upstream) -> BoxFuture<'_, Result<(), BrokerError>> {
-        Box::pin(async {
-            Err(BrokerError::Unsupported(
-                "upstream messages need the Redis broker (--redis) or an HTTP upstream (--upstream-url)",
-            ))
+}
+
+/// Hands clients' messages to the backends: the entries of streams that
+/// workers read (Redis: `XADD`, read with consumer groups).
+pub trait UpstreamLog: Send + Sync + 'static {
+    /// Appends one entry, its fields in order.
+    fn append(&self, message: Upstream) -> BoxFuture<'_, Result<(), BrokerError>>;
+}
+
+/// What [`Broker::upstream`] answers on a backend without streams.
+const NO_UPSTREAM: &str =
+    "upstream messages need the Redis broker (--redis) or an HTTP upstream (--upstream-url)";
+
+/// The broker a node runs on: one backend, seen through its abilities
+/// (cheap to clone: every ability is shared).
+#[derive(Clone)]
+pub struct Broker {
+    pubsub: Arc<dyn PubSub>,
+    upstream: Option<Arc<dyn UpstreamLog>>,
+}
+
+impl std::fmt::Debug for Broker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Broker")
+            .field("kind", &self.pubsub.state().kind)
+            .field("upstream", &self.upstream.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Broker {
+    /// The embedded broker of a single node; it holds `node_channels` (the
+    /// node's order channels) for its whole life, as [`RedisSettings`] does.
+    pub fn memory(handler: Arc<dyn BrokerHandler>, node_channels: &[String]) -> Self {
+        Broker {
+            pubsub: Arc::new(MemoryBroker::new(handler, node_channels)),
+            upstream: None,
+        }
+    }
+
+    /// The Redis broker; starts its tasks and returns at once, even while
+    /// Redis is down (see [`RedisBroker::start`]).
+    pub fn redis(
+        settings: RedisSettings,
+        handler: Arc<dyn BrokerHandler>,
+    ) -> Result<Self, ::redis::RedisError> {
+        let redis = Arc::new(RedisBroker::start(settings, handler)?);
+        Ok(Broker {
+            pubsub: Arc::clone(&redis) as Arc<dyn PubSub>,
+            upstream: Some(redis),
         })
+    }
+
+    /// Channel delivery between nodes.
+    pub fn pubsub(&self) -> &dyn PubSub {
+        &*self.pubsub
+    }
+
+    /// Upstream streams, or why this backend has none.
+    pub fn upstream(&self) -> Result<&dyn UpstreamLog, BrokerError> {
+        self.upstream
+            .as_deref()
+            .ok_or(BrokerError::Unsupported(NO_UPSTREAM))
+    }
+
+    /// The backend's connection state, for health checks.
+    pub fn state(&self) -> BrokerState {
+        self.pubsub.state()
+    }
+
+    /// Leaves the backend cleanly; once, whatever abilities share it.
+    pub async fn close(&self) {
+        self.pubsub.close().await;
     }
 }

@@ -23,7 +23,7 @@ impl Node {
     /// on. The orders themselves need nothing here: the broker holds
     /// `#control` and this node's `#node:<id>` from its start (Redis:
     /// `RedisSettings::node_channels`, restored after every reconnect; the
-    /// memory broker hands every publication over).
+    /// memory broker is given the same list).
     pub fn listen_for_orders(&self) {
         self.start_heartbeat();
     }
@@ -49,7 +49,10 @@ impl Node {
             MessageKind::Binary => "binary",
         };
         let entry = self.upstream_entry(conn, "send", (payload, encoding), Vec::new(), route);
-        let result = self.inner.broker.append_upstream(entry).await;
+        let result = match self.inner.broker.upstream() {
+            Ok(log) => log.append(entry).await,
+            Err(unsupported) => Err(unsupported),
+        };
         match &result {
             Ok(()) => Stats::bump(&self.inner.stats.upstream_messages),
             Err(e) => {
@@ -80,6 +83,7 @@ impl Node {
             serde_json::to_vec(order).map_err(|e| BrokerError::Unavailable(e.to_string()))?;
         self.inner
             .broker
+            .pubsub()
             .publish(Publication {
                 channel,
                 payload: payload.into(),

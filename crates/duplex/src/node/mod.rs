@@ -38,8 +38,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::Verifier;
-use crate::broker::memory::MemoryBroker;
-use crate::broker::redis::{RedisBroker, RedisSettings};
+use crate::broker::redis::RedisSettings;
 use crate::broker::{Broker, BrokerError, BrokerHandler, BrokerState, BrokerStatus};
 use crate::config::reload::ReloadPlan;
 use crate::config::Config;
@@ -110,7 +109,7 @@ struct Inner {
     started: Instant,
     stats: Arc<Stats>,
     hub: Arc<Hub<Conn>>,
-    broker: Box<dyn Broker>,
+    broker: Broker,
     registry: Box<[RegistryShard]>,
     stripes: Box<[tokio::sync::Mutex<()>]>,
     hasher: std::collections::hash_map::RandomState,
@@ -243,9 +242,13 @@ impl Node {
         } else {
             config.node_id.clone()
         };
-        let broker: Box<dyn Broker> = match config.redis_url() {
-            None => Box::new(MemoryBroker::new(handler)),
-            Some(url) => Box::new(RedisBroker::start(
+        let node_channels = vec![
+            CONTROL_CHANNEL.to_string(),
+            format!("{NODE_CHANNEL_PREFIX}{id}"),
+        ];
+        let broker = match config.redis_url() {
+            None => Broker::memory(handler, &node_channels),
+            Some(url) => Broker::redis(
                 RedisSettings {
                     url: url.to_string(),
                     prefix: config.redis_prefix.clone(),
@@ -254,14 +257,11 @@ impl Node {
                     max_backoff: config.redis_max_backoff,
                     upstream_maxlen: config.upstream_maxlen,
                     backlog_bytes: config.redis_backlog_bytes,
-                    node_channels: vec![
-                        CONTROL_CHANNEL.to_string(),
-                        format!("{NODE_CHANNEL_PREFIX}{id}"),
-                    ],
+                    node_channels,
                     node_id: id.clone(),
                 },
                 handler,
-            )?),
+            )?,
         };
         let lanes = std::thread::available_parallelism().map_or(1, |n| n.get());
         let coalescer = Arc::new(Coalescer::new(config.write_delay, lanes));
@@ -555,7 +555,7 @@ impl Node {
     ) -> Result<(), BrokerError> {
         let _guard = self.stripe(channel).lock().await;
         if self.inner.hub.subscribe(channel, conn) {
-            if let Err(e) = self.inner.broker.subscribe(channel.clone()).await {
+            if let Err(e) = self.inner.broker.pubsub().subscribe(channel.clone()).await {
                 self.inner.hub.unsubscribe(channel.as_str(), conn.seq);
                 return Err(e);
             }
@@ -590,7 +590,13 @@ impl Node {
         // The node itself listens on the order channels: a client that was
         // let in there must not take the node's own subscription with it.
         if self.inner.hub.unsubscribe(channel.as_str(), conn.seq) && !is_order_channel(channel) {
-            if let Err(e) = self.inner.broker.unsubscribe(channel.clone()).await {
+            if let Err(e) = self
+                .inner
+                .broker
+                .pubsub()
+                .unsubscribe(channel.clone())
+                .await
+            {
                 tracing::warn!(%channel, error = %e, "broker unsubscribe failed");
             }
         }
@@ -602,7 +608,7 @@ impl Node {
     pub async fn publish(&self, publication: Publication) -> Result<(), BrokerError> {
         Stats::bump(&self.inner.stats.messages_published);
         let channel = publication.channel.clone();
-        let result = self.inner.broker.publish(publication).await;
+        let result = self.inner.broker.pubsub().publish(publication).await;
         self.count_failure(&channel, result)
     }
 
@@ -626,6 +632,7 @@ impl Node {
                 let result = self
                     .inner
                     .broker
+                    .pubsub()
                     .publish_excluding(publication, excluded)
                     .await;
                 self.count_failure(&channel, result)

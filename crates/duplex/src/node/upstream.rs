@@ -295,7 +295,10 @@ impl Node {
             ],
             &route,
         );
-        let appended = self.inner.broker.append_upstream(entry).await;
+        let appended = match self.inner.broker.upstream() {
+            Ok(log) => log.append(entry).await,
+            Err(unsupported) => Err(unsupported),
+        };
         match appended {
             Ok(()) => Ok(()),
             // Already answered (timed out while Redis was slow): no second reply.

@@ -45,6 +45,9 @@ mod size_tests {
 
     /// Every idle connection holds these two futures: keep them small
     /// (boxing the command handlers took the reader from ~5 KiB to ~700 B).
+    /// Sizes move with rustc's layout (rustc 1.95, debug: writer 400,
+    /// reader 728, Conn 360 bytes), so the bounds leave about twice that:
+    /// a compiler update passes, a handler left unboxed (kilobytes) fails.
     #[tokio::test]
     async fn connection_tasks_stay_small() {
         let limits = QueueLimits {
@@ -78,7 +81,7 @@ mod size_tests {
         );
         eprintln!("writer, reader, Conn: {sizes:?} bytes");
         assert!(
-            sizes.0 <= 640 && sizes.1 <= 800 && sizes.2 <= 384,
+            sizes.0 <= 1024 && sizes.1 <= 1536 && sizes.2 <= 768,
             "writer, reader, Conn: {sizes:?} bytes"
         );
     }

@@ -1,62 +1,119 @@
-//! A private redis-server on a free port, killed on drop (like redis-test).
+//! A private redis-server on a port held for it, killed on drop.
+//!
+//! The port is never free for anyone else from the moment it is picked:
+//! the harness binds it (SO_REUSEADDR, not listening) and keeps that
+//! socket for the server's whole life, outages included. The kernel then
+//! hands the port to no other `bind(…:0)` and to no outgoing connection,
+//! while redis-server (which also sets SO_REUSEADDR) may still listen on
+//! it, and a connect while it is down is refused, as with nothing there.
+//! On top, a start only counts once `INFO server` answers with the pid of
+//! the child this harness spawned: no test ever talks to another test's
+//! Redis.
 
-use std::net::TcpListener;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+use socket2::{Domain, Socket, Type};
 
 /// A redis-server child process owned by one test.
 pub struct RedisServer {
     pub port: u16,
+    /// Keeps the port ours while the server is down or starting.
+    _hold: Socket,
     child: Option<Child>,
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
+/// Binds a free loopback port without listening on it.
+fn hold_free_port() -> (Socket, u16) {
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, None).expect("socket");
+    socket.set_reuse_address(true).expect("SO_REUSEADDR");
+    let any = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0));
+    socket.bind(&any.into()).expect("bind a free port");
+    let port = socket
+        .local_addr()
+        .ok()
+        .and_then(|a| a.as_socket())
         .map(|a| a.port())
-        .expect("free port")
+        .expect("bound port");
+    (socket, port)
+}
+
+/// Why a spawn did not give a server of ours.
+#[derive(Debug)]
+enum SpawnError {
+    /// The child exited (e.g. it could not bind): worth another port.
+    Exited(String),
+    /// It never answered in time.
+    Silent,
 }
 
 impl RedisServer {
-    /// Starts redis-server on a free port and waits until it answers.
+    /// Starts redis-server on a port held for it and waits until it answers.
     pub fn start() -> Self {
-        let mut server = RedisServer {
-            port: free_port(),
-            child: None,
-        };
-        server.spawn();
-        server
+        let mut failures = Vec::new();
+        for _ in 0..5 {
+            let (hold, port) = hold_free_port();
+            let mut server = RedisServer {
+                port,
+                _hold: hold,
+                child: None,
+            };
+            match server.spawn() {
+                Ok(()) => return server,
+                Err(e) => failures.push(format!("port {port}: {e:?}")),
+            }
+        }
+        panic!("redis-server did not start: {failures:?}");
     }
 
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
-    fn spawn(&mut self) {
-        let child = Command::new("redis-server")
+    /// Runs redis-server on `self.port` until `INFO server` answers with
+    /// this child's pid.
+    fn spawn(&mut self) -> Result<(), SpawnError> {
+        let mut child = Command::new("redis-server")
             .args(["--port", &self.port.to_string()])
             .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("redis-server must be installed (the README's test command installs it)");
-        self.child = Some(child);
+        let pid = child.id();
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            if let Ok(client) = redis::Client::open(self.url()) {
-                if let Ok(mut conn) = client.get_connection_with_timeout(Duration::from_millis(200))
-                {
-                    if redis::cmd("PING").query::<String>(&mut conn).is_ok() {
-                        return;
-                    }
-                }
+            if let Ok(Some(status)) = child.try_wait() {
+                return Err(SpawnError::Exited(status.to_string()));
             }
-            assert!(Instant::now() < deadline, "redis-server did not start");
+            if self.answering_pid() == Some(pid) {
+                self.child = Some(child);
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(SpawnError::Silent);
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
     }
 
-    /// Kills the server at once (SIGKILL), as an outage would.
+    /// The pid of the redis-server answering on our port, if one does.
+    fn answering_pid(&self) -> Option<u32> {
+        let client = redis::Client::open(self.url()).ok()?;
+        let mut conn = client
+            .get_connection_with_timeout(Duration::from_millis(200))
+            .ok()?;
+        let info: String = redis::cmd("INFO").arg("server").query(&mut conn).ok()?;
+        info.lines()
+            .find_map(|l| l.strip_prefix("process_id:"))
+            .and_then(|pid| pid.trim().parse().ok())
+    }
+
+    /// Kills the server at once (SIGKILL), as an outage would. The port
+    /// stays held: connects are refused until [`Self::restart`].
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
@@ -83,10 +140,12 @@ impl RedisServer {
         assert!(status.success(), "kill {signal} {pid}");
     }
 
-    /// Starts it again on the same port.
+    /// Starts it again on the same port (empty: nothing is persisted).
     pub fn restart(&mut self) {
         self.kill();
-        self.spawn();
+        if let Err(e) = self.spawn() {
+            panic!("redis-server did not restart on port {}: {e:?}", self.port);
+        }
     }
 
     /// A plain Redis connection, as a backend would use.

@@ -1,12 +1,12 @@
 //! The Redis broker: any number of nodes share channels through Redis Pub/Sub.
 //!
-//! - One subscriber connection per node ([`subscriber`]): channels are
+//! - One subscriber connection per node (`subscriber`): channels are
 //!   subscribed when the node's first client wants them and unsubscribed
 //!   when the last one leaves; a change is answered once Redis confirmed it
 //!   (refused while Redis is away), and after a lost connection the node
 //!   reconnects with jittered backoff and subscribes everything again by
 //!   itself. What Redis pushes waits for fan-out in the bounded, per-channel
-//!   fair [`Intake`] queue, drained by one delivery task.
+//!   fair `Intake` queue, drained by one delivery task.
 //! - A separate multiplexed connection for `PUBLISH` and `XADD`, re-opened
 //!   on demand; every operation, connecting included, ends within
 //!   `redis_timeout`. A connection Redis closed (a restart, its idle
@@ -34,8 +34,8 @@ use super::exclusion::{self, EXCLUDE_CHANNEL_PREFIX};
 use super::intake::Intake;
 use super::overlap::{overlap_warning, overlapping_prefixes};
 use super::{
-    unix_now, Broker, BrokerError, BrokerHandler, BrokerState, BrokerStatus, RemoteConnection,
-    Upstream,
+    unix_now, BrokerError, BrokerHandler, BrokerState, BrokerStatus, Link, PubSub,
+    RemoteConnection, Upstream, UpstreamLog,
 };
 use crate::message::Publication;
 use crate::throttle::Throttle;
@@ -57,7 +57,7 @@ pub struct RedisSettings {
     /// Approximate length cap of upstream streams (`XADD MAXLEN ~`).
     pub upstream_maxlen: usize,
     /// Bytes of messages from Redis that may wait for fan-out before the
-    /// busiest channels' new ones are dropped (see [`Intake`]).
+    /// busiest channels' new ones are dropped (see `broker::intake`).
     pub backlog_bytes: usize,
     /// Channels (without prefix) the node listens to for its whole life,
     /// whatever its clients do: its order channels.
@@ -359,7 +359,29 @@ async fn deliver(shared: Arc<Shared>) {
     }
 }
 
-impl Broker for RedisBroker {
+impl Link for RedisBroker {
+    fn state(&self) -> BrokerState {
+        let mut state = self.shared.state.lock().clone();
+        state.dropped = self.shared.intake.dropped();
+        state.backlog_bytes = self.shared.intake.backlog() as u64;
+        state
+    }
+
+    fn close(&self) -> BoxFuture<'_, ()> {
+        async move {
+            self.cancel.cancel();
+            self.shared.intake.close();
+            let tasks = std::mem::take(&mut *self.tasks.lock());
+            for task in tasks {
+                let _ = tokio::time::timeout(self.shared.settings.timeout, task).await;
+            }
+            self.publisher.lock().take();
+        }
+        .boxed()
+    }
+}
+
+impl PubSub for RedisBroker {
     fn publish(&self, publication: Publication) -> BoxFuture<'_, Result<(), BrokerError>> {
         self.do_publish(publication).boxed()
     }
@@ -388,29 +410,11 @@ impl Broker for RedisBroker {
     fn unsubscribe(&self, channel: ChannelName) -> BoxFuture<'_, Result<(), BrokerError>> {
         self.change(channel, false).boxed()
     }
+}
 
-    fn state(&self) -> BrokerState {
-        let mut state = self.shared.state.lock().clone();
-        state.dropped = self.shared.intake.dropped();
-        state.backlog_bytes = self.shared.intake.backlog() as u64;
-        state
-    }
-
-    fn append_upstream(&self, message: Upstream) -> BoxFuture<'_, Result<(), BrokerError>> {
+impl UpstreamLog for RedisBroker {
+    fn append(&self, message: Upstream) -> BoxFuture<'_, Result<(), BrokerError>> {
         self.do_append(message).boxed()
-    }
-
-    fn close(&self) -> BoxFuture<'_, ()> {
-        async move {
-            self.cancel.cancel();
-            self.shared.intake.close();
-            let tasks = std::mem::take(&mut *self.tasks.lock());
-            for task in tasks {
-                let _ = tokio::time::timeout(self.shared.settings.timeout, task).await;
-            }
-            self.publisher.lock().take();
-        }
-        .boxed()
     }
 }
 

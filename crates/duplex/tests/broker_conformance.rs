@@ -1,0 +1,50 @@
+//! The broker contract (`duplex::broker`'s module doc), checked once for
+//! every broker: each case in `broker_conformance/cases.rs` is written
+//! against the ability traits only and stamped out here per backend, so a
+//! test is named `<backend>::<case>` (`cargo test --test broker_conformance
+//! redis::`). A new backend is one `conformance!` line below plus its
+//! [`Fixture`](fixtures::Fixture) in `broker_conformance/fixtures.rs`:
+//! how to start it, make a node on it, take it down and bring it back.
+//!
+//! Real backends only: the Redis cases run on a private redis-server.
+
+mod support;
+
+#[path = "broker_conformance/cases.rs"]
+mod cases;
+#[path = "broker_conformance/fixtures.rs"]
+mod fixtures;
+
+/// Stamps every case out for one backend: `conformance!(module, Fixture)`.
+macro_rules! conformance {
+    ($backend:ident, $fixture:ty) => {
+        conformance!(
+            @cases $backend, $fixture,
+            subscribe_is_confirmed_before_ok,
+            unsubscribe_stops_delivery,
+            each_subscribed_node_gets_each_publication_once,
+            each_publisher_keeps_its_order,
+            kinds_follow_the_backend_rule,
+            excluding_a_connection_on_another_node,
+            a_local_sender_is_excluded_here_only,
+            an_outage_is_reported_and_refused,
+            subscriptions_survive_a_restart,
+            upstream_entries_are_appended_in_order,
+        );
+    };
+    (@cases $backend:ident, $fixture:ty, $($case:ident),+ $(,)?) => {
+        mod $backend {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    let fixture =
+                        <$fixture as crate::fixtures::Fixture>::start().await;
+                    crate::cases::$case(fixture).await;
+                }
+            )+
+        }
+    };
+}
+
+conformance!(memory, crate::fixtures::Memory);
+conformance!(redis, crate::fixtures::Redis);

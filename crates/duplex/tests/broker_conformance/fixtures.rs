@@ -1,0 +1,189 @@
+//! What the cases need of a backend, and one [`Fixture`] per backend.
+//!
+//! A node here is what a Duplex node holds of its broker: a [`Broker`] and
+//! the handler it delivers to, which only records (the brokers are real).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use duplex::broker::redis::RedisSettings;
+use duplex::broker::{Broker, BrokerHandler, BrokerStatus};
+use duplex::message::Publication;
+use futures_util::future::BoxFuture;
+use tokio::sync::mpsc;
+
+use crate::support;
+use crate::support::redis_server::RedisServer;
+
+/// What a backend does with a message's text/binary kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum KindRule {
+    /// Delivered as published (memory).
+    Kept,
+    /// Only bytes travel: text when the bytes are UTF-8 (Redis).
+    InferredFromUtf8,
+}
+
+/// One upstream stream entry: its fields in order.
+pub(crate) type Entry = Vec<(String, Vec<u8>)>;
+
+/// One backend under test.
+pub(crate) trait Fixture: Sized + Send + 'static {
+    /// Nodes that share channels on it (memory: only one node exists).
+    const NODES: usize;
+    /// What it does with the message kind.
+    const KIND: KindRule;
+    /// Whether it holds upstream streams.
+    const UPSTREAM: bool;
+
+    /// Brings the backend up.
+    async fn start() -> Self;
+    /// A node on it, connected; `id` is its node id.
+    async fn node(&self, id: &str) -> Node;
+    /// Takes the backend away; false when it cannot go away (memory).
+    fn stop(&mut self) -> bool;
+    /// Brings it back, empty; false when it cannot go away (memory).
+    fn restart(&mut self) -> bool;
+    /// The entries of an upstream stream, as a worker reads them.
+    async fn upstream_entries(&self, stream: &str) -> Vec<Entry>;
+}
+
+/// A broker as one node holds it, and what it delivered to that node.
+pub(crate) struct Node {
+    /// Its node id.
+    pub(crate) id: String,
+    pub(crate) broker: Broker,
+    pub(crate) seen: Seen,
+}
+
+/// The publications a broker handed to its node, in order.
+pub(crate) struct Seen(mpsc::UnboundedReceiver<Publication>);
+
+impl Seen {
+    /// The next one, waiting for it (a panic after [`support::WAIT`]).
+    pub(crate) async fn next(&mut self) -> Publication {
+        match tokio::time::timeout(support::WAIT, self.0.recv()).await {
+            Ok(Some(publication)) => publication,
+            Ok(None) => panic!("the broker dropped its handler"),
+            Err(_) => panic!("nothing delivered within {:?}", support::WAIT),
+        }
+    }
+}
+
+/// The handler given to the broker: hands each publication to [`Seen`].
+struct Record(mpsc::UnboundedSender<Publication>);
+
+impl BrokerHandler for Record {
+    fn handle_publication(&self, publication: Publication) -> BoxFuture<'_, ()> {
+        let _ = self.0.send(publication);
+        Box::pin(async {})
+    }
+}
+
+fn recorder() -> (Arc<dyn BrokerHandler>, Seen) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    (Arc::new(Record(tx)), Seen(rx))
+}
+
+/// The embedded broker.
+pub(crate) struct Memory;
+
+impl Fixture for Memory {
+    const NODES: usize = 1;
+    const KIND: KindRule = KindRule::Kept;
+    const UPSTREAM: bool = false;
+
+    async fn start() -> Self {
+        Memory
+    }
+
+    async fn node(&self, id: &str) -> Node {
+        let (handler, seen) = recorder();
+        Node {
+            id: id.to_string(),
+            broker: Broker::memory(handler, &[]),
+            seen,
+        }
+    }
+
+    fn stop(&mut self) -> bool {
+        false
+    }
+
+    fn restart(&mut self) -> bool {
+        false
+    }
+
+    async fn upstream_entries(&self, _stream: &str) -> Vec<Entry> {
+        Vec::new()
+    }
+}
+
+/// The Redis broker, nodes on one private redis-server.
+pub(crate) struct Redis {
+    server: RedisServer,
+}
+
+/// Every Redis key and channel of the fixture starts with it.
+const PREFIX: &str = "conformance:";
+/// The fixture's `redis_timeout`.
+pub(crate) const REDIS_TIMEOUT: Duration = Duration::from_secs(1);
+
+impl Fixture for Redis {
+    const NODES: usize = 2;
+    const KIND: KindRule = KindRule::InferredFromUtf8;
+    const UPSTREAM: bool = true;
+
+    async fn start() -> Self {
+        Redis {
+            server: RedisServer::start(),
+        }
+    }
+
+    async fn node(&self, id: &str) -> Node {
+        let (handler, seen) = recorder();
+        let settings = RedisSettings {
+            url: self.server.url(),
+            prefix: PREFIX.to_string(),
+            timeout: REDIS_TIMEOUT,
+            health_interval: Duration::from_secs(1),
+            max_backoff: Duration::from_millis(100),
+            upstream_maxlen: 1000,
+            backlog_bytes: 1 << 20,
+            node_channels: Vec::new(),
+            node_id: id.to_string(),
+        };
+        let broker = Broker::redis(settings, handler).expect("a valid Redis URL");
+        support::eventually("the node's broker connects", || async {
+            broker.state().status == BrokerStatus::Connected
+        })
+        .await;
+        Node {
+            id: id.to_string(),
+            broker,
+            seen,
+        }
+    }
+
+    fn stop(&mut self) -> bool {
+        self.server.kill();
+        true
+    }
+
+    fn restart(&mut self) -> bool {
+        self.server.restart();
+        true
+    }
+
+    async fn upstream_entries(&self, stream: &str) -> Vec<Entry> {
+        let mut conn = self.server.connection().await;
+        let entries: Vec<(String, Entry)> = redis::cmd("XRANGE")
+            .arg(format!("{PREFIX}{stream}"))
+            .arg("-")
+            .arg("+")
+            .query_async(&mut conn)
+            .await
+            .expect("XRANGE");
+        entries.into_iter().map(|(_id, fields)| fields).collect()
+    }
+}
