@@ -15,9 +15,6 @@ use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
 use axum::extract::ConnectInfo;
-use axum::middleware;
-use axum::routing::get;
-use axum::Router;
 use duplex_protocol::code::CloseCode;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
@@ -29,15 +26,15 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
+use crate::api::guard::HttpGuard;
+use crate::api::origin::OriginPolicy;
+use crate::api::{AppState, LiveTls};
 use crate::config::Config;
 use crate::conn::coalesce;
 use crate::node::{Node, NodeError};
 use crate::stats::Stats;
 use crate::tls::TlsError;
-use crate::transport::guard::{self, HttpGuard};
-use crate::transport::origin::OriginPolicy;
 use crate::transport::sockets::{self, Admission, Socket, Sockets};
-use crate::transport::upgrade;
 use crate::{api, heartbeat};
 
 /// Pending-connection queue of the listening socket. The OS default (128 via
@@ -82,39 +79,6 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(LISTEN_BACKLOG)
 }
 
-/// What every handler can reach.
-#[derive(Clone, Debug)]
-pub struct AppState {
-    /// The node.
-    pub node: Node,
-    /// Cancelled when shutdown starts.
-    pub shutdown: CancellationToken,
-    /// Every connection task, so shutdown can wait for them.
-    pub tracker: TaskTracker,
-    /// Which web pages may open WebSockets.
-    pub(crate) origins: Arc<OriginPolicy>,
-    /// What `/metrics` renders.
-    pub(crate) metrics: Arc<prometheus_client::registry::Registry>,
-    /// Which names the node answers to, and how long a request body may take.
-    pub(crate) guard: Arc<HttpGuard>,
-    /// Every accepted connection, counted until it closes.
-    pub(crate) sockets: Arc<Sockets>,
-    /// The TLS certificate new connections get; a reload swaps it.
-    pub(crate) tls: Arc<LiveTls>,
-}
-
-/// The TLS acceptor of new connections (none: plain), swapped by a reload.
-#[derive(Default)]
-pub(crate) struct LiveTls(ArcSwapOption<TlsAcceptor>);
-
-impl std::fmt::Debug for LiveTls {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LiveTls")
-            .field("on", &self.0.load().is_some())
-            .finish()
-    }
-}
-
 /// Why the server stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -127,25 +91,6 @@ pub enum ServerError {
     /// The TLS certificate or key cannot be used.
     #[error(transparent)]
     Tls(#[from] TlsError),
-}
-
-/// All routes of a node. Every request, whatever its path (unknown ones
-/// and the WebSocket upgrades included), first passes the `Host` check,
-/// then gets its body deadline (`transport::guard`).
-pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/", get(api::console::root))
-        .route("/ws", get(upgrade::native))
-        .merge(api::routes(&state))
-        .layer(middleware::from_fn_with_state(
-            state.clone(),
-            guard::body_deadline,
-        ))
-        .layer(middleware::from_fn_with_state(
-            state.clone(),
-            guard::check_host,
-        ))
-        .with_state(state)
 }
 
 /// Serves until `shutdown` resolves, then shuts down gracefully.
@@ -359,7 +304,7 @@ async fn apply_reloads(state: AppState, mut reloads: mpsc::Receiver<Config>) {
 }
 
 async fn accept_loop(listener: &TcpListener, state: &AppState, shutdown: impl Future<Output = ()>) {
-    let app = router(state.clone());
+    let app = api::router(state.clone());
     let unacked_limit = {
         let config = state.node.config();
         config.ping_interval + config.pong_timeout

@@ -50,7 +50,7 @@ const fn upgrade(path: &'static str) -> Route {
     }
 }
 
-/// Every route of `server::router` and `api::routes`, plus unknown paths.
+/// Every route of `api::router`, plus unknown paths.
 const ROUTES: &[Route] = &[
     upgrade("/"),
     upgrade("/ws"),

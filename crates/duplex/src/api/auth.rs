@@ -10,8 +10,8 @@ use axum::response::{IntoResponse, Response};
 use subtle::ConstantTimeEq;
 
 use super::ApiError;
+use crate::api::AppState;
 use crate::config::Config;
-use crate::server::AppState;
 
 /// What the API key check makes of a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

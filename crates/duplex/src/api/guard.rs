@@ -1,5 +1,5 @@
 //! What every HTTP request passes through before its route (one layer each,
-//! in `server::router`, over every route, the WebSocket upgrades included):
+//! in `api::router`, over every route, the WebSocket upgrades included):
 //!
 //! - [`check_host`]: the `Host` must be one this node answers to
 //!   ([`HostPolicy`], against DNS rebinding), else **421** `host_not_allowed`.
@@ -27,8 +27,7 @@ use http_body::{Frame, SizeHint};
 use tokio::time::{Instant, Sleep};
 
 use super::host::HostPolicy;
-use crate::api::ApiError;
-use crate::server::AppState;
+use super::{ApiError, AppState};
 use crate::stats::Stats;
 use crate::throttle::Throttle;
 

@@ -24,20 +24,25 @@
 mod auth;
 pub(crate) mod console;
 mod error;
+pub(crate) mod guard;
+pub(crate) mod host;
 mod json;
+pub(crate) mod origin;
 mod publish;
 mod reply;
 mod sessions;
+mod state;
 mod status;
+pub mod upgrade;
 
 use axum::extract::DefaultBodyLimit;
 use axum::middleware;
 use axum::routing::{get, post};
 use axum::Router;
 
-use crate::server::AppState;
-
 pub use error::ApiError;
+pub use state::AppState;
+pub(crate) use state::LiveTls;
 
 /// Routes under `/api` plus `/health`.
 pub fn routes(state: &AppState) -> Router<AppState> {
@@ -88,4 +93,23 @@ async fn client_js() -> impl axum::response::IntoResponse {
         ],
         CLIENT_JS,
     )
+}
+
+/// All routes of a node. Every request, whatever its path (unknown ones
+/// and the WebSocket upgrades included), first passes the `Host` check,
+/// then gets its body deadline (`guard`).
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/", get(console::root))
+        .route("/ws", get(upgrade::native))
+        .merge(routes(&state))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            guard::body_deadline,
+        ))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            guard::check_host,
+        ))
+        .with_state(state)
 }

@@ -13,11 +13,11 @@ use serde_json::{json, Value};
 
 use super::json::Body;
 use super::ApiError;
+use crate::api::AppState;
 use crate::broker::BrokerError;
 use crate::control::{Order, Target, CONN_CHANNEL_PREFIX, DEFAULT_DISCONNECT_CODE};
 use crate::message::Publication;
 use crate::node::Node;
-use crate::server::AppState;
 use crate::stats::Stats;
 
 #[derive(Debug, Deserialize)]

@@ -10,8 +10,8 @@ use serde_json::{json, Value};
 
 use super::json::Body;
 use super::ApiError;
+use crate::api::AppState;
 use crate::control::{Order, ReplyWire};
-use crate::server::AppState;
 
 /// `POST /api/reply`: answers once the reply is on its way to the holding
 /// node (whether the call is still waiting is that node's business: a late

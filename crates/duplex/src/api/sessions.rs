@@ -11,9 +11,9 @@ use serde_json::Value;
 
 use super::json::Body;
 use super::ApiError;
+use crate::api::AppState;
 use crate::control::{Order, MAX_QUERY_LIMIT};
 use crate::node::ConnectionList;
-use crate::server::AppState;
 
 /// `limit` of `/api/connections` when none is given.
 const DEFAULT_LIMIT: usize = 1000;

@@ -7,8 +7,8 @@ use duplex_protocol::channel::ChannelName;
 use serde_json::{json, Value};
 
 use super::ApiError;
+use crate::api::AppState;
 use crate::node::NodeInfo;
-use crate::server::AppState;
 
 /// Most channels one `/api/channels?limit=` answer lists, so a dashboard
 /// polling a node with a million channels gets a bounded answer.

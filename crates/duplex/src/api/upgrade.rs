@@ -15,17 +15,17 @@ use duplex_protocol::channel::ChannelName;
 use duplex_protocol::code::CloseCode;
 use duplex_protocol::ws::accept_key;
 
-use super::reader;
-use super::sockets::Socket;
-use super::stream::Stream;
+use super::AppState;
 use crate::auth::TokenError;
 use crate::hub::Wire;
 use crate::node::{Node, Refused};
-use crate::server::AppState;
 use crate::session::native::NativeSession;
 use crate::session::plain::{PlainSession, Unstarted};
 use crate::session::{self, Authenticated, Identity, Session};
 use crate::stats::Stats;
+use crate::transport::reader;
+use crate::transport::sockets::Socket;
+use crate::transport::stream::Stream;
 
 /// `GET /`: plain mode (the classic demo).
 pub async fn plain(

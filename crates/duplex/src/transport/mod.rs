@@ -1,30 +1,20 @@
-//! WebSocket transport: the HTTP upgrade, then two tasks per connection.
+//! WebSocket transport: bytes <-> frames, two tasks per connection, once
+//! `api::upgrade` has answered the handshake with 101.
 //!
-//! - [`upgrade`]: checks the handshake, answers 101, and hands the raw
-//!   stream (TCP or TLS) to a connection task (or refuses with a status and
-//!   a reason).
 //! - [`stream`]: what reading and writing mean on plain TCP and on TLS.
 //! - [`reader`]: the connection task: reads, decodes frames, feeds the
 //!   session, and tears everything down at the end.
 //! - [`writer`]: drains the outbound queue with coalesced vectored writes.
-//! - [`outbound`]: the bounded queue between producers and the writer.
-//! - [`origin`]: which web pages may open WebSockets (CSWSH protection).
-//! - [`host`]: which names the node answers to (DNS rebinding protection).
-//! - [`guard`]: the checks every HTTP request passes before its route:
-//!   `Host`, and the request body's deadline.
+//! - The bounded queue between producers and the writer is `conn::outbound`.
 //! - [`sockets`]: every accepted connection counted until it closes, HTTP
 //!   connections capped with fair eviction, file descriptors kept in reserve.
 //!
 //! Frames are decoded by `duplex_protocol::ws`, a sans-IO decoder whose
 //! buffers we own: an idle connection holds no read buffer at all.
 
-pub(crate) mod guard;
-pub(crate) mod host;
-pub(crate) mod origin;
 pub(crate) mod reader;
 pub(crate) mod sockets;
 pub(crate) mod stream;
-pub mod upgrade;
 pub(crate) mod writer;
 
 use std::time::Duration;

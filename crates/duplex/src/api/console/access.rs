@@ -14,7 +14,7 @@ use axum::Json;
 use serde::Serialize;
 
 use super::super::auth::{check_key, KeyCheck};
-use crate::server::AppState;
+use crate::api::AppState;
 
 /// The answer: `api_key_accepted` is true when `/api` would serve this request.
 #[derive(Debug, Serialize)]

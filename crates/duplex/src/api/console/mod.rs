@@ -21,8 +21,8 @@ use axum::extract::{ConnectInfo, State};
 use axum::http::{header, HeaderMap, HeaderValue, Request, Response};
 use axum::response::IntoResponse;
 
-use crate::server::AppState;
-use crate::transport::upgrade;
+use crate::api::upgrade;
+use crate::api::AppState;
 
 const PAGE: &str = include_str!("console.html");
 const STYLE: &str = include_str!("console.css");

@@ -26,9 +26,9 @@ use serde_json::{json, Value};
 
 use super::super::json::Body;
 use super::super::ApiError;
+use crate::api::AppState;
 use crate::auth::unix_now;
 use crate::control::{CONTROL_CHANNEL, NODE_CHANNEL_PREFIX};
-use crate::server::AppState;
 
 /// Seconds a watch token lives: short, since it reads a channel the console
 /// user may not otherwise see; the client refreshes it well before the end.
