@@ -1,25 +1,31 @@
 //! Duplex: a real-time messaging gateway. WebSocket clients on one side,
 //! channels in the middle, an in-memory or Redis broker on the other.
 //!
-//! # Layout (in the order a message flows)
+//! # Layout (in the order a message flows, each module using only those below it)
 //!
-//! - [`config`]: settings from flags, `DUPLEX_*` environment and TOML.
-//! - [`auth`]: connection tokens (JWT): who a client is.
-//! - [`server`]: listener, routes, graceful shutdown.
-//! - [`tls`]: the certificate and key for `wss://` and `https://`.
-//! - [`transport`]: WebSocket upgrade, per-connection reader and writer
-//!   tasks, the bounded outbound queue.
-//! - `session`: one client's state machine (plain mode, native protocol).
-//! - [`node`]: the handle that wires the hub to the broker.
-//! - [`permissions`]: namespaces: who may subscribe and publish where.
-//! - [`hub`]: channel → local subscribers; fan-out of shared frame bytes.
-//! - [`broker`]: the broker abilities (`PubSub`, `UpstreamLog`), the memory and Redis brokers.
-//! - [`api`]: HTTP publish API, info, health.
-//! - [`control`]: orders for every node (disconnect, send to one connection)
-//!   on the broker's `#control` channel.
-//! - `heartbeat`: one sweeper that pings clients and drops dead ones.
-//! - [`stats`]: counters for everything dropped or cut; [`metrics`] shows
-//!   them to Prometheus.
+//! - [`server`]: listener, accept loop, TLS handshake, reloads, graceful shutdown.
+//! - [`api`]: the HTTP layer: the router and its state, the `Host` and body
+//!   guards, the WebSocket upgrade handlers (`/`, `/ws`), the HTTP API, the console.
+//! - [`transport`]: bytes <-> WebSocket frames: one reader and one writer
+//!   task per connection, the socket table.
+//! - `session`: one client's rules: plain mode and the native protocol,
+//!   tokens, permissions, rate limits.
+//! - `heartbeat`: one sweeper that pings clients and drops dead ones;
+//!   [`metrics`]: the counters for Prometheus.
+//! - [`node`]: the registry of connections and the wiring of hub, broker and
+//!   upstreams (rpc, HTTP upstream, orders between nodes).
+//! - [`conn`]: the client handle below the node: its bounded outbound queue,
+//!   write batching and pressure.
+//! - [`hub`]: channel -> local subscribers; fan-out of shared frame bytes.
+//! - [`broker`]: the broker abilities (`PubSub`, `UpstreamLog`), the memory
+//!   and Redis brokers.
+//! - Leaves: [`config`] (flags, `DUPLEX_*`, TOML, reloads), [`auth`] (JWT),
+//!   [`permissions`] (namespaces), [`control`] (orders on `#control`),
+//!   [`message`] (the publication), [`stats`] (every counter, declared
+//!   once), [`tls`], and `limits`, `rate`, `throttle`.
+//!
+//! `tests/architecture.rs` checks that no import circle joins these modules;
+//! docs/ARCHITECTURE.md draws the picture.
 //!
 //! The wire formats (frames, JSON protocol, codes) live in the pure
 //! `duplex-protocol` crate.
