@@ -9,7 +9,11 @@
 //! leave the broker out of step with the hub.
 
 mod backends;
+mod channels;
 mod query;
+mod registry;
+mod reload;
+mod tasks;
 mod unsubscribe;
 
 pub use query::{ConnectionList, QueryError};
@@ -19,6 +23,7 @@ mod upstream;
 mod upstream_signature;
 
 pub(crate) use rpc::Outcome;
+pub(crate) use tasks::Tasks;
 pub(crate) use upstream::{CallError, OverBudget};
 
 use std::collections::HashMap;
@@ -135,30 +140,6 @@ struct Inner {
     tasks: Tasks,
 }
 
-/// The node's background tasks: each ends when `stop` is cancelled, and
-/// [`Node::stop_tasks`] waits for all of them (no task outlives the node).
-#[derive(Debug, Clone, Default)]
-pub(crate) struct Tasks {
-    tracker: TaskTracker,
-    stop: CancellationToken,
-}
-
-impl Tasks {
-    /// Runs `task` until it ends or the node stops.
-    pub(crate) fn spawn<F>(&self, task: F)
-    where
-        F: std::future::Future<Output = ()> + Send + 'static,
-    {
-        let stop = self.stop.clone();
-        self.tracker.spawn(async move {
-            tokio::select! {
-                _ = stop.cancelled() => {}
-                _ = task => {}
-            }
-        });
-    }
-}
-
 impl std::fmt::Debug for Inner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Node")
@@ -242,27 +223,7 @@ impl Node {
         } else {
             config.node_id.clone()
         };
-        let node_channels = vec![
-            CONTROL_CHANNEL.to_string(),
-            format!("{NODE_CHANNEL_PREFIX}{id}"),
-        ];
-        let broker = match config.redis_url() {
-            None => Broker::memory(handler, &node_channels),
-            Some(url) => Broker::redis(
-                RedisSettings {
-                    url: url.to_string(),
-                    prefix: config.redis_prefix.clone(),
-                    timeout: config.redis_timeout,
-                    health_interval: config.redis_health_interval,
-                    max_backoff: config.redis_max_backoff,
-                    upstream_maxlen: config.upstream_maxlen,
-                    backlog_bytes: config.redis_backlog_bytes,
-                    node_channels,
-                    node_id: id.clone(),
-                },
-                handler,
-            )?,
-        };
+        let broker = start_broker(&config, &id, handler)?;
         let lanes = std::thread::available_parallelism().map_or(1, |n| n.get());
         let coalescer = Arc::new(Coalescer::new(config.write_delay, lanes));
         let rpcs = rpc::Rpcs::new(&config);
@@ -336,55 +297,6 @@ impl Node {
         self.inner.permissions.load()
     }
 
-    /// Takes the reloadable settings of `new` (a valid config, SIGHUP):
-    /// rebuilds the token verifier (fetching a JWKS first) and the namespace
-    /// rules before anything is swapped, so a key file that cannot be read
-    /// leaves the running config whole. Open connections keep what they
-    /// were admitted with.
-    pub async fn reload(&self, new: &Config) -> Result<ReloadPlan, NodeError> {
-        let live = self.config();
-        let mut plan = crate::config::reload::plan(&live, new);
-        // Rebuilt even when no setting changed: key files may have been
-        // rotated in place.
-        let verifier = Verifier::from_config(&plan.config)?.map(Arc::new);
-        if let Some(v) = verifier
-            .as_ref()
-            .filter(|_| !plan.config.token_jwks_url.is_empty())
-        {
-            v.refresh_jwks().await?;
-            self.inner
-                .tasks
-                .spawn(Verifier::keep_jwks_fresh(Arc::downgrade(v)));
-        }
-        let mut permissions = Permissions::new(plan.config.namespaces.clone())?;
-        if permissions.has_upstream_urls() && self.inner.http.is_none() {
-            // The HTTP upstream client is started with the node.
-            plan.config.namespaces = live.namespaces.clone();
-            plan.applied.retain(|s| *s != "namespaces");
-            plan.need_restart.push("namespaces (a first upstream_url)");
-            permissions = Permissions::new(plan.config.namespaces.clone())?;
-        }
-        self.inner.verifier.store(verifier);
-        self.inner.permissions.store(Arc::new(permissions));
-        self.inner.config.store(Arc::new(plan.config.clone()));
-        Ok(plan)
-    }
-
-    /// The node's background tasks, for the server's own (heartbeat, write
-    /// batching lanes, reloads) to end and be awaited with them.
-    pub(crate) fn tasks(&self) -> &Tasks {
-        &self.inner.tasks
-    }
-
-    /// Ends every background task the node started and waits for them:
-    /// the last step of shutdown, after the broker is closed.
-    pub async fn stop_tasks(&self) {
-        let tasks = &self.inner.tasks;
-        tasks.stop.cancel();
-        tasks.tracker.close();
-        tasks.tracker.wait().await;
-    }
-
     /// Counters.
     pub fn stats(&self) -> &Stats {
         &self.inner.stats
@@ -411,255 +323,6 @@ impl Node {
         self.inner.broker.state().status == BrokerStatus::Connected
     }
 
-    /// Creates and registers a connection.
-    pub(crate) fn register(&self, wire: Wire, remote: SocketAddr) -> Result<Arc<Conn>, Refused> {
-        let config = self.config();
-        self.admit(remote.ip())?;
-        let seq = self.inner.next_seq.fetch_add(1, Relaxed);
-        let limits = QueueLimits {
-            max_bytes: config.max_queued_bytes,
-            max_frames: config.max_queued_messages,
-        };
-        let conn = Conn::new(
-            seq,
-            &self.inner.id,
-            wire,
-            remote,
-            limits,
-            &self.inner.coalescer,
-            self.now_ms(),
-        );
-        self.registry_shard(seq)
-            .lock()
-            .insert(seq, Arc::clone(&conn));
-        Stats::bump(&self.inner.stats.connects);
-        if wire == Wire::Native {
-            Stats::bump(&self.inner.stats.native_connections);
-        }
-        Ok(conn)
-    }
-
-    /// Counts a connection of `user` against `max_connections_per_user`;
-    /// the slot is released when dropped.
-    pub(crate) fn claim_user(&self, user: &str) -> Result<Option<UserSlot>, usize> {
-        let claimed = self.inner.users.claim(user);
-        if claimed.is_err() {
-            Stats::bump(&self.inner.stats.connections_refused);
-        }
-        claimed
-    }
-
-    /// A connection's place in `max_subscriptions_per_ip`, empty until it
-    /// subscribes; given back when dropped.
-    pub(crate) fn address_subscriptions(&self, conn: &Conn) -> AddressSubscriptions {
-        self.inner.address_subscriptions.share(conn.remote.ip())
-    }
-
-    /// Counts a new connection against the node and per-address limits.
-    fn admit(&self, ip: IpAddr) -> Result<(), Refused> {
-        if !self.inner.handshakes.allow(ip) {
-            Stats::bump(&self.inner.stats.connections_refused);
-            return Err(Refused::HandshakeRate(self.config().max_handshakes_per_ip));
-        }
-        let refused = self.admit_counted(ip);
-        if refused.is_err() {
-            Stats::bump(&self.inner.stats.connections_refused);
-        }
-        refused
-    }
-
-    fn admit_counted(&self, ip: IpAddr) -> Result<(), Refused> {
-        let config = self.config();
-        let open = self.inner.stats.connections.fetch_add(1, Relaxed);
-        if config.max_connections > 0 && open >= config.max_connections as u64 {
-            self.inner.stats.connections.fetch_sub(1, Relaxed);
-            return Err(Refused::NodeFull(config.max_connections));
-        }
-        if config.max_connections_per_ip > 0 {
-            let mut per_ip = self.inner.per_ip.lock();
-            let count = per_ip.entry(ip).or_insert(0);
-            if *count >= config.max_connections_per_ip {
-                drop(per_ip);
-                self.inner.stats.connections.fetch_sub(1, Relaxed);
-                return Err(Refused::AddressFull(config.max_connections_per_ip));
-            }
-            *count += 1;
-        }
-        Ok(())
-    }
-
-    fn release(&self, ip: IpAddr) {
-        self.inner.stats.connections.fetch_sub(1, Relaxed);
-        if self.config().max_connections_per_ip > 0 {
-            let mut per_ip = self.inner.per_ip.lock();
-            if let Some(count) = per_ip.get_mut(&ip) {
-                *count -= 1;
-                if *count == 0 {
-                    per_ip.remove(&ip);
-                }
-            }
-        }
-    }
-
-    /// Removes a connection and all its subscriptions.
-    pub(crate) async fn deregister(
-        &self,
-        conn: &Conn,
-        channels: impl IntoIterator<Item = ChannelName>,
-    ) {
-        for channel in channels {
-            self.unsubscribe(conn, &channel).await;
-        }
-        self.inner.revoked.forget(conn.seq);
-        self.registry_shard(conn.seq).lock().remove(&conn.seq);
-        self.forget_calls(conn.seq);
-        if conn.wire == Wire::Native {
-            self.inner.stats.native_connections.fetch_sub(1, Relaxed);
-        }
-        self.release(conn.remote.ip());
-    }
-
-    fn registry_shard(&self, seq: u64) -> &RegistryShard {
-        &self.inner.registry[seq as usize % REGISTRY_SHARDS]
-    }
-
-    /// The connection with this node-local sequence number, if still open.
-    pub(crate) fn connection_by_seq(&self, seq: u64) -> Option<Arc<Conn>> {
-        self.registry_shard(seq).lock().get(&seq).cloned()
-    }
-
-    /// Write coalescing (see `conn::coalesce`).
-    pub(crate) fn coalescer(&self) -> &Arc<Coalescer> {
-        &self.inner.coalescer
-    }
-
-    /// A snapshot of every open connection (for heartbeats and shutdown).
-    pub(crate) fn connections(&self) -> Vec<Arc<Conn>> {
-        let mut all = Vec::new();
-        for shard in self.inner.registry.iter() {
-            all.extend(shard.lock().values().cloned());
-        }
-        all
-    }
-
-    fn stripe(&self, channel: &ChannelName) -> &tokio::sync::Mutex<()> {
-        let i = self.inner.hasher.hash_one(channel.as_str()) as usize % STRIPES;
-        &self.inner.stripes[i]
-    }
-
-    /// Subscribes `conn` (which must not hold `channel` yet) on this node.
-    pub(crate) async fn subscribe(
-        &self,
-        conn: &Arc<Conn>,
-        channel: &ChannelName,
-    ) -> Result<(), BrokerError> {
-        let _guard = self.stripe(channel).lock().await;
-        if self.inner.hub.subscribe(channel, conn) {
-            if let Err(e) = self.inner.broker.pubsub().subscribe(channel.clone()).await {
-                self.inner.hub.unsubscribe(channel.as_str(), conn.seq);
-                return Err(e);
-            }
-        }
-        self.inner.stats.subscriptions.fetch_add(1, Relaxed);
-        Ok(())
-    }
-
-    /// Unsubscribes `conn` (which must hold `channel`).
-    /// Queues a reply or control frame (`what` names it in the log). An
-    /// overflow cuts the client as a slow consumer, counted and logged just
-    /// like an overflowing delivery.
-    pub(crate) fn send_to(&self, conn: &Conn, frame: Bytes, what: &'static str) {
-        if let Err(PushError::SlowConsumer) = conn.send(frame) {
-            Stats::bump(&self.inner.stats.slow_consumer_disconnects);
-            tracing::warn!(conn = %conn.id, addr = %conn.remote, frame = what, "slow consumer disconnected: outbound queue full");
-        }
-    }
-
-    /// A channel an `unsubscribe` order already took is skipped.
-    pub(crate) async fn unsubscribe(&self, conn: &Conn, channel: &ChannelName) {
-        let _guard = self.stripe(channel).lock().await;
-        self.unsubscribe_held(conn, channel).await;
-    }
-
-    /// Under the channel's stripe lock: removes `conn` from `channel` if it
-    /// is there (false if not), leaving the broker after the last one.
-    async fn unsubscribe_held(&self, conn: &Conn, channel: &ChannelName) -> bool {
-        if !self.inner.hub.contains(channel.as_str(), conn.seq) {
-            return false;
-        }
-        // The node itself listens on the order channels: a client that was
-        // let in there must not take the node's own subscription with it.
-        if self.inner.hub.unsubscribe(channel.as_str(), conn.seq) && !is_order_channel(channel) {
-            if let Err(e) = self
-                .inner
-                .broker
-                .pubsub()
-                .unsubscribe(channel.clone())
-                .await
-            {
-                tracing::warn!(%channel, error = %e, "broker unsubscribe failed");
-            }
-        }
-        self.inner.stats.subscriptions.fetch_sub(1, Relaxed);
-        true
-    }
-
-    /// Publishes to every subscriber on every node.
-    pub async fn publish(&self, publication: Publication) -> Result<(), BrokerError> {
-        Stats::bump(&self.inner.stats.messages_published);
-        let channel = publication.channel.clone();
-        let result = self.inner.broker.pubsub().publish(publication).await;
-        self.count_failure(&channel, result)
-    }
-
-    /// Publishes to every subscriber on every node except one connection,
-    /// on whichever node it is (`<node>.<n>`; a connection that no longer
-    /// exists skips nothing).
-    pub async fn publish_excluding(
-        &self,
-        mut publication: Publication,
-        connection: &str,
-    ) -> Result<(), BrokerError> {
-        match crate::control::split_connection_id(connection) {
-            Some((node, seq)) if node == self.inner.id => {
-                publication.exclude = Some(seq);
-                self.publish(publication).await
-            }
-            Some((node, seq)) => {
-                Stats::bump(&self.inner.stats.messages_published);
-                let channel = publication.channel.clone();
-                let excluded = crate::broker::RemoteConnection { node, seq };
-                let result = self
-                    .inner
-                    .broker
-                    .pubsub()
-                    .publish_excluding(publication, excluded)
-                    .await;
-                self.count_failure(&channel, result)
-            }
-            None => self.publish(publication).await,
-        }
-    }
-
-    fn count_failure(
-        &self,
-        channel: &ChannelName,
-        result: Result<(), BrokerError>,
-    ) -> Result<(), BrokerError> {
-        if let Err(e) = &result {
-            Stats::bump(&self.inner.stats.publish_failures);
-            if let Some(skipped) = self.inner.publish_warnings.allow() {
-                tracing::warn!(%channel, error = %e, similar_skipped = skipped, "publish failed (counted in publish_failures)");
-            }
-        }
-        result
-    }
-
-    /// Channels with local subscribers and their counts.
-    pub fn channels(&self) -> Vec<(ChannelName, usize)> {
-        self.inner.hub.channels()
-    }
-
     /// Everything `/api/info` shows.
     pub fn info(&self) -> NodeInfo {
         let stats = &self.inner.stats;
@@ -679,6 +342,36 @@ impl Node {
     pub async fn close_broker(&self) {
         self.inner.broker.close().await;
     }
+}
+
+/// The broker the config asks for, holding the node's order channels
+/// from its start (Redis: connects in the background).
+fn start_broker(
+    config: &Config,
+    id: &str,
+    handler: Arc<dyn BrokerHandler>,
+) -> Result<Broker, NodeError> {
+    let node_channels = vec![
+        CONTROL_CHANNEL.to_string(),
+        format!("{NODE_CHANNEL_PREFIX}{id}"),
+    ];
+    Ok(match config.redis_url() {
+        None => Broker::memory(handler, &node_channels),
+        Some(url) => Broker::redis(
+            RedisSettings {
+                url: url.to_string(),
+                prefix: config.redis_prefix.clone(),
+                timeout: config.redis_timeout,
+                health_interval: config.redis_health_interval,
+                max_backoff: config.redis_max_backoff,
+                upstream_maxlen: config.upstream_maxlen,
+                backlog_bytes: config.redis_backlog_bytes,
+                node_channels,
+                node_id: id.to_string(),
+            },
+            handler,
+        )?,
+    })
 }
 
 /// The first connection number of this run: the time in microseconds, so
