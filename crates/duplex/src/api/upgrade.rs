@@ -11,17 +11,17 @@ use std::sync::Arc;
 use axum::body::Body;
 use axum::extract::{ConnectInfo, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
-use duplex_protocol::channel::ChannelName;
 use duplex_protocol::code::CloseCode;
 use duplex_protocol::ws::accept_key;
 
 use super::AppState;
-use crate::auth::TokenError;
+use crate::conn::Conn;
 use crate::hub::Wire;
 use crate::node::{Node, Refused};
+use crate::session::admit::{self, Admission};
 use crate::session::native::NativeSession;
 use crate::session::plain::{PlainSession, Unstarted};
-use crate::session::{self, Authenticated, Identity, Session};
+use crate::session::{Authenticated, Identity, Session};
 use crate::stats::Stats;
 use crate::transport::reader;
 use crate::transport::sockets::Socket;
@@ -43,64 +43,6 @@ pub async fn native(
     req: Request<Body>,
 ) -> Response<Body> {
     upgrade(app, remote, req, Wire::Native).await
-}
-
-/// The channels a plain client asks for (`?channel=`), checked against what
-/// its identity may read; the token's own channels are added by the caller.
-fn plain_channels(
-    node: &Node,
-    query: Option<&str>,
-    identity: &Identity,
-) -> Result<Vec<ChannelName>, String> {
-    let config = node.config();
-    let mut channels: Vec<ChannelName> = Vec::new();
-    for (key, value) in url::form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
-        if key != "channel" {
-            continue;
-        }
-        let channel = ChannelName::parse(&value, config.max_channel_length).map_err(|e| {
-            format!(
-                "invalid channel {:?}: {e}",
-                value.chars().take(64).collect::<String>()
-            )
-        })?;
-        may_subscribe(node, &channel, identity)?;
-        if !channels.contains(&channel) {
-            channels.push(channel);
-        }
-        if channels.len() > config.max_subscriptions {
-            return Err(format!(
-                "too many channels: at most {} (max_subscriptions)",
-                config.max_subscriptions
-            ));
-        }
-    }
-    // No channel named, by the query or the token: the default channel (the
-    // user's own channel, joined below, does not count: it is not a choice).
-    if channels.is_empty() && identity.channels.is_empty() {
-        let channel = ChannelName::parse(&config.default_channel, usize::MAX)
-            .map_err(|e| format!("default channel: {e}"))?;
-        may_subscribe(node, &channel, identity)?;
-        channels.push(channel);
-    }
-    for name in &session::channels_at_connect(node, identity) {
-        // Signed by the backend (or the user's own): trusted, reserved names included.
-        let channel = ChannelName::parse(name, config.max_channel_length)
-            .map_err(|e| format!("token channel {name:?}: {e}"))?;
-        if !channels.contains(&channel) {
-            channels.push(channel);
-        }
-    }
-    Ok(channels)
-}
-
-/// The namespace rule for a plain client's channel. Plain clients cannot
-/// present subscription tokens: private channels are for `/ws`.
-fn may_subscribe(node: &Node, channel: &ChannelName, identity: &Identity) -> Result<(), String> {
-    session::subscribe_rule(node, channel, &identity.user, false).map_err(|_| {
-        Stats::bump(&node.stats().auth_denials);
-        format!("channel {channel:?}: permission denied")
-    })
 }
 
 /// What a plain client presented: its token, and the `Sec-WebSocket-Protocol`
@@ -240,6 +182,9 @@ fn refuse(status: StatusCode, reason: &str) -> Response<Body> {
     response
 }
 
+/// Answers a WebSocket upgrade: the handshake and `Origin` checked, the
+/// client admitted (plain: token, user slot, channels), registered and its
+/// session started before the 101, then the socket handed to its reader.
 async fn upgrade(
     app: AppState,
     remote: SocketAddr,
@@ -253,120 +198,118 @@ async fn upgrade(
             return refuse_handshake(status, &reason);
         }
     };
-    let origin_checked = {
-        let header_str = |name| req.headers().get(name).and_then(|v| v.to_str().ok());
-        app.origins
-            .check(header_str(header::ORIGIN), header_str(header::HOST))
-    };
-    if let Err(reason) = origin_checked {
-        Stats::bump(&app.node.stats().auth_denials);
-        tracing::info!(%remote, reason, "refused upgrade: origin");
-        return refuse(StatusCode::FORBIDDEN, &reason);
+    if let Err((status, reason)) = check_origin(&app, remote, &req) {
+        return refuse(status, &reason);
     }
     if app.shutdown.is_cancelled() {
         return refuse(StatusCode::SERVICE_UNAVAILABLE, "server shutting down");
     }
-    // Plain clients authenticate at the upgrade. A refused token still gets
-    // the 101, then a close frame with the code: a browser sees close codes,
-    // never the status or body of a failed handshake.
-    let mut protocol = None;
-    let mut auth: Result<Identity, (CloseCode, String)> = Ok(Identity::default());
-    let mut user_slot = None;
-    let channels = match wire {
+    let (protocol, admission) = match wire {
         Wire::Plain => {
             let presented = plain_token(&req);
-            protocol = presented.echo;
-            auth = match presented.token {
-                // Without token auth tokens are ignored, conflicting or not.
-                Err(reason) if app.node.verifier().is_some() => {
-                    Stats::bump(&app.node.stats().auth_denials);
-                    Err((CloseCode::InvalidToken, reason.to_string()))
-                }
-                token => {
-                    session::authenticate(&app.node, token.ok().flatten().as_deref()).map_err(|e| {
-                        let code = match e {
-                            TokenError::Expired => CloseCode::TokenExpired,
-                            TokenError::Invalid(_) => CloseCode::InvalidToken,
-                        };
-                        (code, e.to_string())
-                    })
-                }
-            };
-            if let Ok(identity) = &auth {
-                match app.node.claim_user(&identity.user) {
-                    Ok(slot) => user_slot = slot,
-                    Err(max) => {
-                        auth = Err((
-                            CloseCode::TooManyConnections,
-                            format!("this user already has {max} connections"),
-                        ))
-                    }
-                }
-            }
-            match &auth {
-                Ok(identity) => match plain_channels(&app.node, req.uri().query(), identity) {
-                    Ok(channels) => channels,
-                    Err(reason) => return refuse(StatusCode::BAD_REQUEST, &reason),
-                },
-                Err(_) => Vec::new(),
+            match admit::plain(&app.node, presented.token, req.uri().query()) {
+                Ok(admission) => (presented.echo, admission),
+                Err(reason) => return refuse(StatusCode::BAD_REQUEST, &reason),
             }
         }
-        Wire::Native => Vec::new(),
+        Wire::Native => (None, Admission::default()),
     };
     // Register and subscribe before answering 101: once a client sees the
     // connection open, every message published afterwards reaches it
     // (anything arriving before the socket is handed over waits in the queue).
-    let node = app.node.clone();
-    let conn = match node.register(wire, remote) {
+    let conn = match register(&app.node, wire, remote) {
         Ok(conn) => conn,
-        Err(refused) => {
-            let status = match refused {
-                Refused::NodeFull(_) => StatusCode::SERVICE_UNAVAILABLE,
-                Refused::AddressFull(_) | Refused::HandshakeRate(_) => {
-                    StatusCode::TOO_MANY_REQUESTS
-                }
-            };
-            tracing::info!(%remote, reason = %refused, "refused connection");
-            return refuse(status, &refused.to_string());
-        }
+        Err((status, reason)) => return refuse(status, &reason),
     };
+    let session = match start_session(&app.node, &conn, wire, admission).await {
+        Ok(session) => session,
+        Err((status, reason)) => return refuse(status, &reason),
+    };
+    hand_over(&app, &mut req, conn, session);
+    switching_protocols(accept, protocol)
+}
+
+/// An upgrade refused before the 101: the status and the reason in the body.
+type Refusal = (StatusCode, String);
+
+/// Which web pages may open WebSockets (`allowed_origins`): 403 otherwise.
+fn check_origin(app: &AppState, remote: SocketAddr, req: &Request<Body>) -> Result<(), Refusal> {
+    let header_str = |name| req.headers().get(name).and_then(|v| v.to_str().ok());
+    app.origins
+        .check(header_str(header::ORIGIN), header_str(header::HOST))
+        .map_err(|reason| {
+            Stats::bump(&app.node.stats().auth_denials);
+            tracing::info!(%remote, reason, "refused upgrade: origin");
+            (StatusCode::FORBIDDEN, reason)
+        })
+}
+
+/// Counts the connection against the node's limits and registers it.
+fn register(node: &Node, wire: Wire, remote: SocketAddr) -> Result<Arc<Conn>, Refusal> {
+    node.register(wire, remote).map_err(|refused| {
+        let status = match refused {
+            Refused::NodeFull(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Refused::AddressFull(_) | Refused::HandshakeRate(_) => StatusCode::TOO_MANY_REQUESTS,
+        };
+        tracing::info!(%remote, reason = %refused, "refused connection");
+        (status, refused.to_string())
+    })
+}
+
+/// The connection's session, subscribed to its channels (plain); a plain
+/// client whose token was refused is closed with its code right after the 101.
+async fn start_session(
+    node: &Node,
+    conn: &Arc<Conn>,
+    wire: Wire,
+    admission: Admission,
+) -> Result<Session, Refusal> {
+    let Admission {
+        identity,
+        user_slot,
+        channels,
+    } = admission;
+    let identity = identity.unwrap_or_else(|| Ok(Identity::default()));
     let session = match wire {
         Wire::Native => Session::Native(NativeSession::new(node.config().max_publish_rate)),
-        Wire::Plain => match PlainSession::start(
-            &node,
-            &conn,
-            channels,
-            auth.as_ref()
+        Wire::Plain => {
+            let authenticated = identity
+                .as_ref()
                 .ok()
-                .and_then(|i| Authenticated::new(&i.user, user_slot)),
-        )
-        .await
-        {
-            Ok(session) => Session::Plain(session),
-            Err((session, unstarted)) => {
-                node.deregister(&conn, Session::Plain(session).into_channels())
-                    .await;
-                let status = match &unstarted {
-                    Unstarted::Broker(error) => {
-                        tracing::warn!(conn = %conn.id, error, "could not subscribe plain client");
-                        StatusCode::SERVICE_UNAVAILABLE
-                    }
-                    Unstarted::AddressFull(_) => StatusCode::TOO_MANY_REQUESTS,
-                };
-                return refuse(status, &unstarted.to_string());
+                .and_then(|i| Authenticated::new(&i.user, user_slot));
+            match PlainSession::start(node, conn, channels, authenticated).await {
+                Ok(session) => Session::Plain(session),
+                Err((session, unstarted)) => {
+                    node.deregister(conn, Session::Plain(session).into_channels())
+                        .await;
+                    let status = match &unstarted {
+                        Unstarted::Broker(error) => {
+                            tracing::warn!(conn = %conn.id, error, "could not subscribe plain client");
+                            StatusCode::SERVICE_UNAVAILABLE
+                        }
+                        Unstarted::AddressFull(_) => StatusCode::TOO_MANY_REQUESTS,
+                    };
+                    return Err((status, unstarted.to_string()));
+                }
             }
-        },
+        }
     };
-    match &auth {
-        Ok(identity) => {
-            conn.authenticated(&identity.user, identity.expires);
-            tracing::debug!(conn = %conn.id, %remote, ?wire, user = identity.user, "client connected");
+    match &identity {
+        Ok(who) => {
+            conn.authenticated(&who.user, who.expires);
+            tracing::debug!(conn = %conn.id, remote = %conn.remote, ?wire, user = who.user, "client connected");
         }
         Err((code, reason)) => {
-            tracing::debug!(conn = %conn.id, %remote, code = code.as_u16(), reason, "plain client refused");
+            tracing::debug!(conn = %conn.id, remote = %conn.remote, code = code.as_u16(), reason, "plain client refused");
             conn.close(code.as_u16(), reason, false);
         }
     }
+    Ok(session)
+}
+
+/// Once hyper has sent the 101, takes the raw stream back and runs the
+/// connection's reader (which starts its writer) on it.
+fn hand_over(app: &AppState, req: &mut Request<Body>, conn: Arc<Conn>, session: Session) {
     // From here on the socket counts as a WebSocket connection, not an HTTP
     // one (`transport::sockets`); the reader holds its slot until it ends.
     // If it was evicted meanwhile, there is no slot and `on_upgrade` fails below.
@@ -374,7 +317,8 @@ async fn upgrade(
         .extensions()
         .get::<Arc<Socket>>()
         .and_then(|socket| socket.upgraded());
-    let on_upgrade = hyper::upgrade::on(&mut req);
+    let on_upgrade = hyper::upgrade::on(req);
+    let (node, shutdown) = (app.node.clone(), app.shutdown.clone());
     app.tracker.spawn(async move {
         let _slot = slot;
         let (stream, leftover) = match on_upgrade.await.map(Stream::from_upgraded) {
@@ -390,7 +334,7 @@ async fn upgrade(
                 return;
             }
         };
-        if app.shutdown.is_cancelled() {
+        if shutdown.is_cancelled() {
             conn.close(CloseCode::GoingAway.as_u16(), "server shutting down", false);
         }
         match stream {
@@ -399,6 +343,10 @@ async fn upgrade(
             Stream::Tls(tls) => Box::pin(reader::run(node, conn, tls, leftover, session)).await,
         }
     });
+}
+
+/// The 101 answer.
+fn switching_protocols(accept: HeaderValue, protocol: Option<HeaderValue>) -> Response<Body> {
     let mut response = Response::new(Body::empty());
     *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let headers = response.headers_mut();

@@ -7,6 +7,7 @@
 //!   out are the published bytes.
 //! - [`native`]: the JSON protocol at `/ws` (see docs/PROTOCOL.md).
 
+pub(crate) mod admit;
 pub(crate) mod native;
 pub(crate) mod plain;
 
