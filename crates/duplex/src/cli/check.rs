@@ -3,7 +3,7 @@
 //! would enforce before it runs. Secrets are never printed.
 
 use duplex::auth::Verifier;
-use duplex::config::Config;
+use duplex::config::{redacted, Config};
 use duplex::permissions::Permissions;
 
 /// Prints the effective configuration; errors if any part cannot be used.
@@ -11,23 +11,33 @@ pub(crate) fn check(config: &Config) -> anyhow::Result<()> {
     let verifier = Verifier::from_config(config)?;
     let permissions = Permissions::new(config.namespaces.clone())?;
     let mut out = String::new();
-    macro_rules! say {
-        ($($arg:tt)*) => {{
-            out.push_str(&format!($($arg)*));
-            out.push('\n');
-        }};
-    }
-    say!("config OK");
+    say(&mut out, "config OK");
     let scope = if config.listen.ip().is_loopback() {
         "loopback only"
     } else {
         "public"
     };
-    say!("listen:     {} ({scope})", config.listen);
+    say(&mut out, format!("listen:     {} ({scope})", config.listen));
     match config.redis_url() {
-        Some(url) => say!("broker:     redis {}", redact_url(url)),
-        None => say!("broker:     memory (single node)"),
+        Some(url) => say(&mut out, format!("broker:     redis {}", redacted(url))),
+        None => say(&mut out, "broker:     memory (single node)"),
     }
+    access(&mut out, config, verifier.is_some());
+    namespaces(&mut out, &permissions);
+    upstreams(&mut out, config, &permissions);
+    for warning in config.warnings() {
+        say(&mut out, format!("warning:    {warning}"));
+    }
+    super::print(&out)
+}
+
+fn say(out: &mut String, line: impl std::fmt::Display) {
+    out.push_str(&line.to_string());
+    out.push('\n');
+}
+
+/// Who may connect and call the API: tokens, claims, API keys, origins.
+fn access(out: &mut String, config: &Config, tokens_on: bool) {
     let mut auth = Vec::new();
     if !config.token_secret.is_empty() {
         auth.push("HS256/384/512 tokens (secret set)".to_string());
@@ -38,92 +48,114 @@ pub(crate) fn check(config: &Config) -> anyhow::Result<()> {
             config.token_public_key
         ));
     }
-    match verifier {
-        Some(_) => say!(
-            "tokens:     {}; anonymous clients {}",
-            auth.join(", "),
-            if config.allow_anonymous {
-                "allowed"
-            } else {
-                "refused"
-            }
-        ),
-        None => say!("tokens:     off (every client is anonymous)"),
+    if tokens_on {
+        let anonymous = if config.allow_anonymous {
+            "allowed"
+        } else {
+            "refused"
+        };
+        say(
+            out,
+            format!(
+                "tokens:     {}; anonymous clients {anonymous}",
+                auth.join(", ")
+            ),
+        );
+    } else {
+        say(out, "tokens:     off (every client is anonymous)");
     }
     if !config.token_audience.is_empty() || !config.token_issuer.is_empty() {
-        say!(
-            "claims:     aud = {:?}, iss = {:?}",
-            config.token_audience,
-            config.token_issuer
+        say(
+            out,
+            format!(
+                "claims:     aud = {:?}, iss = {:?}",
+                config.token_audience, config.token_issuer
+            ),
         );
     }
-    let keys = config.api_keys().count();
-    if keys == 0 {
-        say!("http api:   open (no API key)");
-    } else {
-        say!("http api:   {keys} API key(s)");
+    match config.api_keys().count() {
+        0 => say(out, "http api:   open (no API key)"),
+        keys => say(out, format!("http api:   {keys} API key(s)")),
     }
     if config.allowed_origins.is_empty() {
-        say!("origins:    same host (and loopback pages when listening on loopback)");
+        say(
+            out,
+            "origins:    same host (and loopback pages when listening on loopback)",
+        );
     } else {
-        say!("origins:    {}", config.allowed_origins);
+        say(out, format!("origins:    {}", config.allowed_origins));
     }
-    say!("namespaces (first match wins; backends may always publish):");
-    say!("  {:<24} {:<14} publish", "pattern", "subscribe");
+}
+
+/// The namespace rules in match order.
+fn namespaces(out: &mut String, permissions: &Permissions) {
+    say(
+        out,
+        "namespaces (first match wins; backends may always publish):",
+    );
+    say(
+        out,
+        format!("  {:<24} {:<14} publish", "pattern", "subscribe"),
+    );
     for ns in permissions.effective() {
-        say!(
-            "  {:<24} {:<14} {}",
-            ns.pattern,
-            label(&ns.subscribe),
-            label(&ns.publish)
+        say(
+            out,
+            format!(
+                "  {:<24} {:<14} {}",
+                ns.pattern,
+                label(&ns.subscribe),
+                label(&ns.publish)
+            ),
         );
     }
-    say!("  {:<24} {:<14} nobody", "#user:<id>", "that user");
+    say(
+        out,
+        format!("  {:<24} {:<14} nobody", "#user:<id>", "that user"),
+    );
+}
+
+/// Where client messages go up: the node's stream and URL, and each
+/// namespace's own.
+fn upstreams(out: &mut String, config: &Config, permissions: &Permissions) {
     let url = |u: &str| {
         if u.is_empty() {
             "none".to_string()
         } else {
-            redact_url(u)
+            redacted(u)
         }
     };
-    say!(
-        "upstream:   stream {}{}, url {}",
-        config.redis_prefix,
-        config.upstream_stream,
-        url(&config.upstream_url)
+    say(
+        out,
+        format!(
+            "upstream:   stream {}{}, url {}",
+            config.redis_prefix,
+            config.upstream_stream,
+            url(&config.upstream_url)
+        ),
     );
     for ns in permissions.effective() {
-        if ns.upstream_stream.is_some() || ns.upstream_url.is_some() {
-            say!(
-                "  {:<24} stream {}{}, url {}",
+        if ns.upstream_stream.is_none() && ns.upstream_url.is_none() {
+            continue;
+        }
+        let stream = ns
+            .upstream_stream
+            .as_deref()
+            .unwrap_or(&config.upstream_stream);
+        // Routing's order: its URL, its stream, then the node's URL.
+        let target = match (&ns.upstream_url, &ns.upstream_stream) {
+            (Some(own), _) => &**own,
+            (None, Some(_)) => "",
+            (None, None) => config.upstream_url.as_str(),
+        };
+        say(
+            out,
+            format!(
+                "  {:<24} stream {}{stream}, url {}",
                 ns.pattern,
                 config.redis_prefix,
-                ns.upstream_stream
-                    .as_deref()
-                    .unwrap_or(&config.upstream_stream),
-                // Routing's order: its URL, its stream, then the node's URL.
-                url(match (&ns.upstream_url, &ns.upstream_stream) {
-                    (Some(own), _) => own,
-                    (None, Some(_)) => "",
-                    (None, None) => &config.upstream_url,
-                })
-            );
-        }
-    }
-    for warning in config.warnings() {
-        say!("warning:    {warning}");
-    }
-    super::print(&out)
-}
-
-/// Hides the password of a `redis://user:password@host` URL.
-fn redact_url(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut parsed) if parsed.password().is_some() => {
-            let _ = parsed.set_password(Some("***"));
-            parsed.to_string()
-        }
-        _ => url.to_string(),
+                url(target)
+            ),
+        );
     }
 }
 

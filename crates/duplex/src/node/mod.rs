@@ -24,7 +24,7 @@ mod upstream_signature;
 
 pub(crate) use rpc::Outcome;
 pub(crate) use tasks::Tasks;
-pub(crate) use upstream::{CallError, OverBudget};
+pub(crate) use upstream::{CallError, OverBudget, Route};
 
 use std::collections::HashMap;
 use std::hash::BuildHasher;

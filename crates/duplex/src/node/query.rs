@@ -127,27 +127,7 @@ impl Node {
         if self.config().redis_url().is_some() {
             let expected = self.live_peers();
             let request = format!("{}-{:016x}", self.inner.id, rand::random::<u64>());
-            let (done, answered) = oneshot::channel();
-            {
-                let mut pending = queries.pending.lock();
-                if pending.len() >= MAX_QUERIES_IN_FLIGHT {
-                    drop(pending);
-                    Stats::bump(&stats.queries_refused);
-                    tracing::warn!("connection query refused: {}", QueryError::Busy);
-                    return Err(QueryError::Busy);
-                }
-                pending.insert(
-                    request.clone(),
-                    Pending {
-                        limit,
-                        connections: Vec::new(),
-                        truncated: false,
-                        expected: expected.clone(),
-                        answered: HashSet::new(),
-                        done: Some(done),
-                    },
-                );
-            }
+            let answered = self.await_answers(&request, limit, expected.clone())?;
             let guard = PendingGuard {
                 queries,
                 request: request.clone(),
@@ -190,6 +170,36 @@ impl Node {
         list.connections = connections;
         list.truncated = truncated;
         Ok(list)
+    }
+
+    /// Files a query's entry where the other nodes' answers are gathered;
+    /// the receiver resolves once every expected node answered.
+    fn await_answers(
+        &self,
+        request: &str,
+        limit: usize,
+        expected: HashSet<String>,
+    ) -> Result<oneshot::Receiver<()>, QueryError> {
+        let (done, answered) = oneshot::channel();
+        let mut pending = self.inner.queries.pending.lock();
+        if pending.len() >= MAX_QUERIES_IN_FLIGHT {
+            drop(pending);
+            Stats::bump(&self.inner.stats.queries_refused);
+            tracing::warn!("connection query refused: {}", QueryError::Busy);
+            return Err(QueryError::Busy);
+        }
+        pending.insert(
+            request.to_string(),
+            Pending {
+                limit,
+                connections: Vec::new(),
+                truncated: false,
+                expected,
+                answered: HashSet::new(),
+                done: Some(done),
+            },
+        );
+        Ok(answered)
     }
 
     /// Answers another node's (or a backend's) `query` on its `reply_to`.

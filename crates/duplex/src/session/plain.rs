@@ -17,7 +17,7 @@ use super::{user_of, Authenticated, Flow};
 use crate::conn::Conn;
 use crate::limits::{AddressFull, AddressSubscriptions};
 use crate::message::Publication;
-use crate::node::{Node, OverBudget};
+use crate::node::{Node, OverBudget, Route};
 use crate::permissions::{Asker, Denied};
 use crate::rate::{RateLimit, Verdict};
 use crate::stats::Stats;
@@ -103,41 +103,10 @@ impl PlainSession {
             .to_upstream()
             .then(|| node.route(Some(channel.as_str())));
         // No error channel in plain mode: over a limit, the frame is
-        // dropped and counted; a client that keeps going is closed. The
-        // byte budget (for a frame going up) comes first, so that its
-        // refusals in a row are its own and not the publish rate's.
-        let cost = payload.len();
-        if let Some(route) = &route {
-            let budget = self
-                .upstream_budget
-                .get_or_insert_with(|| Box::new(node.connection_upstream_budget()));
-            match node.charge_upstream(conn, budget, cost, route) {
-                Ok(()) => {}
-                Err(over @ OverBudget::KeptOn(_)) => {
-                    return Flow::Close(CloseCode::TooManyRequests, over.to_string());
-                }
-                Err(OverBudget::Connection(_) | OverBudget::Node(_)) => {
-                    Stats::bump(&node.stats().plain_publish_dropped);
-                    return Flow::Continue;
-                }
-            }
-        }
-        match self.publish_rate.check() {
-            Verdict::Allow => {}
-            Verdict::Refuse => {
-                Stats::bump(&node.stats().plain_publish_dropped);
-                // Not sent after all: its bytes go back to its budget.
-                if let (Some(_), Some(budget)) = (&route, self.upstream_budget.as_deref_mut()) {
-                    budget.refund(cost as u64);
-                }
-                return Flow::Continue;
-            }
-            Verdict::Close => {
-                return Flow::Close(
-                    CloseCode::TooManyRequests,
-                    "kept publishing over the rate limit".to_string(),
-                );
-            }
+        // dropped and counted; a client that keeps going is closed.
+        let (budget, rate) = (&mut self.upstream_budget, &mut self.publish_rate);
+        if let Err(flow) = within_limits(budget, rate, node, conn, payload.len(), route.as_ref()) {
+            return flow;
         }
         if frames.to_channel() {
             if let Some(denied) = self.publish_denied(node, channel) {
@@ -205,5 +174,49 @@ impl PlainSession {
 
     pub(crate) fn into_channels(self) -> Vec<ChannelName> {
         self.channels
+    }
+}
+
+/// Charges a frame of `cost` bytes against the connection's byte budget
+/// (when it goes up to a backend) and then its publish rate; `Err` is
+/// what becomes of the frame and the client when over a limit. The byte
+/// budget comes first, so that its refusals in a row are its own and not
+/// the publish rate's.
+fn within_limits(
+    upstream_budget: &mut Option<Box<RateLimit>>,
+    publish_rate: &mut RateLimit,
+    node: &Node,
+    conn: &Arc<Conn>,
+    cost: usize,
+    route: Option<&Route<'_>>,
+) -> Result<(), Flow> {
+    if let Some(route) = route {
+        let budget =
+            upstream_budget.get_or_insert_with(|| Box::new(node.connection_upstream_budget()));
+        match node.charge_upstream(conn, budget, cost, route) {
+            Ok(()) => {}
+            Err(over @ OverBudget::KeptOn(_)) => {
+                return Err(Flow::Close(CloseCode::TooManyRequests, over.to_string()));
+            }
+            Err(OverBudget::Connection(_) | OverBudget::Node(_)) => {
+                Stats::bump(&node.stats().plain_publish_dropped);
+                return Err(Flow::Continue);
+            }
+        }
+    }
+    match publish_rate.check() {
+        Verdict::Allow => Ok(()),
+        Verdict::Refuse => {
+            Stats::bump(&node.stats().plain_publish_dropped);
+            // Not sent after all: its bytes go back to its budget.
+            if let (Some(_), Some(budget)) = (route, upstream_budget.as_deref_mut()) {
+                budget.refund(cost as u64);
+            }
+            Err(Flow::Continue)
+        }
+        Verdict::Close => Err(Flow::Close(
+            CloseCode::TooManyRequests,
+            "kept publishing over the rate limit".to_string(),
+        )),
     }
 }

@@ -37,6 +37,52 @@ enum End {
     Aborted,
 }
 
+/// A control frame from the peer: ping answered with pong, close echoed
+/// (RFC 6455 5.5.1) and the end of reading.
+fn on_control(node: &Node, conn: &Conn, event: Event) -> Option<End> {
+    match event {
+        Event::Ping(payload) => {
+            node.send_to(conn, encode_frame(OpCode::Pong, &payload), "pong");
+            None
+        }
+        Event::Close { code, .. } => {
+            let answered_ours = conn.outbound.is_closing();
+            conn.echo_close(code.unwrap_or(1000));
+            Some(End::PeerClosed(code, answered_ours))
+        }
+        Event::Pong(_) | Event::Message { .. } => None,
+    }
+}
+
+/// Logs why a connection ended and counts it by reason.
+fn record_end(node: &Node, conn: &Conn, end: &End) {
+    match end {
+        End::ProtocolError(code, reason) => {
+            Stats::bump(&node.stats().protocol_errors);
+            tracing::info!(conn = %conn.id, addr = %conn.remote, code, reason, "closing connection: protocol error");
+        }
+        End::SessionClosed(code, reason) => {
+            tracing::info!(conn = %conn.id, addr = %conn.remote, code = code.as_u16(), reason, "closing connection");
+        }
+        End::PeerClosed(code, _) => {
+            tracing::debug!(conn = %conn.id, code, "client closed the connection")
+        }
+        End::ReadError(e) => {
+            tracing::debug!(conn = %conn.id, error = %e, "connection ended: read failed")
+        }
+        End::Eof => tracing::debug!(conn = %conn.id, "connection ended: end of stream"),
+        End::Aborted => tracing::debug!(conn = %conn.id, "connection ended by the server"),
+    }
+    node.stats().disconnected(match end {
+        End::PeerClosed(_, false) => Disconnect::ClientClose,
+        End::PeerClosed(_, true) | End::Aborted => Disconnect::ServerCut,
+        End::Eof => Disconnect::Eof,
+        End::ReadError(_) => Disconnect::ReadError,
+        End::ProtocolError(..) => Disconnect::ProtocolError,
+        End::SessionClosed(..) => Disconnect::SessionClose,
+    });
+}
+
 /// After we fail a connection, keep reading (and discarding) for a moment
 /// so the peer can read our close frame: closing a socket with unread input
 /// makes the kernel send a reset, which can destroy the close frame in flight.
@@ -120,7 +166,7 @@ async fn serve<S: Halves>(
     leftover: BytesMut,
     mut session: Session,
 ) {
-    let (mut socket, mut writer) = stream.start(&conn);
+    let (mut socket, writer) = stream.start(&conn);
     // Frames queued before the socket was attached (between subscribing and
     // the handover) are waiting: let the writer look.
     conn.outbound.kick();
@@ -157,15 +203,10 @@ async fn serve<S: Halves>(
                         break 'conn End::SessionClosed(code, reason);
                     }
                 }
-                Event::Ping(payload) => {
-                    node.send_to(&conn, encode_frame(OpCode::Pong, &payload), "pong");
-                }
-                Event::Pong(_) => {}
-                Event::Close { code, .. } => {
-                    let answered_ours = conn.outbound.is_closing();
-                    // Echo the peer's code, as RFC 6455 5.5.1 asks.
-                    conn.echo_close(code.unwrap_or(1000));
-                    break 'conn End::PeerClosed(code, answered_ours);
+                control => {
+                    if let Some(end) = on_control(&node, &conn, control) {
+                        break 'conn end;
+                    }
                 }
             }
         }
@@ -192,35 +233,24 @@ async fn serve<S: Halves>(
             }
         }
     };
-    match &end {
-        End::ProtocolError(code, reason) => {
-            Stats::bump(&node.stats().protocol_errors);
-            tracing::info!(conn = %conn.id, addr = %conn.remote, code, reason, "closing connection: protocol error");
-        }
-        End::SessionClosed(code, reason) => {
-            tracing::info!(conn = %conn.id, addr = %conn.remote, code = code.as_u16(), reason, "closing connection");
-        }
-        End::PeerClosed(code, _) => {
-            tracing::debug!(conn = %conn.id, code, "client closed the connection")
-        }
-        End::ReadError(e) => {
-            tracing::debug!(conn = %conn.id, error = %e, "connection ended: read failed")
-        }
-        End::Eof => tracing::debug!(conn = %conn.id, "connection ended: end of stream"),
-        End::Aborted => tracing::debug!(conn = %conn.id, "connection ended by the server"),
-    }
-    node.stats().disconnected(match end {
-        End::PeerClosed(_, false) => Disconnect::ClientClose,
-        End::PeerClosed(_, true) | End::Aborted => Disconnect::ServerCut,
-        End::Eof => Disconnect::Eof,
-        End::ReadError(_) => Disconnect::ReadError,
-        End::ProtocolError(..) => Disconnect::ProtocolError,
-        End::SessionClosed(..) => Disconnect::SessionClose,
-    });
+    record_end(&node, &conn, &end);
     drop(buf);
     Box::pin(node.deregister(&conn, session.into_channels())).await;
-    if matches!(end, End::ProtocolError(..) | End::SessionClosed(..)) {
-        Box::pin(linger(&mut socket, &conn)).await;
+    let failed_it = matches!(end, End::ProtocolError(..) | End::SessionClosed(..));
+    Box::pin(stop_writing(&conn, socket, writer, failed_it)).await;
+}
+
+/// The end of a connection's reading: a client we failed first gets a moment
+/// to read our close frame (`linger`), then the writer is stopped, waited
+/// for at most [`CLOSE_GRACE`] and cut after that.
+async fn stop_writing<R: ReadSource>(
+    conn: &Conn,
+    mut socket: R,
+    mut writer: JoinHandle<()>,
+    failed_it: bool,
+) {
+    if failed_it {
+        linger(&mut socket, conn).await;
     }
     conn.done_reading.cancel();
     if !conn.outbound.is_closing() {
