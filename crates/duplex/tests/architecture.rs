@@ -141,3 +141,83 @@ fn no_new_import_circle_between_top_level_modules() {
         "import circles between top-level modules of crates/duplex/src: {found:?} (graph: {graph:#?})"
     );
 }
+
+/// The non-test part of a source file: everything before its first
+/// `#[cfg(test)]` line.
+fn code_part(source: &str) -> Vec<&str> {
+    source
+        .lines()
+        .take_while(|l| !l.starts_with("#[cfg(test)]"))
+        .collect()
+}
+
+/// `(name, lines)` of every function in `lines`, by brace counting from its
+/// `fn` line (good enough for this code base: no braces in char literals of
+/// signatures).
+fn functions<'a>(lines: &[&'a str]) -> Vec<(&'a str, usize)> {
+    let mut found = Vec::new();
+    let mut i = 0;
+    while i < lines.len() {
+        let line = lines[i].trim_start();
+        let name = [
+            "pub(crate) async fn ",
+            "pub(super) async fn ",
+            "pub async fn ",
+            "async fn ",
+            "pub(crate) fn ",
+            "pub(super) fn ",
+            "pub fn ",
+            "fn ",
+        ]
+        .iter()
+        .find_map(|p| line.strip_prefix(p))
+        .map(|rest| rest.split(['(', '<', ' ']).next().unwrap_or(""));
+        let Some(name) = name else {
+            i += 1;
+            continue;
+        };
+        let (mut depth, mut opened, mut j) = (0i64, false, i);
+        while j < lines.len() {
+            let l = lines[j];
+            depth += l.matches('{').count() as i64 - l.matches('}').count() as i64;
+            opened |= l.contains('{');
+            if (opened && depth <= 0) || (!opened && l.trim_end().ends_with(';')) {
+                break;
+            }
+            j += 1;
+        }
+        found.push((name, j - i + 1));
+        i = if opened { j + 1 } else { i + 1 };
+    }
+    found
+}
+
+/// Small files with one job, functions a reader can hold (issue 16): no
+/// source file's non-test part over 500 lines, no function over 80 lines
+/// (the metrics table aside).
+#[test]
+fn files_and_functions_stay_small() {
+    const ALLOWED: &[(&str, &str)] = &[("metrics.rs", "encode")];
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    let mut too_big = Vec::new();
+    for file in &files {
+        let source = std::fs::read_to_string(file).expect("read source");
+        let code = code_part(&source);
+        let rel = file
+            .strip_prefix(&src)
+            .expect("under src")
+            .display()
+            .to_string();
+        if code.len() > 500 {
+            too_big.push(format!("{rel}: {} lines", code.len()));
+        }
+        for (name, lines) in functions(&code) {
+            if lines > 80 && !ALLOWED.contains(&(rel.as_str(), name)) {
+                too_big.push(format!("{rel}: fn {name} is {lines} lines"));
+            }
+        }
+    }
+    assert!(too_big.is_empty(), "{too_big:#?}");
+}
