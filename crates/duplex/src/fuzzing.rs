@@ -11,7 +11,7 @@ use bytes::Bytes;
 use duplex_protocol::ws::MessageKind;
 
 use crate::conn::Conn;
-use crate::hub::Wire;
+use crate::message::Wire;
 use crate::node::{Node, Refused};
 use crate::session::native::NativeSession;
 use crate::session::Flow;

@@ -25,22 +25,13 @@ use duplex_protocol::ws::{encode_frame, MessageKind, OpCode};
 use indexmap::IndexMap;
 use parking_lot::RwLock;
 
-use crate::message::Publication;
+use crate::message::{Publication, Wire};
 use crate::stats::Stats;
 
 const SHARDS: usize = 64;
 /// Channels with at least twice this many local subscribers fan out on
 /// several threads, this many (or more) per thread.
 const PARALLEL_CHUNK: usize = 256;
-
-/// What a subscriber reads on its socket.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Wire {
-    /// Exactly the published bytes, one frame per message.
-    Plain,
-    /// Native protocol JSON pushes.
-    Native,
-}
 
 /// Why a frame did not reach a subscriber's queue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -16,3 +16,13 @@ pub struct Publication {
     /// Node-local connection not to deliver to (a plain sender with echo off).
     pub exclude: Option<u64>,
 }
+
+/// What a subscriber reads on its socket: the plain bytes or the native
+/// protocol's JSON pushes (the hub encodes each message once per wire).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wire {
+    /// Exactly the published bytes, one frame per message.
+    Plain,
+    /// Native protocol JSON pushes.
+    Native,
+}

@@ -16,7 +16,7 @@ use duplex_protocol::ws::accept_key;
 
 use super::AppState;
 use crate::conn::Conn;
-use crate::hub::Wire;
+use crate::message::Wire;
 use crate::node::{Node, Refused};
 use crate::session::admit::{self, Admission};
 use crate::session::native::NativeSession;

@@ -21,7 +21,8 @@ use bytes::Bytes;
 use duplex_protocol::time::NumericDate;
 use tokio::sync::Notify;
 
-use crate::hub::{Subscriber, Undelivered, Wire};
+use crate::hub::{Subscriber, Undelivered};
+use crate::message::Wire;
 use coalesce::Coalescer;
 use outbound::{Outbound, PushError, QueueLimits};
 

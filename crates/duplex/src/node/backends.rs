@@ -14,8 +14,9 @@ use super::{Node, Outcome};
 use crate::broker::BrokerError;
 use crate::conn::Conn;
 use crate::control::{Order, ReplyError, Target, CONN_CHANNEL_PREFIX, NODE_CHANNEL_PREFIX};
-use crate::hub::{native_frame, plain_frame, Wire};
+use crate::hub::{native_frame, plain_frame};
 use crate::message::Publication;
+use crate::message::Wire;
 use crate::stats::Stats;
 
 impl Node {

@@ -25,7 +25,7 @@ use tokio::sync::oneshot;
 use super::Node;
 use crate::conn::Conn;
 use crate::control::{ConnectionInfo, Order, CONTROL_CHANNEL, NODE_CHANNEL_PREFIX};
-use crate::hub::Wire;
+use crate::message::Wire;
 use crate::stats::Stats;
 
 /// Queries one node may have waiting for answers at once.

@@ -14,7 +14,7 @@ use parking_lot::Mutex;
 use super::Node;
 use crate::conn::Conn;
 use crate::control::{Target, UNSUBSCRIBED_CLOSE_CODE};
-use crate::hub::Wire;
+use crate::message::Wire;
 
 /// Channels the node took away from native connections whose sessions
 /// have not looked yet. Bounded by the subscriptions of live connections:

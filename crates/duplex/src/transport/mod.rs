@@ -29,7 +29,7 @@ mod size_tests {
     use crate::config::Config;
     use crate::conn::outbound::QueueLimits;
     use crate::conn::Conn;
-    use crate::hub::Wire;
+    use crate::message::Wire;
     use crate::node::Node;
     use crate::session::{native::NativeSession, Session};
 

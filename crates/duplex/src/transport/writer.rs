@@ -27,7 +27,7 @@ use super::stream::{Attached, SinkSource, Tls, WriteSink};
 use super::CLOSE_GRACE;
 use crate::conn::outbound::Closing;
 use crate::conn::Conn;
-use crate::hub::Wire;
+use crate::message::Wire;
 
 /// Most frames handed to one `writev` (Linux allows 1024 iovecs).
 const MAX_IOVECS: usize = 256;
