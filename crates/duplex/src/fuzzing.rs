@@ -11,6 +11,7 @@ use bytes::Bytes;
 use duplex_protocol::ws::MessageKind;
 
 use crate::conn::Conn;
+use crate::conn::Queued;
 use crate::message::Wire;
 use crate::node::{Node, Refused};
 use crate::session::native::NativeSession;
@@ -46,7 +47,7 @@ impl NativeClient {
         {
             Flow::Continue => None,
             Flow::Close(code, reason) => {
-                self.conn.close(code.as_u16(), &reason, false);
+                self.conn.close(code.as_u16(), &reason, Queued::Drop);
                 Some((code.as_u16(), reason))
             }
         }

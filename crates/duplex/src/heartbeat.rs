@@ -11,6 +11,7 @@ use duplex_protocol::code::CloseCode;
 use duplex_protocol::ws::{encode_frame, OpCode};
 use tokio_util::sync::CancellationToken;
 
+use crate::conn::Queued;
 use crate::node::Node;
 use crate::stats::Stats;
 
@@ -54,17 +55,21 @@ pub(crate) async fn run(node: Node, shutdown: CancellationToken) {
             {
                 Stats::bump(&node.stats().token_expirations);
                 tracing::info!(conn = %conn.id, addr = %conn.remote, "closing connection: token expired without a refresh");
-                conn.close(CloseCode::TokenExpired.as_u16(), "token expired", false);
+                conn.close(
+                    CloseCode::TokenExpired.as_u16(),
+                    "token expired",
+                    Queued::Drop,
+                );
             } else if connect_timeout > 0 && waited.is_some_and(|w| w > connect_timeout) {
                 Stats::bump(&node.stats().connect_timeouts);
                 tracing::info!(conn = %conn.id, addr = %conn.remote, "closing connection: no command within connect_timeout");
                 let reason = format!("no valid command within {connect_timeout} ms of connecting");
-                conn.close(CloseCode::ConnectTimeout.as_u16(), &reason, false);
+                conn.close(CloseCode::ConnectTimeout.as_u16(), &reason, Queued::Drop);
             } else if silent > deadline {
                 Stats::bump(&node.stats().heartbeat_timeouts);
                 tracing::info!(conn = %conn.id, addr = %conn.remote, silent_ms = silent, "closing connection: no pong");
                 let reason = format!("no pong within {} ms", deadline);
-                conn.close(CloseCode::HeartbeatTimeout.as_u16(), &reason, false);
+                conn.close(CloseCode::HeartbeatTimeout.as_u16(), &reason, Queued::Drop);
             } else if silent >= quiet {
                 node.send_to(&conn, ping.clone(), "ping");
                 pinged += 1;

@@ -16,6 +16,7 @@ use duplex_protocol::ws::accept_key;
 
 use super::AppState;
 use crate::conn::Conn;
+use crate::conn::Queued;
 use crate::message::Wire;
 use crate::node::{Node, Refused};
 use crate::session::admit::{self, Admission};
@@ -301,7 +302,7 @@ async fn start_session(
         }
         Err((code, reason)) => {
             tracing::debug!(conn = %conn.id, remote = %conn.remote, code = code.as_u16(), reason, "plain client refused");
-            conn.close(code.as_u16(), reason, false);
+            conn.close(code.as_u16(), reason, Queued::Drop);
         }
     }
     Ok(session)
@@ -335,7 +336,7 @@ fn hand_over(app: &AppState, req: &mut Request<Body>, conn: Arc<Conn>, session: 
             }
         };
         if shutdown.is_cancelled() {
-            conn.close(CloseCode::GoingAway.as_u16(), "server shutting down", false);
+            conn.close(CloseCode::GoingAway.as_u16(), "server shutting down", Queued::Drop);
         }
         match stream {
             Stream::Tcp(tcp) => reader::run(node, conn, tcp, leftover, session).await,

@@ -24,7 +24,8 @@ use tokio::sync::Notify;
 use crate::hub::{Subscriber, Undelivered};
 use crate::message::Wire;
 use coalesce::Coalescer;
-use outbound::{Outbound, PushError, QueueLimits};
+pub(crate) use outbound::Queued;
+use outbound::{Closer, Outbound, PushError, QueueLimits};
 
 /// One connected client, as seen by everything outside its own tasks.
 #[derive(Debug)]
@@ -182,13 +183,13 @@ impl Conn {
     }
 
     /// Starts closing: the writer sends the close frame, then both tasks end.
-    pub(crate) fn close(&self, code: u16, reason: &str, flush: bool) {
-        self.outbound.close(code, reason, flush, true);
+    pub(crate) fn close(&self, code: u16, reason: &str, queued: Queued) {
+        self.outbound.close(code, reason, queued, Closer::Server);
     }
 
     /// Answers the peer's close frame with the same code (RFC 6455 5.5.1).
     pub(crate) fn echo_close(&self, code: u16) {
-        self.outbound.close(code, "", false, false);
+        self.outbound.close(code, "", Queued::Drop, Closer::Peer);
     }
 }
 

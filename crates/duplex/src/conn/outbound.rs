@@ -52,6 +52,24 @@ pub(crate) struct Closing {
     pub(crate) announce: bool,
 }
 
+/// What becomes of the frames queued before a close.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Queued {
+    /// Written before the close frame (a graceful close).
+    Flush,
+    /// Dropped: the close frame goes out next.
+    Drop,
+}
+
+/// Who ends the connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Closer {
+    /// The server: native clients get a `disconnect` push first.
+    Server,
+    /// The peer, whose close frame is echoed.
+    Peer,
+}
+
 /// Why a frame was not queued.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum PushError {
@@ -253,7 +271,8 @@ impl Outbound {
     }
 
     /// Asks the writer to end the connection; the first request wins.
-    pub(crate) fn close(&self, code: u16, reason: &str, flush: bool, announce: bool) {
+    pub(crate) fn close(&self, code: u16, reason: &str, queued: Queued, closer: Closer) {
+        let (flush, announce) = (queued == Queued::Flush, closer == Closer::Server);
         let mut q = self.queue.lock();
         if q.closing.is_some() {
             return;
@@ -445,8 +464,8 @@ mod tests {
     fn graceful_close_keeps_queue() {
         let out = outbound(100, 100);
         out.push(Bytes::from_static(b"last")).unwrap();
-        out.close(1001, "bye", true, true);
-        out.close(3001, "ignored", false, true);
+        out.close(1001, "bye", Queued::Flush, Closer::Server);
+        out.close(3001, "ignored", Queued::Drop, Closer::Server);
         let mut batch = VecDeque::new();
         let closing = out.take(&mut batch).closing.unwrap();
         assert_eq!((closing.code, batch.len()), (1001, 1));

@@ -13,6 +13,7 @@ use super::upstream::Route;
 use super::{Node, Outcome};
 use crate::broker::BrokerError;
 use crate::conn::Conn;
+use crate::conn::Queued;
 use crate::control::{Order, ReplyError, Target, CONN_CHANNEL_PREFIX, NODE_CHANNEL_PREFIX};
 use crate::hub::{native_frame, plain_frame};
 use crate::message::Publication;
@@ -116,7 +117,7 @@ impl Node {
                 };
                 let mut closed = 0usize;
                 for conn in self.addressed(&target) {
-                    conn.close(code, &reason, false);
+                    conn.close(code, &reason, Queued::Drop);
                     closed += 1;
                 }
                 if closed > 0 {

@@ -13,6 +13,7 @@ use parking_lot::Mutex;
 
 use super::Node;
 use crate::conn::Conn;
+use crate::conn::Queued;
 use crate::control::{Target, UNSUBSCRIBED_CLOSE_CODE};
 use crate::message::Wire;
 
@@ -94,7 +95,7 @@ impl Node {
                 conn.close(
                     UNSUBSCRIBED_CLOSE_CODE,
                     "unsubscribed from this channel by the server",
-                    false,
+                    Queued::Drop,
                 );
                 true
             }

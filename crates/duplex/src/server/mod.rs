@@ -37,6 +37,7 @@ use crate::api::origin::OriginPolicy;
 use crate::api::{AppState, LiveTls};
 use crate::config::Config;
 use crate::conn::coalesce;
+use crate::conn::Queued;
 use crate::node::{Node, NodeError};
 use crate::stats::Stats;
 use crate::tls::TlsError;
@@ -254,7 +255,11 @@ async fn shut_down(state: &AppState) {
     );
     state.shutdown.cancel();
     for conn in &connections {
-        conn.close(CloseCode::GoingAway.as_u16(), "server shutting down", true);
+        conn.close(
+            CloseCode::GoingAway.as_u16(),
+            "server shutting down",
+            Queued::Flush,
+        );
     }
     state.tracker.close();
     let timeout = node.config().shutdown_timeout;

@@ -18,6 +18,7 @@ use tokio::task::JoinHandle;
 use super::stream::{ReadSource, Tls, TlsReader};
 use super::{writer, CLOSE_GRACE};
 use crate::conn::Conn;
+use crate::conn::Queued;
 use crate::node::Node;
 use crate::session::{Flow, Session};
 use crate::stats::{Disconnect, Stats};
@@ -183,7 +184,7 @@ async fn serve<S: Halves>(
                 Ok(None) => break,
                 Err(e) => {
                     let code = e.close_code();
-                    conn.close(code, &e.to_string(), false);
+                    conn.close(code, &e.to_string(), Queued::Drop);
                     break 'conn End::ProtocolError(code, e.to_string());
                 }
             };
@@ -199,7 +200,7 @@ async fn serve<S: Halves>(
                         // inline future made every task ~5 KiB).
                         Box::pin(session.on_message(&node, &conn, kind, payload)).await
                     {
-                        conn.close(code.as_u16(), &reason, false);
+                        conn.close(code.as_u16(), &reason, Queued::Drop);
                         break 'conn End::SessionClosed(code, reason);
                     }
                 }
