@@ -13,7 +13,10 @@
 //! - `heartbeat`: one sweeper that pings clients and drops dead ones;
 //!   [`metrics`]: the counters for Prometheus.
 //! - [`node`]: the registry of connections and the wiring of hub, broker and
-//!   upstreams (rpc, HTTP upstream, orders between nodes).
+//!   upstream (rpc, messages up, orders between nodes).
+//! - `upstream`: client messages up to the backends: routes, byte budgets,
+//!   entry and body formats, the HTTP upstream driver, the calls waiting
+//!   for answers.
 //! - [`conn`]: the client handle below the node: its bounded outbound queue,
 //!   write batching and pressure.
 //! - [`hub`]: channel -> local subscribers; fan-out of shared frame bytes.
@@ -49,6 +52,7 @@ pub mod server;
 pub mod stats;
 pub mod tls;
 pub mod transport;
+mod upstream;
 
 mod heartbeat;
 mod limits;

@@ -57,6 +57,10 @@ impl Link for MemoryBroker {
     fn close(&self) -> BoxFuture<'_, ()> {
         future::ready(()).boxed()
     }
+
+    fn shared(&self) -> bool {
+        false
+    }
 }
 
 impl PubSub for MemoryBroker {

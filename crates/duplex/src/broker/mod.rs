@@ -176,6 +176,9 @@ pub trait Link: Send + Sync + 'static {
     fn state(&self) -> BrokerState;
     /// Leaves the backend cleanly (unsubscribe, close connections).
     fn close(&self) -> BoxFuture<'_, ()>;
+    /// Whether other nodes can share it: only then do node heartbeats and
+    /// questions to every node (`/api/connections`) mean anything.
+    fn shared(&self) -> bool;
 }
 
 /// Moves publications between nodes (or within one node): the ability
@@ -264,6 +267,11 @@ impl Broker {
         self.upstream
             .as_deref()
             .ok_or(BrokerError::Unsupported(NO_UPSTREAM))
+    }
+
+    /// Whether other nodes share this backend ([`Link::shared`]).
+    pub fn shared(&self) -> bool {
+        self.pubsub.shared()
     }
 
     /// The backend's connection state, for health checks.

@@ -112,6 +112,12 @@ impl Secret {
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
+
+    /// The comma-separated values it holds (several during a rotation),
+    /// trimmed, empty ones skipped.
+    pub fn parts(&self) -> impl Iterator<Item = &str> {
+        self.0.split(',').map(str::trim).filter(|k| !k.is_empty())
+    }
 }
 
 impl std::fmt::Debug for Secret {
@@ -479,11 +485,7 @@ impl Config {
 
     /// The accepted API keys; none means the API is open.
     pub fn api_keys(&self) -> impl Iterator<Item = &str> {
-        self.api_key
-            .expose()
-            .split(',')
-            .map(str::trim)
-            .filter(|k| !k.is_empty())
+        self.api_key.parts()
     }
 }
 

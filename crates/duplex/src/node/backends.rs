@@ -1,16 +1,14 @@
 //! What backends ask of a node beyond publishing: orders on `#control`
-//! (disconnect a user or a connection, send to one connection) and client
-//! messages handed up to them (`send` and plain frames, a Redis Stream).
+//! (disconnect a user or a connection, send to one connection). Client
+//! messages up to them are `node::upstream`.
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
-use bytes::Bytes;
 use duplex_protocol::channel::ChannelName;
 use duplex_protocol::ws::MessageKind;
 
-use super::upstream::Route;
-use super::{Node, Outcome};
+use super::Node;
 use crate::broker::BrokerError;
 use crate::conn::Conn;
 use crate::conn::Queued;
@@ -19,6 +17,7 @@ use crate::hub::{native_frame, plain_frame};
 use crate::message::Publication;
 use crate::message::Wire;
 use crate::stats::Stats;
+use crate::upstream::Outcome;
 
 impl Node {
     /// Starts the node heartbeat (Redis), which `/api/connections` relies
@@ -33,38 +32,6 @@ impl Node {
     /// This node's own order channel, `#node:<id>`.
     pub fn node_channel(&self) -> String {
         format!("{NODE_CHANNEL_PREFIX}{}", self.inner.id)
-    }
-
-    /// Hands a client's `send` or a plain client's frame to the backends:
-    /// an entry in the route's stream (its URL, if any, is not used here),
-    /// with who sent it and the routing channel; the entry's fields are
-    /// documented in docs/UPSTREAM.md.
-    pub(crate) async fn send_upstream(
-        &self,
-        conn: &Conn,
-        payload: Bytes,
-        kind: MessageKind,
-        route: &Route<'_>,
-    ) -> Result<(), BrokerError> {
-        let encoding = match kind {
-            MessageKind::Text => "text",
-            MessageKind::Binary => "binary",
-        };
-        let entry = self.upstream_entry(conn, "send", (payload, encoding), Vec::new(), route);
-        let result = match self.inner.broker.upstream() {
-            Ok(log) => log.append(entry).await,
-            Err(unsupported) => Err(unsupported),
-        };
-        match &result {
-            Ok(()) => Stats::bump(&self.inner.stats.upstream_messages),
-            Err(e) => {
-                Stats::bump(&self.inner.stats.upstream_failures);
-                if let Some(skipped) = self.inner.publish_warnings.allow() {
-                    tracing::warn!(conn = %conn.id, error = %e, similar_skipped = skipped, "upstream append failed (counted in upstream_failures)");
-                }
-            }
-        }
-        result
     }
 
     /// Publishes an order to the nodes it concerns (this one included): the

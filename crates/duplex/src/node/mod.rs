@@ -17,14 +17,11 @@ mod tasks;
 mod unsubscribe;
 
 pub use query::{ConnectionList, QueryError};
-mod http_upstream;
 mod rpc;
 mod upstream;
-mod upstream_signature;
 
-pub(crate) use rpc::Outcome;
 pub(crate) use tasks::Tasks;
-pub(crate) use upstream::{CallError, OverBudget, Route};
+pub(crate) use upstream::{Message, Sent};
 
 use std::collections::HashMap;
 use std::hash::BuildHasher;
@@ -131,11 +128,11 @@ struct Inner {
     /// Calls waiting for a backend's answer.
     rpcs: rpc::Rpcs,
     /// Bytes per second up to each upstream, all connections together.
-    upstream_budget: upstream::NodeBudget,
+    upstream_budget: crate::upstream::NodeBudget,
     /// Subscriptions per client address.
     address_subscriptions: Arc<SubscriptionLimit>,
     /// The HTTP upstream, when `upstream_url` is set or a namespace has its own.
-    http: Option<http_upstream::HttpUpstream>,
+    http: Option<crate::upstream::http::HttpUpstream>,
     /// Every background task the node started, so shutdown can wait for them.
     tasks: Tasks,
 }
@@ -227,26 +224,14 @@ impl Node {
         let lanes = std::thread::available_parallelism().map_or(1, |n| n.get());
         let coalescer = Arc::new(Coalescer::new(config.write_delay, lanes));
         let rpcs = rpc::Rpcs::new(&config);
-        let upstream_budget =
-            upstream::NodeBudget::new(config.max_upstream_node_rate, config.max_message_size);
+        let upstream_budget = crate::upstream::NodeBudget::new(
+            config.max_upstream_node_rate,
+            config.max_message_size,
+        );
         let address_subscriptions = SubscriptionLimit::new(config.max_subscriptions_per_ip);
         let node = Node {
             inner: Arc::new_cyclic(|weak| Inner {
-                http: (!config.upstream_url.is_empty() || permissions.has_upstream_urls()).then(
-                    || {
-                        let (upstream, driver) = http_upstream::HttpUpstream::start(
-                            Some(config.upstream_url.as_str()).filter(|u| !u.is_empty()),
-                            config.rpc_timeout,
-                            config.upstream_concurrency,
-                            config.max_inflight_rpcs,
-                            config.max_message_size,
-                            upstream_signature::Signer::new(&config.upstream_secret),
-                            weak.clone(),
-                        );
-                        tasks.spawn(driver);
-                        upstream
-                    },
-                ),
+                http: upstream::start_http(&config, &permissions, &tasks, weak),
                 rpcs,
                 upstream_budget,
                 address_subscriptions,

@@ -124,7 +124,7 @@ impl Node {
             missing: Vec::new(),
             truncated: false,
         };
-        if self.config().redis_url().is_some() {
+        if self.inner.broker.shared() {
             let expected = self.live_peers();
             let request = format!("{}-{:016x}", self.inner.id, rand::random::<u64>());
             let answered = self.await_answers(&request, limit, expected.clone())?;
@@ -319,10 +319,10 @@ impl Node {
         (out, truncated)
     }
 
-    /// Starts announcing this node on `#control` (Redis only; once).
+    /// Starts announcing this node on `#control` (on a shared broker; once).
     pub(super) fn start_heartbeat(&self) {
         let queries = &self.inner.queries;
-        if self.config().redis_url().is_none() || queries.heartbeat_started.swap(true, Relaxed) {
+        if !self.inner.broker.shared() || queries.heartbeat_started.swap(true, Relaxed) {
             return;
         }
         let weak = Arc::downgrade(&self.inner);

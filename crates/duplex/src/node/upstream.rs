@@ -1,11 +1,8 @@
-//! Client calls handed up to the backends: `rpc` (and, with an HTTP
-//! upstream, `send`). On Redis the call is an entry in the upstream stream
-//! naming this node's reply channel; with an upstream URL it is a POST. The
-//! answer comes back through [`Node::finish_call`].
-//!
-//! Where a message goes is its [`Route`]: the namespace of the channel it
-//! names (a plain client's channel, a native `send`/`rpc`'s `channel`) may
-//! have its own stream and URL; otherwise the node's.
+//! Client messages handed up to the backends, wired to this node: a native
+//! `send` or a plain client's frame (fire and forget, or acknowledged after
+//! an HTTP upstream's 2xx) and an `rpc` (answered through
+//! [`Node::finish_call`]). The [`Route`] decides between the stream and a
+//! URL; what travels is `crate::upstream::body`.
 //!
 //! Every message up costs its bytes against two byte budgets before it
 //! goes: the connection's (`max_upstream_rate`, kept by the session) and
@@ -14,128 +11,80 @@
 //! a known number of bytes per second into Redis. What Redis then holds is
 //! bounded by `upstream_maxlen` entries per stream (docs/UPSTREAM.md).
 
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use bytes::Bytes;
 use duplex_protocol::payload::Encoding;
-use serde::Serialize;
+use duplex_protocol::ws::MessageKind;
 use serde_json::value::RawValue;
 
-use super::http_upstream::Job;
-use super::rpc::{Answer, Full};
-use super::Node;
+use super::{Inner, Node, Tasks};
 use crate::broker::{BrokerError, Upstream};
+use crate::config::Config;
 use crate::conn::Conn;
+use crate::permissions::Permissions;
 use crate::rate::{RateLimit, Verdict};
 use crate::stats::Stats;
-use crate::throttle::Throttle;
-
-/// Why a message did not go up: over a byte budget.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub(crate) enum OverBudget {
-    /// Over the connection's `max_upstream_rate`: refuse this message.
-    #[error("upstream byte budget exceeded: this connection may send {0} bytes per second to the backends (max_upstream_rate); slow down")]
-    Connection(usize),
-    /// Still over it after `max_publish_rate` refusals in a row: close.
-    #[error(
-        "kept sending over the upstream byte budget ({0} bytes per second, max_upstream_rate)"
-    )]
-    KeptOn(usize),
-    /// Over the node's `max_upstream_node_rate` for this destination.
-    #[error("upstream byte budget exceeded: this node takes at most {0} bytes per second for this upstream from all its clients (max_upstream_node_rate); retry later")]
-    Node(usize),
-}
-
-/// The node's byte budgets, one per destination (stream or URL; as many as
-/// the configuration names, so the map stays small).
-#[derive(Debug)]
-pub(crate) struct NodeBudget {
-    rate: usize,
-    burst: usize,
-    buckets: parking_lot::Mutex<HashMap<Box<str>, RateLimit>>,
-    warnings: Throttle,
-}
-
-impl NodeBudget {
-    /// `rate` bytes per second per destination (0 = no limit), in bursts
-    /// of up to one message of `max_message_size`.
-    pub(crate) fn new(rate: usize, max_message_size: usize) -> NodeBudget {
-        NodeBudget {
-            rate,
-            burst: rate.max(max_message_size),
-            buckets: parking_lot::Mutex::default(),
-            warnings: Throttle::new(1000),
-        }
-    }
-
-    /// Takes `cost` bytes from `destination`'s budget, if it holds them.
-    fn take(&self, destination: &str, cost: usize) -> bool {
-        if self.rate == 0 {
-            return true;
-        }
-        let mut buckets = self.buckets.lock();
-        let bucket = match buckets.get_mut(destination) {
-            Some(bucket) => bucket,
-            None => buckets
-                .entry(destination.into())
-                .or_insert_with(|| RateLimit::with_burst(self.rate as u64, self.burst as u64, 0)),
-        };
-        bucket.check_cost(cost as u64) == Verdict::Allow
-    }
-}
-
-/// Why a call was not handed to the backends.
-#[derive(Debug, thiserror::Error)]
-pub(crate) enum CallError {
-    /// A bound on waiting calls was reached.
-    #[error(transparent)]
-    Full(#[from] Full),
-    /// The broker could not take it (outage, timeout, or no upstream at all).
-    #[error(transparent)]
-    Broker(#[from] BrokerError),
-}
-
-/// The JSON body POSTed to `upstream_url`: the stream entry's fields.
-#[derive(Serialize)]
-struct HttpCall<'a> {
-    kind: &'static str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    method: Option<&'a str>,
-    data: &'a RawValue,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    encoding: Option<Encoding>,
-    connection: &'a str,
-    user: &'a str,
-    node: &'a str,
-    request: String,
-    ts: u128,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    channel: Option<&'a str>,
-}
-
-/// Where one upstream message goes.
-#[derive(Debug, Clone)]
-pub(crate) struct Route<'a> {
-    /// The Redis Stream (before `redis_prefix`); owned, as a reload may
-    /// replace the config and namespaces it came from.
-    pub(crate) stream: String,
-    /// The HTTP endpoint, when there is one: `send` and `rpc` go there
-    /// instead of the stream (plain frames always go to the stream).
-    pub(crate) url: Option<Arc<str>>,
-    /// The channel that picked the route, named in the entry or body.
-    pub(crate) channel: Option<&'a str>,
-}
+use crate::upstream::body::{self, HttpCall, Sender};
+use crate::upstream::http::{HttpUpstream, Job};
+use crate::upstream::signature::Signer;
+use crate::upstream::{Answer, CallError, Full, OverBudget, Route};
 
 /// Why an rpc cannot go anywhere.
 const NO_UPSTREAM: &str =
     "rpc needs the Redis broker (--redis) or an HTTP upstream (--upstream-url, or a namespace upstream_url for the channel it names)";
 
-fn unix_millis() -> u128 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis())
-        .unwrap_or(0)
+/// A client's message up: a native `send` or a plain client's frame.
+#[derive(Debug)]
+pub(crate) struct Message<'a> {
+    /// The message bytes, as a stream entry carries them.
+    pub(crate) payload: Bytes,
+    /// Text or binary.
+    pub(crate) kind: MessageKind,
+    /// A native `send`: its command id (acknowledged after an HTTP
+    /// upstream's 2xx) and its `data` as the client wrote it. `None`: a
+    /// plain frame, fire and forget.
+    pub(crate) send: Option<(u64, &'a RawValue, Encoding)>,
+}
+
+/// How a message up went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Sent {
+    /// In the stream: a `send` is acknowledged now.
+    Appended,
+    /// Queued for the HTTP upstream: a `send` is acknowledged (or a plain
+    /// frame counted) when the POST ends.
+    Posting,
+}
+
+/// The HTTP upstream, when the node or a namespace names a URL; its
+/// driver runs on the node's tasks and reports to [`Node::posted`].
+pub(super) fn start_http(
+    config: &Config,
+    permissions: &Permissions,
+    tasks: &Tasks,
+    node: &Weak<Inner>,
+) -> Option<HttpUpstream> {
+    if config.upstream_url.is_empty() && !permissions.has_upstream_urls() {
+        return None;
+    }
+    let node = node.clone();
+    let finished = Box::new(move |job, outcome| {
+        if let Some(inner) = node.upgrade() {
+            Node { inner }.posted(job, outcome);
+        }
+    });
+    let (upstream, driver) = HttpUpstream::start(
+        Some(config.upstream_url.as_str()).filter(|u| !u.is_empty()),
+        config.rpc_timeout,
+        config.upstream_concurrency,
+        config.max_inflight_rpcs,
+        config.max_message_size,
+        Signer::new(&config.upstream_secret),
+        finished,
+    );
+    tasks.spawn(driver);
+    Some(upstream)
 }
 
 impl Node {
@@ -153,6 +102,11 @@ impl Node {
         )
     }
 
+    /// Whether a message on `route` has anywhere to go.
+    fn has_upstream(&self, route: &Route<'_>) -> bool {
+        route.url.is_some() || self.inner.broker.upstream().is_ok()
+    }
+
     /// Charges a message of `cost` bytes up to `route` against the
     /// connection's budget (`own`) and then the node's for the route's
     /// destination; a refusal is counted (`upstream_throttled`) and logged
@@ -165,15 +119,14 @@ impl Node {
         cost: usize,
         route: &Route<'_>,
     ) -> Result<(), OverBudget> {
-        let config = self.config();
-        if route.url.is_none() && config.redis_url().is_none() {
+        if !self.has_upstream(route) {
             // Nowhere to go: refused next (102), not charged.
             return Ok(());
         }
+        let config = self.config();
         let refused = match own.check_cost(cost as u64) {
             Verdict::Allow => {
-                let destination = route.url.as_deref().unwrap_or(&route.stream);
-                if self.inner.upstream_budget.take(destination, cost) {
+                if self.inner.upstream_budget.take(route.destination(), cost) {
                     return Ok(());
                 }
                 own.refund(cost as u64);
@@ -198,58 +151,21 @@ impl Node {
         Err(refused)
     }
 
-    /// Where a message about `channel` (or about no channel) goes, the most
-    /// specific first: the channel's namespace's `upstream_url`, then its
-    /// `upstream_stream`, then the node's `upstream_url`, then the node's
-    /// `upstream_stream`.
+    /// Where a message about `channel` (or about no channel) goes
+    /// ([`Route::resolve`]).
     pub(crate) fn route<'a>(&self, channel: Option<&'a str>) -> Route<'a> {
         let permissions = self.permissions();
         let own = channel.map(|c| permissions.upstream(c)).unwrap_or_default();
         let node_url = self.inner.http.as_ref().and_then(|h| h.default_url());
-        // A namespace that names its own stream keeps its messages off the node's URL.
-        let url = match own.stream {
-            Some(_) => own.url,
-            None => own.url.or(node_url),
-        };
-        Route {
-            stream: own
-                .stream
-                .map_or_else(|| self.config().upstream_stream.clone(), str::to_string),
-            url: url.cloned(),
-            channel,
-        }
+        Route::resolve(own, node_url, &self.config().upstream_stream, channel)
     }
 
-    /// A stream entry for a client's message: `kind`, the data and its
-    /// encoding, who sent it (connection, user, node), when, the routing
-    /// channel, and `extra` fields (an rpc's method, request, reply_to).
-    pub(super) fn upstream_entry(
-        &self,
-        conn: &Conn,
-        kind: &'static str,
-        (data, encoding): (Bytes, &'static str),
-        extra: Vec<(&'static str, Bytes)>,
-        route: &Route<'_>,
-    ) -> Upstream {
-        let mut fields = vec![
-            ("kind", Bytes::from_static(kind.as_bytes())),
-            ("data", data),
-            ("encoding", Bytes::from_static(encoding.as_bytes())),
-            ("connection", Bytes::copy_from_slice(conn.id.as_bytes())),
-            (
-                "user",
-                Bytes::copy_from_slice(conn.user().unwrap_or("").as_bytes()),
-            ),
-            ("node", Bytes::copy_from_slice(self.inner.id.as_bytes())),
-            ("ts", Bytes::from(unix_millis().to_string())),
-        ];
-        fields.extend(extra);
-        if let Some(channel) = route.channel {
-            fields.push(("channel", Bytes::copy_from_slice(channel.as_bytes())));
-        }
-        Upstream {
-            stream: route.stream.to_string(),
-            fields,
+    /// Who `conn` is, as entries and bodies name it.
+    fn sender<'a>(&'a self, conn: &'a Conn) -> Sender<'a> {
+        Sender {
+            connection: &conn.id,
+            user: conn.user().unwrap_or(""),
+            node: &self.inner.id,
         }
     }
 
@@ -257,6 +173,80 @@ impl Node {
     /// the Redis prefix, exactly as a worker's `PUBLISH` must name it.
     pub fn reply_channel(&self) -> String {
         format!("{}{}", self.config().redis_prefix, self.node_channel())
+    }
+
+    /// Hands a client's message to the backends on `route`: POSTed when
+    /// the route has a URL, else appended to its stream. Every refusal is
+    /// counted in `upstream_failures`; a stream append's success in
+    /// `upstream_messages` (a POST's when it ends).
+    pub(crate) async fn send_up(
+        &self,
+        conn: &Arc<Conn>,
+        message: Message<'_>,
+        route: &Route<'_>,
+    ) -> Result<Sent, CallError> {
+        let sent = match (&route.url, message.send) {
+            (Some(url), Some((command, data, encoding))) => {
+                let request = self.begin_call(conn, command, Answer::Send)?;
+                let mut body = HttpCall::new(self.sender(conn), "send", data);
+                body.encoding = Some(encoding);
+                body.channel = route.channel;
+                self.post(conn, body, request, Some(Answer::Send), url)
+                    .map(|()| Sent::Posting)
+            }
+            (Some(url), None) => self.post_frame(conn, &message, route, url),
+            (None, _) => self
+                .append(conn, message, route)
+                .await
+                .map(|()| Sent::Appended),
+        };
+        if let Err(e) = &sent {
+            Stats::bump(&self.inner.stats.upstream_failures);
+            if let Some(skipped) = self.inner.publish_warnings.allow() {
+                tracing::warn!(conn = %conn.id, error = %e, similar_skipped = skipped, "message up to the backends refused (counted in upstream_failures)");
+            }
+        }
+        sent
+    }
+
+    /// A plain frame for the HTTP upstream, fire and forget.
+    fn post_frame(
+        &self,
+        conn: &Conn,
+        message: &Message<'_>,
+        route: &Route<'_>,
+        url: &Arc<str>,
+    ) -> Result<Sent, CallError> {
+        let (data, encoding) = body::frame_data(&message.payload, message.kind)
+            .map_err(|e| BrokerError::Unavailable(e.to_string()))?;
+        let mut body = HttpCall::new(self.sender(conn), "send", &data);
+        body.encoding = encoding;
+        body.channel = route.channel;
+        self.post(conn, body, 0, None, url).map(|()| Sent::Posting)
+    }
+
+    /// A message as an entry in the route's stream (docs/UPSTREAM.md).
+    async fn append(
+        &self,
+        conn: &Conn,
+        message: Message<'_>,
+        route: &Route<'_>,
+    ) -> Result<(), CallError> {
+        let encoding = body::entry_encoding(message.kind);
+        let entry = body::stream_entry(
+            self.sender(conn),
+            "send",
+            (message.payload, encoding),
+            Vec::new(),
+            route,
+        );
+        self.append_entry(entry).await?;
+        Stats::bump(&self.inner.stats.upstream_messages);
+        Ok(())
+    }
+
+    async fn append_entry(&self, entry: Upstream) -> Result<(), BrokerError> {
+        self.inner.broker.upstream()?.append(entry).await
     }
 
     /// Starts an rpc: the client's reply is queued when the backend answers,
@@ -269,23 +259,18 @@ impl Node {
         data: &RawValue,
         route: Route<'_>,
     ) -> Result<(), CallError> {
-        if route.url.is_none() && self.config().redis_url().is_none() {
+        if !self.has_upstream(&route) {
             return Err(BrokerError::Unsupported(NO_UPSTREAM).into());
         }
         let request = self.begin_call(conn, command, Answer::Rpc)?;
-        if let Some(url) = route.url {
-            let call = Call {
-                request,
-                answer: Answer::Rpc,
-                method: Some(method),
-                data,
-                encoding: None,
-                channel: route.channel,
-            };
-            return self.post_call(conn, call, url);
+        if let Some(url) = &route.url {
+            let mut body = HttpCall::new(self.sender(conn), "rpc", data);
+            body.method = Some(method);
+            body.channel = route.channel;
+            return self.post(conn, body, request, Some(Answer::Rpc), url);
         }
-        let entry = self.upstream_entry(
-            conn,
+        let entry = body::stream_entry(
+            self.sender(conn),
             "rpc",
             (Bytes::copy_from_slice(data.get().as_bytes()), "json"),
             vec![
@@ -295,123 +280,35 @@ impl Node {
             ],
             &route,
         );
-        let appended = match self.inner.broker.upstream() {
-            Ok(log) => log.append(entry).await,
-            Err(unsupported) => Err(unsupported),
-        };
-        match appended {
+        match self.append_entry(entry).await {
             Ok(()) => Ok(()),
             // Already answered (timed out while Redis was slow): no second reply.
             Err(_) if !self.abandon_call(request) => Ok(()),
             Err(e) => {
-                crate::stats::Stats::bump(&self.inner.stats.rpc_failures);
+                Stats::bump(&self.inner.stats.rpc_failures);
                 Err(e.into())
             }
         }
     }
 
-    /// A client's `send` through the HTTP upstream at `url`, acknowledged
-    /// after the backend's 2xx (the data checked by the caller).
-    pub(crate) fn send_upstream_http(
-        &self,
-        conn: &Arc<Conn>,
-        command: u64,
-        data: &RawValue,
-        encoding: Encoding,
-        channel: Option<&str>,
-        url: Arc<str>,
-    ) -> Result<(), CallError> {
-        let request = self.begin_call(conn, command, Answer::Send)?;
-        let call = Call {
-            request,
-            answer: Answer::Send,
-            method: None,
-            data,
-            encoding: Some(encoding),
-            channel,
-        };
-        self.post_call(conn, call, url)
-    }
-
-    /// A plain client's frame to the HTTP upstream, fire and forget: the
-    /// POST's outcome is counted when it comes (`upstream_messages`, or
-    /// `upstream_failures` and `plain_publish_dropped`); a full queue
-    /// refuses it at once.
-    pub(crate) fn post_frame(
+    /// Queues a body for the HTTP upstream at `url`; `answer` is what the
+    /// client waits for (`None`: nothing, a plain frame). A full queue
+    /// refuses it at once, withdrawing its call.
+    fn post(
         &self,
         conn: &Conn,
-        payload: &[u8],
-        kind: duplex_protocol::ws::MessageKind,
-        channel: &str,
-        url: Arc<str>,
+        mut body: HttpCall<'_>,
+        request: u64,
+        answer: Option<Answer>,
+        url: &Arc<str>,
     ) -> Result<(), CallError> {
-        use base64::Engine as _;
-        let (text, encoding) = match (kind, std::str::from_utf8(payload)) {
-            (duplex_protocol::ws::MessageKind::Text, Ok(text)) => (text.to_string(), None),
-            _ => (
-                base64::engine::general_purpose::STANDARD.encode(payload),
-                Some(Encoding::Base64),
-            ),
-        };
-        let data = serde_json::value::to_raw_value(&text)
-            .map_err(|e| BrokerError::Unavailable(e.to_string()))?;
-        let body = HttpCall {
-            kind: "send",
-            method: None,
-            data: &data,
-            encoding,
-            connection: &conn.id,
-            user: conn.user().unwrap_or(""),
-            node: &self.inner.id,
-            request: String::new(),
-            ts: unix_millis(),
-            channel: Some(channel),
-        };
-        let full = || CallError::Full(Full::Node(self.config().max_inflight_rpcs));
-        let (Some(http), Ok(body)) = (&self.inner.http, serde_json::to_vec(&body)) else {
-            return Err(full());
-        };
-        let job = Job {
-            request: 0,
-            connection: Arc::clone(&conn.id),
-            answer: None,
-            body,
-            url,
-        };
-        http.submit(job).map_err(|_| full())
-    }
-
-    /// Counts how a plain frame's POST ended.
-    pub(super) fn frame_posted(&self, connection: &str, outcome: super::rpc::Outcome) {
-        let stats = &self.inner.stats;
-        match outcome {
-            super::rpc::Outcome::Data(_) => crate::stats::Stats::bump(&stats.upstream_messages),
-            other => {
-                crate::stats::Stats::bump(&stats.upstream_failures);
-                crate::stats::Stats::bump(&stats.plain_publish_dropped);
-                tracing::debug!(conn = %connection, outcome = ?other, "plain client's message dropped: the HTTP upstream refused it");
-            }
+        if answer.is_some() {
+            body.request = request.to_string();
         }
-    }
-
-    fn post_call(&self, conn: &Conn, call: Call<'_>, url: Arc<str>) -> Result<(), CallError> {
-        let Call {
-            request, answer, ..
-        } = call;
-        let body = HttpCall {
-            kind: if answer == Answer::Rpc { "rpc" } else { "send" },
-            method: call.method,
-            data: call.data,
-            encoding: call.encoding,
-            connection: &conn.id,
-            user: conn.user().unwrap_or(""),
-            node: &self.inner.id,
-            request: request.to_string(),
-            ts: unix_millis(),
-            channel: call.channel,
-        };
         let full = || {
-            self.abandon_call(request);
+            if answer.is_some() {
+                self.abandon_call(request);
+            }
             CallError::Full(Full::Node(self.config().max_inflight_rpcs))
         };
         let (Some(http), Ok(body)) = (&self.inner.http, serde_json::to_vec(&body)) else {
@@ -420,20 +317,28 @@ impl Node {
         let job = Job {
             request,
             connection: Arc::clone(&conn.id),
-            answer: Some(answer),
-            body,
-            url,
+            answer,
+            body: body.into(),
+            url: Arc::clone(url),
         };
         http.submit(job).map_err(|_| full())
     }
-}
 
-/// One call for the HTTP upstream, before it becomes a body.
-struct Call<'a> {
-    request: u64,
-    answer: Answer,
-    method: Option<&'a str>,
-    data: &'a RawValue,
-    encoding: Option<Encoding>,
-    channel: Option<&'a str>,
+    /// How an HTTP upstream request ended: a call is answered, a plain
+    /// frame's POST only counted (`upstream_messages`, or
+    /// `upstream_failures` and `plain_publish_dropped`).
+    pub(super) fn posted(&self, job: Job, outcome: crate::upstream::Outcome) {
+        if job.answer.is_some() {
+            return self.finish_call(&job.request.to_string(), &job.connection, outcome);
+        }
+        let stats = &self.inner.stats;
+        match outcome {
+            crate::upstream::Outcome::Data(_) => Stats::bump(&stats.upstream_messages),
+            other => {
+                Stats::bump(&stats.upstream_failures);
+                Stats::bump(&stats.plain_publish_dropped);
+                tracing::debug!(conn = %job.connection, outcome = ?other, "plain client's message dropped: the HTTP upstream refused it");
+            }
+        }
+    }
 }

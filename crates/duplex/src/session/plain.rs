@@ -17,10 +17,11 @@ use super::{user_of, Authenticated, Flow};
 use crate::conn::Conn;
 use crate::limits::{AddressFull, AddressSubscriptions};
 use crate::message::Publication;
-use crate::node::{Node, OverBudget, Route};
+use crate::node::{Message, Node};
 use crate::permissions::{Asker, Denied};
 use crate::rate::{RateLimit, Verdict};
 use crate::stats::Stats;
+use crate::upstream::{OverBudget, Route};
 
 /// State of one plain client.
 #[derive(Debug)]
@@ -118,23 +119,16 @@ impl PlainSession {
             }
         }
         if let Some(route) = route {
-            // A URL (the namespace's, else the node's) takes frames as it
-            // takes `send` and `rpc`, else the stream.
-            let sent = match route.url.clone() {
-                Some(url) => node
-                    .post_frame(conn, &payload, kind, channel.as_str(), url)
-                    .map_err(|e| {
-                        // Refused before any POST (queue full): counted here;
-                        // a POST's own outcome is counted when it ends.
-                        Stats::bump(&node.stats().upstream_failures);
-                        e.to_string()
-                    }),
-                None => node
-                    .send_upstream(conn, payload.clone(), kind, &route)
-                    .await
-                    .map_err(|e| e.to_string()),
+            // The route's URL (the namespace's, else the node's) takes
+            // frames as it takes `send` and `rpc`, else its stream.
+            let message = Message {
+                payload: payload.clone(),
+                kind,
+                send: None,
             };
-            if let Err(e) = sent {
+            if let Err(e) = node.send_up(conn, message, &route).await {
+                // Counted in upstream_failures by the node; a POST's own
+                // outcome is counted when it ends.
                 Stats::bump(&node.stats().plain_publish_dropped);
                 tracing::debug!(conn = %conn.id, %channel, error = %e, "plain client's message dropped: upstream refused it");
             }

@@ -29,8 +29,10 @@ const READ_CHUNK: usize = 4096;
 /// Why reading stopped, for the log line.
 #[derive(Debug)]
 enum End {
-    /// The peer's close frame; `true` when it answered ours.
-    PeerClosed(Option<u16>, bool),
+    /// The peer began the close with this frame's code.
+    PeerClosed(Option<u16>),
+    /// The peer's close frame answered ours.
+    PeerAnswered(Option<u16>),
     Eof,
     ReadError(std::io::Error),
     ProtocolError(u16, String),
@@ -49,7 +51,11 @@ fn on_control(node: &Node, conn: &Conn, event: Event) -> Option<End> {
         Event::Close { code, .. } => {
             let answered_ours = conn.outbound.is_closing();
             conn.echo_close(code.unwrap_or(1000));
-            Some(End::PeerClosed(code, answered_ours))
+            Some(if answered_ours {
+                End::PeerAnswered(code)
+            } else {
+                End::PeerClosed(code)
+            })
         }
         Event::Pong(_) | Event::Message { .. } => None,
     }
@@ -65,8 +71,11 @@ fn record_end(node: &Node, conn: &Conn, end: &End) {
         End::SessionClosed(code, reason) => {
             tracing::info!(conn = %conn.id, addr = %conn.remote, code = code.as_u16(), reason, "closing connection");
         }
-        End::PeerClosed(code, _) => {
+        End::PeerClosed(code) => {
             tracing::debug!(conn = %conn.id, code, "client closed the connection")
+        }
+        End::PeerAnswered(code) => {
+            tracing::debug!(conn = %conn.id, code, "client answered the server's close")
         }
         End::ReadError(e) => {
             tracing::debug!(conn = %conn.id, error = %e, "connection ended: read failed")
@@ -75,8 +84,8 @@ fn record_end(node: &Node, conn: &Conn, end: &End) {
         End::Aborted => tracing::debug!(conn = %conn.id, "connection ended by the server"),
     }
     node.stats().disconnected(match end {
-        End::PeerClosed(_, false) => Disconnect::ClientClose,
-        End::PeerClosed(_, true) | End::Aborted => Disconnect::ServerCut,
+        End::PeerClosed(_) => Disconnect::ClientClose,
+        End::PeerAnswered(_) | End::Aborted => Disconnect::ServerCut,
         End::Eof => Disconnect::Eof,
         End::ReadError(_) => Disconnect::ReadError,
         End::ProtocolError(..) => Disconnect::ProtocolError,

@@ -135,9 +135,13 @@ pub(crate) async fn unsubscribe_stops_delivery<F: Fixture>(fixture: F) {
 
 /// A publication reaches every node that holds the channel (the
 /// publisher's own node included when it does) exactly once, and no node
-/// that does not.
+/// that does not. A backend other nodes share says so (node heartbeats
+/// and questions to every node rely on it).
 pub(crate) async fn each_subscribed_node_gets_each_publication_once<F: Fixture>(fixture: F) {
     let mut nodes = nodes(&fixture).await;
+    for node in &nodes {
+        assert_eq!(node.broker.shared(), F::NODES > 1, "{}: shared()", node.id);
+    }
     // With more than one node the publisher (the last) does not hold "fanout".
     let publisher = nodes.len() - 1;
     let holds = |n: usize| F::NODES == 1 || n != publisher;

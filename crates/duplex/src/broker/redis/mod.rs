@@ -379,6 +379,10 @@ impl Link for RedisBroker {
         }
         .boxed()
     }
+
+    fn shared(&self) -> bool {
+        true
+    }
 }
 
 impl PubSub for RedisBroker {

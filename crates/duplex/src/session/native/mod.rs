@@ -26,12 +26,13 @@ use crate::broker::BrokerError;
 use crate::conn::Conn;
 use crate::limits::AddressSubscriptions;
 use crate::message::Publication;
-use crate::node::{CallError, Node, OverBudget};
+use crate::node::{Message, Node, Sent};
 use crate::permissions::{Asker, Denied};
 use crate::rate::{RateLimit, Verdict};
 use crate::session::is_own_user_channel;
 use crate::session::{user_of, Authenticated, Flow, Identity};
 use crate::stats::Stats;
+use crate::upstream::{CallError, OverBudget};
 
 /// Where the client is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -184,15 +185,20 @@ impl NativeSession {
                 let budget = upstream_budget(&mut self.upstream_budget, node);
                 node.charge_upstream(conn, budget, payload.len(), &route)
                     .map_err(over_budget)?;
-                if let Some(url) = route.url.clone() {
-                    node.send_upstream_http(conn, id, &p.data, p.encoding, route.channel, url)
-                        .map_err(call_error)?;
-                    return Ok(None);
-                }
-                node.send_upstream(conn, payload, kind, &route)
+                let message = Message {
+                    payload,
+                    kind,
+                    send: Some((id, &p.data, p.encoding)),
+                };
+                match node
+                    .send_up(conn, message, &route)
                     .await
-                    .map_err(broker_error)?;
-                Ok(push::reply(id, &Empty {}))
+                    .map_err(call_error)?
+                {
+                    Sent::Appended => Ok(push::reply(id, &Empty {})),
+                    // Acknowledged when the POST ends.
+                    Sent::Posting => return Ok(None),
+                }
             }
             Command::Rpc(p) => {
                 let channel = self.upstream_channel(node, conn, p.channel.as_deref())?;

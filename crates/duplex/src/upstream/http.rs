@@ -13,9 +13,12 @@
 //!
 //! With `upstream_secret` set, every request (to the node's URL or a
 //! namespace's) carries a `Duplex-Signature` header over its time and body
-//! (`upstream_signature.rs`), so the backend can refuse anyone else's.
+//! (`signature.rs`), so the backend can refuse anyone else's.
+//!
+//! How each request ended goes to the node through the callback given at
+//! start, so this driver knows nothing of nodes or connections.
 
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use duplex_protocol::code::ErrorCode;
@@ -24,9 +27,11 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use tokio::sync::mpsc;
 
-use super::rpc::{Answer, Outcome};
-use super::upstream_signature::{self, Signer};
-use super::{Inner, Node};
+use super::call::{Answer, Outcome};
+use super::signature::{self, Signer};
+
+/// Told how each request ended: the node answers the call or counts the frame.
+pub(crate) type Finished = Box<dyn Fn(Job, Outcome) + Send + Sync>;
 
 /// One request for the backend endpoint.
 #[derive(Debug)]
@@ -39,7 +44,7 @@ pub(crate) struct Job {
     /// which nobody answers (its outcome is only counted).
     pub(crate) answer: Option<Answer>,
     /// The JSON body.
-    pub(crate) body: Vec<u8>,
+    pub(crate) body: bytes::Bytes,
     /// Where to POST it.
     pub(crate) url: Arc<str>,
 }
@@ -60,7 +65,7 @@ struct Driver {
     max_body: usize,
     /// Signs each request when `upstream_secret` is set.
     signer: Option<Signer>,
-    node: Weak<Inner>,
+    finished: Finished,
 }
 
 #[derive(Deserialize)]
@@ -78,15 +83,15 @@ struct BackendError {
 impl HttpUpstream {
     /// The upstream and its driver, which the node runs as one of its tasks.
     /// `default_url` is the node's `upstream_url`, if any; `signer` signs
-    /// every request.
-    pub(super) fn start(
+    /// every request; `finished` hears how each one ended.
+    pub(crate) fn start(
         default_url: Option<&str>,
         timeout: Duration,
         concurrency: usize,
         capacity: usize,
         max_body: usize,
         signer: Option<Signer>,
-        node: Weak<Inner>,
+        finished: Finished,
     ) -> (
         HttpUpstream,
         impl std::future::Future<Output = ()> + Send + 'static,
@@ -101,7 +106,7 @@ impl HttpUpstream {
             concurrency,
             max_body,
             signer,
-            node,
+            finished,
         };
         let upstream = HttpUpstream {
             jobs,
@@ -130,19 +135,13 @@ impl Driver {
         });
         let driver = &self;
         jobs.for_each_concurrent(self.concurrency, |job| async move {
-            let outcome = driver.post(&job.url, job.body, job.answer).await;
-            if let Some(inner) = driver.node.upgrade() {
-                let node = Node { inner };
-                match job.answer {
-                    None => node.frame_posted(&job.connection, outcome),
-                    Some(_) => node.finish_call(&job.request.to_string(), &job.connection, outcome),
-                }
-            }
+            let outcome = driver.post(&job.url, job.body.clone(), job.answer).await;
+            (driver.finished)(job, outcome);
         })
         .await;
     }
 
-    async fn post(&self, url: &str, body: Vec<u8>, answer: Option<Answer>) -> Outcome {
+    async fn post(&self, url: &str, body: bytes::Bytes, answer: Option<Answer>) -> Outcome {
         let mut request = self
             .client
             .post(url)
@@ -151,7 +150,7 @@ impl Driver {
             let now = SystemTime::now()
                 .duration_since(SystemTime::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs());
-            request = request.header(upstream_signature::HEADER, signer.header(now, &body));
+            request = request.header(signature::HEADER, signer.header(now, &body));
         }
         let sent = request.body(body).send().await;
         let mut response = match sent {

@@ -1,6 +1,6 @@
 //! The table of calls waiting for an answer and what they count against:
 //! per connection, per node, and the fair shares per address and per user
-//! (see the parent module). Pure bookkeeping under the caller's lock.
+//! (see `node::rpc`). Pure bookkeeping under the caller's lock.
 
 use std::collections::{BTreeMap, HashMap};
 use std::hash::Hash;
@@ -8,26 +8,26 @@ use std::net::IpAddr;
 use std::sync::{Arc, Weak};
 use std::time::Instant;
 
-use super::{Answer, Full};
+use super::call::{Answer, Full};
 use crate::conn::Conn;
 
 /// The bounds on waiting calls, from the settings.
 #[derive(Debug, Clone, Copy)]
-pub(super) struct Limits {
+pub(crate) struct Limits {
     /// `max_pending_rpcs`: per connection, and the least fair share.
-    pub(super) per_conn: usize,
+    pub(crate) per_conn: usize,
     /// `max_inflight_rpcs`.
-    pub(super) inflight: usize,
+    pub(crate) inflight: usize,
     /// `rpc_fair_share_per_ip`.
-    pub(super) per_ip: bool,
+    pub(crate) per_ip: bool,
     /// `rpc_fair_share_per_user`.
-    pub(super) per_user: bool,
+    pub(crate) per_user: bool,
 }
 
 impl Limits {
     /// What one of `holders` addresses (or users) may hold: 90% of the
     /// node's capacity split evenly, never under one connection's bound.
-    pub(super) fn fair_share(&self, holders: usize) -> usize {
+    pub(crate) fn fair_share(&self, holders: usize) -> usize {
         let shared = self.inflight - self.inflight / 10;
         (shared / holders.max(1)).max(self.per_conn)
     }
@@ -36,7 +36,7 @@ impl Limits {
 /// Calls waiting per key (connection, address or user); a key with none is
 /// not kept.
 #[derive(Debug)]
-pub(super) struct Counts<K>(HashMap<K, usize>);
+pub(crate) struct Counts<K>(HashMap<K, usize>);
 
 impl<K: Hash + Eq> Default for Counts<K> {
     fn default() -> Self {
@@ -45,20 +45,20 @@ impl<K: Hash + Eq> Default for Counts<K> {
 }
 
 impl<K: Hash + Eq> Counts<K> {
-    pub(super) fn get(&self, key: &K) -> usize {
+    pub(crate) fn get(&self, key: &K) -> usize {
         self.0.get(key).copied().unwrap_or(0)
     }
 
     /// Keys holding calls, counting `key` as one of them.
-    pub(super) fn holders_with(&self, key: &K) -> usize {
+    pub(crate) fn holders_with(&self, key: &K) -> usize {
         self.0.len() + usize::from(!self.0.contains_key(key))
     }
 
-    pub(super) fn add(&mut self, key: K) {
+    pub(crate) fn add(&mut self, key: K) {
         *self.0.entry(key).or_insert(0) += 1;
     }
 
-    pub(super) fn remove(&mut self, key: &K, n: usize) {
+    pub(crate) fn remove(&mut self, key: &K, n: usize) {
         if let Some(count) = self.0.get_mut(key) {
             *count = count.saturating_sub(n);
             if *count == 0 {
@@ -68,31 +68,31 @@ impl<K: Hash + Eq> Counts<K> {
     }
 
     #[cfg(test)]
-    pub(super) fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
 }
 
 /// One call waiting for its answer.
 #[derive(Debug)]
-pub(super) struct Pending {
-    pub(super) conn: Weak<Conn>,
-    pub(super) conn_seq: u64,
-    pub(super) connection: Arc<str>,
+pub(crate) struct Pending {
+    pub(crate) conn: Weak<Conn>,
+    pub(crate) conn_seq: u64,
+    pub(crate) connection: Arc<str>,
     /// The client's command id, echoed in the reply.
-    pub(super) command: u64,
-    pub(super) answer: Answer,
-    pub(super) started: Instant,
+    pub(crate) command: u64,
+    pub(crate) answer: Answer,
+    pub(crate) started: Instant,
     /// The client's address, for its fair share.
-    pub(super) ip: IpAddr,
+    pub(crate) ip: IpAddr,
     /// The client's user, for its fair share; None when anonymous (or when
     /// shares per user are off).
-    pub(super) user: Option<Arc<str>>,
+    pub(crate) user: Option<Arc<str>>,
 }
 
 /// The table, behind one lock; methods that need the lock live here.
 #[derive(Debug)]
-pub(super) struct Table {
+pub(crate) struct Table {
     /// By request id; ids grow with time and every call has the same
     /// timeout, so the first entries are the first to expire.
     pending: BTreeMap<u64, Pending>,
@@ -103,7 +103,7 @@ pub(super) struct Table {
 }
 
 impl Table {
-    pub(super) fn new(next: u64) -> Table {
+    pub(crate) fn new(next: u64) -> Table {
         Table {
             pending: BTreeMap::new(),
             per_conn: Counts::default(),
@@ -114,7 +114,7 @@ impl Table {
     }
 
     /// Adds a call, or says which bound it would pass (the node's first).
-    pub(super) fn insert(&mut self, pending: Pending, limits: Limits) -> Result<u64, Full> {
+    pub(crate) fn insert(&mut self, pending: Pending, limits: Limits) -> Result<u64, Full> {
         if self.pending.len() >= limits.inflight {
             return Err(Full::Node(limits.inflight));
         }
@@ -147,7 +147,7 @@ impl Table {
         Ok(self.next)
     }
 
-    pub(super) fn take(&mut self, request: u64, connection: Option<&str>) -> Option<Pending> {
+    pub(crate) fn take(&mut self, request: u64, connection: Option<&str>) -> Option<Pending> {
         let entry = self.pending.get(&request)?;
         if connection.is_some_and(|c| c != &*entry.connection) {
             return None;
@@ -159,7 +159,7 @@ impl Table {
 
     /// Uncounts a call that left the table (keys it was not counted
     /// under are absent, so removing from them does nothing).
-    pub(super) fn release(&mut self, entry: &Pending) {
+    pub(crate) fn release(&mut self, entry: &Pending) {
         self.per_conn.remove(&entry.conn_seq, 1);
         self.per_ip.remove(&entry.ip, 1);
         if let Some(user) = &entry.user {
@@ -167,7 +167,7 @@ impl Table {
         }
     }
 
-    pub(super) fn expired(&mut self, started_before: Instant) -> Vec<Pending> {
+    pub(crate) fn expired(&mut self, started_before: Instant) -> Vec<Pending> {
         let mut out = Vec::new();
         while let Some(entry) = self.pending.first_entry() {
             if entry.get().started > started_before {
@@ -180,7 +180,7 @@ impl Table {
         out
     }
 
-    pub(super) fn forget(&mut self, conn_seq: u64) -> usize {
+    pub(crate) fn forget(&mut self, conn_seq: u64) -> usize {
         if self.per_conn.get(&conn_seq) == 0 {
             return 0;
         }

@@ -35,10 +35,7 @@ impl Signer {
     /// unsigned).
     pub(crate) fn new(secret: &Secret) -> Option<Signer> {
         let keys: Vec<hmac::Key> = secret
-            .expose()
-            .split(',')
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
+            .parts()
             .map(|s| hmac::Key::new(hmac::HMAC_SHA256, s.as_bytes()))
             .collect();
         (!keys.is_empty()).then_some(Signer { keys })
