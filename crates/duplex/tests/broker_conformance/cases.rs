@@ -27,6 +27,7 @@ fn text(on: &str, data: &str) -> Publication {
         payload: Bytes::copy_from_slice(data.as_bytes()),
         kind: MessageKind::Text,
         exclude: None,
+        position: None,
     }
 }
 
@@ -214,6 +215,7 @@ pub(crate) async fn kinds_follow_the_backend_rule<F: Fixture>(fixture: F) {
             payload: Bytes::from_static(payload),
             kind,
             exclude: None,
+            position: None,
         };
         publish(&nodes[last], publication).await;
     }

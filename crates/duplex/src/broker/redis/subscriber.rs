@@ -110,6 +110,7 @@ impl Shared {
             channel,
             payload,
             exclude,
+            position: None,
         };
         if let Err(full) = self.intake.push(publication) {
             if let Some(skipped) = self.drop_warnings.allow() {
