@@ -83,6 +83,7 @@ fn setup(subs: usize, wire: Wire) -> (Hub<Sink>, Publication) {
         payload: Bytes::from(payload),
         kind: MessageKind::Text,
         exclude: None,
+        position: None,
     };
     let out = hub.broadcast(&publication);
     assert_eq!(out.delivered, subs, "every stand-in must take the frame");

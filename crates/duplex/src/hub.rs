@@ -366,6 +366,7 @@ mod tests {
             payload: Bytes::from_static(payload),
             kind: MessageKind::Text,
             exclude: None,
+            position: None,
         }
     }
 

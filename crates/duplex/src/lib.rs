@@ -20,8 +20,8 @@
 //! - [`conn`]: the client handle below the node: its bounded outbound queue,
 //!   write batching and pressure.
 //! - [`hub`]: channel -> local subscribers; fan-out of shared frame bytes.
-//! - [`broker`]: the broker abilities (`PubSub`, `UpstreamLog`), the memory
-//!   and Redis brokers.
+//! - [`broker`]: the broker abilities (`PubSub`, `UpstreamLog`, `History`),
+//!   the memory and Redis brokers.
 //! - Leaves: [`config`] (flags, `DUPLEX_*`, TOML, reloads), [`auth`] (JWT),
 //!   [`permissions`] (namespaces), [`control`] (orders on `#control`),
 //!   [`message`] (the publication), [`stats`] (every counter, declared

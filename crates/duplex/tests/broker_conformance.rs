@@ -14,6 +14,8 @@ mod support;
 mod cases;
 #[path = "broker_conformance/fixtures.rs"]
 mod fixtures;
+#[path = "broker_conformance/history.rs"]
+mod history;
 
 /// Stamps every case out for one backend: `conformance!(module, Fixture)`.
 macro_rules! conformance {
@@ -30,6 +32,15 @@ macro_rules! conformance {
             an_outage_is_reported_and_refused,
             subscriptions_survive_a_restart,
             upstream_entries_are_appended_in_order,
+            history_offsets_start_at_one_and_reach_every_node,
+            history_reads_since_limit_and_reverse,
+            history_keeps_at_most_size,
+            history_ttl_drops_publications_but_keeps_the_position,
+            history_meta_expiry_starts_a_new_epoch,
+            history_starts_a_new_epoch_when_the_backend_comes_back_empty,
+            history_racing_publishers_get_unique_increasing_offsets,
+            a_raw_publish_on_a_history_channel_has_no_position,
+            history_publishes_keep_exclusions,
         );
     };
     (@cases $backend:ident, $fixture:ty, $($case:ident),+ $(,)?) => {

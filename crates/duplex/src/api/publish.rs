@@ -160,6 +160,7 @@ fn publication(
         payload,
         kind,
         exclude: None,
+        position: None,
     })
 }
 

@@ -188,6 +188,7 @@ mod tests {
             payload: Bytes::copy_from_slice(payload.as_bytes()),
             kind: MessageKind::Text,
             exclude: None,
+            position: None,
         }
     }
 

@@ -13,17 +13,20 @@ use duplex_protocol::channel::ChannelName;
 use futures_util::future::{self, BoxFuture, FutureExt};
 use parking_lot::RwLock;
 
+use super::history::memory::Store;
 use super::{BrokerError, BrokerHandler, BrokerState, BrokerStatus, Link, PubSub};
 use crate::message::Publication;
 
 /// In-process broker for a single node.
 pub struct MemoryBroker {
-    handler: Arc<dyn BrokerHandler>,
+    pub(super) handler: Arc<dyn BrokerHandler>,
     state: BrokerState,
     /// The node's own channels, held whatever its clients do.
     node_channels: HashSet<String>,
     /// Channels subscribed by the node for its clients.
     subscribed: RwLock<HashSet<ChannelName>>,
+    /// Channels' histories (`broker::history::memory`).
+    pub(super) history: Store,
 }
 
 impl std::fmt::Debug for MemoryBroker {
@@ -41,10 +44,11 @@ impl MemoryBroker {
             state: BrokerState::new("memory", BrokerStatus::Connected),
             node_channels: node_channels.iter().cloned().collect(),
             subscribed: RwLock::default(),
+            history: Store::default(),
         }
     }
 
-    fn holds(&self, channel: &ChannelName) -> bool {
+    pub(super) fn holds(&self, channel: &ChannelName) -> bool {
         self.node_channels.contains(channel.as_str()) || self.subscribed.read().contains(channel)
     }
 }

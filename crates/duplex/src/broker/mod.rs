@@ -10,6 +10,12 @@
 //!   `/health` and leaving it at shutdown.
 //! - [`UpstreamLog`] (Redis only): clients' messages appended to streams
 //!   that backend workers read.
+//! - [`History`] (memory and Redis): a channel's recent
+//!   publications at offsets within an epoch, appended and published in
+//!   one atomic step, and read back by range (`broker::history` holds the
+//!   contract; Redis does it in a Redis Function library that backends can
+//!   `FCALL` too, `broker/redis/history.rs`). The live copy of a recorded
+//!   publication carries its [`Position`](crate::message::Position).
 //!
 //! The node holds a [`Broker`]: one `Arc` per ability, `None` where the
 //! backend lacks it (asking for it then answers [`BrokerError::Unsupported`]
@@ -35,15 +41,10 @@
 //!
 //! Each is a new trait here, a new `Option<Arc<dyn ...>>` field on
 //! [`Broker`] with an accessor like [`Broker::upstream`], implemented by
-//! the backends that can, and a group of conformance cases; [`PubSub`]
-//! and [`UpstreamLog`] stay as they are.
+//! the backends that can, and a group of conformance cases; [`PubSub`],
+//! [`UpstreamLog`] and `History` stay as they are (History, issue 17, was
+//! the first added this way: `broker/history/`).
 //!
-//! - History (issue 17): `trait History` with an append-and-publish that
-//!   is one atomic step on the backend carrying the channel (Redis: a
-//!   script or Function doing `XADD` and `PUBLISH`) and returns the
-//!   offset and epoch, a range read, and the channel's current position.
-//!   The live copy other nodes receive carries offset and epoch, so
-//!   [`Publication`] gains an optional position filled in by the backend.
 //! - Presence (issue 18): `trait Presence` with add, remove and list of
 //!   members under an expiry that each node refreshes in batches, and the
 //!   counts; join and leave pushes travel as publications over [`PubSub`].
@@ -67,11 +68,13 @@ use crate::message::Publication;
 
 mod echo;
 pub mod exclusion;
+pub mod history;
 mod intake;
 pub mod memory;
 mod overlap;
 pub mod redis;
 
+use self::history::History;
 use self::memory::MemoryBroker;
 use self::redis::{RedisBroker, RedisSettings};
 
@@ -217,12 +220,16 @@ pub trait UpstreamLog: Send + Sync + 'static {
 const NO_UPSTREAM: &str =
     "upstream messages need the Redis broker (--redis) or an HTTP upstream (--upstream-url)";
 
+/// What [`Broker::history`] answers on a backend without history.
+const NO_HISTORY: &str = "this broker keeps no channel history";
+
 /// The broker a node runs on: one backend, seen through its abilities
 /// (cheap to clone: every ability is shared).
 #[derive(Clone)]
 pub struct Broker {
     pubsub: Arc<dyn PubSub>,
     upstream: Option<Arc<dyn UpstreamLog>>,
+    history: Option<Arc<dyn History>>,
 }
 
 impl std::fmt::Debug for Broker {
@@ -230,6 +237,7 @@ impl std::fmt::Debug for Broker {
         f.debug_struct("Broker")
             .field("kind", &self.pubsub.state().kind)
             .field("upstream", &self.upstream.is_some())
+            .field("history", &self.history.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -238,9 +246,11 @@ impl Broker {
     /// The embedded broker of a single node; it holds `node_channels` (the
     /// node's order channels) for its whole life, as [`RedisSettings`] does.
     pub fn memory(handler: Arc<dyn BrokerHandler>, node_channels: &[String]) -> Self {
+        let memory = Arc::new(MemoryBroker::new(handler, node_channels));
         Broker {
-            pubsub: Arc::new(MemoryBroker::new(handler, node_channels)),
+            pubsub: Arc::clone(&memory) as Arc<dyn PubSub>,
             upstream: None,
+            history: Some(memory),
         }
     }
 
@@ -253,7 +263,8 @@ impl Broker {
         let redis = Arc::new(RedisBroker::start(settings, handler)?);
         Ok(Broker {
             pubsub: Arc::clone(&redis) as Arc<dyn PubSub>,
-            upstream: Some(redis),
+            upstream: Some(Arc::clone(&redis) as Arc<dyn UpstreamLog>),
+            history: Some(redis),
         })
     }
 
@@ -272,6 +283,13 @@ impl Broker {
     /// Whether other nodes share this backend ([`Link::shared`]).
     pub fn shared(&self) -> bool {
         self.pubsub.shared()
+    }
+
+    /// Channel history, or why this backend has none (every backend has it today).
+    pub fn history(&self) -> Result<&dyn History, BrokerError> {
+        self.history
+            .as_deref()
+            .ok_or(BrokerError::Unsupported(NO_HISTORY))
     }
 
     /// The backend's connection state, for health checks.

@@ -58,6 +58,7 @@ impl Node {
                 payload: payload.into(),
                 kind: MessageKind::Text,
                 exclude: None,
+                position: None,
             })
             .await
     }
@@ -163,6 +164,7 @@ impl Node {
             payload,
             kind,
             exclude: None,
+            position: None,
         };
         let frame = match conn.wire {
             Wire::Plain => plain_frame(&publication),

@@ -139,6 +139,7 @@ impl PlainSession {
                 payload,
                 kind,
                 exclude: (!config.plain_echo).then_some(conn.seq),
+                position: None,
             };
             Stats::bump(&node.stats().client_publishes);
             if let Err(e) = node.publish(publication).await {

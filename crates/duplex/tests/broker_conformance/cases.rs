@@ -17,20 +17,23 @@ use duplex_protocol::ws::MessageKind;
 use crate::fixtures::{Entry, Fixture, KindRule, Node};
 use crate::support;
 
-fn channel(name: &str) -> ChannelName {
+pub(crate) use crate::history::*;
+
+pub(crate) fn channel(name: &str) -> ChannelName {
     ChannelName::parse(name, usize::MAX).expect("valid channel name")
 }
 
-fn text(on: &str, data: &str) -> Publication {
+pub(crate) fn text(on: &str, data: &str) -> Publication {
     Publication {
         channel: channel(on),
         payload: Bytes::copy_from_slice(data.as_bytes()),
         kind: MessageKind::Text,
         exclude: None,
+        position: None,
     }
 }
 
-async fn nodes<F: Fixture>(fixture: &F) -> Vec<Node> {
+pub(crate) async fn nodes<F: Fixture>(fixture: &F) -> Vec<Node> {
     let mut nodes = Vec::new();
     for i in 0..F::NODES {
         nodes.push(fixture.node(&format!("n{i}")).await);
@@ -38,7 +41,7 @@ async fn nodes<F: Fixture>(fixture: &F) -> Vec<Node> {
     nodes
 }
 
-async fn subscribe(node: &Node, name: &str) {
+pub(crate) async fn subscribe(node: &Node, name: &str) {
     node.broker
         .pubsub()
         .subscribe(channel(name))
@@ -56,7 +59,7 @@ async fn publish(node: &Node, publication: Publication) {
 }
 
 /// Takes the node's next publication and checks channel and bytes.
-async fn expect(node: &mut Node, on: &str, data: &str) -> Publication {
+pub(crate) async fn expect(node: &mut Node, on: &str, data: &str) -> Publication {
     let got = node.seen.next().await;
     assert_eq!(
         (got.channel.as_str(), got.payload.as_ref()),
@@ -218,6 +221,7 @@ pub(crate) async fn kinds_follow_the_backend_rule<F: Fixture>(fixture: F) {
             payload: Bytes::from_static(payload),
             kind,
             exclude: None,
+            position: None,
         };
         publish(&nodes[last], publication).await;
     }

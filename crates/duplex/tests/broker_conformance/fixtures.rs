@@ -46,6 +46,9 @@ pub(crate) trait Fixture: Sized + Send + 'static {
     fn restart(&mut self) -> bool;
     /// The entries of an upstream stream, as a worker reads them.
     async fn upstream_entries(&self, stream: &str) -> Vec<Entry>;
+    /// Publishes `data` on `channel` as a backend does without history
+    /// (Redis: a plain client's `PUBLISH`; memory: the node's `PubSub`).
+    async fn raw_publish(&self, node: &Node, channel: &str, data: &str);
 }
 
 /// A broker as one node holds it, and what it delivered to that node.
@@ -117,6 +120,22 @@ impl Fixture for Memory {
     async fn upstream_entries(&self, _stream: &str) -> Vec<Entry> {
         Vec::new()
     }
+
+    async fn raw_publish(&self, node: &Node, channel: &str, data: &str) {
+        let publication = Publication {
+            channel: duplex_protocol::channel::ChannelName::parse(channel, usize::MAX)
+                .expect("valid channel name"),
+            payload: bytes::Bytes::copy_from_slice(data.as_bytes()),
+            kind: duplex_protocol::ws::MessageKind::Text,
+            exclude: None,
+            position: None,
+        };
+        node.broker
+            .pubsub()
+            .publish(publication)
+            .await
+            .expect("publish");
+    }
 }
 
 /// The Redis broker, nodes on one private redis-server.
@@ -185,5 +204,11 @@ impl Fixture for Redis {
             .await
             .expect("XRANGE");
         entries.into_iter().map(|(_id, fields)| fields).collect()
+    }
+
+    async fn raw_publish(&self, _node: &Node, channel: &str, data: &str) {
+        self.server
+            .publish(&format!("{PREFIX}{channel}"), data.as_bytes())
+            .await;
     }
 }

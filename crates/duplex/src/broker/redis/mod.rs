@@ -14,7 +14,12 @@
 //! - Payloads travel verbatim, so `PUBLISH channel data` from any Redis
 //!   client reaches WebSocket clients unchanged; the text/binary kind of a
 //!   message is inferred from UTF-8 validity on the way in.
+//! - History (`history`): the `duplex` Redis Function library, loaded by
+//!   the node, records and publishes in one call (`FCALL duplex_publish`,
+//!   from the node or any backend); its live copy comes wrapped in an
+//!   envelope with offset and epoch that the subscriber strips.
 
+mod history;
 mod subscriber;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -81,6 +86,9 @@ struct Shared {
     intake: Intake,
     drop_warnings: Throttle,
     handler: Arc<dyn BrokerHandler>,
+    /// This deployment's namespace table for the history Functions, when
+    /// it has history (`History::set_namespaces`); written at each connect.
+    history_table: Mutex<Option<String>>,
 }
 
 /// Broker backed by Redis Pub/Sub.
@@ -161,6 +169,7 @@ impl RedisBroker {
             exclude_channel,
             drop_warnings: Throttle::new(1000),
             handler,
+            history_table: Mutex::new(None),
         });
         let (ops, rx) = mpsc::channel(4096);
         let cancel = CancellationToken::new();
@@ -253,16 +262,21 @@ impl RedisBroker {
         }
     }
 
-    async fn do_publish(&self, p: Publication) -> Result<(), BrokerError> {
-        // While the subscriber connection is down (or still resubscribing
-        // after a reconnect), Redis would take the message but this node's
-        // own clients would miss it: refuse, so an "ok" always means
-        // delivered here (found by the soak run: ~0.2 s of silent loss).
+    /// While the subscriber connection is down (or still resubscribing
+    /// after a reconnect), Redis would take a message but this node's own
+    /// clients would miss it: publishes are refused, so an "ok" always
+    /// means delivered here (found by the soak run: ~0.2 s of silent loss).
+    fn subscriber_up(&self) -> Result<(), BrokerError> {
         if self.shared.state.lock().status != BrokerStatus::Connected {
             return Err(BrokerError::Unavailable(
                 "redis subscriber connection is down; retry shortly".to_string(),
             ));
         }
+        Ok(())
+    }
+
+    async fn do_publish(&self, p: Publication) -> Result<(), BrokerError> {
+        self.subscriber_up()?;
         let key = format!("{}{}", self.shared.settings.prefix, p.channel);
         if let Some(sender) = p.exclude {
             self.shared.echo.expect(&key, p.payload.clone(), sender);
@@ -283,11 +297,7 @@ impl RedisBroker {
         p: Publication,
         excluded: RemoteConnection<'_>,
     ) -> Result<(), BrokerError> {
-        if self.shared.state.lock().status != BrokerStatus::Connected {
-            return Err(BrokerError::Unavailable(
-                "redis subscriber connection is down; retry shortly".to_string(),
-            ));
-        }
+        self.subscriber_up()?;
         let prefix = &self.shared.settings.prefix;
         let connection = format!("{}.{}", excluded.node, excluded.seq);
         let notice = exclusion::notice(&connection, p.channel.as_str(), &p.payload);

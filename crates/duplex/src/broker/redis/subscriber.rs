@@ -27,6 +27,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::Shared;
+use crate::broker::history::envelope;
 use crate::broker::BrokerError;
 use crate::message::Publication;
 
@@ -98,7 +99,9 @@ impl Shared {
         else {
             return;
         };
-        let payload = Bytes::from(payload);
+        // A recorded publication's envelope is stripped here: echo and
+        // kind go by the data, as for a plain one.
+        let (payload, position) = envelope::unwrap(Bytes::from(payload));
         // Consumed even if the message is dropped below, so a stale
         // expectation cannot hide someone else's identical message later.
         let exclude = self.echo.take(
@@ -110,6 +113,7 @@ impl Shared {
             channel,
             payload,
             exclude,
+            position,
         };
         if let Err(full) = self.intake.push(publication) {
             if let Some(skipped) = self.drop_warnings.allow() {
@@ -174,6 +178,7 @@ pub(super) async fn run(
         backoff.reset();
         shared.set_connected(channels.len());
         shared.warn_of_overlapping_prefixes(&mut conn).await;
+        shared.prepare_history(&mut conn).await;
         let error = serve(&shared, &mut conn, &link, &mut ops, &mut wanted, &cancel).await;
         match error {
             Some(error) => shared.set_disconnected(&error),

@@ -103,6 +103,7 @@ pub(super) async fn publish(
         payload,
         kind,
         exclude: None,
+        position: None,
     };
     Stats::bump(&node.stats().client_publishes);
     node.publish(publication).await.map_err(broker_error)?;
