@@ -105,6 +105,7 @@ mod encode {
                 black_box(CHANNEL),
                 payload,
                 json_form(payload, MessageKind::Text),
+                None,
             )
         });
     }

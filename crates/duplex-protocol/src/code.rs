@@ -48,6 +48,9 @@ pub enum ErrorCode {
     TooManyPending,
     /// The HTTP upstream failed (connection error, non-2xx without a backend error, bad body); temporary.
     UpstreamFailed,
+    /// The channel keeps no history (its namespace sets no `history_size`
+    /// and `history_ttl`), or the broker holds none.
+    NoHistory,
     /// A backend's own error code, passed through as is: [`BACKEND_CODES`].
     Backend(u16),
 }
@@ -75,6 +78,7 @@ impl ErrorCode {
             ErrorCode::RpcTimeout => 113,
             ErrorCode::TooManyPending => 114,
             ErrorCode::UpstreamFailed => 115,
+            ErrorCode::NoHistory => 116,
             ErrorCode::Backend(code) => u32::from(code),
         }
     }

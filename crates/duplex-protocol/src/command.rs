@@ -29,6 +29,7 @@ pub const METHODS: &[&str] = &[
     "refresh",
     "send",
     "rpc",
+    "history",
 ];
 
 /// One decoded command and the id its reply must carry.
@@ -60,6 +61,8 @@ pub enum Command {
     Send(SendParams),
     /// Asks the backends a question; the reply carries the backend's answer.
     Rpc(RpcParams),
+    /// Reads a history channel's kept publications.
+    History(crate::history::HistoryParams),
 }
 
 /// Longest rpc method name, in bytes.
@@ -136,16 +139,27 @@ pub struct ChannelsParams {
     /// Subscription token (JWT with `channel` and `sub`) for a private `channel`.
     #[serde(default)]
     pub token: Option<String>,
+    /// `subscribe` only: per history channel, the last position the
+    /// client saw; the missed publications follow the reply.
+    #[serde(default)]
+    pub recover: crate::history::RecoverParams,
 }
 
 impl ChannelsParams {
     /// All named channels, `channel` first, in request order, and the token.
     pub fn into_names(self) -> (Vec<String>, Option<String>) {
+        let (names, token, _) = self.into_parts();
+        (names, token)
+    }
+
+    /// The names as [`ChannelsParams::into_names`] gives them, the token
+    /// and the positions to recover from.
+    pub fn into_parts(self) -> (Vec<String>, Option<String>, crate::history::RecoverParams) {
         let mut names = self.channels;
         if let Some(one) = self.channel {
             names.insert(0, one);
         }
-        (names, self.token)
+        (names, self.token, self.recover)
     }
 }
 
@@ -247,6 +261,7 @@ pub fn decode(frame: &[u8]) -> Result<Request, CommandError> {
         "refresh" => Command::Refresh(parse_params(id, "refresh", params)?),
         "send" => Command::Send(parse_params(id, "send", params)?),
         "rpc" => Command::Rpc(rpc_params(id, params)?),
+        "history" => Command::History(parse_params(id, "history", params)?),
         other => {
             let shown: String = other.chars().take(64).collect();
             return Err(CommandError::new(

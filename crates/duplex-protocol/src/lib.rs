@@ -13,12 +13,14 @@
 //! - [`command`]: native-protocol commands sent by clients.
 //! - [`push`]: native-protocol replies and pushes sent by the server.
 //! - [`payload`]: how JSON values become message bytes and back.
+//! - [`history`]: offsets, epochs and recovery as the protocol carries them.
 //! - [`time`]: token times (JWT `NumericDate`), as checked and as reported.
 #![forbid(unsafe_code)]
 
 pub mod channel;
 pub mod code;
 pub mod command;
+pub mod history;
 pub mod payload;
 pub mod push;
 pub mod time;

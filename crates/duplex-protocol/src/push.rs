@@ -7,8 +7,8 @@
 //! - push:   `{"push":"disconnect","code":3501,"reason":"...","reconnect":false}`
 //! - push:   `{"push":"unsubscribe","channel":"news"}`
 //!
-//! Room is left for later fields: `offset`/`epoch` on messages (history),
-//! `join`/`leave` pushes (presence). rpc results are ordinary replies:
+//! A message on a history channel carries its `offset` after `channel`.
+//! Room is left for `join`/`leave` pushes (presence). rpc results are ordinary replies:
 //! `{"id":1,"result":{"data":...}}`.
 
 use std::io::Write;
@@ -112,6 +112,25 @@ fn json_frame(value: &impl Serialize) -> Bytes {
     frame.finish()
 }
 
+/// The reply to `history`: `{"id":..,"result":{...}}` around
+/// [`crate::history::write_history_result`].
+pub fn history_reply<'a>(
+    id: u64,
+    epoch: &str,
+    offset: u64,
+    publications: impl IntoIterator<Item = crate::history::Kept<'a>>,
+) -> Bytes {
+    let mut frame = FrameBuilder::new(OpCode::Text);
+    let mut w = frame.writer();
+    let written = write!(w, "{{\"id\":{id},\"result\":")
+        .and_then(|()| crate::history::write_history_result(&mut w, epoch, offset, publications))
+        .and_then(|()| w.write_all(b"}"));
+    if let Err(e) = written {
+        debug_assert!(false, "writing a reply into memory failed: {e}");
+    }
+    frame.finish()
+}
+
 /// A successful reply frame.
 pub fn reply(id: u64, result: &impl Serialize) -> Bytes {
     json_frame(&OkReply { id, result })
@@ -154,13 +173,17 @@ pub fn unsubscribed(channel: &str) -> Bytes {
     })
 }
 
-/// A message push frame: encoded once per publication, shared by all native subscribers.
-pub fn message(channel: &str, payload: &[u8], form: JsonForm) -> Bytes {
-    let mut frame = FrameBuilder::with_capacity(OpCode::Text, payload.len() + channel.len() + 48);
+/// A message push frame: encoded once per publication, shared by all
+/// native subscribers; `offset` is its place in the channel's history.
+pub fn message(channel: &str, payload: &[u8], form: JsonForm, offset: Option<u64>) -> Bytes {
+    let mut frame = FrameBuilder::with_capacity(OpCode::Text, payload.len() + channel.len() + 72);
     let mut w = frame.writer();
     let written: std::io::Result<()> = (|| {
         w.write_all(b"{\"push\":\"message\",\"channel\":")?;
         serde_json::to_writer(&mut w, channel).map_err(std::io::Error::other)?;
+        if let Some(offset) = offset {
+            write!(w, ",\"offset\":{offset}")?;
+        }
         w.write_all(b",")?;
         write_data_field(&mut w, payload, form)?;
         w.write_all(b"}")
@@ -214,23 +237,23 @@ mod tests {
 
     #[test]
     fn message_pushes() {
-        let m = message("news", br#"{"a":1}"#, JsonForm::Json);
+        let m = message("news", br#"{"a":1}"#, JsonForm::Json, None);
         assert_eq!(
             body(&m),
             serde_json::json!({"push":"message","channel":"news","data":{"a":1}})
         );
-        let m = message("n\"s", b"data from PHP", JsonForm::Text);
+        let m = message("n\"s", b"data from PHP", JsonForm::Text, Some(7));
         assert_eq!(
             body(&m),
-            serde_json::json!({"push":"message","channel":"n\"s","data":"data from PHP"})
+            serde_json::json!({"push":"message","channel":"n\"s","offset":7,"data":"data from PHP"})
         );
-        let m = message("b", &[0, 1, 2], JsonForm::Base64);
+        let m = message("b", &[0, 1, 2], JsonForm::Base64, None);
         assert_eq!(
             body(&m),
             serde_json::json!({"push":"message","channel":"b","data":"AAEC","encoding":"base64"})
         );
         let big = vec![b'x'; 70_000];
-        let m = message("big", &big, JsonForm::Text);
+        let m = message("big", &big, JsonForm::Text, None);
         assert_eq!(body(&m)["data"].as_str().unwrap().len(), 70_000);
     }
 

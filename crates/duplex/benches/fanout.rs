@@ -47,7 +47,12 @@ impl Subscriber for Sink {
         self.wire
     }
 
-    fn deliver(&self, frame: &Bytes) -> Result<(), Undelivered> {
+    fn deliver(
+        &self,
+        frame: &Bytes,
+        _channel: &duplex_protocol::channel::ChannelName,
+        _offset: Option<u64>,
+    ) -> Result<(), Undelivered> {
         let mut queue = self.queue.lock();
         if queue.len() >= KEEP {
             queue.pop_front();

@@ -48,8 +48,14 @@ pub trait Subscriber: Send + Sync {
     fn key(&self) -> u64;
     /// Which encoding this subscriber reads.
     fn wire(&self) -> Wire;
-    /// Queues a shared frame without blocking.
-    fn deliver(&self, frame: &Bytes) -> Result<(), Undelivered>;
+    /// Queues a shared frame of `channel` (at `offset` in its history, if
+    /// it keeps one) without blocking.
+    fn deliver(
+        &self,
+        frame: &Bytes,
+        channel: &ChannelName,
+        offset: Option<u64>,
+    ) -> Result<(), Undelivered>;
     /// Id and address, for the slow-consumer log line.
     fn describe(&self) -> (&str, SocketAddr);
 }
@@ -195,7 +201,7 @@ impl<S: Subscriber> Hub<S> {
     }
 
     fn deliver_inline(&self, p: &Publication, subs: &[Arc<S>]) -> Fanout {
-        self.deliver(&p.channel, subs, &Frames::encode(p, subs))
+        self.deliver(&p.channel, offset_of(p), subs, &Frames::encode(p, subs))
     }
 
     /// Like [`Hub::broadcast`], but a large channel is split into chunks
@@ -219,8 +225,9 @@ impl<S: Subscriber> Hub<S> {
         while !subs.is_empty() {
             let chunk = subs.split_off(subs.len().saturating_sub(per_lane));
             let (hub, frames, channel) = (Arc::clone(hub), Arc::clone(&frames), p.channel.clone());
+            let offset = offset_of(&p);
             lanes.push(tokio::spawn(async move {
-                hub.deliver(&channel, &chunk, &frames)
+                hub.deliver(&channel, offset, &chunk, &frames)
             }));
         }
         let mut total = Fanout::default();
@@ -233,12 +240,18 @@ impl<S: Subscriber> Hub<S> {
         total
     }
 
-    fn deliver(&self, channel: &ChannelName, subs: &[Arc<S>], frames: &Frames) -> Fanout {
+    fn deliver(
+        &self,
+        channel: &ChannelName,
+        offset: Option<u64>,
+        subs: &[Arc<S>],
+        frames: &Frames,
+    ) -> Fanout {
         let mut out = Fanout::default();
         let mut bytes = 0usize;
         for sub in subs {
             let frame = frames.get(sub.wire());
-            match sub.deliver(frame) {
+            match sub.deliver(frame, channel, offset) {
                 Ok(()) => {
                     out.delivered += 1;
                     bytes += frame.len();
@@ -262,6 +275,11 @@ impl<S: Subscriber> Hub<S> {
             .fetch_add(out.slow as u64, std::sync::atomic::Ordering::Relaxed);
         out
     }
+}
+
+/// A publication's place in its channel's history, if it has one.
+fn offset_of(p: &Publication) -> Option<u64> {
+    p.position.as_ref().map(|at| at.offset)
 }
 
 /// One publication encoded once per wire format that its subscribers read.
@@ -311,6 +329,7 @@ pub fn native_frame(p: &Publication) -> Bytes {
         p.channel.as_str(),
         &p.payload,
         json_form(&p.payload, p.kind),
+        offset_of(p),
     )
 }
 
@@ -334,7 +353,12 @@ mod tests {
         fn wire(&self) -> Wire {
             self.wire
         }
-        fn deliver(&self, frame: &Bytes) -> Result<(), Undelivered> {
+        fn deliver(
+            &self,
+            frame: &Bytes,
+            _channel: &ChannelName,
+            _offset: Option<u64>,
+        ) -> Result<(), Undelivered> {
             let mut got = self.got.lock();
             if got.len() >= self.capacity {
                 return Err(Undelivered::SlowConsumer);

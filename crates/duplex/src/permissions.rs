@@ -9,6 +9,7 @@
 //! Pure: the session asks, with what it knows about the client.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -60,12 +61,100 @@ pub struct Namespace {
     /// the node's `upstream_url`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upstream_url: Option<String>,
+    /// Publications kept per channel for recovery and `history`; with
+    /// `history_ttl`, turns history on (docs/DELIVERY.md).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub history_size: usize,
+    /// How long they are kept after the channel's last publication.
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub history_ttl: Option<Duration>,
+    /// How long the channel's epoch and last offset outlive its data, so a
+    /// client away longer than `history_ttl` learns it missed something
+    /// rather than starting over silently [default: 30 days].
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub history_meta_ttl: Option<Duration>,
+    /// Most publications one recovery may deliver; a larger gap answers
+    /// `recovered: false` [default: 1000].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recovery_max_publications: Option<usize>,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
+}
+
+/// A namespace's history settings, when it keeps history.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HistoryRule {
+    /// `history_size`.
+    pub size: usize,
+    /// `history_ttl`.
+    pub ttl: Duration,
+    /// `history_meta_ttl`.
+    pub meta_ttl: Duration,
+    /// `recovery_max_publications`.
+    pub recovery_max: usize,
 }
 
 /// Longest per-namespace `upstream_stream`, in bytes.
 pub const MAX_UPSTREAM_STREAM: usize = 255;
 
+/// `history_meta_ttl` when unset: as Centrifugo, 30 days.
+pub const DEFAULT_HISTORY_META_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
+/// `recovery_max_publications` when unset.
+pub const DEFAULT_RECOVERY_MAX: usize = 1000;
+/// Largest `history_size`: what one channel may hold.
+pub const MAX_HISTORY_SIZE: usize = 1_000_000;
+
 impl Namespace {
+    /// Its history settings, or `None` when it keeps no history.
+    pub fn history(&self) -> Option<HistoryRule> {
+        let ttl = self.history_ttl.filter(|t| !t.is_zero())?;
+        (self.history_size > 0).then(|| HistoryRule {
+            size: self.history_size,
+            ttl,
+            meta_ttl: self.history_meta_ttl.unwrap_or(DEFAULT_HISTORY_META_TTL),
+            recovery_max: self
+                .recovery_max_publications
+                .unwrap_or(DEFAULT_RECOVERY_MAX),
+        })
+    }
+
+    fn check_history(&self) -> Result<(), String> {
+        let ttl = self.history_ttl.unwrap_or_default();
+        match (self.history_size, ttl.is_zero()) {
+            (0, true) => {}
+            (0, false) => {
+                return Err("history_ttl without history_size: set both to keep history".into())
+            }
+            (_, true) => {
+                return Err("history_size without history_ttl: set both to keep history".into())
+            }
+            (size, false) if size > MAX_HISTORY_SIZE => {
+                return Err(format!("history_size is over {MAX_HISTORY_SIZE}"))
+            }
+            _ => {}
+        }
+        if let Some(meta) = self.history_meta_ttl {
+            if meta < ttl {
+                return Err("history_meta_ttl must be at least history_ttl (the epoch must outlive the data)".into());
+            }
+        }
+        if self.recovery_max_publications == Some(0) {
+            return Err("recovery_max_publications must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    /// Whether it covers `channel`.
     fn matches(&self, channel: &str) -> bool {
         match self.pattern.strip_suffix('*') {
             Some(prefix) => channel.starts_with(prefix),
@@ -110,6 +199,8 @@ pub enum Denied {
 pub struct Permissions {
     namespaces: Vec<Governed>,
     fallback: Governed,
+    /// Some namespace keeps history.
+    any_history: bool,
 }
 
 /// A namespace and its upstream URL, shared by every call routed there.
@@ -136,6 +227,10 @@ impl Default for Namespace {
             publish: PublishRule::Anyone,
             upstream_stream: None,
             upstream_url: None,
+            history_size: 0,
+            history_ttl: None,
+            history_meta_ttl: None,
+            recovery_max_publications: None,
         }
     }
 }
@@ -184,6 +279,7 @@ impl Permissions {
                     )));
                 }
             }
+            ns.check_history().map_err(|why| bad(&why))?;
             if let Some(url) = &ns.upstream_url {
                 match url::Url::parse(url) {
                     Ok(u) if u.scheme() == "http" || u.scheme() == "https" => {}
@@ -200,9 +296,14 @@ impl Permissions {
                 specific.push(governed);
             }
         }
+        let any_history = specific
+            .iter()
+            .chain(std::iter::once(&fallback))
+            .any(|g| g.ns.history().is_some());
         Ok(Permissions {
             namespaces: specific,
             fallback,
+            any_history,
         })
     }
 
@@ -226,6 +327,27 @@ impl Permissions {
             stream: governed.ns.upstream_stream.as_deref(),
             url: governed.url.as_ref(),
         }
+    }
+
+    /// Whether any namespace keeps history (when none does, nothing needs
+    /// a per-channel look).
+    pub fn keeps_history(&self) -> bool {
+        self.any_history
+    }
+
+    /// The history settings of `channel`'s namespace, if it keeps history.
+    pub fn history(&self, channel: &str) -> Option<HistoryRule> {
+        self.governing(channel).ns.history()
+    }
+
+    /// Every namespace in match order (the default last) with its history
+    /// settings, as backends' `FCALL duplex_publish` must resolve them.
+    pub fn history_table(&self) -> Vec<(&str, Option<HistoryRule>)> {
+        self.namespaces
+            .iter()
+            .chain(std::iter::once(&self.fallback))
+            .map(|g| (g.ns.pattern.as_str(), g.ns.history()))
+            .collect()
     }
 
     /// Whether some namespace has its own `upstream_url` (the node then
@@ -277,6 +399,7 @@ mod tests {
             publish,
             upstream_stream: None,
             upstream_url: None,
+            ..Default::default()
         }
     }
 

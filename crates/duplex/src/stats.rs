@@ -144,6 +144,16 @@ counters! {
     messages_published => Counter "broker_publishes", "Publishes handed to the broker (clients, HTTP API, orders)";
     /// Bytes of the frames queued to clients (deliveries × frame size).
     delivered_bytes => Bytes "delivered", "Bytes of the frames queued to clients";
+    /// Publications on history channels that arrived without an offset (a
+    /// raw Redis `PUBLISH`): delivered live, never recovered.
+    unrecorded_publishes => Counter "unrecorded_publishes", "Publications on history channels that arrived without an offset (a raw Redis PUBLISH): delivered live but not kept for recovery";
+    /// Reads of channel history on the broker (subscribe positions,
+    /// recoveries, `history` commands and API calls).
+    history_reads => Counter "history_reads", "Reads of channel history on the broker (subscribe positions, recoveries, history commands and API calls)";
+    /// Subscribes with `recover` answered `recovered: true`.
+    recoveries_recovered => Counter "recoveries" ["outcome" = "recovered"], "Subscribes that asked to recover, by outcome (not_recovered: epoch changed or the gap is larger than history holds)";
+    /// Subscribes with `recover` answered `recovered: false`.
+    recoveries_failed => Counter "recoveries" ["outcome" = "not_recovered"], "Subscribes that asked to recover, by outcome (not_recovered: epoch changed or the gap is larger than history holds)";
     /// Plain-client frames that could not be published (no error channel in plain mode).
     plain_publish_dropped => Counter "dropped_messages" ["reason" = "plain_publish_refused"], "Messages dropped, by reason (each also logged)";
     /// Clients cut because their outbound queue overflowed.

@@ -25,6 +25,7 @@ mod auth;
 pub(crate) mod console;
 mod error;
 pub(crate) mod guard;
+mod history;
 pub(crate) mod host;
 mod json;
 pub(crate) mod origin;
@@ -54,6 +55,7 @@ pub fn routes(state: &AppState) -> Router<AppState> {
         .route("/connections", get(sessions::connections))
         .route("/reply", post(reply::reply))
         .route("/channels", get(status::channels))
+        .route("/history", get(history::history))
         .route("/info", get(status::info))
         .route("/console/token", post(console::token::mint))
         .fallback(error::not_found)

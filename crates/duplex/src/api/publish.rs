@@ -65,17 +65,21 @@ pub(super) async fn publish(
     }
     let publication = publication(channel, &req.data, req.encoding)?;
     Stats::bump(&app.node.stats().http_publishes);
-    publish_one(&app.node, publication, exclude)
+    let position = publish_one(&app.node, publication, exclude)
         .await
         .map_err(unavailable)?;
-    Ok(Json(json!({"ok": true})))
+    Ok(Json(match position {
+        // A history channel: where the publication is, for the backend's records.
+        Some(at) => json!({"ok": true, "offset": at.offset, "epoch": &*at.epoch}),
+        None => json!({"ok": true}),
+    }))
 }
 
 async fn publish_one(
     node: &Node,
     publication: Publication,
     exclude: Option<&str>,
-) -> Result<(), BrokerError> {
+) -> Result<Option<crate::message::Position>, BrokerError> {
     match exclude {
         Some(connection) => node.publish_excluding(publication, connection).await,
         None => node.publish(publication).await,

@@ -8,6 +8,7 @@
 //! reader task, not here.
 
 pub(crate) mod coalesce;
+mod gate;
 pub(crate) mod outbound;
 mod pressure;
 
@@ -24,6 +25,8 @@ use tokio::sync::Notify;
 use crate::hub::{Subscriber, Undelivered};
 use crate::message::Wire;
 use coalesce::Coalescer;
+use duplex_protocol::channel::ChannelName;
+use gate::{Gates, Verdict};
 pub(crate) use outbound::Queued;
 use outbound::{Closer, Outbound, PushError, QueueLimits};
 
@@ -52,6 +55,11 @@ pub struct Conn {
     pub(crate) abort: Signal,
     /// Fired when the reader has finished (the peer closed or failed).
     pub(crate) done_reading: Signal,
+    /// Whether some channel's frames are being held ([`Conn::hold`]): the
+    /// one check fan-out pays when none is.
+    gated: AtomicBool,
+    /// Channels catching up from history, their live frames held.
+    gates: parking_lot::Mutex<Option<Box<Gates>>>,
 }
 
 /// `ConnAuth::expires` of a token without `exp` (a NaN pattern no
@@ -125,6 +133,8 @@ impl Conn {
             auth: std::sync::OnceLock::new(),
             abort: Signal::default(),
             done_reading: Signal::default(),
+            gated: AtomicBool::new(false),
+            gates: parking_lot::Mutex::new(None),
         })
     }
 
@@ -187,6 +197,62 @@ impl Conn {
         self.outbound.close(code, reason, queued, Closer::Server);
     }
 
+    /// Holds `channel`'s live frames from now until [`Conn::release`]: call
+    /// before the subscription takes effect, so none slips past.
+    pub(crate) fn hold(&self, channel: &ChannelName) {
+        let mut gates = self.gates.lock();
+        gates.get_or_insert_with(Box::default).close(channel);
+        self.gated.store(true, Ordering::SeqCst);
+    }
+
+    /// Queues `first` (the publications caught up, up to offset
+    /// `covered`), then the frames held for `channel` after `covered`, and
+    /// lets its frames through again: all under the gate's lock, so no live
+    /// frame of the channel gets in between. An overflow cuts the client as
+    /// a slow consumer (the error says so, for the caller to count).
+    pub(crate) fn release(
+        &self,
+        channel: &ChannelName,
+        first: Vec<Bytes>,
+        covered: u64,
+    ) -> Result<(), PushError> {
+        let mut gates = self.gates.lock();
+        let held = gates
+            .as_mut()
+            .map(|g| g.open(channel, covered))
+            .unwrap_or_default();
+        let mut pushed = Ok(());
+        for frame in first.into_iter().chain(held) {
+            pushed = self.outbound.push(frame);
+            if pushed.is_err() {
+                break;
+            }
+        }
+        // Only now: a delivery that skipped the lock would overtake them.
+        Self::forget_empty(&mut gates, &self.gated);
+        pushed
+    }
+
+    /// Lets `channel`'s frames through again, dropping those held (its
+    /// subscription did not happen after all).
+    pub(crate) fn discard(&self, channel: &ChannelName) {
+        if !self.gated.load(Ordering::SeqCst) {
+            return;
+        }
+        let mut gates = self.gates.lock();
+        if let Some(g) = gates.as_mut() {
+            g.remove(channel);
+        }
+        Self::forget_empty(&mut gates, &self.gated);
+    }
+
+    fn forget_empty(gates: &mut Option<Box<Gates>>, gated: &AtomicBool) {
+        if gates.as_ref().is_some_and(|g| g.is_empty()) {
+            *gates = None;
+            gated.store(false, Ordering::SeqCst);
+        }
+    }
+
     /// Answers the peer's close frame with the same code (RFC 6455 5.5.1).
     pub(crate) fn echo_close(&self, code: u16) {
         self.outbound.close(code, "", Queued::Drop, Closer::Peer);
@@ -202,16 +268,46 @@ impl Subscriber for Conn {
         self.wire
     }
 
-    fn deliver(&self, frame: &Bytes) -> Result<(), Undelivered> {
+    fn deliver(
+        &self,
+        frame: &Bytes,
+        channel: &ChannelName,
+        offset: Option<u64>,
+    ) -> Result<(), Undelivered> {
+        if self.gated.load(Ordering::SeqCst) {
+            let mut gates = self.gates.lock();
+            let verdict = gates
+                .as_mut()
+                .map(|g| g.hold(channel, offset, frame, self.outbound.limits()));
+            Self::forget_empty(&mut gates, &self.gated);
+            match verdict {
+                Some(Ok(Verdict::Held)) => return Ok(()),
+                // Already queued by the catch-up: not a delivery.
+                Some(Ok(Verdict::Covered)) => return Ok(()),
+                Some(Ok(Verdict::Pass)) | None => {}
+                Some(Err(overflow)) => {
+                    self.outbound.cut_slow(overflow.bytes);
+                    return Err(Undelivered::SlowConsumer);
+                }
+            }
+            // Pushed under the lock, so a release cannot slip in between.
+            return self.push_delivery(frame);
+        }
+        self.push_delivery(frame)
+    }
+
+    fn describe(&self) -> (&str, SocketAddr) {
+        (&self.id, self.remote)
+    }
+}
+
+impl Conn {
+    fn push_delivery(&self, frame: &Bytes) -> Result<(), Undelivered> {
         match self.outbound.push(frame.clone()) {
             Ok(()) => Ok(()),
             Err(PushError::Closed) => Err(Undelivered::Closed),
             Err(PushError::SlowConsumer) => Err(Undelivered::SlowConsumer),
         }
-    }
-
-    fn describe(&self) -> (&str, SocketAddr) {
-        (&self.id, self.remote)
     }
 }
 

@@ -158,6 +158,29 @@ impl Outbound {
         self.socket.get().map(|s| s.as_ref())
     }
 
+    /// The queue's bounds (what else holds frames for this client, such as
+    /// a subscription catching up, holds no more than this).
+    pub(crate) fn limits(&self) -> QueueLimits {
+        self.limits
+    }
+
+    /// Drops what is queued and closes 3001: the client fell `behind` bytes.
+    pub(crate) fn cut_slow(&self, behind: usize) {
+        let mut q = self.queue.lock();
+        if q.closing.is_some() {
+            return;
+        }
+        q.drop_queued();
+        q.closing = Some(Closing {
+            code: CloseCode::SlowConsumer.as_u16(),
+            reason: format!("slow consumer: {behind} bytes queued"),
+            flush: false,
+            announce: true,
+        });
+        drop(q);
+        self.wake.notify_one();
+    }
+
     /// Queues a frame; on overflow starts a slow-consumer close.
     pub(crate) fn push(&self, mut frame: Bytes) -> Result<(), PushError> {
         let mut q = self.queue.lock();
@@ -187,15 +210,8 @@ impl Outbound {
             || (q.bytes > 0 && q.bytes + frame.len() > self.limits.max_bytes)
         {
             let queued = q.bytes;
-            q.drop_queued();
-            q.closing = Some(Closing {
-                code: CloseCode::SlowConsumer.as_u16(),
-                reason: format!("slow consumer: {queued} bytes queued"),
-                flush: false,
-                announce: true,
-            });
             drop(q);
-            self.wake.notify_one();
+            self.cut_slow(queued);
             return Err(PushError::SlowConsumer);
         }
         let was_empty = q.frames.is_empty();

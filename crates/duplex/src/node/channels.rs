@@ -1,6 +1,7 @@
 //! Channels on this node: subscribing and leaving them (one broker
 //! subscription per channel, whatever the number of local subscribers),
-//! queueing to one connection, and publishing through the broker.
+//! queueing to one connection, and publishing through the broker
+//! (`node::history` holds `publish` itself).
 
 use super::*;
 
@@ -69,14 +70,6 @@ impl Node {
         true
     }
 
-    /// Publishes to every subscriber on every node.
-    pub async fn publish(&self, publication: Publication) -> Result<(), BrokerError> {
-        Stats::bump(&self.inner.stats.messages_published);
-        let channel = publication.channel.clone();
-        let result = self.inner.broker.pubsub().publish(publication).await;
-        self.count_failure(&channel, result)
-    }
-
     /// Publishes to every subscriber on every node except one connection,
     /// on whichever node it is (`<node>.<n>`; a connection that no longer
     /// exists skips nothing).
@@ -84,33 +77,25 @@ impl Node {
         &self,
         mut publication: Publication,
         connection: &str,
-    ) -> Result<(), BrokerError> {
+    ) -> Result<Option<crate::message::Position>, BrokerError> {
         match crate::control::split_connection_id(connection) {
             Some((node, seq)) if node == self.inner.id => {
                 publication.exclude = Some(seq);
                 self.publish(publication).await
             }
             Some((node, seq)) => {
-                Stats::bump(&self.inner.stats.messages_published);
-                let channel = publication.channel.clone();
                 let excluded = crate::broker::RemoteConnection { node, seq };
-                let result = self
-                    .inner
-                    .broker
-                    .pubsub()
-                    .publish_excluding(publication, excluded)
-                    .await;
-                self.count_failure(&channel, result)
+                self.publish_skipping(publication, excluded).await
             }
             None => self.publish(publication).await,
         }
     }
 
-    fn count_failure(
+    pub(super) fn count_failure<T>(
         &self,
         channel: &ChannelName,
-        result: Result<(), BrokerError>,
-    ) -> Result<(), BrokerError> {
+        result: Result<T, BrokerError>,
+    ) -> Result<T, BrokerError> {
         if let Err(e) = &result {
             Stats::bump(&self.inner.stats.publish_failures);
             if let Some(skipped) = self.inner.publish_warnings.allow() {

@@ -10,6 +10,7 @@
 
 mod backends;
 mod channels;
+mod history;
 mod query;
 mod registry;
 mod reload;
@@ -20,6 +21,7 @@ pub use query::{ConnectionList, QueryError};
 mod rpc;
 mod upstream;
 
+pub(crate) use history::{history_query, kept, NO_HISTORY};
 pub(crate) use tasks::Tasks;
 pub(crate) use upstream::{Message, Sent};
 
@@ -117,6 +119,8 @@ struct Inner {
     hasher: std::collections::hash_map::RandomState,
     next_seq: AtomicU64,
     publish_warnings: Throttle,
+    /// Warnings about publications without offsets on history channels.
+    unrecorded_warnings: Throttle,
     /// Open connections per client address, when that limit is set.
     per_ip: Mutex<HashMap<IpAddr, usize>>,
     /// Write coalescing: always with `write_delay`, while behind without.
@@ -153,6 +157,23 @@ struct Deliver {
     node: std::sync::OnceLock<std::sync::Weak<Inner>>,
 }
 
+impl Deliver {
+    /// Counts a publication without an offset on a history channel (a raw
+    /// Redis `PUBLISH`): delivered live, never recovered.
+    fn count_unrecorded(&self, channel: &ChannelName) {
+        let Some(inner) = self.node.get().and_then(std::sync::Weak::upgrade) else {
+            return;
+        };
+        let node = Node { inner };
+        if node.permissions().keeps_history() && node.history_rule(channel).is_some() {
+            Stats::bump(&self.stats.unrecorded_publishes);
+            if let Some(skipped) = node.inner.unrecorded_warnings.allow() {
+                tracing::warn!(%channel, similar_skipped = skipped, "publication without an offset on a history channel (a raw PUBLISH?): delivered live, not kept for recovery; publish with FCALL duplex_publish or the HTTP API (counted in unrecorded_publishes)");
+            }
+        }
+    }
+}
+
 impl BrokerHandler for Deliver {
     fn handle_publication(&self, publication: Publication) -> BoxFuture<'_, ()> {
         if is_order_channel(&publication.channel) {
@@ -162,6 +183,9 @@ impl BrokerHandler for Deliver {
             return async {}.boxed();
         }
         Stats::bump(&self.stats.messages_received);
+        if publication.position.is_none() {
+            self.count_unrecorded(&publication.channel);
+        }
         async move {
             let started = Instant::now();
             Hub::broadcast_parallel(&self.hub, publication).await;
@@ -250,6 +274,7 @@ impl Node {
                 hasher: Default::default(),
                 next_seq: AtomicU64::new(first_seq()),
                 publish_warnings: Throttle::new(1000),
+                unrecorded_warnings: Throttle::new(10_000),
                 coalescer,
                 per_ip: Mutex::default(),
                 revoked: Default::default(),
@@ -258,6 +283,7 @@ impl Node {
             }),
         };
         let _ = deliver.node.set(Arc::downgrade(&node.inner));
+        node.share_history_table();
         Ok(node)
     }
 

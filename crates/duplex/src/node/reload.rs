@@ -34,6 +34,7 @@ impl Node {
         self.inner.verifier.store(verifier);
         self.inner.permissions.store(Arc::new(permissions));
         self.inner.config.store(Arc::new(plan.config.clone()));
+        self.share_history_table();
         Ok(plan)
     }
 }

@@ -1,6 +1,7 @@
 //! The native JSON protocol at `/ws`: commands with ids, replies with the
 //! same ids, pushes for messages. See docs/PROTOCOL.md for the wire format.
 
+mod history;
 mod rules;
 
 use rules::{
@@ -170,10 +171,8 @@ impl NativeSession {
             self.status = Status::Connected;
         }
         let reply = match command {
-            Command::Subscribe(p) => {
-                let (names, token) = p.into_names();
-                self.subscribe(node, conn, id, names, token).await
-            }
+            Command::Subscribe(p) => return self.subscribe(node, conn, id, p).await,
+            Command::History(p) => self.history(node, conn, id, p).await,
             Command::Unsubscribe(p) => self.unsubscribe(node, conn, id, p.into_names().0).await,
             Command::Publish(p) => self.publish(node, conn, id, p).await,
             Command::Refresh(p) => self.refresh(node, conn, id, p),
@@ -327,14 +326,17 @@ impl NativeSession {
         ))
     }
 
+    /// Subscribes the channels not held yet; a history channel's reply
+    /// names its position, and with `recover` the missed publications
+    /// follow it (see `history.rs`).
     async fn subscribe(
         &mut self,
         node: &Node,
         conn: &Arc<Conn>,
         id: u64,
-        names: Vec<String>,
-        token: Option<String>,
-    ) -> Reply {
+        params: command::ChannelsParams,
+    ) -> Result<Option<Bytes>, Refusal> {
+        let (names, token, recover) = params.into_parts();
         let channels = parse_channels(node, &names, Some(user_of(&self.auth)))?;
         let new: IndexSet<&ChannelName> = channels
             .iter()
@@ -366,14 +368,31 @@ impl NativeSession {
         share
             .reserve(new.len())
             .map_err(|full| subscriptions_refused(node, conn, full.to_string()))?;
+        let mut caught_up = Vec::new();
         for channel in new {
-            if let Err(e) = node.subscribe(conn, channel).await {
-                share.release_to(self.channels.len());
-                return Err(broker_error(e).into());
+            let joined = self
+                .join(node, conn, channel, recover.get(channel.as_str()))
+                .await;
+            match joined {
+                Ok(Some(done)) => caught_up.push(done),
+                Ok(None) => {}
+                Err(e) => {
+                    self.release_subscriptions();
+                    history::release(node, conn, caught_up);
+                    return Err(broker_error(e).into());
+                }
             }
-            self.channels.insert(channel.clone());
         }
-        Ok(channels_reply(id, &names))
+        if caught_up.is_empty() {
+            return Ok(Some(channels_reply(id, &names)));
+        }
+        node.send_to(
+            conn,
+            history::subscribe_reply(id, &names, &caught_up),
+            "reply",
+        );
+        history::release(node, conn, caught_up);
+        Ok(None)
     }
 
     async fn unsubscribe(
@@ -387,6 +406,7 @@ impl NativeSession {
         for channel in &channels {
             if self.channels.shift_remove(channel) {
                 node.unsubscribe(conn, channel).await;
+                conn.discard(channel);
             }
         }
         self.release_subscriptions();

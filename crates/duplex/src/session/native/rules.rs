@@ -106,8 +106,14 @@ pub(super) async fn publish(
         position: None,
     };
     Stats::bump(&node.stats().client_publishes);
-    node.publish(publication).await.map_err(broker_error)?;
-    Ok(push::reply(id, &Empty {}))
+    let position = node.publish(publication).await.map_err(broker_error)?;
+    Ok(match position {
+        Some(at) => push::reply(
+            id,
+            &serde_json::json!({"offset": at.offset, "epoch": &*at.epoch}),
+        ),
+        None => push::reply(id, &Empty {}),
+    })
 }
 
 /// Parses a channel a client names. Reserved (`#`) channels are refused,

@@ -1,0 +1,278 @@
+//! History in the native protocol: a new subscription on a history channel
+//! starts at a known position, and with `recover` first gets what the
+//! client missed (all of it, or `recovered: false`: never a part); the
+//! `history` command pages through what a channel kept.
+//!
+//! The subscription/read race: the connection holds the channel's live
+//! frames (`Conn::hold`) from before it joins the channel until the reply
+//! and the caught-up publications are queued, then lets through only those
+//! past the read (`Conn::release`), so nothing is lost or repeated.
+
+use bytes::Bytes;
+use duplex_protocol::channel::ChannelName;
+use duplex_protocol::code::ErrorCode;
+use std::sync::Arc;
+
+use duplex_protocol::history::{ChannelPosition, HistoryParams, StreamPosition, SubscribeResult};
+use duplex_protocol::push;
+
+use super::rules::{broker_error, parse_channel};
+use super::NativeSession;
+use super::{Refusal, Reply};
+use crate::broker::history::{HistoryPage, Query};
+use crate::broker::BrokerError;
+use crate::conn::Conn;
+use crate::hub::native_frame;
+use crate::node::Node;
+use crate::stats::Stats;
+
+/// One new history subscription, caught up and waiting for its reply to go
+/// out first.
+#[derive(Debug)]
+pub(super) struct CaughtUp {
+    pub(super) channel: ChannelName,
+    pub(super) epoch: std::sync::Arc<str>,
+    /// The channel's offset when the subscription took effect.
+    pub(super) offset: u64,
+    /// `Some` when the client asked to recover.
+    pub(super) recovered: Option<bool>,
+    /// The missed publications' frames (empty unless recovered).
+    pub(super) frames: Vec<Bytes>,
+}
+
+/// Whether a read after `from` fills the client's whole gap: the same
+/// epoch, and every offset from `from + 1` to the top in hand.
+pub(super) fn fills_gap(from: &StreamPosition, page: &HistoryPage, max: usize) -> bool {
+    if *from.epoch != *page.top.epoch || from.offset > page.top.offset {
+        return false;
+    }
+    let missed = page.top.offset - from.offset;
+    let Ok(missed) = usize::try_from(missed) else {
+        return false;
+    };
+    missed <= max
+        && page.publications.len() == missed
+        && page
+            .publications
+            .iter()
+            .zip(from.offset + 1..)
+            .all(|(p, want)| p.position.as_ref().is_some_and(|at| at.offset == want))
+}
+
+/// Reads where a new subscription to `channel` starts, and with `from`
+/// what the client missed since.
+pub(super) async fn catch_up(
+    node: &Node,
+    channel: &ChannelName,
+    from: Option<&StreamPosition>,
+) -> Result<CaughtUp, BrokerError> {
+    let query = match from {
+        // One more than allowed: a longer gap is refused, not cut.
+        Some(from) => Query {
+            since: Some(from.offset),
+            limit: node
+                .history_rule(channel)
+                .map_or(0, |rule| rule.recovery_max)
+                .saturating_add(1),
+            reverse: false,
+        },
+        None => Query {
+            since: None,
+            limit: 0,
+            reverse: false,
+        },
+    };
+    let (rule, page) = node.read_history(channel, query).await?;
+    let recovered = from.map(|from| fills_gap(from, &page, rule.recovery_max));
+    let stats = node.stats();
+    match recovered {
+        Some(true) => Stats::bump(&stats.recoveries_recovered),
+        Some(false) => Stats::bump(&stats.recoveries_failed),
+        None => {}
+    }
+    let frames = match recovered {
+        Some(true) => page.publications.iter().map(native_frame).collect(),
+        _ => Vec::new(),
+    };
+    Ok(CaughtUp {
+        channel: channel.clone(),
+        epoch: page.top.epoch,
+        offset: page.top.offset,
+        recovered,
+        frames,
+    })
+}
+
+impl NativeSession {
+    /// Joins `channel` on this node; a history channel's live frames are
+    /// held from before it joins until its caught-up part is queued
+    /// ([`release`]), after the reply.
+    pub(super) async fn join(
+        &mut self,
+        node: &Node,
+        conn: &Arc<Conn>,
+        channel: &ChannelName,
+        from: Option<&StreamPosition>,
+    ) -> Result<Option<CaughtUp>, BrokerError> {
+        let history = node.history_rule(channel).is_some();
+        if history {
+            conn.hold(channel);
+        }
+        if let Err(e) = node.subscribe(conn, channel).await {
+            conn.discard(channel);
+            return Err(e);
+        }
+        self.channels.insert(channel.clone());
+        if !history {
+            return Ok(None);
+        }
+        match catch_up(node, channel, from).await {
+            Ok(done) => Ok(Some(done)),
+            Err(e) => {
+                conn.discard(channel);
+                self.channels.shift_remove(channel);
+                node.unsubscribe(conn, channel).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// `history`: the channel's kept publications (after `since`, at most
+    /// `limit`, capped by its `history_size`), for a client that may
+    /// subscribe to it.
+    pub(super) async fn history(
+        &self,
+        node: &Node,
+        conn: &Conn,
+        id: u64,
+        params: HistoryParams,
+    ) -> Reply {
+        let channel = parse_channel(node, &params.channel, None)?;
+        if !self.channels.contains(&channel) {
+            self.may_subscribe(node, conn, &channel, None)?;
+        }
+        let Some(rule) = node.history_rule(&channel) else {
+            return Err(no_history());
+        };
+        let query = crate::node::history_query(&rule, params.since, params.limit, params.reverse);
+        let (_, page) = node
+            .read_history(&channel, query)
+            .await
+            .map_err(|e| Refusal::from(broker_error(e)))?;
+        Ok(push::history_reply(
+            id,
+            &page.top.epoch,
+            page.top.offset,
+            page.publications.iter().map(crate::node::kept),
+        ))
+    }
+}
+
+/// The `subscribe` reply with each history channel's position.
+pub(super) fn subscribe_reply(id: u64, names: &[String], caught_up: &[CaughtUp]) -> Bytes {
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let positions = caught_up
+        .iter()
+        .map(|c| {
+            let at = ChannelPosition {
+                epoch: &c.epoch,
+                offset: c.offset,
+                recovered: c.recovered,
+            };
+            (c.channel.as_str(), at)
+        })
+        .collect();
+    push::reply(
+        id,
+        &SubscribeResult {
+            channels: &refs,
+            positions,
+        },
+    )
+}
+
+/// Queues each caught-up channel's missed publications, then what was held
+/// for it after them, and lets its live frames through.
+pub(super) fn release(node: &Node, conn: &Conn, caught_up: Vec<CaughtUp>) {
+    for done in caught_up {
+        if conn
+            .release(&done.channel, done.frames, done.offset)
+            .is_err()
+        {
+            Stats::bump(&node.stats().slow_consumer_disconnects);
+            tracing::warn!(conn = %conn.id, addr = %conn.remote, channel = %done.channel, "slow consumer disconnected: outbound queue full while catching up");
+            return;
+        }
+    }
+}
+
+fn no_history() -> Refusal {
+    Refusal::Error(ErrorCode::NoHistory, crate::node::NO_HISTORY.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::{Position, Publication};
+    use duplex_protocol::ws::MessageKind;
+
+    fn page(epoch: &str, top: u64, offsets: &[u64]) -> HistoryPage {
+        let epoch: std::sync::Arc<str> = epoch.into();
+        let channel = ChannelName::parse("news", 64).unwrap();
+        HistoryPage {
+            top: Position {
+                offset: top,
+                epoch: epoch.clone(),
+            },
+            publications: offsets
+                .iter()
+                .map(|&offset| Publication {
+                    channel: channel.clone(),
+                    payload: Bytes::new(),
+                    kind: MessageKind::Text,
+                    exclude: None,
+                    position: Some(Position {
+                        offset,
+                        epoch: epoch.clone(),
+                    }),
+                })
+                .collect(),
+        }
+    }
+
+    fn at(epoch: &str, offset: u64) -> StreamPosition {
+        StreamPosition {
+            epoch: epoch.to_string(),
+            offset,
+        }
+    }
+
+    #[test]
+    fn only_the_whole_gap_in_the_same_epoch_recovers() {
+        assert!(
+            fills_gap(&at("e", 5), &page("e", 5, &[]), 10),
+            "nothing missed"
+        );
+        assert!(fills_gap(&at("e", 2), &page("e", 5, &[3, 4, 5]), 10));
+        assert!(
+            !fills_gap(&at("x", 2), &page("e", 5, &[3, 4, 5]), 10),
+            "other epoch"
+        );
+        assert!(
+            !fills_gap(&at("e", 1), &page("e", 5, &[3, 4, 5]), 10),
+            "2 is gone"
+        );
+        assert!(
+            !fills_gap(&at("e", 2), &page("e", 5, &[3, 4, 5]), 2),
+            "over the max"
+        );
+        assert!(
+            !fills_gap(&at("e", 7), &page("e", 5, &[]), 10),
+            "ahead of the top"
+        );
+        assert!(
+            !fills_gap(&at("e", 2), &page("e", 5, &[3, 5]), 10),
+            "a hole"
+        );
+    }
+}

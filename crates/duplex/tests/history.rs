@@ -1,0 +1,312 @@
+//! History and recovery as clients and backends see them: offsets on
+//! publishes and pushes, positions on subscribe, `recover` with no gap and
+//! no duplicate (while publishes keep coming), `recovered: false` when the
+//! epoch changed or the gap is too large, the `history` command and
+//! `GET /api/history`, and raw `PUBLISH` counted as unrecorded.
+
+mod support;
+
+use std::time::Duration;
+
+use duplex::config::Settings;
+use duplex::permissions::Namespace;
+use serde_json::{json, Value};
+use support::client::Client;
+use support::node::{settings, TestNode};
+use support::redis_server::RedisServer;
+
+/// `news:*` keeps 100 publications for an hour, recovering at most 50.
+fn with_history() -> Settings {
+    Settings {
+        namespaces: Some(vec![Namespace {
+            pattern: "news:*".into(),
+            history_size: 100,
+            history_ttl: Some(Duration::from_secs(3600)),
+            recovery_max_publications: Some(50),
+            ..Default::default()
+        }]),
+        ..settings()
+    }
+}
+
+async fn publish(node: &TestNode, channel: &str, data: Value) -> Value {
+    let (status, body) = node
+        .post_json("/api/publish", &json!({"channel": channel, "data": data}))
+        .await;
+    assert_eq!(status, 200, "publish: {body}");
+    body
+}
+
+/// Subscribes to one channel, `recover`ing from `from` if given; the
+/// channel's entry of the result's `positions`.
+async fn subscribe(client: &mut Client, channel: &str, from: Option<&Value>) -> Value {
+    let mut params = json!({"channel": channel});
+    if let Some(from) = from {
+        params["recover"] = json!({ channel: from });
+    }
+    let reply = client.command("subscribe", params).await;
+    assert_eq!(reply["result"]["channels"], json!([channel]), "{reply}");
+    reply["result"]["positions"][channel].clone()
+}
+
+/// The next `message` push: (offset, data).
+async fn next_message(client: &mut Client) -> (Option<u64>, Value) {
+    loop {
+        let push = client.next_json().await;
+        if push["push"] == "message" {
+            return (push["offset"].as_u64(), push["data"].clone());
+        }
+    }
+}
+
+#[tokio::test]
+async fn offsets_from_publish_to_push_and_in_history() {
+    let node = TestNode::start(with_history()).await;
+    let mut client = Client::connect(&node.ws("/ws")).await;
+    let start = subscribe(&mut client, "news:a", None).await;
+    assert_eq!(start["offset"], 0, "{start}");
+    let epoch = start["epoch"].as_str().expect("an epoch").to_string();
+    assert!(start.get("recovered").is_none(), "not asked to recover");
+
+    let first = publish(&node, "news:a", json!("one")).await;
+    assert_eq!(first, json!({"ok": true, "offset": 1, "epoch": epoch}));
+    assert_eq!(next_message(&mut client).await, (Some(1), json!("one")));
+    // A client's own publish answers with the offset too (its own copy,
+    // queued before the reply, is skipped by `command`).
+    let reply = client
+        .command("publish", json!({"channel": "news:a", "data": {"n": 2}}))
+        .await;
+    assert_eq!(reply["result"], json!({"offset": 2, "epoch": epoch}));
+
+    // Channels without history are as before: no offset anywhere.
+    assert_eq!(
+        publish(&node, "other", json!("x")).await,
+        json!({"ok": true})
+    );
+    client.subscribe(&["plain"]).await;
+    publish(&node, "plain", json!("live")).await;
+    assert_eq!(next_message(&mut client).await, (None, json!("live")));
+
+    let history = client
+        .command("history", json!({"channel": "news:a", "since": 1}))
+        .await;
+    assert_eq!(
+        history["result"],
+        json!({"epoch": epoch, "offset": 2, "publications": [{"offset": 2, "data": {"n": 2}}]})
+    );
+    let (status, body) = node
+        .get_json("/api/history?channel=news:a&reverse=true&limit=1")
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body,
+        json!({"epoch": epoch, "offset": 2, "publications": [{"offset": 2, "data": {"n": 2}}]})
+    );
+    let refused = client.command("history", json!({"channel": "plain"})).await;
+    assert_eq!(refused["error"]["code"], 116, "{refused}");
+    assert_eq!(node.get_json("/api/history?channel=plain").await.0, 404);
+}
+
+#[tokio::test]
+async fn a_returning_client_gets_exactly_what_it_missed_then_live_ones() {
+    let node = TestNode::start(with_history()).await;
+    let mut client = Client::connect(&node.ws("/ws")).await;
+    let start = subscribe(&mut client, "news:b", None).await;
+    publish(&node, "news:b", json!(1)).await;
+    assert_eq!(next_message(&mut client).await, (Some(1), json!(1)));
+    client.close().await;
+
+    for i in 2..=6 {
+        publish(&node, "news:b", json!(i)).await;
+    }
+    let mut back = Client::connect(&node.ws("/ws")).await;
+    let from = json!({"epoch": start["epoch"], "offset": 1});
+    let position = subscribe(&mut back, "news:b", Some(&from)).await;
+    assert_eq!(
+        position,
+        json!({"epoch": start["epoch"], "offset": 6, "recovered": true})
+    );
+    for i in 2..=6 {
+        assert_eq!(next_message(&mut back).await, (Some(i), json!(i)));
+    }
+    publish(&node, "news:b", json!(7)).await;
+    assert_eq!(next_message(&mut back).await, (Some(7), json!(7)));
+    assert_eq!(node.stat("recoveries_recovered").await, 1);
+}
+
+#[tokio::test]
+async fn never_a_partial_recovery() {
+    let node = TestNode::start(with_history()).await;
+    let mut client = Client::connect(&node.ws("/ws")).await;
+    let start = subscribe(&mut client, "news:c", None).await;
+    for i in 1..=60 {
+        publish(&node, "news:c", json!(i)).await;
+    }
+    client.close().await;
+
+    // 60 missed, at most 50 recovered: nothing, and the app knows to reload.
+    let mut back = Client::connect(&node.ws("/ws")).await;
+    let from = json!({"epoch": start["epoch"], "offset": 0});
+    let position = subscribe(&mut back, "news:c", Some(&from)).await;
+    assert_eq!(position["recovered"], false, "{position}");
+    assert_eq!(position["offset"], 60);
+    // Another epoch: offsets mean nothing there.
+    let mut other = Client::connect(&node.ws("/ws")).await;
+    let stale = json!({"epoch": "not-this-one", "offset": 59});
+    let position = subscribe(&mut other, "news:c", Some(&stale)).await;
+    assert_eq!(position["recovered"], false, "{position}");
+    // Live messages follow with nothing replayed before them.
+    publish(&node, "news:c", json!("next")).await;
+    assert_eq!(next_message(&mut back).await, (Some(61), json!("next")));
+    assert_eq!(next_message(&mut other).await, (Some(61), json!("next")));
+    assert_eq!(node.stat("recoveries_failed").await, 2);
+}
+
+/// A client that leaves and comes back every few dozen messages, on
+/// alternating nodes, while two publishers (API and native, on both nodes)
+/// keep going: every message exactly once, in offset order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconnecting_under_load_loses_and_repeats_nothing() {
+    let redis = RedisServer::start();
+    let a = TestNode::on_redis(&redis.url(), with_history()).await;
+    let b = TestNode::on_redis(&redis.url(), with_history()).await;
+    const TOTAL: u64 = 1500;
+    let api = reqwest::Client::new();
+    let urls = [a.http("/api/publish"), b.http("/api/publish")];
+    let publisher = tokio::spawn(async move {
+        for i in 1..=TOTAL {
+            let body = json!({"channel": "news:load", "data": i});
+            let sent = api.post(&urls[(i % 2) as usize]).json(&body).send().await;
+            assert_eq!(sent.expect("publish").status(), 200);
+            if i % 50 == 0 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    });
+    let mut seen: Vec<u64> = Vec::new();
+    let mut position: Option<Value> = None;
+    let mut round = 0;
+    while seen.last().copied().unwrap_or(0) < TOTAL {
+        let node = if round % 2 == 0 { &a } else { &b };
+        round += 1;
+        let mut client = Client::connect(&node.ws("/ws")).await;
+        let got = subscribe(&mut client, "news:load", position.as_ref()).await;
+        if position.is_some() {
+            assert_eq!(got["recovered"], true, "round {round}: {got}");
+        }
+        let epoch = got["epoch"].clone();
+        // Stay for a few dozen messages (or to the end), then leave.
+        let stay = 20 + (round * 7) % 40;
+        let mut last = got["offset"].as_u64().expect("offset");
+        for _ in 0..stay {
+            if last >= TOTAL {
+                break;
+            }
+            let (offset, data) = next_message(&mut client).await;
+            let offset = offset.expect("every message here has an offset");
+            assert_eq!(data, json!(offset), "data is its publish number");
+            seen.push(offset);
+            last = offset;
+        }
+        position = Some(json!({"epoch": epoch, "offset": last}));
+        client.close().await;
+    }
+    publisher.await.expect("publisher");
+    // Each offset once, one after the other (the first is wherever the
+    // first subscription started).
+    for pair in seen.windows(2) {
+        assert_eq!(
+            pair[1],
+            pair[0] + 1,
+            "after {} came {} ({round} reconnects)",
+            pair[0],
+            pair[1]
+        );
+    }
+    assert_eq!(seen.last(), Some(&TOTAL));
+}
+
+#[tokio::test]
+async fn a_raw_publish_on_a_history_channel_is_live_only_and_counted() {
+    let redis = RedisServer::start();
+    let node = TestNode::on_redis(&redis.url(), with_history()).await;
+    let mut client = Client::connect(&node.ws("/ws")).await;
+    subscribe(&mut client, "news:raw", None).await;
+    redis.publish("news:raw", b"\"from PUBLISH\"").await;
+    assert_eq!(
+        next_message(&mut client).await,
+        (None, json!("from PUBLISH"))
+    );
+    assert_eq!(node.stat("unrecorded_publishes").await, 1);
+    // FCALL from any Redis client records it.
+    let mut conn = redis.connection().await;
+    let offset: i64 = redis::cmd("FCALL")
+        .arg("duplex_publish")
+        .arg(1)
+        .arg("news:raw")
+        .arg("\"from FCALL\"")
+        .query_async(&mut conn)
+        .await
+        .expect("FCALL duplex_publish");
+    assert_eq!(offset, 1);
+    assert_eq!(
+        next_message(&mut client).await,
+        (Some(1), json!("from FCALL"))
+    );
+    assert_eq!(node.stat("unrecorded_publishes").await, 1);
+}
+
+#[tokio::test]
+async fn redis_restarted_empty_means_a_new_epoch_and_no_recovery() {
+    let mut redis = RedisServer::start();
+    let node = TestNode::on_redis(&redis.url(), with_history()).await;
+    let mut client = Client::connect(&node.ws("/ws")).await;
+    let start = subscribe(&mut client, "news:epoch", None).await;
+    publish(&node, "news:epoch", json!(1)).await;
+    assert_eq!(next_message(&mut client).await, (Some(1), json!(1)));
+    client.close().await;
+
+    redis.restart();
+    support::eventually("node back on redis", || async {
+        node.health().await == 200
+    })
+    .await;
+    let published = publish(&node, "news:epoch", json!("after")).await;
+    assert_eq!(published["offset"], 1, "{published}");
+    assert_ne!(published["epoch"], start["epoch"]);
+    let mut back = Client::connect(&node.ws("/ws")).await;
+    let from = json!({"epoch": start["epoch"], "offset": 1});
+    let position = subscribe(&mut back, "news:epoch", Some(&from)).await;
+    assert_eq!(
+        position,
+        json!({"epoch": published["epoch"], "offset": 1, "recovered": false})
+    );
+}
+
+#[tokio::test]
+async fn history_needs_the_right_to_subscribe() {
+    let mut with_private = with_history();
+    if let Some(namespaces) = &mut with_private.namespaces {
+        namespaces.push(Namespace {
+            pattern: "secret:*".into(),
+            subscribe: duplex::permissions::SubscribeRule::Token,
+            history_size: 10,
+            history_ttl: Some(Duration::from_secs(60)),
+            ..Default::default()
+        });
+    }
+    let node = TestNode::start(with_private).await;
+    publish(&node, "secret:x", json!("hidden")).await;
+    let mut client = Client::connect(&node.ws("/ws")).await;
+    let refused = client
+        .command("history", json!({"channel": "secret:x"}))
+        .await;
+    assert_eq!(refused["error"]["code"], 105, "{refused}");
+    let refused = client
+        .command(
+            "subscribe",
+            json!({"channel": "secret:x", "recover": {"secret:x": {"epoch": "e", "offset": 0}}}),
+        )
+        .await;
+    assert_eq!(refused["error"]["code"], 105, "{refused}");
+}
