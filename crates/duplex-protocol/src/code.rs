@@ -138,6 +138,10 @@ pub enum CloseCode {
     TokenExpired,
     /// 3007: the user already holds `max_connections_per_user` connections.
     TooManyConnections,
+    /// 3008: the node lost publications of a history channel this client
+    /// holds and could not fill the gap (epoch changed, gap too large):
+    /// reconnect and `recover` (the answer says `recovered: false`).
+    InsufficientState,
     /// 3500: the token is invalid; do not reconnect with the same token.
     InvalidToken,
     /// 3501: the client sent something the protocol forbids; fix the client.
@@ -166,6 +170,7 @@ impl CloseCode {
             CloseCode::ConnectTimeout => 3005,
             CloseCode::TokenExpired => 3006,
             CloseCode::TooManyConnections => 3007,
+            CloseCode::InsufficientState => 3008,
             CloseCode::InvalidToken => 3500,
             CloseCode::BadRequest => 3501,
             CloseCode::Unsubscribed => 3502,
@@ -190,6 +195,7 @@ impl CloseCode {
             3005 => CloseCode::ConnectTimeout,
             3006 => CloseCode::TokenExpired,
             3007 => CloseCode::TooManyConnections,
+            3008 => CloseCode::InsufficientState,
             3500 => CloseCode::InvalidToken,
             3501 => CloseCode::BadRequest,
             3502 => CloseCode::Unsubscribed,
@@ -230,6 +236,7 @@ mod tests {
             CloseCode::ConnectTimeout,
             CloseCode::TokenExpired,
             CloseCode::TooManyConnections,
+            CloseCode::InsufficientState,
             CloseCode::InvalidToken,
             CloseCode::BadRequest,
             CloseCode::Unsubscribed,

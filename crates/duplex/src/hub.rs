@@ -130,6 +130,20 @@ impl<S: Subscriber> Hub<S> {
         self.shards.iter().map(|shard| shard.read().len()).sum()
     }
 
+    /// Whether `channel` has local subscribers.
+    pub fn holds(&self, channel: &str) -> bool {
+        self.shard(channel).read().contains_key(channel)
+    }
+
+    /// The local subscribers of `channel`, copied out of the lock.
+    pub fn subscribers(&self, channel: &str) -> Vec<Arc<S>> {
+        self.shard(channel)
+            .read()
+            .get(channel)
+            .map(|subs| subs.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
     /// Whether subscriber `key` is on `channel`.
     pub fn contains(&self, channel: &str, key: u64) -> bool {
         self.shard(channel)

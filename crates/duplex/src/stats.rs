@@ -150,6 +150,10 @@ counters! {
     /// Reads of channel history on the broker (subscribe positions,
     /// recoveries, `history` commands and API calls).
     history_reads => Counter "history_reads", "Reads of channel history on the broker (subscribe positions, recoveries, history commands and API calls)";
+    /// History channels a node repaired by itself after a broker reconnect.
+    history_repairs => Counter "history_repairs" ["outcome" = "repaired"], "History channels a node repaired after a broker reconnect, by outcome (failed: their native clients were closed with 3008 to recover)";
+    /// History channels it could not repair (native clients closed with 3008).
+    history_repairs_failed => Counter "history_repairs" ["outcome" = "failed"], "History channels a node repaired after a broker reconnect, by outcome (failed: their native clients were closed with 3008 to recover)";
     /// Subscribes with `recover` answered `recovered: true`.
     recoveries_recovered => Counter "recoveries" ["outcome" = "recovered"], "Subscribes that asked to recover, by outcome (not_recovered: epoch changed or the gap is larger than history holds)";
     /// Subscribes with `recover` answered `recovered: false`.

@@ -310,3 +310,73 @@ async fn history_needs_the_right_to_subscribe() {
         .await;
     assert_eq!(refused["error"]["code"], 105, "{refused}");
 }
+
+/// `FCALL duplex_publish` from a backend's plain Redis client: the offset.
+async fn fcall(conn: &mut redis::aio::MultiplexedConnection, channel: &str, data: &str) -> i64 {
+    redis::cmd("FCALL")
+        .arg("duplex_publish")
+        .arg(1)
+        .arg(channel)
+        .arg(data)
+        .query_async(conn)
+        .await
+        .expect("FCALL duplex_publish")
+}
+
+/// The node's subscriber connection is cut while a backend keeps
+/// publishing: the node reads what it missed and delivers it in order
+/// before live ones; the client notices nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_blip_is_repaired_by_the_node_without_reconnects() {
+    let redis = RedisServer::start();
+    let node = TestNode::on_redis(&redis.url(), with_history()).await;
+    let mut client = Client::connect(&node.ws("/ws")).await;
+    subscribe(&mut client, "news:blip", None).await;
+    let mut backend = redis.connection().await;
+    assert_eq!(fcall(&mut backend, "news:blip", "1").await, 1);
+    assert_eq!(next_message(&mut client).await, (Some(1), json!(1)));
+
+    let killed: i64 = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("pubsub")
+        .query_async(&mut backend)
+        .await
+        .expect("CLIENT KILL");
+    assert_eq!(killed, 1, "the node's one subscriber connection");
+    for i in 2..=40 {
+        assert_eq!(fcall(&mut backend, "news:blip", &i.to_string()).await, i);
+    }
+    for i in 2..=40 {
+        assert_eq!(next_message(&mut client).await, (Some(i as u64), json!(i)));
+    }
+    assert_eq!(node.stat("history_repairs").await, 1);
+    assert_eq!(node.info().await["broker"]["reconnects"], 1);
+    // Still the same connection: it answers.
+    assert!(client
+        .command("ping", json!({}))
+        .await
+        .get("result")
+        .is_some());
+}
+
+/// Redis comes back empty: the node cannot fill the gap, so its native
+/// clients of the channel are closed with 3008 and, back with `recover`,
+/// learn `recovered: false`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gap_the_node_cannot_fill_closes_its_clients_with_3008() {
+    let mut redis = RedisServer::start();
+    let node = TestNode::on_redis(&redis.url(), with_history()).await;
+    let mut client = Client::connect(&node.ws("/ws")).await;
+    let start = subscribe(&mut client, "news:lost", None).await;
+    publish(&node, "news:lost", json!(1)).await;
+    assert_eq!(next_message(&mut client).await, (Some(1), json!(1)));
+    redis.restart();
+    let closed = client.expect_close().await;
+    assert_eq!(closed.code, 3008, "{closed:?}");
+    assert_eq!(node.stat("history_repairs_failed").await, 1);
+    let mut back = Client::connect(&node.ws("/ws")).await;
+    let from = json!({"epoch": start["epoch"], "offset": 1});
+    let position = subscribe(&mut back, "news:lost", Some(&from)).await;
+    assert_eq!(position["recovered"], false, "{position}");
+}

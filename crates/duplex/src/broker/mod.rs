@@ -84,6 +84,15 @@ pub trait BrokerHandler: Send + Sync + 'static {
     /// before handing over the next one, which keeps per-channel order even
     /// when the fan-out runs on several threads.
     fn handle_publication(&self, publication: Publication) -> BoxFuture<'_, ()>;
+
+    /// The broker lost its connection and is about to subscribe again:
+    /// what was published meanwhile never reached this node. Called before
+    /// the first message of the new connection.
+    fn reconnecting(&self) {}
+
+    /// Every channel is subscribed again after a lost connection (the
+    /// node may now read what it missed from history).
+    fn reconnected(&self) {}
 }
 
 /// Why a broker operation failed; all are temporary from the caller's view.

@@ -56,6 +56,7 @@ impl Node {
         // The node itself listens on the order channels: a client that was
         // let in there must not take the node's own subscription with it.
         if self.inner.hub.unsubscribe(channel.as_str(), conn.seq) && !is_order_channel(channel) {
+            self.inner.repairs.forget(channel);
             if let Err(e) = self
                 .inner
                 .broker

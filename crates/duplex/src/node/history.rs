@@ -123,6 +123,10 @@ impl Node {
             .history()?
             .read(channel.clone(), query, &options)
             .await?;
+        // Where this node's clients of the channel stand, for a repair.
+        if self.inner.hub.holds(channel.as_str()) {
+            self.inner.repairs.note_position(channel, &page.top);
+        }
         Ok((rule, page))
     }
 }
@@ -151,6 +155,78 @@ pub(crate) fn kept(p: &crate::message::Publication) -> Kept<'_> {
     }
 }
 
+/// Whether a read after `offset` in `epoch` fills the whole gap: the same
+/// epoch, at most `max` missed, and every offset from `offset + 1` to the
+/// top in hand. Anything less is no recovery at all.
+pub(crate) fn fills_gap(epoch: &str, offset: u64, page: &HistoryPage, max: usize) -> bool {
+    if epoch != &*page.top.epoch || offset > page.top.offset {
+        return false;
+    }
+    let Ok(missed) = usize::try_from(page.top.offset - offset) else {
+        return false;
+    };
+    missed <= max
+        && page.publications.len() == missed
+        && page
+            .publications
+            .iter()
+            .zip(offset + 1..)
+            .all(|(p, want)| p.position.as_ref().is_some_and(|at| at.offset == want))
+}
+
 /// Why `history` and `recover` are refused on a channel.
 pub(crate) const NO_HISTORY: &str =
     "this channel keeps no history: its namespace needs history_size and history_ttl";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use duplex_protocol::ws::MessageKind;
+
+    fn page(epoch: &str, top: u64, offsets: &[u64]) -> HistoryPage {
+        let epoch: Arc<str> = epoch.into();
+        let channel = ChannelName::parse("news", 64).unwrap();
+        HistoryPage {
+            top: Position {
+                offset: top,
+                epoch: epoch.clone(),
+            },
+            publications: offsets
+                .iter()
+                .map(|&offset| Publication {
+                    channel: channel.clone(),
+                    payload: Bytes::new(),
+                    kind: MessageKind::Text,
+                    exclude: None,
+                    position: Some(Position {
+                        offset,
+                        epoch: epoch.clone(),
+                    }),
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn only_the_whole_gap_in_the_same_epoch_recovers() {
+        assert!(fills_gap("e", 5, &page("e", 5, &[]), 10), "nothing missed");
+        assert!(fills_gap("e", 2, &page("e", 5, &[3, 4, 5]), 10));
+        assert!(
+            !fills_gap("x", 2, &page("e", 5, &[3, 4, 5]), 10),
+            "other epoch"
+        );
+        assert!(
+            !fills_gap("e", 1, &page("e", 5, &[3, 4, 5]), 10),
+            "2 is gone"
+        );
+        assert!(
+            !fills_gap("e", 2, &page("e", 5, &[3, 4, 5]), 2),
+            "over the max"
+        );
+        assert!(
+            !fills_gap("e", 7, &page("e", 5, &[]), 10),
+            "ahead of the top"
+        );
+        assert!(!fills_gap("e", 2, &page("e", 5, &[3, 5]), 10), "a hole");
+    }
+}

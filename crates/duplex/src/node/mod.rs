@@ -14,6 +14,7 @@ mod history;
 mod query;
 mod registry;
 mod reload;
+mod repair;
 mod tasks;
 mod unsubscribe;
 
@@ -21,7 +22,7 @@ pub use query::{ConnectionList, QueryError};
 mod rpc;
 mod upstream;
 
-pub(crate) use history::{history_query, kept, NO_HISTORY};
+pub(crate) use history::{fills_gap, history_query, kept, NO_HISTORY};
 pub(crate) use tasks::Tasks;
 pub(crate) use upstream::{Message, Sent};
 
@@ -121,6 +122,8 @@ struct Inner {
     publish_warnings: Throttle,
     /// Warnings about publications without offsets on history channels.
     unrecorded_warnings: Throttle,
+    /// History positions per channel and repairs after a broker reconnect.
+    repairs: Arc<repair::Repairs>,
     /// Open connections per client address, when that limit is set.
     per_ip: Mutex<HashMap<IpAddr, usize>>,
     /// Write coalescing: always with `write_delay`, while behind without.
@@ -153,6 +156,8 @@ impl std::fmt::Debug for Inner {
 struct Deliver {
     hub: Arc<Hub<Conn>>,
     stats: Arc<Stats>,
+    /// History positions and repairs after a broker reconnect.
+    repairs: Arc<repair::Repairs>,
     /// The node, once built (the broker needs this handler before it exists).
     node: std::sync::OnceLock<std::sync::Weak<Inner>>,
 }
@@ -175,6 +180,20 @@ impl Deliver {
 }
 
 impl BrokerHandler for Deliver {
+    fn reconnecting(&self) {
+        self.repairs.close_all();
+    }
+
+    fn reconnected(&self) {
+        if let Some(inner) = self.node.get().and_then(std::sync::Weak::upgrade) {
+            let node = Node { inner };
+            let repairing = node.clone();
+            node.inner
+                .tasks
+                .spawn(async move { repairing.repair().await });
+        }
+    }
+
     fn handle_publication(&self, publication: Publication) -> BoxFuture<'_, ()> {
         if is_order_channel(&publication.channel) {
             if let Some(inner) = self.node.get().and_then(std::sync::Weak::upgrade) {
@@ -186,6 +205,10 @@ impl BrokerHandler for Deliver {
         if publication.position.is_none() {
             self.count_unrecorded(&publication.channel);
         }
+        let Some(publication) = self.repairs.admit(publication) else {
+            return async {}.boxed();
+        };
+        self.repairs.note(&publication);
         async move {
             let started = Instant::now();
             Hub::broadcast_parallel(&self.hub, publication).await;
@@ -233,9 +256,11 @@ impl Node {
         let handshakes = HandshakeLimit::new(config.max_handshakes_per_ip);
         let stats = Arc::new(Stats::default());
         let hub = Arc::new(Hub::new(Arc::clone(&stats)));
+        let repairs = Arc::new(repair::Repairs::default());
         let deliver = Arc::new(Deliver {
             hub: Arc::clone(&hub),
             stats: Arc::clone(&stats),
+            repairs: Arc::clone(&repairs),
             node: std::sync::OnceLock::new(),
         });
         let handler: Arc<dyn BrokerHandler> = Arc::clone(&deliver) as Arc<dyn BrokerHandler>;
@@ -275,6 +300,7 @@ impl Node {
                 next_seq: AtomicU64::new(first_seq()),
                 publish_warnings: Throttle::new(1000),
                 unrecorded_warnings: Throttle::new(10_000),
+                repairs,
                 coalescer,
                 per_ip: Mutex::default(),
                 revoked: Default::default(),

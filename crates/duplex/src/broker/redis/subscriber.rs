@@ -157,12 +157,16 @@ pub(super) async fn run(
         .map(|c| format!("{prefix}{c}"))
         .collect();
     let mut backoff = Backoff::new(shared.settings.max_backoff);
+    let mut lost_once = false;
     loop {
         let Some((mut conn, link)) =
             connect(&shared, &mut ops, &mut wanted, &cancel, &mut backoff).await
         else {
             return;
         };
+        if lost_once {
+            shared.handler.reconnecting();
+        }
         let channels: Vec<&String> = wanted.iter().collect();
         let mut failed = None;
         for chunk in channels.chunks(BATCH) {
@@ -173,15 +177,22 @@ pub(super) async fn run(
         }
         if let Some(e) = failed {
             shared.set_disconnected(&e);
+            lost_once = true;
             continue;
         }
         backoff.reset();
         shared.set_connected(channels.len());
         shared.warn_of_overlapping_prefixes(&mut conn).await;
         shared.prepare_history(&mut conn).await;
+        if std::mem::take(&mut lost_once) {
+            shared.handler.reconnected();
+        }
         let error = serve(&shared, &mut conn, &link, &mut ops, &mut wanted, &cancel).await;
         match error {
-            Some(error) => shared.set_disconnected(&error),
+            Some(error) => {
+                shared.set_disconnected(&error);
+                lost_once = true;
+            }
             None => {
                 let all: Vec<&String> = wanted.iter().collect();
                 for chunk in all.chunks(BATCH) {

@@ -19,7 +19,7 @@ use duplex_protocol::push;
 use super::rules::{broker_error, parse_channel};
 use super::NativeSession;
 use super::{Refusal, Reply};
-use crate::broker::history::{HistoryPage, Query};
+use crate::broker::history::Query;
 use crate::broker::BrokerError;
 use crate::conn::Conn;
 use crate::hub::native_frame;
@@ -38,25 +38,6 @@ pub(super) struct CaughtUp {
     pub(super) recovered: Option<bool>,
     /// The missed publications' frames (empty unless recovered).
     pub(super) frames: Vec<Bytes>,
-}
-
-/// Whether a read after `from` fills the client's whole gap: the same
-/// epoch, and every offset from `from + 1` to the top in hand.
-pub(super) fn fills_gap(from: &StreamPosition, page: &HistoryPage, max: usize) -> bool {
-    if *from.epoch != *page.top.epoch || from.offset > page.top.offset {
-        return false;
-    }
-    let missed = page.top.offset - from.offset;
-    let Ok(missed) = usize::try_from(missed) else {
-        return false;
-    };
-    missed <= max
-        && page.publications.len() == missed
-        && page
-            .publications
-            .iter()
-            .zip(from.offset + 1..)
-            .all(|(p, want)| p.position.as_ref().is_some_and(|at| at.offset == want))
 }
 
 /// Reads where a new subscription to `channel` starts, and with `from`
@@ -83,7 +64,8 @@ pub(super) async fn catch_up(
         },
     };
     let (rule, page) = node.read_history(channel, query).await?;
-    let recovered = from.map(|from| fills_gap(from, &page, rule.recovery_max));
+    let recovered =
+        from.map(|from| crate::node::fills_gap(&from.epoch, from.offset, &page, rule.recovery_max));
     let stats = node.stats();
     match recovered {
         Some(true) => Stats::bump(&stats.recoveries_recovered),
@@ -208,71 +190,4 @@ pub(super) fn release(node: &Node, conn: &Conn, caught_up: Vec<CaughtUp>) {
 
 fn no_history() -> Refusal {
     Refusal::Error(ErrorCode::NoHistory, crate::node::NO_HISTORY.to_string())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::message::{Position, Publication};
-    use duplex_protocol::ws::MessageKind;
-
-    fn page(epoch: &str, top: u64, offsets: &[u64]) -> HistoryPage {
-        let epoch: std::sync::Arc<str> = epoch.into();
-        let channel = ChannelName::parse("news", 64).unwrap();
-        HistoryPage {
-            top: Position {
-                offset: top,
-                epoch: epoch.clone(),
-            },
-            publications: offsets
-                .iter()
-                .map(|&offset| Publication {
-                    channel: channel.clone(),
-                    payload: Bytes::new(),
-                    kind: MessageKind::Text,
-                    exclude: None,
-                    position: Some(Position {
-                        offset,
-                        epoch: epoch.clone(),
-                    }),
-                })
-                .collect(),
-        }
-    }
-
-    fn at(epoch: &str, offset: u64) -> StreamPosition {
-        StreamPosition {
-            epoch: epoch.to_string(),
-            offset,
-        }
-    }
-
-    #[test]
-    fn only_the_whole_gap_in_the_same_epoch_recovers() {
-        assert!(
-            fills_gap(&at("e", 5), &page("e", 5, &[]), 10),
-            "nothing missed"
-        );
-        assert!(fills_gap(&at("e", 2), &page("e", 5, &[3, 4, 5]), 10));
-        assert!(
-            !fills_gap(&at("x", 2), &page("e", 5, &[3, 4, 5]), 10),
-            "other epoch"
-        );
-        assert!(
-            !fills_gap(&at("e", 1), &page("e", 5, &[3, 4, 5]), 10),
-            "2 is gone"
-        );
-        assert!(
-            !fills_gap(&at("e", 2), &page("e", 5, &[3, 4, 5]), 2),
-            "over the max"
-        );
-        assert!(
-            !fills_gap(&at("e", 7), &page("e", 5, &[]), 10),
-            "ahead of the top"
-        );
-        assert!(
-            !fills_gap(&at("e", 2), &page("e", 5, &[3, 5]), 10),
-            "a hole"
-        );
-    }
 }

@@ -1,0 +1,292 @@
+//! A node repairs a Redis blip by itself: when its subscriber connection
+//! comes back, every history channel it holds is read from the last offset
+//! it delivered, and what it missed is fanned out, in order, before the
+//! channel's live publications, so no client has to reconnect. Only when
+//! the gap cannot be filled (the epoch changed, or more was missed than the
+//! channel keeps) are the channel's native clients closed with 3008, so
+//! they resubscribe with `recover` and learn `recovered: false`.
+//!
+//! While a channel is repaired its live publications wait here (bounded;
+//! past the bound the repair fails as above), and afterwards late copies of
+//! what the repair delivered are dropped until the broker is past it, as
+//! the connection's gate does for one subscriber (`conn::gate`).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use duplex_protocol::code::CloseCode;
+
+use super::*;
+use crate::broker::history::Query;
+use crate::message::Position;
+
+/// Most bytes of live publications one channel holds while it is repaired.
+const MAX_HELD_BYTES: usize = 4 << 20;
+/// Most publications a repair reads for one channel.
+const MAX_REPAIR: usize = 10_000;
+
+/// The node's positions per history channel and the channels under repair.
+#[derive(Debug, Default)]
+pub(super) struct Repairs {
+    /// The last position delivered (or answered to a subscriber) per
+    /// history channel held here.
+    last: Mutex<HashMap<ChannelName, Position>>,
+    /// Channels being repaired, or just repaired.
+    gates: Mutex<HashMap<ChannelName, Gate>>,
+    /// Some gate exists: the one check a delivery pays when none does.
+    gated: AtomicBool,
+}
+
+#[derive(Debug)]
+enum Gate {
+    /// Under repair: live publications wait, up to [`MAX_HELD_BYTES`].
+    Holding {
+        held: VecDeque<Publication>,
+        bytes: usize,
+        overflowed: bool,
+    },
+    /// Repaired up to this offset: late copies at or below it are dropped.
+    Floor(u64),
+}
+
+impl Repairs {
+    /// Records the position of a publication this node delivers.
+    pub(super) fn note(&self, p: &Publication) {
+        if let Some(at) = &p.position {
+            self.last.lock().insert(p.channel.clone(), at.clone());
+        }
+    }
+
+    /// Records a channel's position answered to a subscriber, unless the
+    /// node has delivered one since (a later offset of the same epoch).
+    pub(super) fn note_position(&self, channel: &ChannelName, at: &Position) {
+        let mut last = self.last.lock();
+        match last.get(channel) {
+            Some(known) if known.epoch == at.epoch && known.offset >= at.offset => {}
+            _ => {
+                last.insert(channel.clone(), at.clone());
+            }
+        }
+    }
+
+    /// Forgets a channel the node no longer holds.
+    pub(super) fn forget(&self, channel: &ChannelName) {
+        self.last.lock().remove(channel);
+        if self.gated.load(Ordering::SeqCst) {
+            let mut gates = self.gates.lock();
+            gates.remove(channel);
+            self.gated.store(!gates.is_empty(), Ordering::SeqCst);
+        }
+    }
+
+    /// The broker is about to subscribe again: holds every known history
+    /// channel's live publications until it is repaired.
+    pub(super) fn close_all(&self) {
+        let last = self.last.lock();
+        let mut gates = self.gates.lock();
+        for channel in last.keys() {
+            gates.insert(
+                channel.clone(),
+                Gate::Holding {
+                    held: VecDeque::new(),
+                    bytes: 0,
+                    overflowed: false,
+                },
+            );
+        }
+        self.gated.store(!gates.is_empty(), Ordering::SeqCst);
+    }
+
+    /// The channels to repair and where each stood.
+    fn to_repair(&self) -> Vec<(ChannelName, Position)> {
+        let last = self.last.lock();
+        let gates = self.gates.lock();
+        gates
+            .iter()
+            .filter(|(_, gate)| matches!(gate, Gate::Holding { .. }))
+            .filter_map(|(channel, _)| last.get(channel).map(|at| (channel.clone(), at.clone())))
+            .collect()
+    }
+
+    /// A live publication: `Some` to deliver now, `None` when held for a
+    /// repair or already delivered by one.
+    pub(super) fn admit(&self, p: Publication) -> Option<Publication> {
+        if !self.gated.load(Ordering::SeqCst) {
+            return Some(p);
+        }
+        let mut gates = self.gates.lock();
+        let Some(gate) = gates.get_mut(&p.channel) else {
+            return Some(p);
+        };
+        let offset = p.position.as_ref().map(|at| at.offset);
+        match (gate, offset) {
+            (
+                Gate::Holding {
+                    held,
+                    bytes,
+                    overflowed,
+                },
+                _,
+            ) => {
+                if *bytes + p.payload.len() > MAX_HELD_BYTES {
+                    *overflowed = true;
+                } else {
+                    *bytes += p.payload.len();
+                    held.push_back(p);
+                }
+                None
+            }
+            (Gate::Floor(floor), Some(at)) if at <= *floor => None,
+            (Gate::Floor(_), Some(_)) => {
+                gates.remove(&p.channel);
+                self.gated.store(!gates.is_empty(), Ordering::SeqCst);
+                Some(p)
+            }
+            (Gate::Floor(_), None) => Some(p),
+        }
+    }
+
+    /// The publications held for `channel` since the last call, or `None`
+    /// when there are none left: the gate then drops what is at or below
+    /// `covered` until the broker is past it. `Err` when it overflowed.
+    fn take_held(
+        &self,
+        channel: &ChannelName,
+        covered: u64,
+    ) -> Result<Option<Vec<Publication>>, ()> {
+        let mut gates = self.gates.lock();
+        let Some(gate) = gates.get_mut(channel) else {
+            return Ok(None);
+        };
+        match gate {
+            Gate::Holding {
+                overflowed: true, ..
+            } => Err(()),
+            Gate::Holding { held, bytes, .. } if !held.is_empty() => {
+                *bytes = 0;
+                Ok(Some(held.drain(..).collect()))
+            }
+            _ => {
+                *gate = Gate::Floor(covered);
+                Ok(None)
+            }
+        }
+    }
+
+    /// Giving up on `channel`'s repair: what it held since the last call,
+    /// or `None` once nothing is left (the gate is then gone).
+    fn drain(&self, channel: &ChannelName) -> Option<Vec<Publication>> {
+        let mut gates = self.gates.lock();
+        if let Some(Gate::Holding { held, bytes, .. }) = gates.get_mut(channel) {
+            if !held.is_empty() {
+                *bytes = 0;
+                return Some(held.drain(..).collect());
+            }
+        }
+        gates.remove(channel);
+        self.gated.store(!gates.is_empty(), Ordering::SeqCst);
+        None
+    }
+}
+
+impl Node {
+    /// Repairs every history channel the node held when its broker
+    /// connection dropped (runs as one of the node's tasks).
+    pub(super) async fn repair(&self) {
+        let channels = self.inner.repairs.to_repair();
+        if channels.is_empty() {
+            return;
+        }
+        tracing::info!(
+            channels = channels.len(),
+            "repairing history channels after a broker reconnect"
+        );
+        for (channel, from) in channels {
+            self.repair_channel(&channel, &from).await;
+        }
+    }
+
+    async fn repair_channel(&self, channel: &ChannelName, from: &Position) {
+        let stats = &self.inner.stats;
+        let Some(rule) = self.history_rule(channel) else {
+            // No history any more (a reload): nothing to repair from.
+            return self.give_up(channel, None).await;
+        };
+        let max = rule.size.min(MAX_REPAIR);
+        let query = Query {
+            since: Some(from.offset),
+            limit: max.saturating_add(1),
+            reverse: false,
+        };
+        let page = match self.read_history(channel, query).await {
+            Ok((_, page)) if fills_gap(&from.epoch, from.offset, &page, max) => page,
+            Ok((_, page)) => {
+                let why = format!(
+                    "{} missed, epoch {} (was {})",
+                    page.top.offset.saturating_sub(from.offset),
+                    page.top.epoch,
+                    from.epoch
+                );
+                return self.give_up(channel, Some(why)).await;
+            }
+            Err(e) => return self.give_up(channel, Some(e.to_string())).await,
+        };
+        let mut covered = page.top.offset;
+        for p in page.publications {
+            self.fan_out(p).await;
+        }
+        loop {
+            match self.inner.repairs.take_held(channel, covered) {
+                Ok(None) => break,
+                Ok(Some(held)) => {
+                    for p in held {
+                        let offset = p.position.as_ref().map(|at| at.offset);
+                        if offset.is_some_and(|at| at <= covered) {
+                            continue;
+                        }
+                        covered = covered.max(offset.unwrap_or(0));
+                        self.fan_out(p).await;
+                    }
+                }
+                Err(()) => {
+                    let why = format!("over {MAX_HELD_BYTES} bytes arrived during the repair");
+                    return self.give_up(channel, Some(why)).await;
+                }
+            }
+        }
+        Stats::bump(&stats.history_repairs);
+        tracing::info!(%channel, from = from.offset, to = covered, "history channel repaired after a broker reconnect");
+    }
+
+    /// Delivers one publication here, as the broker's would be.
+    async fn fan_out(&self, p: Publication) {
+        self.inner.repairs.note(&p);
+        Hub::broadcast_parallel(&self.inner.hub, p).await;
+    }
+
+    /// The gap cannot be filled (`why`): the channel's native clients are
+    /// closed with 3008 (they resubscribe with `recover` and learn it), and
+    /// what was held goes, in order, to those left before live ones do.
+    async fn give_up(&self, channel: &ChannelName, why: Option<String>) {
+        if let Some(why) = why {
+            Stats::bump(&self.inner.stats.history_repairs_failed);
+            let mut closed = 0usize;
+            for conn in self.inner.hub.subscribers(channel.as_str()) {
+                if conn.wire == Wire::Native {
+                    conn.close(
+                        CloseCode::InsufficientState.as_u16(),
+                        "messages of a history channel were lost: reconnect and recover",
+                        crate::conn::Queued::Flush,
+                    );
+                    closed += 1;
+                }
+            }
+            tracing::warn!(%channel, why, closed, "history channel not repaired after a broker reconnect: its native clients were closed with 3008 to recover");
+        }
+        while let Some(held) = self.inner.repairs.drain(channel) {
+            for p in held {
+                self.fan_out(p).await;
+            }
+        }
+    }
+}
