@@ -154,6 +154,9 @@ counters! {
     history_repairs => Counter "history_repairs" ["outcome" = "repaired"], "History channels a node repaired after a broker reconnect, by outcome (failed: their native clients were closed with 3008 to recover)";
     /// History channels it could not repair (native clients closed with 3008).
     history_repairs_failed => Counter "history_repairs" ["outcome" = "failed"], "History channels a node repaired after a broker reconnect, by outcome (failed: their native clients were closed with 3008 to recover)";
+    /// History reads answered by another identical read (a recovery storm
+    /// costs a few reads per channel, not one per client).
+    history_reads_shared => Counter "history_reads_shared", "History reads answered by another client's identical read instead of one of their own (recovery storms)";
     /// Subscribes with `recover` answered `recovered: true`.
     recoveries_recovered => Counter "recoveries" ["outcome" = "recovered"], "Subscribes that asked to recover, by outcome (not_recovered: epoch changed or the gap is larger than history holds)";
     /// Subscribes with `recover` answered `recovered: false`.

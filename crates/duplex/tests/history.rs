@@ -380,3 +380,50 @@ async fn a_gap_the_node_cannot_fill_closes_its_clients_with_3008() {
     let position = subscribe(&mut back, "news:lost", Some(&from)).await;
     assert_eq!(position["recovered"], false, "{position}");
 }
+
+/// Many clients coming back to one channel at once, all from the same
+/// position (a node restart behind a load balancer): one history read
+/// serves them all, not one read each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recovery_storm_costs_one_read_not_one_per_client() {
+    const CLIENTS: usize = 300;
+    let redis = RedisServer::start();
+    let slow_redis_ok = Settings {
+        redis_timeout: Some(Duration::from_secs(20)),
+        ..with_history()
+    };
+    let node = TestNode::on_redis(&redis.url(), slow_redis_ok).await;
+    let mut first = Client::connect(&node.ws("/ws")).await;
+    let start = subscribe(&mut first, "news:storm", None).await;
+    for i in 1..=5 {
+        publish(&node, "news:storm", json!(i)).await;
+    }
+    let mut clients = Vec::new();
+    for _ in 0..CLIENTS {
+        clients.push(Client::connect(&node.ws("/ws")).await);
+    }
+    let reads_before = node.stat("history_reads").await;
+    // Redis stops answering while they all ask: their reads must pile up
+    // behind one.
+    redis.pause();
+    let from = json!({"news:storm": {"epoch": start["epoch"], "offset": 0}});
+    for client in &mut clients {
+        let subscribe = json!({"id": 1, "method": "subscribe",
+            "params": {"channel": "news:storm", "recover": from}});
+        client.send_text(&subscribe.to_string()).await;
+    }
+    support::eventually("every read but one waits for a shared one", || async {
+        node.stat("history_reads_shared").await == CLIENTS as u64 - 1
+    })
+    .await;
+    redis.resume();
+    for client in &mut clients {
+        let reply = client.next_json().await;
+        assert_eq!(reply["result"]["positions"]["news:storm"]["recovered"], true, "{reply}");
+        for i in 1..=5u64 {
+            assert_eq!(next_message(client).await, (Some(i), json!(i)));
+        }
+    }
+    // The one that read, and one more for all who asked meanwhile.
+    assert_eq!(node.stat("history_reads").await - reads_before, 2);
+}

@@ -9,6 +9,7 @@ use crate::message::Position;
 use crate::permissions::HistoryRule;
 use duplex_protocol::history::Kept;
 use duplex_protocol::payload::json_form;
+use std::collections::HashMap;
 
 /// The broker's options for a namespace's history rule.
 pub(crate) fn options(rule: &HistoryRule) -> HistoryOptions {
@@ -106,28 +107,149 @@ impl Node {
     }
 
     /// Reads `channel`'s kept publications and its position, or why not
-    /// ([`BrokerError::Unsupported`] when it keeps no history).
+    /// ([`BrokerError::Unsupported`] when it keeps no history). Identical
+    /// reads at once share one broker read ([`Flights`]): a recovery storm
+    /// costs a few reads per channel and position, not one per client.
     pub(crate) async fn read_history(
         &self,
         channel: &ChannelName,
         query: Query,
-    ) -> Result<(HistoryRule, HistoryPage), BrokerError> {
+    ) -> Result<(HistoryRule, Arc<HistoryPage>), BrokerError> {
         let rule = self
             .history_rule(channel)
             .ok_or(BrokerError::Unsupported(NO_HISTORY))?;
-        Stats::bump(&self.inner.stats.history_reads);
-        let options = options(&rule);
-        let page = self
-            .inner
-            .broker
-            .history()?
-            .read(channel.clone(), query, &options)
-            .await?;
+        let key = (channel.clone(), query.since, query.limit, query.reverse);
+        let page = match self.inner.flights.join(&key) {
+            Some(waiting) => {
+                Stats::bump(&self.inner.stats.history_reads_shared);
+                waiting.await.unwrap_or(Err(Shared::Closed))
+            }
+            None => {
+                let read = self.read_once(channel, query, &rule).await;
+                self.serve_waiting(key, rule);
+                read
+            }
+        };
+        let page = page.map_err(Shared::into_error)?;
         // Where this node's clients of the channel stand, for a repair.
         if self.inner.hub.holds(channel.as_str()) {
             self.inner.repairs.note_position(channel, &page.top);
         }
         Ok((rule, page))
+    }
+
+    async fn read_once(&self, channel: &ChannelName, query: Query, rule: &HistoryRule) -> Read {
+        Stats::bump(&self.inner.stats.history_reads);
+        let options = options(rule);
+        let history = self.inner.broker.history().map_err(Shared::from)?;
+        match history.read(channel.clone(), query, &options).await {
+            Ok(page) => Ok(Arc::new(page)),
+            Err(e) => Err(Shared::from(e)),
+        }
+    }
+
+    /// Reads again for those who asked while the last read ran (it may
+    /// have started before they joined the channel), until nobody waits.
+    fn serve_waiting(&self, key: ReadKey, rule: HistoryRule) {
+        let Some(waiting) = self.inner.flights.next_batch(&key) else {
+            return;
+        };
+        let node = self.clone();
+        self.inner.tasks.spawn(async move {
+            let mut waiting = waiting;
+            loop {
+                let (channel, since, limit, reverse) = key.clone();
+                let query = Query {
+                    since,
+                    limit,
+                    reverse,
+                };
+                let read = node.read_once(&channel, query, &rule).await;
+                for tx in waiting {
+                    let _ = tx.send(read.clone());
+                }
+                match node.inner.flights.next_batch(&key) {
+                    Some(next) => waiting = next,
+                    None => return,
+                }
+            }
+        });
+    }
+}
+
+/// What identifies a read: channel, since, limit, reverse.
+pub(super) type ReadKey = (ChannelName, Option<u64>, usize, bool);
+/// A read's outcome, shareable between those who asked.
+type Read = Result<Arc<HistoryPage>, Shared>;
+
+/// A broker error as shared between the readers of one read.
+#[derive(Debug, Clone)]
+pub(super) enum Shared {
+    /// The node shut down while they waited.
+    Closed,
+    /// The backend keeps no history.
+    Unsupported(&'static str),
+    /// Anything else, as text.
+    Failed(String),
+}
+
+impl From<BrokerError> for Shared {
+    fn from(e: BrokerError) -> Self {
+        match e {
+            BrokerError::Unsupported(why) => Shared::Unsupported(why),
+            e => Shared::Failed(e.to_string()),
+        }
+    }
+}
+
+impl Shared {
+    fn into_error(self) -> BrokerError {
+        match self {
+            Shared::Closed => BrokerError::Closed,
+            Shared::Unsupported(why) => BrokerError::Unsupported(why),
+            Shared::Failed(why) => BrokerError::Unavailable(why),
+        }
+    }
+}
+
+/// History reads in flight, by [`ReadKey`]: a read that starts while an
+/// identical one runs waits for the next one, which starts when the
+/// running one ends and serves everyone who waited meanwhile (a read that
+/// started before a subscriber joined its channel could miss what was
+/// published in between, so nobody joins a read already running).
+#[derive(Debug, Default)]
+pub(super) struct Flights {
+    running: parking_lot::Mutex<HashMap<ReadKey, Vec<tokio::sync::oneshot::Sender<Read>>>>,
+}
+
+impl Flights {
+    /// `None`: no identical read runs, the caller reads (and must call
+    /// [`Flights::next_batch`] after). `Some`: the next read's result.
+    fn join(&self, key: &ReadKey) -> Option<tokio::sync::oneshot::Receiver<Read>> {
+        let mut running = self.running.lock();
+        match running.get_mut(key) {
+            Some(waiting) => {
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                waiting.push(tx);
+                Some(rx)
+            }
+            None => {
+                running.insert(key.clone(), Vec::new());
+                None
+            }
+        }
+    }
+
+    /// Those waiting for the next read of `key`, or `None` (and the key
+    /// forgotten) when nobody is.
+    fn next_batch(&self, key: &ReadKey) -> Option<Vec<tokio::sync::oneshot::Sender<Read>>> {
+        let mut running = self.running.lock();
+        let waiting = running.get_mut(key).map(std::mem::take).unwrap_or_default();
+        if waiting.is_empty() {
+            running.remove(key);
+            return None;
+        }
+        Some(waiting)
     }
 }
 

@@ -124,6 +124,8 @@ struct Inner {
     unrecorded_warnings: Throttle,
     /// History positions per channel and repairs after a broker reconnect.
     repairs: Arc<repair::Repairs>,
+    /// History reads in flight, shared by identical ones.
+    flights: history::Flights,
     /// Open connections per client address, when that limit is set.
     per_ip: Mutex<HashMap<IpAddr, usize>>,
     /// Write coalescing: always with `write_delay`, while behind without.
@@ -301,6 +303,7 @@ impl Node {
                 publish_warnings: Throttle::new(1000),
                 unrecorded_warnings: Throttle::new(10_000),
                 repairs,
+                flights: Default::default(),
                 coalescer,
                 per_ip: Mutex::default(),
                 revoked: Default::default(),

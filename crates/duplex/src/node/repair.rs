@@ -232,7 +232,7 @@ impl Node {
             Err(e) => return self.give_up(channel, Some(e.to_string())).await,
         };
         let mut covered = page.top.offset;
-        for p in page.publications {
+        for p in page.publications.iter().cloned() {
             self.fan_out(p).await;
         }
         loop {

@@ -78,7 +78,7 @@ pub(super) async fn catch_up(
     };
     Ok(CaughtUp {
         channel: channel.clone(),
-        epoch: page.top.epoch,
+        epoch: page.top.epoch.clone(),
         offset: page.top.offset,
         recovered,
         frames,
