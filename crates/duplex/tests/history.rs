@@ -419,11 +419,56 @@ async fn a_recovery_storm_costs_one_read_not_one_per_client() {
     redis.resume();
     for client in &mut clients {
         let reply = client.next_json().await;
-        assert_eq!(reply["result"]["positions"]["news:storm"]["recovered"], true, "{reply}");
+        assert_eq!(
+            reply["result"]["positions"]["news:storm"]["recovered"], true,
+            "{reply}"
+        );
         for i in 1..=5u64 {
             assert_eq!(next_message(client).await, (Some(i), json!(i)));
         }
     }
     // The one that read, and one more for all who asked meanwhile.
     assert_eq!(node.stat("history_reads").await - reads_before, 2);
+}
+
+/// `duplex publish` says where the message went on a history channel,
+/// through the API and straight into Redis alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_says_the_offset() {
+    let redis = RedisServer::start();
+    let node = TestNode::on_redis(&redis.url(), with_history()).await;
+    let run = |args: Vec<String>| async move {
+        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_duplex"))
+            .args(args)
+            .output()
+            .await
+            .expect("duplex publish runs");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let through_api = run(["publish", "news:cli", "one", "--server", &node.http("")]
+        .map(String::from)
+        .to_vec())
+    .await;
+    assert!(
+        through_api.contains("published at offset 1 (epoch "),
+        "{through_api}"
+    );
+    let through_redis = run(["publish", "news:cli", "two", "--redis", &redis.url()]
+        .map(String::from)
+        .to_vec())
+    .await;
+    assert!(
+        through_redis.contains("published to Redis at offset 2"),
+        "{through_redis}"
+    );
+    let plain = run(["publish", "plain", "three", "--redis", &redis.url()]
+        .map(String::from)
+        .to_vec())
+    .await;
+    assert!(plain.contains("keeps no history"), "{plain}");
 }

@@ -1,5 +1,6 @@
 //! `duplex publish`: one message to a channel, through a node's HTTP API or
-//! straight into Redis.
+//! straight into Redis. On a history channel it says the message's offset
+//! (through Redis with `FCALL duplex_publish`, the Function the nodes load).
 
 use anyhow::{bail, Context};
 use serde_json::{json, Value};
@@ -20,7 +21,7 @@ pub(crate) struct PublishArgs {
         conflicts_with = "redis"
     )]
     server: String,
-    /// Publish straight to Redis instead (no node needed): PUBLISH channel data.
+    /// Publish straight to Redis instead (no node needed): FCALL duplex_publish (history channels get their offset; plain PUBLISH when no node loaded the Function yet).
     #[arg(long)]
     redis: Option<String>,
     /// Redis channel prefix, when the nodes use one.
@@ -61,6 +62,11 @@ pub(crate) async fn publish(args: PublishArgs) -> anyhow::Result<()> {
     if !status.is_success() {
         bail!("{url} answered {status}: {body}");
     }
+    let answer: Value = serde_json::from_str(&body).unwrap_or_default();
+    if let Some(offset) = answer["offset"].as_u64() {
+        let epoch = answer["epoch"].as_str().unwrap_or("");
+        eprintln!("published at offset {offset} (epoch {epoch})");
+    }
     Ok(())
 }
 
@@ -78,12 +84,28 @@ async fn publish_to_redis(url: &str, args: &PublishArgs) -> anyhow::Result<()> {
                 duplex::config::redacted(url)
             )
         })?;
-    let receivers: i64 = redis::cmd("PUBLISH")
-        .arg(format!("{}{}", args.redis_prefix, args.channel))
+    let key = format!("{}{}", args.redis_prefix, args.channel);
+    let recorded: redis::RedisResult<Option<u64>> = redis::cmd("FCALL")
+        .arg("duplex_publish")
+        .arg(1)
+        .arg(&key)
         .arg(args.data.as_bytes())
         .query_async(&mut conn)
-        .await
-        .context("PUBLISH failed")?;
-    eprintln!("published to Redis ({receivers} subscribed nodes or clients)");
+        .await;
+    match recorded {
+        Ok(Some(offset)) => eprintln!("published to Redis at offset {offset}"),
+        Ok(None) => eprintln!("published to Redis (the channel keeps no history)"),
+        // No node has loaded the Function into this Redis yet.
+        Err(e) if e.to_string().contains("Function not found") => {
+            let receivers: i64 = redis::cmd("PUBLISH")
+                .arg(&key)
+                .arg(args.data.as_bytes())
+                .query_async(&mut conn)
+                .await
+                .context("PUBLISH failed")?;
+            eprintln!("published to Redis ({receivers} subscribed nodes or clients)");
+        }
+        Err(e) => return Err(e).context("FCALL duplex_publish failed"),
+    }
     Ok(())
 }
