@@ -85,6 +85,28 @@ pub struct Namespace {
     /// `recovered: false` [default: 1000].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recovery_max_publications: Option<usize>,
+    /// `stream` (every missed publication) or `cache` (only the latest: a
+    /// new subscriber gets the channel's last state at once) [default: stream].
+    #[serde(default, skip_serializing_if = "RecoveryMode::is_stream")]
+    pub recovery_mode: RecoveryMode,
+}
+
+/// What a subscriber gets from a channel's history.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RecoveryMode {
+    /// Every publication it missed (or `recovered: false`).
+    #[default]
+    Stream,
+    /// Only the latest publication, also for a new subscriber: the
+    /// channel's current state (last price, last document version).
+    Cache,
+}
+
+impl RecoveryMode {
+    fn is_stream(&self) -> bool {
+        *self == RecoveryMode::Stream
+    }
 }
 
 fn is_zero(n: &usize) -> bool {
@@ -102,6 +124,8 @@ pub struct HistoryRule {
     pub meta_ttl: Duration,
     /// `recovery_max_publications`.
     pub recovery_max: usize,
+    /// `recovery_mode = "cache"`.
+    pub cache: bool,
 }
 
 /// Longest per-namespace `upstream_stream`, in bytes.
@@ -125,6 +149,7 @@ impl Namespace {
             recovery_max: self
                 .recovery_max_publications
                 .unwrap_or(DEFAULT_RECOVERY_MAX),
+            cache: self.recovery_mode == RecoveryMode::Cache,
         })
     }
 
@@ -231,6 +256,7 @@ impl Default for Namespace {
             history_ttl: None,
             history_meta_ttl: None,
             recovery_max_publications: None,
+            recovery_mode: RecoveryMode::Stream,
         }
     }
 }

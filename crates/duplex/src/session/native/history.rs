@@ -19,7 +19,7 @@ use duplex_protocol::push;
 use super::rules::{broker_error, parse_channel};
 use super::NativeSession;
 use super::{Refusal, Reply};
-use crate::broker::history::Query;
+use crate::broker::history::{HistoryPage, Query};
 use crate::broker::BrokerError;
 use crate::conn::Conn;
 use crate::hub::native_frame;
@@ -41,15 +41,22 @@ pub(super) struct CaughtUp {
 }
 
 /// Reads where a new subscription to `channel` starts, and with `from`
-/// what the client missed since.
+/// what the client missed since (in `cache` mode: only the latest
+/// publication, for anyone who has not seen it).
 pub(super) async fn catch_up(
     node: &Node,
     channel: &ChannelName,
     from: Option<&StreamPosition>,
 ) -> Result<CaughtUp, BrokerError> {
-    let query = match from {
+    let cache = node.history_rule(channel).is_some_and(|rule| rule.cache);
+    let query = match (from, cache) {
+        (_, true) => Query {
+            since: None,
+            limit: 1,
+            reverse: true,
+        },
         // One more than allowed: a longer gap is refused, not cut.
-        Some(from) => Query {
+        (Some(from), false) => Query {
             since: Some(from.offset),
             limit: node
                 .history_rule(channel)
@@ -57,25 +64,30 @@ pub(super) async fn catch_up(
                 .saturating_add(1),
             reverse: false,
         },
-        None => Query {
+        (None, false) => Query {
             since: None,
             limit: 0,
             reverse: false,
         },
     };
     let (rule, page) = node.read_history(channel, query).await?;
-    let recovered =
-        from.map(|from| crate::node::fills_gap(&from.epoch, from.offset, &page, rule.recovery_max));
+    let (recovered, frames) = if rule.cache {
+        latest_only(from, &page)
+    } else {
+        let recovered = from
+            .map(|from| crate::node::fills_gap(&from.epoch, from.offset, &page, rule.recovery_max));
+        let frames = match recovered {
+            Some(true) => page.publications.iter().map(native_frame).collect(),
+            _ => Vec::new(),
+        };
+        (recovered, frames)
+    };
     let stats = node.stats();
     match recovered {
         Some(true) => Stats::bump(&stats.recoveries_recovered),
         Some(false) => Stats::bump(&stats.recoveries_failed),
         None => {}
     }
-    let frames = match recovered {
-        Some(true) => page.publications.iter().map(native_frame).collect(),
-        _ => Vec::new(),
-    };
     Ok(CaughtUp {
         channel: channel.clone(),
         epoch: page.top.epoch.clone(),
@@ -83,6 +95,25 @@ pub(super) async fn catch_up(
         recovered,
         frames,
     })
+}
+
+/// `cache` mode: the latest publication is the channel's state. A client
+/// already at the top needs nothing; anyone else gets the latest, if one is
+/// kept (recovered), or nothing (not recovered, when it asked).
+fn latest_only(from: Option<&StreamPosition>, page: &HistoryPage) -> (Option<bool>, Vec<Bytes>) {
+    let at_top =
+        from.is_some_and(|from| *from.epoch == *page.top.epoch && from.offset >= page.top.offset);
+    if at_top {
+        return (Some(true), Vec::new());
+    }
+    let latest: Vec<Bytes> = page
+        .publications
+        .first()
+        .map(native_frame)
+        .into_iter()
+        .collect();
+    let recovered = from.map(|_| !latest.is_empty() || page.top.offset == 0);
+    (recovered, latest)
 }
 
 impl NativeSession {
