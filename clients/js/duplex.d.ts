@@ -7,7 +7,7 @@ export const PROTOCOL_VERSION: 1;
 /** Ms `rpc` and `send` wait past the server's `rpc_timeout` (2000), so the server's RPC_TIMEOUT comes first. */
 export const RPC_TIMEOUT_MARGIN: number;
 
-/** Server error codes (100-115) and client-side failure codes (1-4). */
+/** Server error codes (100-116) and client-side failure codes (1-4). */
 export const ErrorCode: Readonly<{
   INTERNAL: 100;
   BAD_REQUEST: 101;
@@ -28,13 +28,15 @@ export const ErrorCode: Readonly<{
   TOO_MANY_PENDING: 114;
   /** The node's HTTP upstream failed. Temporary. Backends' own codes are 1000–9999. */
   UPSTREAM_FAILED: 115;
+  /** `history` on a channel whose namespace keeps no history. */
+  NO_HISTORY: 116;
   /** No reply (or no connection) within `timeout`. Temporary. */
   CLIENT_TIMEOUT: 1;
   /** The connection closed before the reply; the command may or may not have run. Temporary. */
   CONNECTION_LOST: 2;
   /** `disconnect()` was called, the client was never started, or it stopped for good. */
   CLIENT_CLOSED: 3;
-  /** presence, history: needs a newer server. */
+  /** presence: needs a newer server. */
   NOT_SUPPORTED: 4;
 }>;
 
@@ -60,7 +62,7 @@ export function reconnectAllowed(code: number): boolean;
 export class DuplexError extends Error {
   constructor(code: number, message: string, temporary?: boolean);
   readonly name: "DuplexError";
-  /** Server error code (100-115, more in later versions) or an ErrorCode client code (1-4). */
+  /** Server error code (100-116, more in later versions) or an ErrorCode client code (1-4). */
   code: number;
   /** True when the same command may succeed if retried later. */
   temporary: boolean;
@@ -155,6 +157,63 @@ export interface MessageContext {
   channel: string;
   /** "base64" when `data` is a Uint8Array (a binary message), else "json". */
   encoding: "json" | "base64";
+  /** On a history channel: the message's offset in the channel's epoch (+1 per message). */
+  offset?: number;
+}
+
+/** Where a history channel stands: offsets count its publications within one epoch. */
+export interface StreamPosition {
+  /** Names the run of offsets; it changes when the server's history lost data. Compare offsets only within one. */
+  epoch: string;
+  /** The last publication (0: none yet). */
+  offset: number;
+}
+
+/** The `subscribed` event, also what `sub.ready()` resolves with. */
+export interface SubscribedEvent {
+  /** Whether `recover` was sent: a resubscribe (or `since`) on a channel with a known position. */
+  wasRecovering: boolean;
+  /**
+   * True: every message missed while away follows, as ordinary `message`
+   * events in order, before live ones. False after a `wasRecovering`
+   * subscribe: nothing was replayed, the app must reload its state.
+   */
+  recovered: boolean;
+  /** The channel's position when the subscription took effect (null: the channel keeps no history). */
+  position: StreamPosition | null;
+}
+
+/** Options of `history`. */
+export interface HistoryOptions {
+  /** Only publications after this offset (of the result's epoch); all kept without it. */
+  since?: number;
+  /** At most this many (capped by the namespace's history_size); 0: just the position. */
+  limit?: number;
+  /** Newest first. */
+  reverse?: boolean;
+}
+
+/** One publication the history kept. */
+export interface HistoryPublication {
+  offset: number;
+  /** JSON value, or a Uint8Array for a binary message. */
+  data: MessageData;
+  encoding: "json" | "base64";
+}
+
+/** The `history` result. */
+export interface HistoryResult {
+  /** The channel's epoch: offsets of another epoch mean nothing here. */
+  epoch: string;
+  /** The channel's last offset. */
+  offset: number;
+  publications: HistoryPublication[];
+}
+
+/** The `publish` result: on a history channel, the message's place in it. */
+export interface PublishResult {
+  offset?: number;
+  epoch?: string;
 }
 
 /** JSON value from the message, or the bytes of a binary message. */
@@ -164,8 +223,11 @@ export type MessageHandler = (data: MessageData, ctx: MessageContext) => void;
 
 export interface SubscribeOptions {
   onMessage?: MessageHandler;
-  /** The server confirmed the subscription (again after every reconnect). */
-  onSubscribed?: () => void;
+  /**
+   * The server confirmed the subscription (again after every reconnect).
+   * `recovered: false` with `wasRecovering: true`: messages were missed, reload.
+   */
+  onSubscribed?: (event: SubscribedEvent) => void;
   /** A subscribe failed; the subscription stays only if the error was temporary. */
   onError?: (error: unknown) => void;
   /** The subscription ended: by `unsubscribe()` or a permanent error (`error` set). */
@@ -174,6 +236,11 @@ export interface SubscribeOptions {
   token?: string;
   /** Fetches a subscription token; called when none is held and after 111 (expired). */
   getToken?: (channel: string) => Promise<string> | string;
+  /**
+   * On a history channel: recover from this position (a `sub.position`
+   * saved earlier, e.g. across a page reload) at the first subscribe.
+   */
+  since?: StreamPosition;
   /** Reserved: presence `join` pushes, once a server sends them. */
   onJoin?: (push: object) => void;
   /** Reserved: presence `leave` pushes, once a server sends them. */
@@ -201,7 +268,7 @@ export type SubscriptionState = "subscribing" | "subscribed" | "unsubscribed";
 
 export interface SubscriptionEvents {
   message: MessageHandler;
-  subscribed: (event: {}) => void;
+  subscribed: (event: SubscribedEvent) => void;
   subscribing: (event: {}) => void;
   /** `server` is true when a backend took the connection off the channel (`POST /api/unsubscribe`). */
   unsubscribed: (event: { error?: DuplexError; server?: boolean }) => void;
@@ -214,17 +281,25 @@ export class Subscription {
   readonly client: Duplex;
   readonly channel: string;
   readonly state: SubscriptionState;
+  /**
+   * On a history channel: the last message delivered (or the position the
+   * subscription started at), sent as `recover` on every resubscribe; null
+   * otherwise. Save it to resume later with `since`.
+   */
+  readonly position: StreamPosition | null;
+  /** Messages dropped because they were delivered already (a server bug if ever above 0). */
+  readonly duplicatesDropped: number;
   on<E extends keyof SubscriptionEvents>(event: E, handler: SubscriptionEvents[E]): () => void;
   off<E extends keyof SubscriptionEvents>(event: E, handler: SubscriptionEvents[E]): void;
-  /** Resolves once subscribed; rejects if the subscription ends first. */
-  ready(): Promise<void>;
+  /** Resolves once subscribed (with the last `subscribed` event); rejects if the subscription ends first. */
+  ready(): Promise<SubscribedEvent>;
   /** Ends the subscription (no resubscribe after reconnect). */
   unsubscribe(): Promise<void>;
-  publish(data: unknown): Promise<{}>;
+  publish(data: unknown): Promise<PublishResult>;
   /** Reserved: rejects with NOT_SUPPORTED on protocol 1. */
   presence(): Promise<never>;
-  /** Reserved: rejects with NOT_SUPPORTED on protocol 1. */
-  history(options?: object): Promise<never>;
+  /** What the channel's history keeps; NO_HISTORY (116) if it keeps none. */
+  history(options?: HistoryOptions): Promise<HistoryResult>;
 }
 
 export interface DuplexEvents {
@@ -266,7 +341,7 @@ export class Duplex {
    * Publishes to `channel`: JSON values as JSON (a string arrives as text),
    * a Uint8Array / ArrayBuffer / DataView as a binary message (base64 on the wire).
    */
-  publish(channel: string, data: unknown): Promise<{}>;
+  publish(channel: string, data: unknown): Promise<PublishResult>;
   /** Application-level ping; resolves with the round trip in ms. */
   ping(): Promise<number>;
 
@@ -282,8 +357,12 @@ export class Duplex {
   send(data: unknown, options?: UpstreamOptions): Promise<{}>;
   /** Reserved until the server supports it: rejects with NOT_SUPPORTED. */
   presence(channel: string): Promise<never>;
-  /** Reserved until the server supports it: rejects with NOT_SUPPORTED. */
-  history(channel: string, options?: object): Promise<never>;
+  /**
+   * What `channel`'s history keeps (publications after `since`, at most
+   * `limit`, newest first with `reverse`). Rejects with NO_HISTORY (116) on
+   * a channel that keeps none, PERMISSION_DENIED if it may not subscribe.
+   */
+  history(channel: string, options?: HistoryOptions): Promise<HistoryResult>;
 }
 
 export default Duplex;

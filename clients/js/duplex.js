@@ -34,6 +34,8 @@ export const ErrorCode = Object.freeze({
   TOO_MANY_PENDING: 114,
   /** The node's HTTP upstream failed. Backends' own codes are 1000–9999. */
   UPSTREAM_FAILED: 115,
+  /** `history` on a channel whose namespace keeps no history. */
+  NO_HISTORY: 116,
   // Client-side failures (never sent by a server): below 100.
   /** No reply (or no connection) within `timeout`. */
   CLIENT_TIMEOUT: 1,
@@ -41,7 +43,7 @@ export const ErrorCode = Object.freeze({
   CONNECTION_LOST: 2,
   /** `disconnect()` was called, or the client stopped for good. */
   CLIENT_CLOSED: 3,
-  /** The feature needs a newer server (presence, history). */
+  /** The feature needs a newer server (presence). */
   NOT_SUPPORTED: 4,
 });
 
@@ -163,6 +165,22 @@ export class Subscription extends Emitter {
     this._getToken = options.getToken ?? null;
     this._retries = 0;
     this._retryTimer = null;
+    /**
+     * On a history channel: the last position delivered to the app,
+     * `{ epoch, offset }` (offset 0: nothing yet), or null. Sent as `recover`
+     * on every resubscribe, so what was missed while away arrives first.
+     */
+    this.position = null;
+    if (options.since !== undefined && options.since !== null) {
+      const { epoch, offset } = options.since;
+      if (typeof epoch !== "string" || !Number.isSafeInteger(offset) || offset < 0) {
+        throw new TypeError("since must be { epoch: string, offset: integer >= 0 } (a position saved from sub.position)");
+      }
+      this.position = { epoch, offset };
+    }
+    this._subscribed = null; // detail of the last `subscribed` event
+    this._held = null; // messages held while an epoch check runs (see _accept)
+    this.duplicatesDropped = 0; // messages dropped as already delivered (a server bug if ever above 0)
     for (const [event, key] of [
       ["message", "onMessage"],
       ["subscribed", "onSubscribed"],
@@ -175,15 +193,18 @@ export class Subscription extends Emitter {
     }
   }
 
-  /** Resolves once the server confirmed the subscription (at once if it already has). */
+  /**
+   * Resolves once the server confirmed the subscription (at once if it
+   * already has), with the `subscribed` event's detail.
+   */
   ready() {
-    if (this.state === "subscribed") return Promise.resolve();
+    if (this.state === "subscribed") return Promise.resolve(this._subscribed);
     if (this.state === "unsubscribed") {
       return Promise.reject(new DuplexError(ErrorCode.CLIENT_CLOSED, `not subscribed to ${this.channel}`));
     }
     return new Promise((resolve, reject) => {
       const offs = [
-        this.on("subscribed", () => (offs.forEach((f) => f()), resolve())),
+        this.on("subscribed", (e) => (offs.forEach((f) => f()), resolve(e))),
         this.on("unsubscribed", (e) => (offs.forEach((f) => f()), reject(e?.error ?? new DuplexError(ErrorCode.CLIENT_CLOSED, "unsubscribed")))),
       ];
     });
@@ -198,9 +219,9 @@ export class Subscription extends Emitter {
   presence() {
     return notSupported("presence");
   }
-  /** Reserved for a later protocol version: recent messages on the channel. */
-  history(_options) {
-    return notSupported("history");
+  /** What the channel's history keeps: `client.history(this.channel, options)`. */
+  history(options) {
+    return this.client.history(this.channel, options);
   }
   /** Publishes on this subscription's channel. */
   publish(data) {
@@ -210,7 +231,46 @@ export class Subscription extends Emitter {
   _setState(state, detail) {
     if (this.state === state) return;
     this.state = state;
+    if (state !== "subscribed") this._held = null; // an epoch check of the lost connection is void
     this._emit(state, detail ?? {});
+  }
+
+  // The subscribe reply's position for this channel (`at`, or none: no
+  // history there), `from` the position sent as `recover` (or null).
+  // Returns the `subscribed` event's detail.
+  _subscribedAt(at, from) {
+    const known = at && typeof at.epoch === "string" && Number.isSafeInteger(at.offset);
+    const recovered = Boolean(from) && known && at.recovered === true;
+    // Recovered: the missed messages follow and move `position` on from
+    // `from`. Otherwise the channel's position is where the live messages
+    // start (what came before was not replayed: `recovered: false`).
+    if (!recovered) this.position = known ? { epoch: at.epoch, offset: at.offset } : null;
+    return {
+      recovered,
+      wasRecovering: Boolean(from),
+      position: known ? { epoch: at.epoch, offset: at.offset } : null,
+    };
+  }
+
+  // Whether a message push with an offset is delivered now (moving
+  // `position` on). Offsets only grow within an epoch, so one at or below
+  // `position` is a repeat, or the channel's history started a new epoch
+  // while we were connected (its offsets start from 1 again; pushes carry
+  // no epoch). The client holds the channel's messages, in order, while it
+  // asks the server which (Duplex._checkEpoch).
+  _accept(msg) {
+    if (this._held) {
+      this._held.push(msg);
+      return false;
+    }
+    const at = this.position;
+    if (!at || msg.offset > at.offset) {
+      if (at) this.position = { epoch: at.epoch, offset: msg.offset };
+      return true;
+    }
+    this._held = [msg];
+    this.client._checkEpoch(this, this._held);
+    return false;
   }
 }
 
@@ -506,11 +566,12 @@ export class Duplex extends Emitter {
   // `timeout`: ms for the whole command (default `options.timeout`).
   // `replyTimeout()`: when `timeout` is not given, ms to wait for the reply
   // once the command is sent (rpc, send); queued, it waits `options.timeout`.
-  _command(method, params, { direct = false, timeout, replyTimeout } = {}) {
+  // `onResult(result)`: called as the result is read, before later frames.
+  _command(method, params, { direct = false, timeout, replyTimeout, onResult } = {}) {
     return new Promise((resolve, reject) => {
       const id = this._nextId++;
       const frame = JSON.stringify(params === undefined ? { id, method } : { id, method, params });
-      const entry = { id, frame, resolve, reject, timer: null };
+      const entry = { id, frame, resolve, reject, onResult, timer: null };
       entry.arm = (ms) => {
         clearTimeout(entry.timer);
         entry.timer = setTimeout(() => {
@@ -583,18 +644,20 @@ export class Duplex extends Emitter {
     }
     this._pending.delete(msg.id);
     clearTimeout(entry.timer);
-    if (msg.error) entry.reject(new DuplexError(msg.error.code, msg.error.message, msg.error.temporary === true));
-    else entry.resolve(msg.result ?? {});
+    if (msg.error) {
+      entry.reject(new DuplexError(msg.error.code, msg.error.message, msg.error.temporary === true));
+    } else {
+      entry.onResult?.(msg.result ?? {});
+      entry.resolve(msg.result ?? {});
+    }
   }
 
   _onPush(msg) {
     switch (msg.push) {
       case "message": {
-        const data = msg.encoding === "base64" ? fromBase64(msg.data) : msg.data;
-        const ctx = { channel: msg.channel, encoding: msg.encoding ?? "json" };
-        this._emit("message", data, ctx);
         const sub = this._subs.get(msg.channel);
-        if (sub) sub._emit("message", data, ctx);
+        if (sub && typeof msg.offset === "number" && !sub._accept(msg)) break; // held or a repeat
+        this._deliver(msg, sub);
         break;
       }
       case "disconnect":
@@ -620,6 +683,37 @@ export class Duplex extends Emitter {
       }
       default:
         this._emit("push", msg); // unknown push types are ignored by the client
+    }
+  }
+
+  _deliver(msg, sub) {
+    const data = msg.encoding === "base64" ? fromBase64(msg.data) : msg.data;
+    const ctx = { channel: msg.channel, encoding: msg.encoding ?? "json" };
+    if (typeof msg.offset === "number") ctx.offset = msg.offset;
+    this._emit("message", data, ctx);
+    if (sub) sub._emit("message", data, ctx);
+  }
+
+  // A message at or below `sub.position` arrived (`held` starts with it):
+  // the channel's epoch says whether it is a repeat (same epoch: dropped)
+  // or the history restarted (new epoch: everything held is delivered).
+  // If the connection drops meanwhile, the held messages go too: the
+  // resubscribe's `recover` gets them back or says `recovered: false`.
+  async _checkEpoch(sub, held) {
+    let epoch = null;
+    try {
+      ({ epoch } = await this._command("history", { channel: sub.channel, limit: 0 }));
+    } catch {
+      // Cannot tell: deliver (a repeat is better than a loss).
+    }
+    if (sub._held !== held) return; // the connection dropped, or unsubscribed, meanwhile
+    sub._held = null;
+    const same = epoch === sub.position.epoch;
+    if (!same) sub.position = { epoch: typeof epoch === "string" ? epoch : sub.position.epoch, offset: 0 };
+    for (const msg of held) {
+      // Same epoch: a repeat, which a correct server never sends; counted, not delivered.
+      if (same && !sub._held && msg.offset <= sub.position.offset) sub.duplicatesDropped++;
+      else if (sub._accept(msg)) this._deliver(msg, sub);
     }
   }
 
@@ -693,9 +787,29 @@ export class Duplex extends Emitter {
   presence(_channel) {
     return notSupported("presence");
   }
-  /** Reserved for a later protocol version. */
-  history(_channel, _options) {
-    return notSupported("history");
+  /**
+   * Reads what `channel`'s history keeps (docs/PROTOCOL.md 3.4): the
+   * publications after `since` (all kept without it), at most `limit`
+   * (capped by the namespace's `history_size`; 0 for the position alone),
+   * newest first with `reverse`. Resolves with `{ epoch, offset,
+   * publications: [{ offset, data, encoding }] }` (`offset`: the channel's
+   * last one; binary data as a Uint8Array, as in `message` events).
+   * Rejects with NO_HISTORY (116) on a channel that keeps none,
+   * PERMISSION_DENIED (105) if the client may not subscribe to it.
+   */
+  async history(channel, { since, limit, reverse } = {}) {
+    if (typeof channel !== "string" || channel === "") throw new TypeError("history: channel must be a non-empty string");
+    const params = { channel };
+    if (since !== undefined) params.since = since;
+    if (limit !== undefined) params.limit = limit;
+    if (reverse) params.reverse = true;
+    const result = await this._command("history", params);
+    const publications = (result.publications ?? []).map((p) => ({
+      offset: p.offset,
+      data: p.encoding === "base64" ? fromBase64(p.data) : p.data,
+      encoding: p.encoding ?? "json",
+    }));
+    return { epoch: result.epoch, offset: result.offset, publications };
   }
 
   // ---- subscriptions ---------------------------------------------------
@@ -736,11 +850,22 @@ export class Duplex extends Emitter {
       return;
     }
     if (this._ws !== ws || this._subs.get(sub.channel) !== sub || this.state !== "connected") return;
-    try {
-      await this._command("subscribe", params);
+    // Back on a history channel: ask for what was missed since the last
+    // message delivered (they follow the reply, before live ones).
+    const from = sub.position;
+    if (from) params.recover = { [sub.channel]: { epoch: from.epoch, offset: from.offset } };
+    // Handled as the reply is read, not a promise tick later: the server
+    // sends the missed messages right behind it, and a WebSocket may hand
+    // over several frames in one task, so the app must hear `subscribed`
+    // (and `recovered`) before them.
+    const onResult = (result) => {
       if (this._subs.get(sub.channel) !== sub || this._ws !== ws) return;
       sub._retries = 0;
-      sub._setState("subscribed");
+      sub._subscribed = sub._subscribedAt(result?.positions?.[sub.channel], from);
+      sub._setState("subscribed", sub._subscribed);
+    };
+    try {
+      await this._command("subscribe", params, { onResult });
     } catch (err) {
       if (this._subs.get(sub.channel) !== sub || this._ws !== ws) return;
       if (err.code === ErrorCode.CONNECTION_LOST || err.code === ErrorCode.CLIENT_CLOSED) return; // resubscribed on reconnect

@@ -106,11 +106,9 @@ test("send and rpc reach the server: a node on the memory broker with no upstrea
   await assert.rejects(c.rpc("m", {}), (e) => e.code === ErrorCode.UNKNOWN_METHOD && /--upstream-url/.test(e.message));
 });
 
-test("presence and history are stubs until the server supports them", async () => {
+test("presence is a stub until the server supports it (history: history.test.js)", async () => {
   const c = client();
-  for (const p of [c.presence("x"), c.history("x")]) {
-    await assert.rejects(p, (e) => e.code === ErrorCode.NOT_SUPPORTED && /not supported/.test(e.message));
-  }
+  await assert.rejects(c.presence("x"), (e) => e.code === ErrorCode.NOT_SUPPORTED && /not supported/.test(e.message));
 });
 
 test("commands on a client that is not started reject at once", async () => {

@@ -98,14 +98,20 @@ export async function startNode({ port, args = [] } = {}) {
   }
 }
 
-/** Publishes through the node's HTTP API (no API key: the test node has none). */
-export async function apiPublish(node, channel, data) {
-  const res = await fetch(`${node.http}/api/publish`, {
+/** POSTs `body` to the node's HTTP API (no API key: the test node has none); resolves with the JSON answer. */
+export async function apiPost(node, path, body) {
+  const res = await fetch(`${node.http}${path}`, {
     method: "POST",
     headers: { "content-type": "application/json" },
-    body: JSON.stringify({ channel, data }),
+    body: JSON.stringify(body),
   });
-  if (!res.ok) throw new Error(`publish: ${res.status} ${await res.text()}`);
+  if (!res.ok) throw new Error(`${path}: ${res.status} ${await res.text()}`);
+  return res.json();
+}
+
+/** Publishes through the node's HTTP API; on a history channel the answer has `offset` and `epoch`. */
+export function apiPublish(node, channel, data) {
+  return apiPost(node, "/api/publish", { channel, data });
 }
 
 const b64url = (buf) => Buffer.from(buf).toString("base64url");

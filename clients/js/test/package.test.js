@@ -95,10 +95,16 @@ test("a TypeScript project type-checks against duplex.d.ts (nodenext and bundler
   await shell(dir, snippet("install-path"));
   await run("npm", ["install", "--no-save", "--prefer-offline", TYPESCRIPT], { cwd: dir, env: npmEnv });
   await writeFile(join(dir, "index.ts"), snippet("ts"));
-  const tsc = (args) => run(join(dir, "node_modules/.bin/tsc"), ["--noEmit", "--strict", "--lib", "es2022,dom", ...args, "index.ts"], { cwd: dir });
+  // The history section's sample: positions, offsets, recovery, history().
+  await writeFile(join(dir, "history.ts"), snippet("ts-history"));
+  const tsc = (args) =>
+    run(join(dir, "node_modules/.bin/tsc"), ["--noEmit", "--strict", "--lib", "es2022,dom", ...args, "index.ts", "history.ts"], { cwd: dir });
   await tsc(["--module", "nodenext"]);
   await tsc(["--module", "esnext", "--moduleResolution", "bundler"]);
   // The types are really read: misuse fails to type-check.
   await writeFile(join(dir, "index.ts"), `${snippet("ts")}\nnew Duplex(42);\n`);
   await assert.rejects(tsc(["--module", "nodenext"]), (e) => /TS2345/.test(e.stdout));
+  await writeFile(join(dir, "index.ts"), snippet("ts"));
+  await writeFile(join(dir, "history.ts"), `${snippet("ts-history")}\nconst epoch: number = news.position!.epoch;\n`);
+  await assert.rejects(tsc(["--module", "nodenext"]), (e) => /TS2322/.test(e.stdout) && /history\.ts/.test(e.stdout));
 });
