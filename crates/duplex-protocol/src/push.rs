@@ -173,16 +173,31 @@ pub fn unsubscribed(channel: &str) -> Bytes {
     })
 }
 
+/// Where a message is in its channel's history: its offset, and the epoch
+/// when the message starts one (offset 1), so a live subscriber sees the
+/// epoch change.
+#[derive(Debug, Clone, Copy)]
+pub struct At<'a> {
+    /// The offset.
+    pub offset: u64,
+    /// The epoch, written only on an epoch's first message.
+    pub epoch: &'a str,
+}
+
 /// A message push frame: encoded once per publication, shared by all
-/// native subscribers; `offset` is its place in the channel's history.
-pub fn message(channel: &str, payload: &[u8], form: JsonForm, offset: Option<u64>) -> Bytes {
+/// native subscribers; `at` is its place in the channel's history.
+pub fn message(channel: &str, payload: &[u8], form: JsonForm, at: Option<At<'_>>) -> Bytes {
     let mut frame = FrameBuilder::with_capacity(OpCode::Text, payload.len() + channel.len() + 72);
     let mut w = frame.writer();
     let written: std::io::Result<()> = (|| {
         w.write_all(b"{\"push\":\"message\",\"channel\":")?;
         serde_json::to_writer(&mut w, channel).map_err(std::io::Error::other)?;
-        if let Some(offset) = offset {
-            write!(w, ",\"offset\":{offset}")?;
+        if let Some(at) = at {
+            write!(w, ",\"offset\":{}", at.offset)?;
+            if at.offset == 1 {
+                w.write_all(b",\"epoch\":")?;
+                serde_json::to_writer(&mut w, at.epoch).map_err(std::io::Error::other)?;
+            }
         }
         w.write_all(b",")?;
         write_data_field(&mut w, payload, form)?;
@@ -242,10 +257,17 @@ mod tests {
             body(&m),
             serde_json::json!({"push":"message","channel":"news","data":{"a":1}})
         );
-        let m = message("n\"s", b"data from PHP", JsonForm::Text, Some(7));
+        let at = |offset| Some(At { offset, epoch: "e1" });
+        let m = message("n\"s", b"data from PHP", JsonForm::Text, at(7));
         assert_eq!(
             body(&m),
             serde_json::json!({"push":"message","channel":"n\"s","offset":7,"data":"data from PHP"})
+        );
+        // An epoch's first message says which epoch.
+        let m = message("n", b"x", JsonForm::Text, at(1));
+        assert_eq!(
+            body(&m),
+            serde_json::json!({"push":"message","channel":"n","offset":1,"epoch":"e1","data":"x"})
         );
         let m = message("b", &[0, 1, 2], JsonForm::Base64, None);
         assert_eq!(

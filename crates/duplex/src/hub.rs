@@ -343,7 +343,10 @@ pub fn native_frame(p: &Publication) -> Bytes {
         p.channel.as_str(),
         &p.payload,
         json_form(&p.payload, p.kind),
-        offset_of(p),
+        p.position.as_ref().map(|at| push::At {
+            offset: at.offset,
+            epoch: &at.epoch,
+        }),
     )
 }
 

@@ -70,7 +70,11 @@ async fn offsets_from_publish_to_push_and_in_history() {
 
     let first = publish(&node, "news:a", json!("one")).await;
     assert_eq!(first, json!({"ok": true, "offset": 1, "epoch": epoch}));
-    assert_eq!(next_message(&mut client).await, (Some(1), json!("one")));
+    // An epoch's first message names it, so live subscribers see a new one.
+    assert_eq!(
+        client.next_json().await,
+        json!({"push": "message", "channel": "news:a", "offset": 1, "epoch": epoch, "data": "one"})
+    );
     // A client's own publish answers with the offset too (its own copy,
     // queued before the reply, is skipped by `command`).
     let reply = client
@@ -471,4 +475,45 @@ async fn the_cli_says_the_offset() {
         .to_vec())
     .await;
     assert!(plain.contains("keeps no history"), "{plain}");
+}
+
+/// `recovery_mode = "cache"`: the latest publication is the channel's
+/// state; a new subscriber gets it at once, a returning one only if it has
+/// not seen it.
+#[tokio::test]
+async fn cache_mode_gives_the_latest_state_at_once() {
+    let node = TestNode::start(Settings {
+        namespaces: Some(vec![Namespace {
+            pattern: "price:*".into(),
+            history_size: 1,
+            history_ttl: Some(Duration::from_secs(60)),
+            recovery_mode: duplex::permissions::RecoveryMode::Cache,
+            ..Default::default()
+        }]),
+        ..settings()
+    })
+    .await;
+    let mut early = Client::connect(&node.ws("/ws")).await;
+    let empty = subscribe(&mut early, "price:btc", None).await;
+    assert_eq!(empty["offset"], 0);
+    for price in [100, 101, 102] {
+        publish(&node, "price:btc", json!(price)).await;
+    }
+    let mut late = Client::connect(&node.ws("/ws")).await;
+    let position = subscribe(&mut late, "price:btc", None).await;
+    assert_eq!(position["offset"], 3, "{position}");
+    assert_eq!(next_message(&mut late).await, (Some(3), json!(102)));
+    // Returning behind the top: the latest only, recovered.
+    let mut back = Client::connect(&node.ws("/ws")).await;
+    let from = json!({"epoch": position["epoch"], "offset": 1});
+    let position = subscribe(&mut back, "price:btc", Some(&from)).await;
+    assert_eq!(position["recovered"], true, "{position}");
+    assert_eq!(next_message(&mut back).await, (Some(3), json!(102)));
+    // At the top: nothing again, next comes live.
+    let mut current = Client::connect(&node.ws("/ws")).await;
+    let from = json!({"epoch": position["epoch"], "offset": 3});
+    let position = subscribe(&mut current, "price:btc", Some(&from)).await;
+    assert_eq!(position["recovered"], true, "{position}");
+    publish(&node, "price:btc", json!(103)).await;
+    assert_eq!(next_message(&mut current).await, (Some(4), json!(103)));
 }
