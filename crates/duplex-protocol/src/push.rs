@@ -257,7 +257,12 @@ mod tests {
             body(&m),
             serde_json::json!({"push":"message","channel":"news","data":{"a":1}})
         );
-        let at = |offset| Some(At { offset, epoch: "e1" });
+        let at = |offset| {
+            Some(At {
+                offset,
+                epoch: "e1",
+            })
+        };
         let m = message("n\"s", b"data from PHP", JsonForm::Text, at(7));
         assert_eq!(
             body(&m),

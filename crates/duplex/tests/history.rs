@@ -20,7 +20,7 @@ fn with_history() -> Settings {
     Settings {
         namespaces: Some(vec![Namespace {
             pattern: "news:*".into(),
-            history_size: 100,
+            history_size: 1000,
             history_ttl: Some(Duration::from_secs(3600)),
             recovery_max_publications: Some(50),
             ..Default::default()
@@ -167,18 +167,33 @@ async fn never_a_partial_recovery() {
 }
 
 /// A client that leaves and comes back every few dozen messages, on
-/// alternating nodes, while two publishers (API and native, on both nodes)
-/// keep going: every message exactly once, in offset order.
+/// alternating nodes, while publishes keep coming through both nodes' APIs
+/// and a backend's `FCALL duplex_publish`: every message exactly once, in
+/// offset order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reconnecting_under_load_loses_and_repeats_nothing() {
     let redis = RedisServer::start();
-    let a = TestNode::on_redis(&redis.url(), with_history()).await;
-    let b = TestNode::on_redis(&redis.url(), with_history()).await;
-    const TOTAL: u64 = 1500;
+    // The default recovery_max_publications (1000): gaps here are ~20-100.
+    let recovering = || {
+        let mut settings = with_history();
+        if let Some(namespaces) = &mut settings.namespaces {
+            namespaces[0].recovery_max_publications = None;
+        }
+        settings
+    };
+    let a = TestNode::on_redis(&redis.url(), recovering()).await;
+    let b = TestNode::on_redis(&redis.url(), recovering()).await;
+    const TOTAL: u64 = 10_000;
     let api = reqwest::Client::new();
     let urls = [a.http("/api/publish"), b.http("/api/publish")];
+    let mut backend = redis.connection().await;
     let publisher = tokio::spawn(async move {
         for i in 1..=TOTAL {
+            if i % 3 == 0 {
+                let offset = fcall(&mut backend, "news:load", &i.to_string()).await;
+                assert_eq!(offset, i as i64);
+                continue;
+            }
             let body = json!({"channel": "news:load", "data": i});
             let sent = api.post(&urls[(i % 2) as usize]).json(&body).send().await;
             assert_eq!(sent.expect("publish").status(), 200);
@@ -199,9 +214,16 @@ async fn reconnecting_under_load_loses_and_repeats_nothing() {
             assert_eq!(got["recovered"], true, "round {round}: {got}");
         }
         let epoch = got["epoch"].clone();
-        // Stay for a few dozen messages (or to the end), then leave.
-        let stay = 20 + (round * 7) % 40;
-        let mut last = got["offset"].as_u64().expect("offset");
+        // Stay for a few hundred messages (or to the end), then leave.
+        let stay = 100 + (round * 37) % 300;
+        // Where this round starts: what it recovers from (the missed
+        // messages follow), or the position a first subscribe answers.
+        let mut last = match &position {
+            Some(from) => from["offset"].as_u64().expect("offset"),
+            None => got["offset"].as_u64().expect("offset"),
+        };
+        let top = got["offset"].as_u64().expect("offset");
+        assert!(top >= last, "round {round}: top {top} behind {last}");
         for _ in 0..stay {
             if last >= TOTAL {
                 break;
@@ -214,6 +236,13 @@ async fn reconnecting_under_load_loses_and_repeats_nothing() {
         }
         position = Some(json!({"epoch": epoch, "offset": last}));
         client.close().await;
+        // Away while at least 20 more are published: a real gap to recover.
+        let wanted = (last + 20).min(TOTAL);
+        support::eventually("publishes while away", || async {
+            let (_, top) = a.get_json("/api/history?channel=news:load&limit=0").await;
+            top["offset"].as_u64().unwrap_or(0) >= wanted
+        })
+        .await;
     }
     publisher.await.expect("publisher");
     // Each offset once, one after the other (the first is wherever the
@@ -516,4 +545,74 @@ async fn cache_mode_gives_the_latest_state_at_once() {
     assert_eq!(position["recovered"], true, "{position}");
     publish(&node, "price:btc", json!(103)).await;
     assert_eq!(next_message(&mut current).await, (Some(4), json!(103)));
+}
+
+/// Two nodes on Redis; the one a client is on dies with SIGKILL mid-stream.
+/// The client comes back on the other with its last position and gets
+/// every message exactly once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_of_a_killed_node_recovers_on_another() {
+    const TOTAL: u64 = 600;
+    let redis = RedisServer::start();
+    let config = std::env::temp_dir().join(format!("duplex-history-{}.toml", std::process::id()));
+    std::fs::write(
+        &config,
+        "[[namespaces]]\npattern = \"news:*\"\nhistory_size = 1000\nhistory_ttl = \"1h\"\n",
+    )
+    .expect("config file");
+    let url = redis.url();
+    let mut a = support::process::NodeProcess::start(&[
+        "--redis",
+        &url,
+        "--config",
+        config.to_str().expect("utf-8 path"),
+    ])
+    .await;
+    let b = TestNode::on_redis(&url, with_history()).await;
+    support::eventually("node a on redis", || async {
+        reqwest::get(a.http("/health"))
+            .await
+            .is_ok_and(|r| r.status() == 200)
+    })
+    .await;
+    let mut client = Client::connect(&a.ws("/ws")).await;
+    let start = subscribe(&mut client, "news:kill", None).await;
+    let api = reqwest::Client::new();
+    let publish_url = b.http("/api/publish");
+    let publisher = tokio::spawn(async move {
+        for i in 1..=TOTAL {
+            let body = json!({"channel": "news:kill", "data": i});
+            let sent = api.post(&publish_url).json(&body).send().await;
+            assert_eq!(sent.expect("publish").status(), 200);
+            if i % 20 == 0 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    });
+    let mut seen = Vec::new();
+    while seen.len() < 100 {
+        let (offset, data) = next_message(&mut client).await;
+        assert_eq!(data, json!(offset.expect("offset")));
+        seen.push(offset.expect("offset"));
+    }
+    a.kill();
+    drop(client);
+    let last = *seen.last().expect("some seen");
+    let mut back = Client::connect(&b.ws("/ws")).await;
+    let from = json!({"epoch": start["epoch"], "offset": last});
+    let position = subscribe(&mut back, "news:kill", Some(&from)).await;
+    assert_eq!(position["recovered"], true, "{position}");
+    while seen.last() != Some(&TOTAL) {
+        let (offset, data) = next_message(&mut back).await;
+        assert_eq!(data, json!(offset.expect("offset")));
+        seen.push(offset.expect("offset"));
+    }
+    publisher.await.expect("publisher");
+    let expected: Vec<u64> = (1..=TOTAL).collect();
+    assert!(
+        seen == expected,
+        "lost or repeated: {} seen, last {last} before the kill",
+        seen.len()
+    );
+    let _ = std::fs::remove_file(&config);
 }
