@@ -285,7 +285,7 @@ async fn a_killed_leader_is_replaced_within_its_lease_and_nothing_is_lost_or_rep
             NodeProcess::start(&args).await
         }
     };
-    let mut nodes = vec![start("a").await, start("b").await];
+    let mut nodes = [start("a").await, start("b").await];
     let watcher = TestNode::on_redis(&redis.url(), base()).await;
     let mut client = Client::connect(&watcher.ws("/ws")).await;
     client.subscribe(&["news:kill"]).await;

@@ -48,6 +48,22 @@ impl Reader {
     }
 }
 
+/// Drops the connection when a blocking read is given up before its answer
+/// (the node stopping): Redis would hold the connection's next command
+/// (the lease given back) until that read's wait ended.
+struct UnlessAnswered<'a> {
+    reader: &'a Reader,
+    answered: bool,
+}
+
+impl Drop for UnlessAnswered<'_> {
+    fn drop(&mut self) {
+        if !self.answered {
+            self.reader.close();
+        }
+    }
+}
+
 impl RedisBroker {
     fn ingest_key(&self, stream: &str) -> String {
         format!("{}{stream}", self.shared.settings.prefix)
@@ -181,6 +197,10 @@ impl RedisBroker {
             }
         };
         cmd.arg("STREAMS").arg(&key).arg(after);
+        let mut guard = UnlessAnswered {
+            reader: &self.ingest,
+            answered: false,
+        };
         let reply = self
             .on_reader(wait, |mut conn| async move {
                 match cmd.query_async::<Value>(&mut conn).await {
@@ -188,8 +208,9 @@ impl RedisBroker {
                     other => other.map(Some),
                 }
             })
-            .await?;
-        match reply {
+            .await;
+        guard.answered = true;
+        match reply? {
             Some(reply) => entries(reply),
             None => {
                 tracing::info!(stream = %key, "the ingest stream's consumer group is gone (redis restarted empty, or the stream was deleted): making it again");
