@@ -328,7 +328,7 @@ settings! {
     redis_health_interval: Duration = Duration::from_secs(5), "DUPLEX_REDIS_HEALTH_INTERVAL", BROKER, humantime::parse_duration;
     /// Bytes of messages from Redis that may wait for fan-out; beyond it the busiest channels' new messages are dropped, counted in broker.dropped (memory stays bounded whatever backends publish) [default: 16777216].
     redis_backlog_bytes: usize = 16 * 1024 * 1024, "DUPLEX_REDIS_BACKLOG_BYTES", BROKER;
-    /// Redis Stream (after redis_prefix) that backends `XADD` publications to, fields channel, data, optional encoding (base64) and exclude (a connection id): the nodes republish each entry once, in order, through the history's atomic path, one node at a time reading it in the consumer group `duplex` under the lease `<stream>:leader` (docs/DELIVERY.md); needs Redis [default: none, off].
+    /// Redis Stream (after redis_prefix) that backends `XADD` publications to, fields channel, data, optional encoding (base64) and exclude (a connection id): the nodes publish each entry exactly once, in the stream's order, as the HTTP API does (offsets on history channels), one node at a time reading it in the consumer group `duplex` under the lease `<stream>:leader` (3 x node_heartbeat), and trim what they acknowledged (docs/DELIVERY.md); needs Redis [default: none, off].
     ingest_stream: String = String::new(), "DUPLEX_INGEST_STREAM", BROKER;
     /// Redis Stream that client `send`s, `rpc`s and upstream plain frames are appended to, for backend workers, when no upstream_url applies; a namespace may name its own [default: duplex:upstream].
     upstream_stream: String = "duplex:upstream".to_string(), "DUPLEX_UPSTREAM_STREAM", UPSTREAM;

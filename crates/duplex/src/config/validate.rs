@@ -138,12 +138,12 @@ fn check_ingest(c: &Config) -> Result<(), ConfigError> {
             "needs Redis (--redis): the ingest stream is a Redis Stream the nodes read; on the memory broker publish through the HTTP API",
         );
     }
-    let upstream = std::iter::once(c.upstream_stream.as_str()).chain(
+    let mut upstream = std::iter::once(c.upstream_stream.as_str()).chain(
         c.namespaces
             .iter()
             .filter_map(|ns| ns.upstream_stream.as_deref()),
     );
-    if let Some(same) = upstream.into_iter().find(|s| *s == c.ingest_stream) {
+    if let Some(same) = upstream.find(|s| *s == c.ingest_stream) {
         return invalid(
             "ingest_stream",
             &format!("{same:?} is also an upstream stream (clients' messages to the backends): the nodes would publish them; name another stream"),
