@@ -139,12 +139,14 @@ async fn xadd_from_any_redis_client_reaches_clients_in_stream_order() {
     let mut client = Client::connect(&node.ws("/ws")).await;
     client.subscribe(&["news:eu", "plain"]).await;
     let mut conn = redis.connection().await;
+    let mut ids = Vec::new();
     for i in 1..=20 {
-        xadd(
+        let id = xadd(
             &mut conn,
             &[("channel", b"news:eu"), ("data", i.to_string().as_bytes())],
         )
         .await;
+        ids.push(id);
         if i % 5 == 0 {
             xadd(
                 &mut conn,
@@ -207,6 +209,14 @@ async fn xadd_from_any_redis_client_reaches_clients_in_stream_order() {
     .await;
     assert_eq!(node.stat("ingest_published").await, 26);
     assert_eq!(node.stat("ingest_rejected").await, 0);
+    // Each entry's idempotency key, by the channel, lives a minute after
+    // its acknowledgement.
+    let ttl: i64 = redis::cmd("TTL")
+        .arg(format!("{{news:eu}}:ingested:{STREAM}:{}", ids[0]))
+        .query_async(&mut conn)
+        .await
+        .expect("TTL");
+    assert!((1..=60).contains(&ttl), "{ttl}");
     assert_eq!(
         leader(&mut conn).await.as_deref(),
         node.info().await["node"].as_str()
@@ -271,6 +281,13 @@ async fn nodes_sharing_the_stream_publish_each_entry_once_in_order() {
     })
     .await;
     assert!(stays.stat("ingest_published").await > 0);
+    // What is acknowledged is trimmed (whole nodes of the stream: `~`).
+    let kept: i64 = redis::cmd("XLEN")
+        .arg(STREAM)
+        .query_async(&mut conn)
+        .await
+        .expect("XLEN");
+    assert!(kept < 150, "{kept} of 300 entries kept");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
