@@ -45,7 +45,8 @@
 //! [`Broker`] with an accessor like [`Broker::upstream`], implemented by
 //! the backends that can, and a group of conformance cases; [`PubSub`],
 //! [`UpstreamLog`] and `History` stay as they are (History, issue 17, was
-//! the first added this way: `broker/history/`).
+//! the first added this way: `broker/history/`; `IngestLog` the second,
+//! `broker/ingest.rs`, its cases in `broker_conformance/ingest.rs`).
 //!
 //! - Presence (issue 18): `trait Presence` with add, remove and list of
 //!   members under an expiry that each node refreshes in batches, and the
