@@ -208,11 +208,7 @@ impl Consumer {
             }
         }
         if self.lease.held() {
-            if let Ok(ingest) = self.ingest() {
-                let _ = ingest
-                    .lease(&self.stream, &self.holder, Duration::ZERO)
-                    .await;
-            }
+            self.give_back().await;
         }
     }
 
@@ -412,8 +408,16 @@ impl Consumer {
         };
         let channel = parsed.publication.channel.clone();
         let id = once_id(&self.stream, &entry.id);
+        let since = Instant::now();
         loop {
             if self.stop.is_cancelled() || self.renew().await == Held::No {
+                return None;
+            }
+            if since.elapsed() > self.lease.ttl {
+                // This node cannot publish (its own Redis subscriber is
+                // down, say) while it still reaches Redis: another may.
+                tracing::warn!(stream = %self.stream, entry = %entry.id, "this node could not publish an ingest entry for a whole lease: giving the lease to another node");
+                self.give_back().await;
                 return None;
             }
             let stats = &self.node.inner.stats;
@@ -437,6 +441,16 @@ impl Consumer {
             self.backoff.reset();
             return Some(Some(channel));
         }
+    }
+
+    /// Gives the lease back now, so another node can take over at once.
+    async fn give_back(&mut self) {
+        if let Ok(ingest) = self.ingest() {
+            let _ = ingest
+                .lease(&self.stream, &self.holder, Duration::ZERO)
+                .await;
+        }
+        self.lease.until = None;
     }
 
     fn reject(&self, entry: &Entry, why: &str) {
