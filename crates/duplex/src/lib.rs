@@ -25,7 +25,7 @@
 //! - Leaves: [`config`] (flags, `DUPLEX_*`, TOML, reloads), [`auth`] (JWT),
 //!   [`permissions`] (namespaces), [`control`] (orders on `#control`),
 //!   [`message`] (the publication), [`stats`] (every counter, declared
-//!   once), [`tls`], and `limits`, `rate`, `throttle`.
+//!   once), [`tls`], and `backoff`, `limits`, `rate`, `throttle`.
 //!
 //! `tests/architecture.rs` checks that no import circle joins these modules;
 //! docs/ARCHITECTURE.md draws the picture.
@@ -54,6 +54,7 @@ pub mod tls;
 pub mod transport;
 mod upstream;
 
+mod backoff;
 mod heartbeat;
 mod limits;
 mod rate;

@@ -161,6 +161,14 @@ counters! {
     recoveries_recovered => Counter "recoveries" ["outcome" = "recovered"], "Subscribes that asked to recover, by outcome (not_recovered: epoch changed or the gap is larger than history holds)";
     /// Subscribes with `recover` answered `recovered: false`.
     recoveries_failed => Counter "recoveries" ["outcome" = "not_recovered"], "Subscribes that asked to recover, by outcome (not_recovered: epoch changed or the gap is larger than history holds)";
+    /// Ingest stream entries this node published (as the stream's leader).
+    ingest_published => Counter "ingest_entries" ["outcome" = "published"], "Ingest stream entries this node handled as the stream's leader, by outcome (rejected: dropped as bad, each logged; repeated: published before, by a leader that crashed before acknowledging it)";
+    /// Ingest stream entries dropped as bad (no or an invalid channel, bad
+    /// base64, over max_message_size, trimmed before read), each logged.
+    ingest_rejected => Counter "ingest_entries" ["outcome" = "rejected"], "Ingest stream entries this node handled as the stream's leader, by outcome (rejected: dropped as bad, each logged; repeated: published before, by a leader that crashed before acknowledging it)";
+    /// Ingest stream entries found published already (a leader crashed
+    /// between publishing and acknowledging them): not published again.
+    ingest_repeated => Counter "ingest_entries" ["outcome" = "repeated"], "Ingest stream entries this node handled as the stream's leader, by outcome (rejected: dropped as bad, each logged; repeated: published before, by a leader that crashed before acknowledging it)";
     /// Plain-client frames that could not be published (no error channel in plain mode).
     plain_publish_dropped => Counter "dropped_messages" ["reason" = "plain_publish_refused"], "Messages dropped, by reason (each also logged)";
     /// Clients cut because their outbound queue overflowed.

@@ -16,6 +16,8 @@ mod cases;
 mod fixtures;
 #[path = "broker_conformance/history.rs"]
 mod history;
+#[path = "broker_conformance/ingest.rs"]
+mod ingest;
 
 /// Stamps every case out for one backend: `conformance!(module, Fixture)`.
 macro_rules! conformance {
@@ -41,6 +43,8 @@ macro_rules! conformance {
             history_racing_publishers_get_unique_increasing_offsets,
             a_raw_publish_on_a_history_channel_has_no_position,
             history_publishes_keep_exclusions,
+            ingest_lease_goes_to_one_holder_at_a_time,
+            ingest_entries_are_read_claimed_published_once_and_acknowledged,
         );
     };
     (@cases $backend:ident, $fixture:ty, $($case:ident),+ $(,)?) => {

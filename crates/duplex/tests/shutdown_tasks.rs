@@ -2,7 +2,7 @@
 //! `server::run` returns, no task of the node is left on its runtime, after
 //! a run that started every kind of background task (heartbeats on Redis,
 //! the rpc sweep, the HTTP upstream driver, connection queries, an
-//! unsubscribe order, a reload).
+//! unsubscribe order, a reload, the ingest stream's consumer).
 
 mod support;
 
@@ -40,6 +40,7 @@ fn no_task_outlives_server_run() {
         redis: Some(redis.url()),
         upstream_url: Some(backend),
         node_heartbeat: Some(Duration::from_millis(100)),
+        ingest_stream: Some("duplex:ingest".into()),
         ..settings()
     };
     let config = settings.clone().resolve().expect("config");

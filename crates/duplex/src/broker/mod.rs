@@ -10,6 +10,8 @@
 //!   `/health` and leaving it at shutdown.
 //! - [`UpstreamLog`] (Redis only): clients' messages appended to streams
 //!   that backend workers read.
+//! - [`IngestLog`] (Redis only): a stream backends `XADD` publications to,
+//!   which the nodes republish once each, in order (`broker::ingest`).
 //! - [`History`] (memory and Redis): a channel's recent
 //!   publications at offsets within an epoch, appended and published in
 //!   one atomic step, and read back by range (`broker::history` holds the
@@ -43,7 +45,8 @@
 //! [`Broker`] with an accessor like [`Broker::upstream`], implemented by
 //! the backends that can, and a group of conformance cases; [`PubSub`],
 //! [`UpstreamLog`] and `History` stay as they are (History, issue 17, was
-//! the first added this way: `broker/history/`).
+//! the first added this way: `broker/history/`; `IngestLog` the second,
+//! `broker/ingest.rs`, its cases in `broker_conformance/ingest.rs`).
 //!
 //! - Presence (issue 18): `trait Presence` with add, remove and list of
 //!   members under an expiry that each node refreshes in batches, and the
@@ -69,12 +72,14 @@ use crate::message::Publication;
 mod echo;
 pub mod exclusion;
 pub mod history;
+pub mod ingest;
 mod intake;
 pub mod memory;
 mod overlap;
 pub mod redis;
 
 use self::history::History;
+use self::ingest::IngestLog;
 use self::memory::MemoryBroker;
 use self::redis::{RedisBroker, RedisSettings};
 
@@ -229,6 +234,9 @@ pub trait UpstreamLog: Send + Sync + 'static {
 const NO_UPSTREAM: &str =
     "upstream messages need the Redis broker (--redis) or an HTTP upstream (--upstream-url)";
 
+/// What [`Broker::ingest`] answers on a backend without streams.
+const NO_INGEST: &str = "the ingest stream needs the Redis broker (--redis)";
+
 /// What [`Broker::history`] answers on a backend without history.
 const NO_HISTORY: &str = "this broker keeps no channel history";
 
@@ -239,6 +247,7 @@ pub struct Broker {
     pubsub: Arc<dyn PubSub>,
     upstream: Option<Arc<dyn UpstreamLog>>,
     history: Option<Arc<dyn History>>,
+    ingest: Option<Arc<dyn IngestLog>>,
 }
 
 impl std::fmt::Debug for Broker {
@@ -247,6 +256,7 @@ impl std::fmt::Debug for Broker {
             .field("kind", &self.pubsub.state().kind)
             .field("upstream", &self.upstream.is_some())
             .field("history", &self.history.is_some())
+            .field("ingest", &self.ingest.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -260,6 +270,7 @@ impl Broker {
             pubsub: Arc::clone(&memory) as Arc<dyn PubSub>,
             upstream: None,
             history: Some(memory),
+            ingest: None,
         }
     }
 
@@ -273,7 +284,8 @@ impl Broker {
         Ok(Broker {
             pubsub: Arc::clone(&redis) as Arc<dyn PubSub>,
             upstream: Some(Arc::clone(&redis) as Arc<dyn UpstreamLog>),
-            history: Some(redis),
+            history: Some(Arc::clone(&redis) as Arc<dyn History>),
+            ingest: Some(redis),
         })
     }
 
@@ -287,6 +299,13 @@ impl Broker {
         self.upstream
             .as_deref()
             .ok_or(BrokerError::Unsupported(NO_UPSTREAM))
+    }
+
+    /// The ingest stream's steps, or why this backend has none.
+    pub fn ingest(&self) -> Result<&dyn IngestLog, BrokerError> {
+        self.ingest
+            .as_deref()
+            .ok_or(BrokerError::Unsupported(NO_INGEST))
     }
 
     /// Whether other nodes share this backend ([`Link::shared`]).

@@ -22,6 +22,17 @@ pub(crate) fn check(config: &Config) -> anyhow::Result<()> {
         Some(url) => say(&mut out, format!("broker:     redis {}", redacted(url))),
         None => say(&mut out, "broker:     memory (single node)"),
     }
+    if !config.ingest_stream.is_empty() {
+        say(
+            &mut out,
+            format!(
+                "ingest:     stream {}{} read by one node at a time (lease {:?})",
+                config.redis_prefix,
+                config.ingest_stream,
+                config.node_heartbeat * 3
+            ),
+        );
+    }
     access(&mut out, config, verifier.is_some());
     namespaces(&mut out, &permissions);
     upstreams(&mut out, config, &permissions);

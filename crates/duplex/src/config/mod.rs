@@ -328,6 +328,8 @@ settings! {
     redis_health_interval: Duration = Duration::from_secs(5), "DUPLEX_REDIS_HEALTH_INTERVAL", BROKER, humantime::parse_duration;
     /// Bytes of messages from Redis that may wait for fan-out; beyond it the busiest channels' new messages are dropped, counted in broker.dropped (memory stays bounded whatever backends publish) [default: 16777216].
     redis_backlog_bytes: usize = 16 * 1024 * 1024, "DUPLEX_REDIS_BACKLOG_BYTES", BROKER;
+    /// Redis Stream (after redis_prefix) that backends `XADD` publications to, fields channel, data, optional encoding (base64) and exclude (a connection id): the nodes publish each entry exactly once, in the stream's order, as the HTTP API does (offsets on history channels), one node at a time reading it in the consumer group `duplex` under the lease `<stream>:leader` (3 x node_heartbeat), and trim what they acknowledged (docs/DELIVERY.md); needs Redis [default: none, off].
+    ingest_stream: String = String::new(), "DUPLEX_INGEST_STREAM", BROKER;
     /// Redis Stream that client `send`s, `rpc`s and upstream plain frames are appended to, for backend workers, when no upstream_url applies; a namespace may name its own [default: duplex:upstream].
     upstream_stream: String = "duplex:upstream".to_string(), "DUPLEX_UPSTREAM_STREAM", UPSTREAM;
     /// Approximate cap on each upstream stream's length in entries (`XADD MAXLEN ~`): Redis memory per stream stays under about (upstream_maxlen + 100) x 1.26 x (max_message_size + 1 KiB), 0.85 GB at the defaults (docs/UPSTREAM.md) [default: 10000].
@@ -388,7 +390,7 @@ settings! {
     plain_frames: PlainFrames = PlainFrames::Channel, "DUPLEX_PLAIN_FRAMES", PLAIN;
     /// How long /api/connections waits for the other nodes' answers before it says `incomplete` [default: 1s].
     query_timeout: Duration = Duration::from_secs(1), "DUPLEX_QUERY_TIMEOUT", BROKER, humantime::parse_duration;
-    /// Interval of each node's `alive` heartbeat on #control (Redis only); a node silent for 3 intervals is no longer expected to answer /api/connections [default: 5s].
+    /// Interval of each node's `alive` heartbeat on #control (Redis only); a node silent for 3 intervals is no longer expected to answer /api/connections, and the ingest stream's lease lasts 3 intervals, renewed every one [default: 5s].
     node_heartbeat: Duration = Duration::from_secs(5), "DUPLEX_NODE_HEARTBEAT", BROKER, humantime::parse_duration;
     /// Largest message a client may send, in bytes, inclusive [default: 65536].
     max_message_size: usize = 64 * 1024, "DUPLEX_MAX_MESSAGE_SIZE", LIMITS;

@@ -156,6 +156,40 @@ fn plain_upstream_needs_redis() {
 }
 
 #[test]
+fn the_ingest_stream_needs_redis_and_its_own_stream() {
+    let memory = Settings {
+        ingest_stream: Some("duplex:ingest".into()),
+        ..Default::default()
+    };
+    let err = memory.clone().resolve().unwrap_err().to_string();
+    assert!(
+        err.contains("invalid setting ingest_stream") && err.contains("needs Redis (--redis)"),
+        "{err}"
+    );
+    let redis = Settings {
+        redis: Some("redis://127.0.0.1:6379".into()),
+        ..memory
+    };
+    assert_eq!(
+        redis.clone().resolve().unwrap().ingest_stream,
+        "duplex:ingest"
+    );
+    let upstream = Settings {
+        ingest_stream: Some("duplex:upstream".into()),
+        ..redis.clone()
+    };
+    let err = upstream.resolve().unwrap_err().to_string();
+    assert!(err.contains("also an upstream stream"), "{err}");
+    let file: Settings = toml::from_str(
+        "ingest_stream = \"orders\"\n[[namespaces]]\npattern = \"o:*\"\nupstream_stream = \"orders\"\n",
+    )
+    .unwrap();
+    let err = file.or(redis).resolve().unwrap_err().to_string();
+    assert!(err.contains("also an upstream stream"), "{err}");
+    assert!(Config::default().ingest_stream.is_empty(), "off by default");
+}
+
+#[test]
 fn namespaces_may_name_their_upstream() {
     let file: Settings = toml::from_str(
         "redis = \"redis://127.0.0.1:6379\"\n[[namespaces]]\npattern = \"orders:*\"\nupstream_stream = \"orders\"\nupstream_url = \"https://b/orders\"",

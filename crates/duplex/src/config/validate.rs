@@ -116,10 +116,37 @@ fn check_broker(c: &Config) -> Result<(), ConfigError> {
             );
         }
     }
+    check_ingest(c)?;
     if c.query_timeout.is_zero() || c.node_heartbeat.is_zero() {
         return invalid(
             "query_timeout",
             "query_timeout and node_heartbeat must be above zero",
+        );
+    }
+    Ok(())
+}
+
+/// The ingest stream: Redis only, and never a stream clients' messages go
+/// up to (the nodes would publish what clients sent the backends).
+fn check_ingest(c: &Config) -> Result<(), ConfigError> {
+    if c.ingest_stream.is_empty() {
+        return Ok(());
+    }
+    if c.redis_url().is_none() {
+        return invalid(
+            "ingest_stream",
+            "needs Redis (--redis): the ingest stream is a Redis Stream the nodes read; on the memory broker publish through the HTTP API",
+        );
+    }
+    let mut upstream = std::iter::once(c.upstream_stream.as_str()).chain(
+        c.namespaces
+            .iter()
+            .filter_map(|ns| ns.upstream_stream.as_deref()),
+    );
+    if let Some(same) = upstream.find(|s| *s == c.ingest_stream) {
+        return invalid(
+            "ingest_stream",
+            &format!("{same:?} is also an upstream stream (clients' messages to the backends): the nodes would publish them; name another stream"),
         );
     }
     Ok(())

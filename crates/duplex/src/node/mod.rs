@@ -11,6 +11,7 @@
 mod backends;
 mod channels;
 mod history;
+mod ingest;
 mod query;
 mod registry;
 mod reload;
@@ -144,6 +145,8 @@ struct Inner {
     http: Option<crate::upstream::http::HttpUpstream>,
     /// Every background task the node started, so shutdown can wait for them.
     tasks: Tasks,
+    /// The ingest stream's consumer, when `ingest_stream` is set.
+    ingest: ingest::Switch,
 }
 
 impl std::fmt::Debug for Inner {
@@ -309,6 +312,7 @@ impl Node {
                 revoked: Default::default(),
                 queries: Default::default(),
                 tasks,
+                ingest: Default::default(),
             }),
         };
         let _ = deliver.node.set(Arc::downgrade(&node.inner));
@@ -378,8 +382,9 @@ impl Node {
         }
     }
 
-    /// Leaves the broker cleanly.
+    /// Leaves the broker cleanly (the ingest stream's lease given back first).
     pub async fn close_broker(&self) {
+        self.stop_ingest().await;
         self.inner.broker.close().await;
     }
 }

@@ -122,6 +122,7 @@ pub async fn run_reloading(
     };
     node.tasks().spawn(apply_reloads(state.clone(), reloads));
     node.listen_for_orders();
+    node.consume_ingest();
     wait_for_broker(&node).await;
     let tasks = node.tasks();
     tasks.spawn(heartbeat::run(node.clone(), state.shutdown.clone()));

@@ -18,6 +18,7 @@ use crate::fixtures::{Entry, Fixture, KindRule, Node};
 use crate::support;
 
 pub(crate) use crate::history::*;
+pub(crate) use crate::ingest::*;
 
 pub(crate) fn channel(name: &str) -> ChannelName {
     ChannelName::parse(name, usize::MAX).expect("valid channel name")

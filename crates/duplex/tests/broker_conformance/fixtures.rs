@@ -35,6 +35,8 @@ pub(crate) trait Fixture: Sized + Send + 'static {
     const KIND: KindRule;
     /// Whether it holds upstream streams.
     const UPSTREAM: bool;
+    /// Whether it has the ingest stream.
+    const INGEST: bool;
 
     /// Brings the backend up.
     async fn start() -> Self;
@@ -95,6 +97,7 @@ impl Fixture for Memory {
     const NODES: usize = 1;
     const KIND: KindRule = KindRule::Kept;
     const UPSTREAM: bool = false;
+    const INGEST: bool = false;
 
     async fn start() -> Self {
         Memory
@@ -152,6 +155,7 @@ impl Fixture for Redis {
     const NODES: usize = 2;
     const KIND: KindRule = KindRule::InferredFromUtf8;
     const UPSTREAM: bool = true;
+    const INGEST: bool = true;
 
     async fn start() -> Self {
         Redis {

@@ -8,6 +8,10 @@
 --   {K}:meta     hash: e = epoch, s = top offset; expires meta_ttl after the last publish
 --   {K}:history  stream, entry ids 0-<offset>, field d = the data; expires ttl after
 -- and the live copy is PUBLISH K with "\255DXH1 <offset> <epoch> <data>".
+-- The ingest stream (docs in crates/duplex/src/broker/redis/ingest.rs) adds
+--   {K}:ingested:<id>  string "<offset> <epoch>" ("0 " without history): entry
+--                      <id> was published on K; a repeat publishes nothing
+--   <stream>:leader    string, the node id of the one node reading the stream
 
 local VERSION = '@VERSION@'
 local TABLE = 'duplex:history'
@@ -66,13 +70,33 @@ local function epoch_of(meta, stream, meta_ttl)
   return epoch
 end
 
--- FCALL duplex_publish 1 K data [size ttl meta_ttl [1]] -> offset, or nil
--- (plain PUBLISH) when K has no history; with the trailing 1 (the node's
--- own call) {offset, epoch}.
+-- What a publish with an idempotency id answers: {offset, epoch, repeat}
+-- (offset 0 and epoch '' on a channel without history).
+local function once_reply(first, repeated)
+  local offset, epoch = string.match(first, '^(%d+) (.*)$')
+  return { tonumber(offset) or 0, epoch or '', repeated }
+end
+
+-- FCALL duplex_publish 1 K data [size ttl meta_ttl [1 [id keep]]] -> offset,
+-- or nil (plain PUBLISH) when K has no history; with the trailing 1 (the
+-- node's own call) {offset, epoch}. With an id (the node republishing an
+-- ingest stream entry) the first call publishes and remembers it for keep
+-- seconds; a repeat within them publishes nothing: both answer once_reply.
 local function publish(keys, args)
   local key, data = keys[1], args[1]
   if data == nil then
     return redis.error_reply('ERR duplex_publish needs the data: FCALL duplex_publish 1 <channel> <data>')
+  end
+  local seen, keep = nil, tonumber(args[7])
+  if args[6] then
+    if not keep or keep <= 0 then
+      return redis.error_reply('ERR duplex_publish: an id needs its keep time in seconds')
+    end
+    seen = '{' .. key .. '}:ingested:' .. args[6]
+    local first = redis.call('GET', seen)
+    if first then
+      return once_reply(first, 1)
+    end
   end
   local size, ttl, meta_ttl
   if #args >= 4 then
@@ -82,6 +106,10 @@ local function publish(keys, args)
   end
   if not size or not ttl or not meta_ttl or size <= 0 or ttl <= 0 or meta_ttl <= 0 then
     redis.call('PUBLISH', key, data)
+    if seen then
+      redis.call('SET', seen, '0 ', 'EX', keep)
+      return once_reply('0 ', 0)
+    end
     return nil
   end
   local meta, stream = '{' .. key .. '}:meta', '{' .. key .. '}:history'
@@ -91,6 +119,10 @@ local function publish(keys, args)
   redis.call('EXPIRE', stream, ttl)
   redis.call('EXPIRE', meta, meta_ttl)
   redis.call('PUBLISH', key, ENVELOPE .. offset .. ' ' .. epoch .. ' ' .. data)
+  if seen then
+    redis.call('SET', seen, offset .. ' ' .. epoch, 'EX', keep)
+    return once_reply(offset .. ' ' .. epoch, 0)
+  end
   if args[5] == '1' then
     return { offset, epoch }
   end
@@ -133,6 +165,88 @@ local function history(keys, args)
   return out
 end
 
+-- FCALL duplex_lease 1 <lease key> <holder> <ttl ms> -> 1 while holder holds
+-- the lease (taken while free, as SET NX PX; extended while its own), else
+-- 0; ttl 0 gives it back if it is the holder's.
+local function lease(keys, args)
+  local key, holder, ttl = keys[1], args[1], tonumber(args[2])
+  if not holder or not ttl or ttl < 0 then
+    return redis.error_reply('ERR usage: FCALL duplex_lease 1 <key> <holder> <ttl ms>')
+  end
+  local current = redis.call('GET', key)
+  if ttl == 0 then
+    if current == holder then
+      redis.call('DEL', key)
+    end
+    return 0
+  end
+  if current and current ~= holder then
+    return 0
+  end
+  redis.call('SET', key, holder, 'PX', ttl)
+  return 1
+end
+
+-- FCALL duplex_ingest_claim 1 <stream> <group> <consumer> <min idle ms> ->
+-- entries moved to consumer. Makes the group if it is missing (reading from
+-- the stream's start), moves every entry pending at least min idle ms (in
+-- any consumer) to consumer, then drops the other consumers left with none
+-- (the node ids of past runs). One atomic step: no read lands in between.
+local function ingest_claim(keys, args)
+  local stream, group, me, idle = keys[1], args[1], args[2], tonumber(args[3])
+  if not group or not me or not idle then
+    return redis.error_reply('ERR usage: FCALL duplex_ingest_claim 1 <stream> <group> <consumer> <min idle ms>')
+  end
+  local made = redis.pcall('XGROUP', 'CREATE', stream, group, '0', 'MKSTREAM')
+  if type(made) == 'table' and made.err and not string.find(made.err, 'BUSYGROUP') then
+    return made
+  end
+  local moved, cursor = 0, '0-0'
+  repeat
+    local reply = redis.call('XAUTOCLAIM', stream, group, me, idle, cursor, 'COUNT', 1000, 'JUSTID')
+    cursor = reply[1]
+    moved = moved + #reply[2]
+  until cursor == '0-0'
+  for _, consumer in ipairs(redis.call('XINFO', 'CONSUMERS', stream, group)) do
+    local fields = {}
+    for i = 1, #consumer, 2 do
+      fields[consumer[i]] = consumer[i + 1]
+    end
+    if fields['name'] ~= me and fields['pending'] == 0 then
+      redis.call('XGROUP', 'DELCONSUMER', stream, group, fields['name'])
+    end
+  end
+  return moved
+end
+
+-- FCALL duplex_ingest_ack 1 <stream> <group> <id> [id ...] -> entries
+-- acknowledged (0 when the group is gone, and its pending entries with
+-- it); then trims the entries every consumer is done with (below the
+-- oldest one still pending, or below the last id given when none is).
+local function ingest_ack(keys, args)
+  local stream, group = keys[1], args[1]
+  if not group or #args < 2 then
+    return redis.error_reply('ERR usage: FCALL duplex_ingest_ack 1 <stream> <group> <id> [id ...]')
+  end
+  local acked = redis.pcall('XACK', stream, group, unpack(args, 2))
+  if type(acked) == 'table' and acked.err then
+    if string.find(acked.err, 'NOGROUP') then
+      return 0
+    end
+    return acked
+  end
+  local pending = redis.pcall('XPENDING', stream, group)
+  if pending.err then
+    return acked
+  end
+  local floor = pending[2]
+  if not floor then
+    floor = args[#args]
+  end
+  redis.call('XTRIM', stream, 'MINID', '~', floor)
+  return acked
+end
+
 redis.register_function{
   function_name = 'duplex_version',
   callback = function() return VERSION end,
@@ -140,3 +254,6 @@ redis.register_function{
 }
 redis.register_function('duplex_publish', publish)
 redis.register_function('duplex_history', history)
+redis.register_function('duplex_lease', lease)
+redis.register_function('duplex_ingest_claim', ingest_claim)
+redis.register_function('duplex_ingest_ack', ingest_ack)

@@ -39,6 +39,7 @@ use super::{RedisBroker, Shared};
 use crate::broker::exclusion::{self, EXCLUDE_CHANNEL_PREFIX};
 use crate::broker::history::table::{self, secs, TABLE_KEY};
 use crate::broker::history::{History, HistoryOptions, HistoryPage, NamespaceHistory, Query};
+use crate::broker::ingest::{Once, Republish};
 use crate::broker::{BrokerError, RemoteConnection};
 use crate::message::{Position, Publication};
 
@@ -67,14 +68,14 @@ fn library() -> &'static Library {
 }
 
 /// Whether Redis lacks the library (restarted or flushed since it was loaded).
-fn missing_function(e: &redis::RedisError) -> bool {
+pub(super) fn missing_function(e: &redis::RedisError) -> bool {
     e.to_string()
         .to_ascii_lowercase()
         .contains("function not found")
 }
 
 /// Loads the library unless this very version is loaded already.
-async fn load_library(conn: &mut MultiplexedConnection) -> redis::RedisResult<()> {
+pub(super) async fn load_library(conn: &mut MultiplexedConnection) -> redis::RedisResult<()> {
     let library = library();
     let mut version = redis::cmd("FCALL_RO");
     version.arg("duplex_version").arg(0);
@@ -89,7 +90,7 @@ async fn load_library(conn: &mut MultiplexedConnection) -> redis::RedisResult<()
 }
 
 /// Runs `cmd`; when the library is missing, loads it and runs `cmd` once more.
-async fn with_library<T: redis::FromRedisValue>(
+pub(super) async fn with_library<T: redis::FromRedisValue>(
     conn: &mut MultiplexedConnection,
     cmd: &redis::Cmd,
 ) -> redis::RedisResult<T> {
@@ -144,6 +145,31 @@ fn position(reply: Value) -> Result<Position, BrokerError> {
     }
 }
 
+/// What `duplex_publish` with an idempotency id answers: `[offset, epoch,
+/// repeat]` (offset 0 without history). A library loaded by an older node
+/// answers as without the id (`[offset, epoch]` or nil) and has published.
+fn once(reply: Value) -> Result<Once, BrokerError> {
+    let bad = || BrokerError::Unavailable("unexpected answer from duplex_publish".to_string());
+    let at = |offset: i64, epoch: &Value| -> Result<Option<Position>, BrokerError> {
+        let epoch = text(epoch).ok_or_else(bad)?;
+        Ok((offset > 0).then(|| Position {
+            offset: offset.unsigned_abs(),
+            epoch: epoch.into(),
+        }))
+    };
+    match reply {
+        Value::Array(items) => match items.as_slice() {
+            [Value::Int(offset), epoch, Value::Int(1)] => Ok(Once::Repeat(at(*offset, epoch)?)),
+            [Value::Int(offset), epoch, Value::Int(0)] | [Value::Int(offset), epoch] => {
+                Ok(Once::First(at(*offset, epoch)?))
+            }
+            _ => Err(bad()),
+        },
+        Value::Nil => Ok(Once::First(None)),
+        _ => Err(bad()),
+    }
+}
+
 /// A bulk or simple string reply as text.
 fn text(value: &Value) -> Option<&str> {
     match value {
@@ -154,25 +180,41 @@ fn text(value: &Value) -> Option<&str> {
 }
 
 impl RedisBroker {
-    /// `FCALL duplex_publish` (after the exclusion notice, if any, in one
-    /// pipeline); the position it answers.
-    async fn record(
+    /// `FCALL duplex_publish` for `p`: recorded with `options` (none: a
+    /// plain publish), and for a republished ingest entry with its
+    /// idempotency id and how long a repeat is recognised.
+    fn publish_call(
         &self,
         p: &Publication,
-        options: &HistoryOptions,
-        excluded: Option<RemoteConnection<'_>>,
-    ) -> Result<Position, BrokerError> {
-        let prefix = &self.shared.settings.prefix;
+        options: Option<&HistoryOptions>,
+        once: Option<(&str, std::time::Duration)>,
+    ) -> redis::Cmd {
         let mut fcall = redis::cmd("FCALL");
         fcall
             .arg("duplex_publish")
             .arg(1)
-            .arg(format!("{prefix}{}", p.channel))
-            .arg(p.payload.as_ref())
-            .arg(options.size)
-            .arg(secs(options.ttl))
-            .arg(secs(options.meta_ttl))
-            .arg(1);
+            .arg(format!("{}{}", self.shared.settings.prefix, p.channel))
+            .arg(p.payload.as_ref());
+        match options {
+            Some(o) => fcall.arg(o.size).arg(secs(o.ttl)).arg(secs(o.meta_ttl)),
+            None => fcall.arg(0).arg(0).arg(0),
+        };
+        fcall.arg(1);
+        if let Some((id, keep)) = once {
+            fcall.arg(id).arg(secs(keep));
+        }
+        fcall
+    }
+
+    /// Runs a `duplex_publish` call (after the exclusion notice, if any, in
+    /// one pipeline); its reply.
+    async fn record(
+        &self,
+        p: &Publication,
+        fcall: redis::Cmd,
+        excluded: Option<RemoteConnection<'_>>,
+    ) -> Result<Value, BrokerError> {
+        let prefix = &self.shared.settings.prefix;
         let notice = excluded.map(|e| {
             let connection = format!("{}.{}", e.node, e.seq);
             let to = format!("{prefix}{EXCLUDE_CHANNEL_PREFIX}{}", e.node);
@@ -181,25 +223,58 @@ impl RedisBroker {
                 exclusion::notice(&connection, p.channel.as_str(), &p.payload),
             )
         });
-        let reply = self
-            .on_publisher(|mut conn| async move {
-                let Some((to, notice)) = notice else {
-                    return with_library::<Value>(&mut conn, &fcall).await;
-                };
-                let mut pipe = redis::pipe();
-                pipe.cmd("PUBLISH").arg(to).arg(notice).ignore();
-                pipe.add_command(fcall.clone());
-                match pipe.query_async::<Vec<Value>>(&mut conn).await {
-                    // The notice went out: only the publish is retried.
-                    Err(e) if missing_function(&e) => {
-                        load_library(&mut conn).await?;
-                        fcall.query_async::<Value>(&mut conn).await
-                    }
-                    other => other.map(|mut replies| replies.pop().unwrap_or(Value::Nil)),
+        self.on_publisher(|mut conn| async move {
+            let Some((to, notice)) = notice else {
+                return with_library::<Value>(&mut conn, &fcall).await;
+            };
+            let mut pipe = redis::pipe();
+            pipe.cmd("PUBLISH").arg(to).arg(notice).ignore();
+            pipe.add_command(fcall.clone());
+            match pipe.query_async::<Vec<Value>>(&mut conn).await {
+                // The notice went out: only the publish is retried.
+                Err(e) if missing_function(&e) => {
+                    load_library(&mut conn).await?;
+                    fcall.query_async::<Value>(&mut conn).await
                 }
-            })
-            .await?;
-        position(reply)
+                other => other.map(|mut replies| replies.pop().unwrap_or(Value::Nil)),
+            }
+        })
+        .await
+    }
+
+    /// Publishes `p` through `fcall` with the echo filter told of a local
+    /// sender (and told again when nothing comes back); the reply.
+    async fn publish_recorded(
+        &self,
+        p: &Publication,
+        fcall: redis::Cmd,
+        excluded: Option<RemoteConnection<'_>>,
+    ) -> Result<Value, BrokerError> {
+        self.subscriber_up()?;
+        let key = format!("{}{}", self.shared.settings.prefix, p.channel);
+        if let Some(sender) = p.exclude {
+            self.shared.echo.expect(&key, p.payload.clone(), sender);
+        }
+        let result = self.record(p, fcall, excluded).await;
+        if let (Err(_), Some(sender)) = (&result, p.exclude) {
+            self.shared.echo.forget(&key, &p.payload, sender);
+        }
+        result
+    }
+
+    /// An ingest entry's publication, unless its id was published before.
+    pub(super) async fn publish_once(&self, r: Republish<'_>) -> Result<Once, BrokerError> {
+        if let Some(options) = &r.history {
+            options.check()?;
+        }
+        let p = &r.publication;
+        let fcall = self.publish_call(p, r.history.as_ref(), Some((r.id, r.keep)));
+        let once = once(self.publish_recorded(p, fcall, r.excluded).await?)?;
+        if let (Once::Repeat(_), Some(sender)) = (&once, p.exclude) {
+            let key = format!("{}{}", self.shared.settings.prefix, p.channel);
+            self.shared.echo.forget(&key, &p.payload, sender);
+        }
+        Ok(once)
     }
 
     async fn history_publish(
@@ -209,16 +284,8 @@ impl RedisBroker {
         excluded: Option<RemoteConnection<'_>>,
     ) -> Result<Position, BrokerError> {
         options.check()?;
-        self.subscriber_up()?;
-        let key = format!("{}{}", self.shared.settings.prefix, p.channel);
-        if let Some(sender) = p.exclude {
-            self.shared.echo.expect(&key, p.payload.clone(), sender);
-        }
-        let result = self.record(&p, options, excluded).await;
-        if let (Err(_), Some(sender)) = (&result, p.exclude) {
-            self.shared.echo.forget(&key, &p.payload, sender);
-        }
-        result
+        let fcall = self.publish_call(&p, Some(options), None);
+        position(self.publish_recorded(&p, fcall, excluded).await?)
     }
 
     async fn history_read(
@@ -380,5 +447,32 @@ mod tests {
             duplex_protocol::ws::MessageKind::Binary
         );
         assert!(super::page(channel, Value::Int(1)).is_err());
+    }
+
+    #[test]
+    fn idempotent_publishes_answer_first_or_repeat() {
+        let e1 = || Value::BulkString(b"e1".to_vec());
+        let at = |offset| {
+            Some(Position {
+                offset,
+                epoch: "e1".into(),
+            })
+        };
+        let reply = |items: Vec<Value>| once(Value::Array(items)).ok();
+        assert_eq!(
+            reply(vec![Value::Int(4), e1(), Value::Int(0)]),
+            Some(Once::First(at(4)))
+        );
+        assert_eq!(
+            reply(vec![Value::Int(4), e1(), Value::Int(1)]),
+            Some(Once::Repeat(at(4)))
+        );
+        let plain = vec![Value::Int(0), Value::BulkString(Vec::new()), Value::Int(1)];
+        assert_eq!(reply(plain), Some(Once::Repeat(None)));
+        // A library of an older node ignores the id and has published.
+        assert_eq!(reply(vec![Value::Int(4), e1()]), Some(Once::First(at(4))));
+        assert_eq!(once(Value::Nil).ok(), Some(Once::First(None)));
+        assert!(once(Value::Int(4)).is_err());
+        assert!(reply(vec![Value::Int(4), Value::Nil, Value::Int(0)]).is_none());
     }
 }

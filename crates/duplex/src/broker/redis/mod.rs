@@ -18,8 +18,10 @@
 //!   the node, records and publishes in one call (`FCALL duplex_publish`,
 //!   from the node or any backend); its live copy comes wrapped in an
 //!   envelope with offset and epoch that the subscriber strips.
+//! - Ingest (`ingest`): the stream backends `XADD` to, read by one node at a time.
 
 mod history;
+mod ingest;
 mod subscriber;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -99,6 +101,8 @@ pub struct RedisBroker {
     connecting: tokio::sync::Mutex<()>,
     cancel: CancellationToken,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// The ingest stream's own connection (`ingest`), opened on first use.
+    ingest: ingest::Reader,
 }
 
 /// The publish connection and whether Redis has closed it since.
@@ -184,6 +188,7 @@ impl RedisBroker {
             connecting: tokio::sync::Mutex::new(()),
             cancel,
             tasks: Mutex::new(tasks),
+            ingest: ingest::Reader::default(),
         })
     }
 
@@ -386,6 +391,7 @@ impl Link for RedisBroker {
                 let _ = tokio::time::timeout(self.shared.settings.timeout, task).await;
             }
             self.publisher.lock().take();
+            self.ingest.close();
         }
         .boxed()
     }

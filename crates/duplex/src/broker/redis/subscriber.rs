@@ -16,7 +16,6 @@
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use duplex_protocol::channel::ChannelName;
@@ -27,6 +26,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::Shared;
+use crate::backoff::Backoff;
 use crate::broker::history::envelope;
 use crate::broker::BrokerError;
 use crate::message::Publication;
@@ -432,33 +432,5 @@ async fn bounded<T>(
             late: true,
             broken: link.messages() == before,
         }),
-    }
-}
-
-/// Exponential backoff with full jitter between reconnect attempts, so
-/// nodes that lost Redis together do not come back in lockstep.
-struct Backoff {
-    max: Duration,
-    ceiling: Duration,
-}
-
-impl Backoff {
-    const FIRST: Duration = Duration::from_millis(50);
-
-    fn new(max: Duration) -> Self {
-        Backoff {
-            max,
-            ceiling: Self::FIRST,
-        }
-    }
-
-    fn next(&mut self) -> Duration {
-        let pause = self.ceiling.mul_f64(rand::random_range(0.5..=1.0));
-        self.ceiling = (self.ceiling * 2).min(self.max.max(Self::FIRST));
-        pause
-    }
-
-    fn reset(&mut self) {
-        self.ceiling = Self::FIRST;
     }
 }
