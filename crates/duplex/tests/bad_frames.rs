@@ -62,6 +62,25 @@ async fn size_limit_is_inclusive() {
     assert_eq!(raw.close_code().await, 1009);
 }
 
+/// A small `max_message_size` (under the 4 KiB read chunk) is a limit
+/// like any other: messages up to it pass, one byte more is 1009. (The
+/// reader once asked for at least 4 KiB and at most the limit, and panicked
+/// on every first read of such a node.)
+#[tokio::test]
+async fn a_small_message_limit_works() {
+    let node = TestNode::start(duplex::config::Settings {
+        max_message_size: Some(100),
+        ..settings()
+    })
+    .await;
+    let mut raw = Raw::connect(node.addr, "/").await;
+    raw.send(&frame(0x81, &[b'x'; 100], true)).await;
+    let echoed = raw.next_frame().await.expect("echo");
+    assert_eq!((echoed.opcode, echoed.payload.len()), (1, 100));
+    raw.send(&frame(0x81, &[b'x'; 101], true)).await;
+    assert_eq!(raw.close_code().await, 1009);
+}
+
 #[tokio::test]
 async fn peers_that_never_answer_pings_are_dropped() {
     let node = TestNode::start(duplex::config::Settings {

@@ -224,9 +224,10 @@ async fn serve<S: Halves>(
             // Release the buffer while idle; it is re-allocated on the next read.
             buf = BytesMut::new();
         }
-        let wanted = decoder
-            .bytes_needed(&buf)
-            .clamp(READ_CHUNK, config.max_message_size + 14);
+        // At least a chunk (a small `max_message_size` must not make the
+        // upper bound fall under it), at most one whole frame.
+        let most = (config.max_message_size + 14).max(READ_CHUNK);
+        let wanted = decoder.bytes_needed(&buf).clamp(READ_CHUNK, most);
         tokio::select! {
             biased;
             _ = conn.abort.cancelled() => break End::Aborted,
