@@ -49,7 +49,11 @@ async fn main() -> Result<(), String> {
     let api = reqwest::Client::new();
     for i in 0..behind {
         let body = json!({"channel": channel, "data": {"n": i}});
-        let sent = api.post(format!("{http}/api/publish")).json(&body).send().await;
+        let sent = api
+            .post(format!("{http}/api/publish"))
+            .json(&body)
+            .send()
+            .await;
         if !sent.map_err(|e| e.to_string())?.status().is_success() {
             return Err("publish refused".into());
         }
@@ -75,7 +79,8 @@ async fn main() -> Result<(), String> {
     let node_after = node_stats(&api, &http).await?;
     times.sort();
     let pct = |p: f64| times[((times.len() as f64 * p) as usize).min(times.len() - 1)];
-    let delta = |k: &str| node_after[k].as_u64().unwrap_or(0) - node_before[k].as_u64().unwrap_or(0);
+    let delta =
+        |k: &str| node_after[k].as_u64().unwrap_or(0) - node_before[k].as_u64().unwrap_or(0);
     let report = json!({
         "workload": "recovery_storm",
         "clients": clients,
@@ -111,7 +116,9 @@ async fn join(url: &str, channel: &str, from: Option<&Value>) -> Result<(Ws, Val
         if reply["id"] == 1 {
             let at = &reply["result"]["positions"][channel];
             if at.is_null() {
-                return Err(format!("no position: is {channel} a history channel? {reply}"));
+                return Err(format!(
+                    "no position: is {channel} a history channel? {reply}"
+                ));
             }
             return Ok((ws, at.clone()));
         }

@@ -616,3 +616,38 @@ async fn a_client_of_a_killed_node_recovers_on_another() {
     );
     let _ = std::fs::remove_file(&config);
 }
+
+/// The README's PHP line, with phpredis as Debian ships it (5.3 has no
+/// `fcall()`): `rawCommand('FCALL', 'duplex_publish', 1, channel, data)`
+/// answers the offset and reaches clients with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn php_publishes_with_history_through_fcall() {
+    use support::examples::{has_library, PHP_REDIS};
+    if !has_library("php", &PHP_REDIS).await {
+        return;
+    }
+    let redis = RedisServer::start();
+    let node = TestNode::on_redis(&redis.url(), with_history()).await;
+    let mut client = Client::connect(&node.ws("/ws")).await;
+    subscribe(&mut client, "news:php", None).await;
+    let port = redis.url().rsplit(':').next().expect("port").to_string();
+    let script = format!(
+        "$redis = new Redis(); $redis->connect('127.0.0.1', {port}); \
+         echo $redis->rawCommand('FCALL', 'duplex_publish', 1, 'news:php', 'data from PHP');"
+    );
+    let out = tokio::process::Command::new("php")
+        .args(["-r", &script])
+        .output()
+        .await
+        .expect("php runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "1");
+    assert_eq!(
+        next_message(&mut client).await,
+        (Some(1), json!("data from PHP"))
+    );
+}
