@@ -86,7 +86,7 @@ impl Node {
             }
             Some((node, seq)) => {
                 let excluded = crate::broker::RemoteConnection { node, seq };
-                self.publish_skipping(publication, excluded).await
+                self.publish_skipping(publication, Some(excluded)).await
             }
             None => self.publish(publication).await,
         }

@@ -54,52 +54,35 @@ impl Node {
     /// through the broker's atomic append-and-publish, answering the
     /// publication's position.
     pub async fn publish(&self, publication: Publication) -> Result<Option<Position>, BrokerError> {
-        Stats::bump(&self.inner.stats.messages_published);
-        let channel = publication.channel.clone();
-        let result = match self.history_rule(&channel) {
-            None => self
-                .inner
-                .broker
-                .pubsub()
-                .publish(publication)
-                .await
-                .map(|()| None),
-            Some(rule) => {
-                let options = options(&rule);
-                match self.inner.broker.history() {
-                    Ok(history) => history.publish(publication, &options).await.map(Some),
-                    Err(e) => Err(e),
-                }
-            }
-        };
-        self.count_failure(&channel, result)
+        self.publish_skipping(publication, None).await
     }
 
-    /// Publishes skipping one connection held by another node (see
-    /// [`Node::publish_excluding`]).
+    /// [`Node::publish`], skipping one connection held by another node when
+    /// `skip` names one (see [`Node::publish_excluding`]).
     pub(super) async fn publish_skipping(
         &self,
         publication: Publication,
-        excluded: crate::broker::RemoteConnection<'_>,
+        skip: Option<crate::broker::RemoteConnection<'_>>,
     ) -> Result<Option<Position>, BrokerError> {
         Stats::bump(&self.inner.stats.messages_published);
         let channel = publication.channel.clone();
-        let result = match self.history_rule(&channel) {
-            None => self
-                .inner
-                .broker
+        let broker = &self.inner.broker;
+        let result = match (self.history_rule(&channel), skip) {
+            (None, None) => broker.pubsub().publish(publication).await.map(|()| None),
+            (None, Some(skip)) => broker
                 .pubsub()
-                .publish_excluding(publication, excluded)
+                .publish_excluding(publication, skip)
                 .await
                 .map(|()| None),
-            Some(rule) => {
+            (Some(rule), skip) => {
                 let options = options(&rule);
-                match self.inner.broker.history() {
-                    Ok(history) => history
-                        .publish_excluding(publication, &options, excluded)
+                match (broker.history(), skip) {
+                    (Ok(history), None) => history.publish(publication, &options).await.map(Some),
+                    (Ok(history), Some(skip)) => history
+                        .publish_excluding(publication, &options, skip)
                         .await
                         .map(Some),
-                    Err(e) => Err(e),
+                    (Err(e), _) => Err(e),
                 }
             }
         };

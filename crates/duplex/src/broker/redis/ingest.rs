@@ -24,7 +24,7 @@ use bytes::Bytes;
 use futures_util::future::{BoxFuture, FutureExt};
 use parking_lot::Mutex;
 use redis::aio::MultiplexedConnection;
-use redis::{AsyncConnectionConfig, Value};
+use redis::Value;
 
 use super::history::with_library;
 use super::{describe, is_broken, RedisBroker};
@@ -84,23 +84,7 @@ impl RedisBroker {
             return Ok(conn);
         }
         let timeout = self.shared.settings.timeout;
-        let closed = Arc::new(AtomicBool::new(false));
-        let on_close = Arc::clone(&closed);
-        let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(timeout))
-            .set_response_timeout(Some(timeout + wait.max(MAX_WAIT)))
-            .set_push_sender(move |push: redis::PushInfo| {
-                if push.kind == redis::PushKind::Disconnection {
-                    on_close.store(true, Ordering::Release);
-                }
-                Ok::<(), std::convert::Infallible>(())
-            });
-        let conn = self
-            .shared
-            .client
-            .get_multiplexed_async_connection_with_config(&config)
-            .await
-            .map_err(|e| BrokerError::Unavailable(describe(&e)))?;
+        let (conn, closed) = self.open(timeout + wait.max(MAX_WAIT)).await?;
         *self.ingest.conn.lock() = Some((conn.clone(), closed));
         Ok(conn)
     }

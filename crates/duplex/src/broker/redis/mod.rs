@@ -202,11 +202,26 @@ impl RedisBroker {
             return Ok(conn);
         }
         let timeout = self.shared.settings.timeout;
+        let (conn, closed) = self.open(timeout).await?;
+        *self.publisher.lock() = Some(Publisher {
+            conn: conn.clone(),
+            closed,
+        });
+        Ok(conn)
+    }
+
+    /// A new multiplexed connection (RESP3) whose replies may take
+    /// `response_timeout`, and the flag its close notice sets (a restart,
+    /// Redis's idle `timeout`), so a closed one is replaced before use.
+    async fn open(
+        &self,
+        response_timeout: Duration,
+    ) -> Result<(MultiplexedConnection, Arc<AtomicBool>), BrokerError> {
         let closed = Arc::new(AtomicBool::new(false));
         let on_close = Arc::clone(&closed);
         let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(timeout))
-            .set_response_timeout(Some(timeout))
+            .set_connection_timeout(Some(self.shared.settings.timeout))
+            .set_response_timeout(Some(response_timeout))
             .set_push_sender(move |push: redis::PushInfo| {
                 if push.kind == redis::PushKind::Disconnection {
                     on_close.store(true, Ordering::Release);
@@ -219,11 +234,7 @@ impl RedisBroker {
             .get_multiplexed_async_connection_with_config(&config)
             .await
             .map_err(|e| BrokerError::Unavailable(describe(&e)))?;
-        *self.publisher.lock() = Some(Publisher {
-            conn: conn.clone(),
-            closed,
-        });
-        Ok(conn)
+        Ok((conn, closed))
     }
 
     /// Runs one command on the publish connection; connecting (or waiting
