@@ -650,12 +650,17 @@ async fn a_redis_restarted_empty_is_waited_out_and_the_group_made_again() {
     assert!(spent < 0.5, "{spent} s of CPU in 1.5 s with redis down");
 
     redis.restart();
+    // Back empty: the history the client stood in is gone, so the node
+    // closes it with 3008 (to recover, and learn it cannot); it comes back.
+    assert_eq!(client.expect_close().await.code, 3008);
     support::eventually("node back on redis", || async {
         reqwest::get(node.http("/health"))
             .await
             .is_ok_and(|r| r.status() == 200)
     })
     .await;
+    let mut client = Client::connect(&node.ws("/ws")).await;
+    client.subscribe(&["news:restart"]).await;
     let mut conn = redis.connection().await;
     for i in 1..=5 {
         xadd(
