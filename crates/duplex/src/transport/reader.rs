@@ -26,6 +26,12 @@ use crate::stats::{Disconnect, Stats};
 /// Smallest read; larger when a frame in progress needs more.
 const READ_CHUNK: usize = 4096;
 
+/// How much to read next: at least a chunk, at most one whole frame (a
+/// small `max_message_size` must not put that bound under the chunk).
+fn read_size(needed: usize, max_message_size: usize) -> usize {
+    needed.clamp(READ_CHUNK, (max_message_size + 14).max(READ_CHUNK))
+}
+
 /// Why reading stopped, for the log line.
 #[derive(Debug)]
 enum End {
@@ -224,10 +230,7 @@ async fn serve<S: Halves>(
             // Release the buffer while idle; it is re-allocated on the next read.
             buf = BytesMut::new();
         }
-        // At least a chunk (a small `max_message_size` must not make the
-        // upper bound fall under it), at most one whole frame.
-        let most = (config.max_message_size + 14).max(READ_CHUNK);
-        let wanted = decoder.bytes_needed(&buf).clamp(READ_CHUNK, most);
+        let wanted = read_size(decoder.bytes_needed(&buf), config.max_message_size);
         tokio::select! {
             biased;
             _ = conn.abort.cancelled() => break End::Aborted,
