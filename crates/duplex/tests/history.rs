@@ -166,10 +166,10 @@ async fn never_a_partial_recovery() {
     assert_eq!(node.stat("recoveries_failed").await, 2);
 }
 
-/// A client that leaves and comes back every few dozen messages, on
-/// alternating nodes, while publishes keep coming through both nodes' APIs
-/// and a backend's `FCALL duplex_publish`: every message exactly once, in
-/// offset order.
+/// A client that leaves and comes back every few hundred messages, on
+/// alternating nodes, while 10,000 publishes keep coming through both
+/// nodes' APIs, a backend's `FCALL duplex_publish` and the ingest stream
+/// (`XADD`): every offset exactly once, in order, and every message once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reconnecting_under_load_loses_and_repeats_nothing() {
     let redis = RedisServer::start();
@@ -179,7 +179,10 @@ async fn reconnecting_under_load_loses_and_repeats_nothing() {
         if let Some(namespaces) = &mut settings.namespaces {
             namespaces[0].recovery_max_publications = None;
         }
-        settings
+        Settings {
+            ingest_stream: Some("duplex:ingest".into()),
+            ..settings
+        }
     };
     let a = TestNode::on_redis(&redis.url(), recovering()).await;
     let b = TestNode::on_redis(&redis.url(), recovering()).await;
@@ -187,22 +190,40 @@ async fn reconnecting_under_load_loses_and_repeats_nothing() {
     let api = reqwest::Client::new();
     let urls = [a.http("/api/publish"), b.http("/api/publish")];
     let mut backend = redis.connection().await;
-    let publisher = tokio::spawn(async move {
+    let publish_all = async move {
         for i in 1..=TOTAL {
-            if i % 3 == 0 {
-                let offset = fcall(&mut backend, "news:load", &i.to_string()).await;
-                assert_eq!(offset, i as i64);
-                continue;
+            let data = i.to_string();
+            match i % 4 {
+                0 => {
+                    fcall(&mut backend, "news:load", &data).await;
+                }
+                1 => {
+                    let _: String = redis::cmd("XADD")
+                        .arg("duplex:ingest")
+                        .arg("*")
+                        .arg("channel")
+                        .arg("news:load")
+                        .arg("data")
+                        .arg(&data)
+                        .query_async(&mut backend)
+                        .await
+                        .expect("XADD");
+                }
+                n => {
+                    let body = json!({"channel": "news:load", "data": i});
+                    let sent = api.post(&urls[(n % 2) as usize]).json(&body).send().await;
+                    assert_eq!(sent.expect("publish").status(), 200);
+                }
             }
-            let body = json!({"channel": "news:load", "data": i});
-            let sent = api.post(&urls[(i % 2) as usize]).json(&body).send().await;
-            assert_eq!(sent.expect("publish").status(), 200);
             if i % 50 == 0 {
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
         }
-    });
+    };
+    let mut publisher = Some(publish_all);
+    let mut running = None;
     let mut seen: Vec<u64> = Vec::new();
+    let mut data_seen = std::collections::HashSet::new();
     let mut position: Option<Value> = None;
     let mut round = 0;
     while seen.last().copied().unwrap_or(0) < TOTAL {
@@ -212,6 +233,10 @@ async fn reconnecting_under_load_loses_and_repeats_nothing() {
         let got = subscribe(&mut client, "news:load", position.as_ref()).await;
         if position.is_some() {
             assert_eq!(got["recovered"], true, "round {round}: {got}");
+        }
+        // Publishing starts once the first subscriber stands at offset 0.
+        if let Some(publish_all) = publisher.take() {
+            running = Some(tokio::spawn(publish_all));
         }
         let epoch = got["epoch"].clone();
         // Stay for a few hundred messages (or to the end), then leave.
@@ -230,7 +255,11 @@ async fn reconnecting_under_load_loses_and_repeats_nothing() {
             }
             let (offset, data) = next_message(&mut client).await;
             let offset = offset.expect("every message here has an offset");
-            assert_eq!(data, json!(offset), "data is its publish number");
+            let number = data.as_u64().expect("data is a publish number");
+            assert!(
+                data_seen.insert(number),
+                "message {number} twice (offset {offset})"
+            );
             seen.push(offset);
             last = offset;
         }
@@ -244,19 +273,19 @@ async fn reconnecting_under_load_loses_and_repeats_nothing() {
         })
         .await;
     }
-    publisher.await.expect("publisher");
-    // Each offset once, one after the other (the first is wherever the
-    // first subscription started).
-    for pair in seen.windows(2) {
+    running
+        .expect("publishing started")
+        .await
+        .expect("publisher");
+    // Each offset once, one after the other, from the first.
+    for (want, got) in (1..).zip(&seen) {
         assert_eq!(
-            pair[1],
-            pair[0] + 1,
-            "after {} came {} ({round} reconnects)",
-            pair[0],
-            pair[1]
+            *got, want,
+            "offset {want} came as {got} ({round} reconnects)"
         );
     }
-    assert_eq!(seen.last(), Some(&TOTAL));
+    assert_eq!(seen.len() as u64, TOTAL);
+    assert_eq!(data_seen.len() as u64, TOTAL, "every message once");
 }
 
 #[tokio::test]
