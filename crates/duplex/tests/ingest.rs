@@ -72,6 +72,16 @@ async fn xadd(conn: &mut MultiplexedConnection, fields: &[(&str, &[u8])]) -> Str
     cmd.query_async(conn).await.expect("XADD")
 }
 
+/// Waits until the node process's `/health` answers `status`.
+async fn health_becomes(node: &NodeProcess, what: &str, status: u16) {
+    support::eventually(what, || async {
+        reqwest::get(node.http("/health"))
+            .await
+            .is_ok_and(|r| r.status() == status)
+    })
+    .await;
+}
+
 /// Entries read and not acknowledged, in the group.
 async fn pending(conn: &mut MultiplexedConnection) -> i64 {
     let reply: Vec<redis::Value> = redis::cmd("XPENDING")
@@ -614,12 +624,7 @@ async fn a_redis_restarted_empty_is_waited_out_and_the_group_made_again() {
         config.to_str().expect("path"),
     ])
     .await;
-    support::eventually("node connected to redis", || async {
-        reqwest::get(node.http("/health"))
-            .await
-            .is_ok_and(|r| r.status() == 200)
-    })
-    .await;
+    health_becomes(&node, "node connected to redis", 200).await;
     let mut client = Client::connect(&node.ws("/ws")).await;
     client.subscribe(&["news:restart"]).await;
     let mut conn = redis.connection().await;
@@ -639,12 +644,7 @@ async fn a_redis_restarted_empty_is_waited_out_and_the_group_made_again() {
     redis.kill();
     let cpu = cpu_seconds(node.pid());
     let window = Instant::now();
-    support::eventually("the node sees redis gone", || async {
-        reqwest::get(node.http("/health"))
-            .await
-            .is_ok_and(|r| r.status() == 503)
-    })
-    .await;
+    health_becomes(&node, "the node sees redis gone", 503).await;
     tokio::time::sleep(Duration::from_millis(1500).saturating_sub(window.elapsed())).await;
     let spent = cpu_seconds(node.pid()) - cpu;
     assert!(spent < 0.5, "{spent} s of CPU in 1.5 s with redis down");
@@ -653,12 +653,7 @@ async fn a_redis_restarted_empty_is_waited_out_and_the_group_made_again() {
     // Back empty: the history the client stood in is gone, so the node
     // closes it with 3008 (to recover, and learn it cannot); it comes back.
     assert_eq!(client.expect_close().await.code, 3008);
-    support::eventually("node back on redis", || async {
-        reqwest::get(node.http("/health"))
-            .await
-            .is_ok_and(|r| r.status() == 200)
-    })
-    .await;
+    health_becomes(&node, "node back on redis", 200).await;
     let mut client = Client::connect(&node.ws("/ws")).await;
     client.subscribe(&["news:restart"]).await;
     let mut conn = redis.connection().await;

@@ -24,6 +24,7 @@ use crate::broker::BrokerError;
 use crate::conn::Conn;
 use crate::hub::native_frame;
 use crate::node::Node;
+use crate::permissions::HistoryRule;
 use crate::stats::Stats;
 
 /// One new history subscription, caught up and waiting for its reply to go
@@ -46,10 +47,10 @@ pub(super) struct CaughtUp {
 pub(super) async fn catch_up(
     node: &Node,
     channel: &ChannelName,
+    rule: &HistoryRule,
     from: Option<&StreamPosition>,
 ) -> Result<CaughtUp, BrokerError> {
-    let cache = node.history_rule(channel).is_some_and(|rule| rule.cache);
-    let query = match (from, cache) {
+    let query = match (from, rule.cache) {
         (_, true) => Query {
             since: None,
             limit: 1,
@@ -58,10 +59,7 @@ pub(super) async fn catch_up(
         // One more than allowed: a longer gap is refused, not cut.
         (Some(from), false) => Query {
             since: Some(from.offset),
-            limit: node
-                .history_rule(channel)
-                .map_or(0, |rule| rule.recovery_max)
-                .saturating_add(1),
+            limit: rule.recovery_max.saturating_add(1),
             reverse: false,
         },
         (None, false) => Query {
@@ -70,7 +68,7 @@ pub(super) async fn catch_up(
             reverse: false,
         },
     };
-    let (rule, page) = node.read_history(channel, query).await?;
+    let (_, page) = node.read_history(channel, query).await?;
     let (recovered, frames) = if rule.cache {
         latest_only(from, &page)
     } else {
@@ -127,8 +125,8 @@ impl NativeSession {
         channel: &ChannelName,
         from: Option<&StreamPosition>,
     ) -> Result<Option<CaughtUp>, BrokerError> {
-        let history = node.history_rule(channel).is_some();
-        if history {
+        let rule = node.history_rule(channel);
+        if rule.is_some() {
             conn.hold(channel);
         }
         if let Err(e) = node.subscribe(conn, channel).await {
@@ -136,10 +134,10 @@ impl NativeSession {
             return Err(e);
         }
         self.channels.insert(channel.clone());
-        if !history {
+        let Some(rule) = rule else {
             return Ok(None);
-        }
-        match catch_up(node, channel, from).await {
+        };
+        match catch_up(node, channel, &rule, from).await {
             Ok(done) => Ok(Some(done)),
             Err(e) => {
                 conn.discard(channel);
