@@ -157,6 +157,9 @@ counters! {
     /// History reads answered by another identical read (a recovery storm
     /// costs a few reads per channel, not one per client).
     history_reads_shared => Counter "history_reads_shared", "History reads answered by another client's identical read instead of one of their own (recovery storms)";
+    /// History reads a node answered from its run of the channel
+    /// (`node::tail`) instead of the broker.
+    history_reads_local => Counter "history_reads_local", "History reads (subscribe positions, recoveries) a node answered from the recent publications it holds for a channel instead of reading the broker";
     /// Subscribes with `recover` answered `recovered: true`.
     recoveries_recovered => Counter "recoveries" ["outcome" = "recovered"], "Subscribes that asked to recover, by outcome (not_recovered: epoch changed or the gap is larger than history holds)";
     /// Subscribes with `recover` answered `recovered: false`.

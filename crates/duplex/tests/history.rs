@@ -445,10 +445,12 @@ async fn a_gap_the_node_cannot_fill_closes_its_clients_with_3008() {
 
 /// Many clients coming back to one channel at once, all from the same
 /// position (a node restart behind a load balancer): one history read
-/// serves them all, not one read each.
+/// serves them all, not one read each, and later ones are answered from
+/// what the node holds of the channel without reading again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_recovery_storm_costs_one_read_not_one_per_client() {
     const CLIENTS: usize = 300;
+    const LATER: usize = 50;
     let redis = RedisServer::start();
     let slow_redis_ok = Settings {
         redis_timeout: Some(Duration::from_secs(20)),
@@ -460,6 +462,9 @@ async fn a_recovery_storm_costs_one_read_not_one_per_client() {
     for i in 1..=5 {
         publish(&node, "news:storm", json!(i)).await;
     }
+    for i in 1..=5u64 {
+        assert_eq!(next_message(&mut first).await, (Some(i), json!(i)));
+    }
     let mut clients = Vec::new();
     for _ in 0..CLIENTS {
         clients.push(Client::connect(&node.ws("/ws")).await);
@@ -469,10 +474,10 @@ async fn a_recovery_storm_costs_one_read_not_one_per_client() {
     // behind one.
     redis.pause();
     let from = json!({"news:storm": {"epoch": start["epoch"], "offset": 0}});
+    let recover = json!({"id": 1, "method": "subscribe",
+        "params": {"channel": "news:storm", "recover": from}});
     for client in &mut clients {
-        let subscribe = json!({"id": 1, "method": "subscribe",
-            "params": {"channel": "news:storm", "recover": from}});
-        client.send_text(&subscribe.to_string()).await;
+        client.send_text(&recover.to_string()).await;
     }
     support::eventually("every read but one waits for a shared one", || async {
         node.stat("history_reads_shared").await == CLIENTS as u64 - 1
@@ -489,8 +494,24 @@ async fn a_recovery_storm_costs_one_read_not_one_per_client() {
             assert_eq!(next_message(client).await, (Some(i), json!(i)));
         }
     }
-    // The one that read, and one more for all who asked meanwhile.
-    assert_eq!(node.stat("history_reads").await - reads_before, 2);
+    // The one that read; the others from what it read, kept by the node.
+    assert_eq!(node.stat("history_reads").await - reads_before, 1);
+    assert_eq!(node.stat("history_reads_local").await, CLIENTS as u64 - 1);
+    // Later ones, one by one, while publishing goes on: no read at all.
+    for i in 6..6 + LATER as u64 {
+        publish(&node, "news:storm", json!(i)).await;
+        // Delivered on this node (so the node holds it too).
+        assert_eq!(next_message(&mut first).await, (Some(i), json!(i)));
+        let mut late = Client::connect(&node.ws("/ws")).await;
+        let behind = json!({"epoch": start["epoch"], "offset": i - 3});
+        let reply = subscribe(&mut late, "news:storm", Some(&behind)).await;
+        assert_eq!(reply["recovered"], true, "{reply}");
+        assert_eq!(reply["offset"], i, "{reply}");
+        for want in i - 2..=i {
+            assert_eq!(next_message(&mut late).await, (Some(want), json!(want)));
+        }
+    }
+    assert_eq!(node.stat("history_reads").await - reads_before, 1);
 }
 
 /// `duplex publish` says where the message went on a history channel,

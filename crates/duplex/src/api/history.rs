@@ -53,7 +53,7 @@ pub(super) async fn history(
     };
     let read = crate::node::history_query(&rule, q.since, q.limit, q.reverse);
     let (_, page) = node
-        .read_history(&channel, read)
+        .read_history(&channel, read, None)
         .await
         .map_err(|e| match e {
             BrokerError::Unsupported(why) => {

@@ -20,6 +20,14 @@ impl Node {
         channel: &ChannelName,
     ) -> Result<(), BrokerError> {
         let _guard = self.stripe(channel).lock().await;
+        self.subscribe_held(conn, channel).await
+    }
+
+    async fn subscribe_held(
+        &self,
+        conn: &Arc<Conn>,
+        channel: &ChannelName,
+    ) -> Result<(), BrokerError> {
         if self.inner.hub.subscribe(channel, conn) {
             if let Err(e) = self.inner.broker.pubsub().subscribe(channel.clone()).await {
                 self.inner.hub.unsubscribe(channel.as_str(), conn.seq);
@@ -28,6 +36,23 @@ impl Node {
         }
         self.inner.stats.subscriptions.fetch_add(1, Relaxed);
         Ok(())
+    }
+
+    /// [`Node::subscribe`] to a history channel, opening the node's run of
+    /// it under the same lock (`node::tail`): the ticket lets this
+    /// subscriber's reads be answered from, and merged into, the run
+    /// (`recovering`: it will ask for what it missed).
+    pub(crate) async fn subscribe_history(
+        &self,
+        conn: &Arc<Conn>,
+        channel: &ChannelName,
+        rule: &crate::permissions::HistoryRule,
+        recovering: bool,
+    ) -> Result<Option<Ticket>, BrokerError> {
+        let _guard = self.stripe(channel).lock().await;
+        self.subscribe_held(conn, channel).await?;
+        let limits = tail::Limits::for_subscriber(rule, recovering);
+        Ok(self.inner.tails.open(channel, limits))
     }
 
     /// Unsubscribes `conn` (which must hold `channel`).
@@ -57,6 +82,7 @@ impl Node {
         // let in there must not take the node's own subscription with it.
         if self.inner.hub.unsubscribe(channel.as_str(), conn.seq) && !is_order_channel(channel) {
             self.inner.repairs.forget(channel);
+            self.inner.tails.remove(channel);
             if let Err(e) = self
                 .inner
                 .broker

@@ -90,34 +90,43 @@ impl Node {
     }
 
     /// Reads `channel`'s kept publications and its position, or why not
-    /// ([`BrokerError::Unsupported`] when it keeps no history). Identical
-    /// reads at once share one broker read ([`Flights`]): a recovery storm
-    /// costs a few reads per channel and position, not one per client.
+    /// ([`BrokerError::Unsupported`] when it keeps no history). A reader
+    /// that joined the channel (`ticket`, from [`Node::subscribe_history`])
+    /// is answered from the node's run of it when that holds the whole
+    /// answer (`node::tail`), and what it reads goes into the run; identical
+    /// broker reads at once share one read ([`Flights`]). A recovery storm
+    /// costs one read per channel, not one per client.
     pub(crate) async fn read_history(
         &self,
         channel: &ChannelName,
         query: Query,
+        ticket: Option<Ticket>,
     ) -> Result<(HistoryRule, Arc<HistoryPage>), BrokerError> {
         let rule = self
             .history_rule(channel)
             .ok_or(BrokerError::Unsupported(NO_HISTORY))?;
+        if ticket.is_some() {
+            if let Some(page) = self.inner.tails.serve(channel, query) {
+                Stats::bump(&self.inner.stats.history_reads_local);
+                return Ok((rule, Arc::new(page)));
+            }
+        }
         let key = (channel.clone(), query.since, query.limit, query.reverse);
-        let page = match self.inner.flights.join(&key) {
+        let page = match self.inner.flights.join(&key, ticket) {
             Some(waiting) => {
                 Stats::bump(&self.inner.stats.history_reads_shared);
                 waiting.await.unwrap_or(Err(Shared::Closed))
             }
             None => {
                 let read = self.read_once(channel, query, &rule).await;
+                if let (Some(ticket), Ok(page)) = (ticket, &read) {
+                    self.inner.tails.merge(channel, ticket, page);
+                }
                 self.serve_waiting(key, rule);
                 read
             }
         };
         let page = page.map_err(Shared::into_error)?;
-        // Where this node's clients of the channel stand, for a repair.
-        if self.inner.hub.holds(channel.as_str()) {
-            self.inner.repairs.note_position(channel, &page.top);
-        }
         Ok((rule, page))
     }
 
@@ -131,8 +140,9 @@ impl Node {
         }
     }
 
-    /// Reads again for those who asked while the last read ran (it may
-    /// have started before they joined the channel), until nobody waits.
+    /// Answers those who asked while the last read ran (it may have
+    /// started before they joined the channel): from the run when it now
+    /// holds their answer, else by reading again, until nobody waits.
     fn serve_waiting(&self, key: ReadKey, rule: HistoryRule) {
         let Some(waiting) = self.inner.flights.next_batch(&key) else {
             return;
@@ -147,9 +157,17 @@ impl Node {
                     limit,
                     reverse,
                 };
-                let read = node.read_once(&channel, query, &rule).await;
-                for tx in waiting {
-                    let _ = tx.send(read.clone());
+                let waiting_now = std::mem::take(&mut waiting);
+                let left = node.answer_from_tail(&channel, query, waiting_now);
+                if !left.is_empty() {
+                    let read = node.read_once(&channel, query, &rule).await;
+                    let ticket = left.iter().find_map(|(_, ticket)| *ticket);
+                    if let (Some(ticket), Ok(page)) = (ticket, &read) {
+                        node.inner.tails.merge(&channel, ticket, page);
+                    }
+                    for (tx, _) in left {
+                        let _ = tx.send(read.clone());
+                    }
                 }
                 match node.inner.flights.next_batch(&key) {
                     Some(next) => waiting = next,
@@ -158,12 +176,40 @@ impl Node {
             }
         });
     }
+
+    /// Answers the waiting readers that joined the channel from its run
+    /// when it holds their answer; those left need a broker read.
+    fn answer_from_tail(
+        &self,
+        channel: &ChannelName,
+        query: Query,
+        waiting: Vec<Waiter>,
+    ) -> Vec<Waiter> {
+        let joined = waiting.iter().any(|(_, ticket)| ticket.is_some());
+        let Some(page) = joined
+            .then(|| self.inner.tails.serve(channel, query))
+            .flatten()
+        else {
+            return waiting;
+        };
+        let page = Arc::new(page);
+        let (served, left): (Vec<Waiter>, Vec<Waiter>) = waiting
+            .into_iter()
+            .partition(|(_, ticket)| ticket.is_some());
+        for (tx, _) in served {
+            Stats::bump(&self.inner.stats.history_reads_local);
+            let _ = tx.send(Ok(Arc::clone(&page)));
+        }
+        left
+    }
 }
 
 /// What identifies a read: channel, since, limit, reverse.
 pub(super) type ReadKey = (ChannelName, Option<u64>, usize, bool);
 /// A read's outcome, shareable between those who asked.
 type Read = Result<Arc<HistoryPage>, Shared>;
+/// One reader waiting for the next read, and its ticket if it joined the channel.
+type Waiter = (tokio::sync::oneshot::Sender<Read>, Option<Ticket>);
 
 /// A broker error as shared between the readers of one read.
 #[derive(Debug, Clone)]
@@ -202,18 +248,22 @@ impl Shared {
 /// published in between, so nobody joins a read already running).
 #[derive(Debug, Default)]
 pub(super) struct Flights {
-    running: parking_lot::Mutex<HashMap<ReadKey, Vec<tokio::sync::oneshot::Sender<Read>>>>,
+    running: parking_lot::Mutex<HashMap<ReadKey, Vec<Waiter>>>,
 }
 
 impl Flights {
     /// `None`: no identical read runs, the caller reads (and must call
     /// [`Flights::next_batch`] after). `Some`: the next read's result.
-    fn join(&self, key: &ReadKey) -> Option<tokio::sync::oneshot::Receiver<Read>> {
+    fn join(
+        &self,
+        key: &ReadKey,
+        ticket: Option<Ticket>,
+    ) -> Option<tokio::sync::oneshot::Receiver<Read>> {
         let mut running = self.running.lock();
         match running.get_mut(key) {
             Some(waiting) => {
                 let (tx, rx) = tokio::sync::oneshot::channel();
-                waiting.push(tx);
+                waiting.push((tx, ticket));
                 Some(rx)
             }
             None => {
@@ -225,7 +275,7 @@ impl Flights {
 
     /// Those waiting for the next read of `key`, or `None` (and the key
     /// forgotten) when nobody is.
-    fn next_batch(&self, key: &ReadKey) -> Option<Vec<tokio::sync::oneshot::Sender<Read>>> {
+    fn next_batch(&self, key: &ReadKey) -> Option<Vec<Waiter>> {
         let mut running = self.running.lock();
         let waiting = running.get_mut(key).map(std::mem::take).unwrap_or_default();
         if waiting.is_empty() {

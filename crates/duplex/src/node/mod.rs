@@ -16,6 +16,7 @@ mod query;
 mod registry;
 mod reload;
 mod repair;
+mod tail;
 mod tasks;
 mod unsubscribe;
 
@@ -24,6 +25,7 @@ mod rpc;
 mod upstream;
 
 pub(crate) use history::{fills_gap, history_query, kept, NO_HISTORY};
+pub(crate) use tail::Ticket;
 pub(crate) use tasks::Tasks;
 pub(crate) use upstream::{Message, Sent};
 
@@ -123,8 +125,10 @@ struct Inner {
     publish_warnings: Throttle,
     /// Warnings about publications without offsets on history channels.
     unrecorded_warnings: Throttle,
-    /// History positions per channel and repairs after a broker reconnect.
+    /// Repairs of history channels after a broker reconnect.
     repairs: Arc<repair::Repairs>,
+    /// What the node saw of each history channel it holds.
+    tails: Arc<tail::Tails>,
     /// History reads in flight, shared by identical ones.
     flights: history::Flights,
     /// Open connections per client address, when that limit is set.
@@ -161,8 +165,10 @@ impl std::fmt::Debug for Inner {
 struct Deliver {
     hub: Arc<Hub<Conn>>,
     stats: Arc<Stats>,
-    /// History positions and repairs after a broker reconnect.
+    /// Repairs of history channels after a broker reconnect.
     repairs: Arc<repair::Repairs>,
+    /// What the node saw of each history channel it holds.
+    tails: Arc<tail::Tails>,
     /// The node, once built (the broker needs this handler before it exists).
     node: std::sync::OnceLock<std::sync::Weak<Inner>>,
 }
@@ -186,7 +192,7 @@ impl Deliver {
 
 impl BrokerHandler for Deliver {
     fn reconnecting(&self) {
-        self.repairs.close_all();
+        self.repairs.close_all(self.tails.stale_all());
     }
 
     fn reconnected(&self) {
@@ -213,7 +219,7 @@ impl BrokerHandler for Deliver {
         let Some(publication) = self.repairs.admit(publication) else {
             return async {}.boxed();
         };
-        self.repairs.note(&publication);
+        self.tails.note(&publication);
         async move {
             let started = Instant::now();
             Hub::broadcast_parallel(&self.hub, publication).await;
@@ -262,10 +268,12 @@ impl Node {
         let stats = Arc::new(Stats::default());
         let hub = Arc::new(Hub::new(Arc::clone(&stats)));
         let repairs = Arc::new(repair::Repairs::default());
+        let tails = Arc::new(tail::Tails::default());
         let deliver = Arc::new(Deliver {
             hub: Arc::clone(&hub),
             stats: Arc::clone(&stats),
             repairs: Arc::clone(&repairs),
+            tails: Arc::clone(&tails),
             node: std::sync::OnceLock::new(),
         });
         let handler: Arc<dyn BrokerHandler> = Arc::clone(&deliver) as Arc<dyn BrokerHandler>;
@@ -306,6 +314,7 @@ impl Node {
                 publish_warnings: Throttle::new(1000),
                 unrecorded_warnings: Throttle::new(10_000),
                 repairs,
+                tails,
                 flights: Default::default(),
                 coalescer,
                 per_ip: Mutex::default(),

@@ -25,12 +25,10 @@ const MAX_HELD_BYTES: usize = 4 << 20;
 /// Most publications a repair reads for one channel.
 const MAX_REPAIR: usize = 10_000;
 
-/// The node's positions per history channel and the channels under repair.
+/// The history channels under repair (where each delivered from is the
+/// node's run, `node::tail`).
 #[derive(Debug, Default)]
 pub(super) struct Repairs {
-    /// The last position delivered (or answered to a subscriber) per
-    /// history channel held here.
-    last: Mutex<HashMap<ChannelName, Position>>,
     /// Channels being repaired, or just repaired.
     gates: Mutex<HashMap<ChannelName, Gate>>,
     /// Some gate exists: the one check a delivery pays when none does.
@@ -39,8 +37,10 @@ pub(super) struct Repairs {
 
 #[derive(Debug)]
 enum Gate {
-    /// Under repair: live publications wait, up to [`MAX_HELD_BYTES`].
+    /// Under repair from `from`: live publications wait, up to
+    /// [`MAX_HELD_BYTES`].
     Holding {
+        from: Position,
         held: VecDeque<Publication>,
         bytes: usize,
         overflowed: bool,
@@ -50,28 +50,8 @@ enum Gate {
 }
 
 impl Repairs {
-    /// Records the position of a publication this node delivers.
-    pub(super) fn note(&self, p: &Publication) {
-        if let Some(at) = &p.position {
-            self.last.lock().insert(p.channel.clone(), at.clone());
-        }
-    }
-
-    /// Records a channel's position answered to a subscriber, unless the
-    /// node has delivered one since (a later offset of the same epoch).
-    pub(super) fn note_position(&self, channel: &ChannelName, at: &Position) {
-        let mut last = self.last.lock();
-        match last.get(channel) {
-            Some(known) if known.epoch == at.epoch && known.offset >= at.offset => {}
-            _ => {
-                last.insert(channel.clone(), at.clone());
-            }
-        }
-    }
-
     /// Forgets a channel the node no longer holds.
     pub(super) fn forget(&self, channel: &ChannelName) {
-        self.last.lock().remove(channel);
         if self.gated.load(Ordering::SeqCst) {
             let mut gates = self.gates.lock();
             gates.remove(channel);
@@ -79,15 +59,16 @@ impl Repairs {
         }
     }
 
-    /// The broker is about to subscribe again: holds every known history
-    /// channel's live publications until it is repaired.
-    pub(super) fn close_all(&self) {
-        let last = self.last.lock();
+    /// The broker is about to subscribe again: holds the live publications
+    /// of every history channel held here (with the position it last
+    /// delivered) until it is repaired.
+    pub(super) fn close_all(&self, delivered: Vec<(ChannelName, Position)>) {
         let mut gates = self.gates.lock();
-        for channel in last.keys() {
+        for (channel, from) in delivered {
             gates.insert(
-                channel.clone(),
+                channel,
                 Gate::Holding {
+                    from,
                     held: VecDeque::new(),
                     bytes: 0,
                     overflowed: false,
@@ -99,12 +80,13 @@ impl Repairs {
 
     /// The channels to repair and where each stood.
     fn to_repair(&self) -> Vec<(ChannelName, Position)> {
-        let last = self.last.lock();
         let gates = self.gates.lock();
         gates
             .iter()
-            .filter(|(_, gate)| matches!(gate, Gate::Holding { .. }))
-            .filter_map(|(channel, _)| last.get(channel).map(|at| (channel.clone(), at.clone())))
+            .filter_map(|(channel, gate)| match gate {
+                Gate::Holding { from, .. } => Some((channel.clone(), from.clone())),
+                Gate::Floor(_) => None,
+            })
             .collect()
     }
 
@@ -125,6 +107,7 @@ impl Repairs {
                     held,
                     bytes,
                     overflowed,
+                    ..
                 },
                 _,
             ) => {
@@ -218,7 +201,7 @@ impl Node {
             limit: max.saturating_add(1),
             reverse: false,
         };
-        let page = match self.read_history(channel, query).await {
+        let page = match self.read_history(channel, query, None).await {
             Ok((_, page)) if fills_gap(&from.epoch, from.offset, &page, max) => page,
             Ok((_, page)) => {
                 let why = format!(
@@ -254,13 +237,14 @@ impl Node {
                 }
             }
         }
+        self.inner.tails.repaired(channel);
         Stats::bump(&stats.history_repairs);
         tracing::info!(%channel, from = from.offset, to = covered, "history channel repaired after a broker reconnect");
     }
 
     /// Delivers one publication here, as the broker's would be.
     async fn fan_out(&self, p: Publication) {
-        self.inner.repairs.note(&p);
+        self.inner.tails.note(&p);
         Hub::broadcast_parallel(&self.inner.hub, p).await;
     }
 
@@ -268,6 +252,7 @@ impl Node {
     /// closed with 3008 (they resubscribe with `recover` and learn it), and
     /// what was held goes, in order, to those left before live ones do.
     async fn give_up(&self, channel: &ChannelName, why: Option<String>) {
+        self.inner.tails.remove(channel);
         if let Some(why) = why {
             Stats::bump(&self.inner.stats.history_repairs_failed);
             let mut closed = 0usize;

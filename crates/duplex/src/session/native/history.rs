@@ -23,7 +23,7 @@ use crate::broker::history::{HistoryPage, Query};
 use crate::broker::BrokerError;
 use crate::conn::Conn;
 use crate::hub::native_frame;
-use crate::node::Node;
+use crate::node::{Node, Ticket};
 use crate::permissions::HistoryRule;
 use crate::stats::Stats;
 
@@ -49,6 +49,7 @@ pub(super) async fn catch_up(
     channel: &ChannelName,
     rule: &HistoryRule,
     from: Option<&StreamPosition>,
+    ticket: Option<Ticket>,
 ) -> Result<CaughtUp, BrokerError> {
     let query = match (from, rule.cache) {
         (_, true) => Query {
@@ -68,7 +69,7 @@ pub(super) async fn catch_up(
             reverse: false,
         },
     };
-    let (_, page) = node.read_history(channel, query).await?;
+    let (_, page) = node.read_history(channel, query, ticket).await?;
     let (recovered, frames) = if rule.cache {
         latest_only(from, &page)
     } else {
@@ -125,19 +126,25 @@ impl NativeSession {
         channel: &ChannelName,
         from: Option<&StreamPosition>,
     ) -> Result<Option<CaughtUp>, BrokerError> {
-        let rule = node.history_rule(channel);
-        if rule.is_some() {
-            conn.hold(channel);
-        }
-        if let Err(e) = node.subscribe(conn, channel).await {
-            conn.discard(channel);
-            return Err(e);
-        }
-        self.channels.insert(channel.clone());
-        let Some(rule) = rule else {
+        let Some(rule) = node.history_rule(channel) else {
+            node.subscribe(conn, channel).await?;
+            self.channels.insert(channel.clone());
             return Ok(None);
         };
-        match catch_up(node, channel, &rule, from).await {
+        conn.hold(channel);
+        let recovering = from.is_some();
+        let ticket = match node
+            .subscribe_history(conn, channel, &rule, recovering)
+            .await
+        {
+            Ok(ticket) => ticket,
+            Err(e) => {
+                conn.discard(channel);
+                return Err(e);
+            }
+        };
+        self.channels.insert(channel.clone());
+        match catch_up(node, channel, &rule, from, ticket).await {
             Ok(done) => Ok(Some(done)),
             Err(e) => {
                 conn.discard(channel);
@@ -167,7 +174,7 @@ impl NativeSession {
         };
         let query = crate::node::history_query(&rule, params.since, params.limit, params.reverse);
         let (_, page) = node
-            .read_history(&channel, query)
+            .read_history(&channel, query, None)
             .await
             .map_err(|e| Refusal::from(broker_error(e)))?;
         Ok(push::history_reply(
