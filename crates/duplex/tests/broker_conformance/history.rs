@@ -137,6 +137,13 @@ pub(crate) async fn history_keeps_at_most_size<F: Fixture>(fixture: F) {
     let page = read(&node, "h:size", query(None, 10, false), &small).await;
     assert_eq!(page.top.offset, 5);
     assert_eq!(offsets(&page), numbered(3..=5));
+    let since = read(&node, "h:size", query(Some(1), 10, false), &small).await;
+    assert_eq!(offsets(&since), numbered(3..=5), "2 is gone");
+    let newest = read(&node, "h:size", query(None, 10, true), &small).await;
+    assert_eq!(
+        offsets(&newest),
+        numbered(3..=5).into_iter().rev().collect::<Vec<_>>()
+    );
 }
 
 /// `ttl` after the last publish the publications are gone, while the

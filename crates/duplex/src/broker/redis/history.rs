@@ -5,7 +5,7 @@
 //! ```text
 //! FCALL duplex_publish 1 <redis channel> <data> [size ttl_secs meta_ttl_secs]
 //!   -> the offset, or nil (a plain PUBLISH) when the channel has no history
-//! FCALL duplex_history 1 <redis channel> <since|''> <limit> <0|1 reverse> <meta_ttl_secs>
+//! FCALL duplex_history 1 <redis channel> <since|''> <limit> <0|1 reverse> <meta_ttl_secs> [size]
 //!   -> [epoch, top, offset, data, offset, data, ...]
 //! FCALL_RO duplex_version 0 -> the loaded library's version
 //! ```
@@ -15,7 +15,8 @@
 //! Without options the Function uses the namespace table the nodes store
 //! in `duplex:history` (`broker::history::table`). Per channel K the keys
 //! are `{K}:meta` (hash: `e` epoch, `s` top offset) and `{K}:history` (a
-//! stream, ids `0-<offset>`, field `d`), hash-tagged by channel for Redis
+//! stream, ids `0-<offset>`, field `d`, trimmed with `MAXLEN ~ size`, so a
+//! read passes `size` to see only the newest `size`), hash-tagged by channel for Redis
 //! Cluster later; the table itself is one key outside that slot, so on a
 //! cluster a backend passes the options. The live copy is the envelope of
 //! `broker::history::envelope`. `duplex_history` is not read-only: it
@@ -303,7 +304,8 @@ impl RedisBroker {
             .arg(query.since.map(|s| s.to_string()).unwrap_or_default())
             .arg(query.limit)
             .arg(if query.reverse { "1" } else { "0" })
-            .arg(secs(options.meta_ttl));
+            .arg(secs(options.meta_ttl))
+            .arg(options.size);
         let reply = self
             .on_publisher(|mut conn| async move { with_library::<Value>(&mut conn, &fcall).await })
             .await?;
