@@ -107,7 +107,9 @@ pub struct PresenceStats {
 }
 
 /// What one call changed in a channel: what the node that made the call
-/// pushes (joins and leaves) and whether it must re-add its members.
+/// pushes (the leaves first: a join that swept first may answer a user
+/// leaving with a vanished node and joining again with this one) and
+/// whether it must re-add its members.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Change {
     /// Users who joined by it (their first live connection), each with
@@ -167,7 +169,8 @@ pub trait Presence: Send + Sync + 'static {
 
     /// Adds members in one batch, as [`Self::join`] (a node re-adding its
     /// members after [`Change::lease_lost`]); `joined` holds the users who
-    /// joined by it.
+    /// joined by it (its own `lease_lost` just says the lease was gone
+    /// before, which this repairs).
     fn rejoin<'a>(
         &'a self,
         channel: &'a ChannelName,
@@ -197,8 +200,9 @@ pub trait Presence: Send + Sync + 'static {
 
     /// For each channel (in order, one answer each): renews `node`'s lease
     /// for `lease_ttl` and sweeps other nodes' expired leases; a lost
-    /// lease is not taken back (see [`Change::lease_lost`]). One round
-    /// trip for all of them (Redis: one pipeline).
+    /// lease is not taken back (see [`Change::lease_lost`]). `node` is the
+    /// node part of its members' connection ids. One round trip for all
+    /// of them (Redis: one pipeline).
     fn tick<'a>(
         &'a self,
         node: &'a str,
