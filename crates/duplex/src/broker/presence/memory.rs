@@ -209,7 +209,7 @@ impl Store {
             for member in members {
                 room.add(Arc::from(member.node()), member, &mut change);
             }
-            room.until = now + ttl * KEEP_LEASES;
+            room.until = now + ttl.saturating_mul(KEEP_LEASES);
             change
         })
     }
@@ -235,7 +235,7 @@ impl Store {
             match room.leases.get_mut(node) {
                 Some(until) => {
                     *until = now + ttl;
-                    room.until = now + ttl * KEEP_LEASES;
+                    room.until = now + ttl.saturating_mul(KEEP_LEASES);
                 }
                 None => change.lease_lost = true,
             }

@@ -203,7 +203,7 @@ impl RedisBroker {
                 let mut fcall = self.presence_call("FCALL", "duplex_presence_join", channel);
                 fcall
                     .arg(millis(lease_ttl))
-                    .arg(millis(lease_ttl * KEEP_LEASES));
+                    .arg(millis(lease_ttl.saturating_mul(KEEP_LEASES)));
                 for m in batch {
                     fcall
                         .arg(&m.conn)
@@ -307,7 +307,10 @@ impl Presence for RedisBroker {
         async move {
             check_ttl(lease_ttl)?;
             let holder = self.holder(node);
-            let (ttl, keep) = (millis(lease_ttl), millis(lease_ttl * KEEP_LEASES));
+            let (ttl, keep) = (
+                millis(lease_ttl),
+                millis(lease_ttl.saturating_mul(KEEP_LEASES)),
+            );
             self.presence_each("duplex_presence_tick", channels, |fcall| {
                 fcall.arg(&holder).arg(ttl).arg(keep);
             })
