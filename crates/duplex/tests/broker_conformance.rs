@@ -18,6 +18,8 @@ mod fixtures;
 mod history;
 #[path = "broker_conformance/ingest.rs"]
 mod ingest;
+#[path = "broker_conformance/presence.rs"]
+mod presence;
 
 /// Stamps every case out for one backend: `conformance!(module, Fixture)`.
 macro_rules! conformance {
@@ -45,6 +47,17 @@ macro_rules! conformance {
             history_publishes_keep_exclusions,
             ingest_lease_goes_to_one_holder_at_a_time,
             ingest_entries_are_read_claimed_published_once_and_acknowledged,
+            presence_users_join_on_their_first_connection_and_leave_after_their_last,
+            presence_anonymous_members_are_each_their_own_user,
+            presence_members_and_stats_are_exact,
+            presence_a_silent_nodes_members_go_after_its_lease_and_leave_once,
+            presence_a_swept_node_learns_it_and_rejoin_restores_its_members,
+            presence_an_expired_lease_not_yet_swept_is_renewed,
+            presence_a_join_sweeps_expired_leases_first,
+            presence_forget_removes_a_node_at_once,
+            presence_a_backend_back_empty_loses_every_lease,
+            presence_a_restarted_node_does_not_renew_its_previous_run,
+            presence_a_tick_costs_the_same_whatever_the_channel_size,
         );
     };
     (@cases $backend:ident, $fixture:ty, $($case:ident),+ $(,)?) => {

@@ -14,6 +14,7 @@ use futures_util::future::{self, BoxFuture, FutureExt};
 use parking_lot::RwLock;
 
 use super::history::memory::Store;
+use super::presence::memory::Store as PresenceStore;
 use super::{BrokerError, BrokerHandler, BrokerState, BrokerStatus, Link, PubSub};
 use crate::message::Publication;
 
@@ -27,6 +28,8 @@ pub struct MemoryBroker {
     subscribed: RwLock<HashSet<ChannelName>>,
     /// Channels' histories (`broker::history::memory`).
     pub(super) history: Store,
+    /// Channels' members (`broker::presence::memory`).
+    pub(super) presence: PresenceStore,
 }
 
 impl std::fmt::Debug for MemoryBroker {
@@ -45,6 +48,7 @@ impl MemoryBroker {
             node_channels: node_channels.iter().cloned().collect(),
             subscribed: RwLock::default(),
             history: Store::default(),
+            presence: PresenceStore::default(),
         }
     }
 

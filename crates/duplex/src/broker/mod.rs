@@ -18,6 +18,13 @@
 //!   contract; Redis does it in a Redis Function library that backends can
 //!   `FCALL` too, `broker/redis/history.rs`). The live copy of a recorded
 //!   publication carries its [`Position`](crate::message::Position).
+//! - [`Presence`] (memory and Redis): a channel's members (connection,
+//!   user, info) under one lease per node that each node renews for all
+//!   its channels in one call; users join on their first connection and
+//!   leave after their last, and a vanished node's members are swept once
+//!   its lease expires, their leaves answered exactly once to the node
+//!   that swept (`broker::presence` holds the contract; Redis does it in
+//!   the same Function library, `broker/redis/presence.rs`).
 //!
 //! The node holds a [`Broker`]: one `Arc` per ability, `None` where the
 //! backend lacks it (asking for it then answers [`BrokerError::Unsupported`]
@@ -46,11 +53,11 @@
 //! the backends that can, and a group of conformance cases; [`PubSub`],
 //! [`UpstreamLog`] and `History` stay as they are (History, issue 17, was
 //! the first added this way: `broker/history/`; `IngestLog` the second,
-//! `broker/ingest.rs`, its cases in `broker_conformance/ingest.rs`).
+//! `broker/ingest.rs`, its cases in `broker_conformance/ingest.rs`;
+//! `Presence` the third, `broker/presence/`, its cases in
+//! `broker_conformance/presence.rs`: join and leave pushes travel as
+//! publications over [`PubSub`], sent by the node a change was answered to).
 //!
-//! - Presence (issue 18): `trait Presence` with add, remove and list of
-//!   members under an expiry that each node refreshes in batches, and the
-//!   counts; join and leave pushes travel as publications over [`PubSub`].
 //! - More backends (issue 19: Redis Cluster sharded Pub/Sub, Sentinel,
 //!   NATS): each a new module implementing [`PubSub`] and whichever other
 //!   abilities it can hold (history and presence keys hash-tagged by
@@ -76,11 +83,13 @@ pub mod ingest;
 mod intake;
 pub mod memory;
 mod overlap;
+pub mod presence;
 pub mod redis;
 
 use self::history::History;
 use self::ingest::IngestLog;
 use self::memory::MemoryBroker;
+use self::presence::Presence;
 use self::redis::{RedisBroker, RedisSettings};
 
 /// Receives what the broker delivers to this node.
@@ -240,6 +249,9 @@ const NO_INGEST: &str = "the ingest stream needs the Redis broker (--redis)";
 /// What [`Broker::history`] answers on a backend without history.
 const NO_HISTORY: &str = "this broker keeps no channel history";
 
+/// What [`Broker::presence`] answers on a backend without presence.
+const NO_PRESENCE: &str = "this broker keeps no presence";
+
 /// The broker a node runs on: one backend, seen through its abilities
 /// (cheap to clone: every ability is shared).
 #[derive(Clone)]
@@ -248,6 +260,7 @@ pub struct Broker {
     upstream: Option<Arc<dyn UpstreamLog>>,
     history: Option<Arc<dyn History>>,
     ingest: Option<Arc<dyn IngestLog>>,
+    presence: Option<Arc<dyn Presence>>,
 }
 
 impl std::fmt::Debug for Broker {
@@ -257,6 +270,7 @@ impl std::fmt::Debug for Broker {
             .field("upstream", &self.upstream.is_some())
             .field("history", &self.history.is_some())
             .field("ingest", &self.ingest.is_some())
+            .field("presence", &self.presence.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -269,8 +283,9 @@ impl Broker {
         Broker {
             pubsub: Arc::clone(&memory) as Arc<dyn PubSub>,
             upstream: None,
-            history: Some(memory),
+            history: Some(Arc::clone(&memory) as Arc<dyn History>),
             ingest: None,
+            presence: Some(memory),
         }
     }
 
@@ -285,7 +300,8 @@ impl Broker {
             pubsub: Arc::clone(&redis) as Arc<dyn PubSub>,
             upstream: Some(Arc::clone(&redis) as Arc<dyn UpstreamLog>),
             history: Some(Arc::clone(&redis) as Arc<dyn History>),
-            ingest: Some(redis),
+            ingest: Some(Arc::clone(&redis) as Arc<dyn IngestLog>),
+            presence: Some(redis),
         })
     }
 
@@ -318,6 +334,13 @@ impl Broker {
         self.history
             .as_deref()
             .ok_or(BrokerError::Unsupported(NO_HISTORY))
+    }
+
+    /// Channel presence, or why this backend has none (every backend has it today).
+    pub fn presence(&self) -> Result<&dyn Presence, BrokerError> {
+        self.presence
+            .as_deref()
+            .ok_or(BrokerError::Unsupported(NO_PRESENCE))
     }
 
     /// The backend's connection state, for health checks.

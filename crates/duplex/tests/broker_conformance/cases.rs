@@ -19,6 +19,7 @@ use crate::support;
 
 pub(crate) use crate::history::*;
 pub(crate) use crate::ingest::*;
+pub(crate) use crate::presence::*;
 
 pub(crate) fn channel(name: &str) -> ChannelName {
     ChannelName::parse(name, usize::MAX).expect("valid channel name")

@@ -42,6 +42,13 @@ pub(crate) trait Fixture: Sized + Send + 'static {
     async fn start() -> Self;
     /// A node on it, connected; `id` is its node id.
     async fn node(&self, id: &str) -> Node;
+    /// Another node `id` sharing `node`'s backend for presence (memory:
+    /// the same broker under another node id, which presence tells apart
+    /// by the connection ids' node part).
+    async fn peer(&self, node: &Node, id: &str) -> Node;
+    /// Commands the backend has processed so far, when it counts them
+    /// (Redis: `INFO stats` `total_commands_processed`, the `INFO` included).
+    async fn commands_processed(&self) -> Option<u64>;
     /// Takes the backend away; false when it cannot go away (memory).
     fn stop(&mut self) -> bool;
     /// Brings it back, empty; false when it cannot go away (memory).
@@ -110,6 +117,19 @@ impl Fixture for Memory {
             broker: Broker::memory(handler, &[]),
             seen,
         }
+    }
+
+    async fn peer(&self, node: &Node, id: &str) -> Node {
+        let (_handler, seen) = recorder();
+        Node {
+            id: id.to_string(),
+            broker: node.broker.clone(),
+            seen,
+        }
+    }
+
+    async fn commands_processed(&self) -> Option<u64> {
+        None
     }
 
     fn stop(&mut self) -> bool {
@@ -186,6 +206,22 @@ impl Fixture for Redis {
             broker,
             seen,
         }
+    }
+
+    async fn peer(&self, _node: &Node, id: &str) -> Node {
+        self.node(id).await
+    }
+
+    async fn commands_processed(&self) -> Option<u64> {
+        let mut conn = self.server.connection().await;
+        let info: String = redis::cmd("INFO")
+            .arg("stats")
+            .query_async(&mut conn)
+            .await
+            .expect("INFO stats");
+        info.lines()
+            .find_map(|l| l.strip_prefix("total_commands_processed:"))
+            .and_then(|n| n.trim().parse().ok())
     }
 
     fn stop(&mut self) -> bool {

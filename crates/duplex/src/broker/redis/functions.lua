@@ -1,8 +1,10 @@
 #!lua name=duplex
 -- Duplex's Redis Function library: channel history (docs in
--- crates/duplex/src/broker/redis/history.rs). The node loads it with
--- FUNCTION LOAD REPLACE when `FCALL_RO duplex_version 0` answers another
--- version (the version is a hash of this text, filled in by the node).
+-- crates/duplex/src/broker/redis/history.rs), the ingest stream's steps
+-- and presence (crates/duplex/src/broker/redis/presence.rs). The node
+-- loads it with FUNCTION LOAD REPLACE when `FCALL_RO duplex_version 0`
+-- answers another version (the version is a hash of this text, filled in
+-- by the node).
 --
 -- Per channel, its Redis name (prefix included) being K:
 --   {K}:meta     hash: e = epoch, s = top offset; expires meta_ttl after the last publish
@@ -12,6 +14,13 @@
 --   {K}:ingested:<id>  string "<offset> <epoch>" ("0 " without history): entry
 --                      <id> was published on K; a repeat publishes nothing
 --   <stream>:leader    string, the node id of the one node reading the stream
+-- Presence (docs in crates/duplex/src/broker/redis/presence.rs) adds three
+-- keys, given as keys P U L, expiring together a few leases after the
+-- last join or tick and dropped with the channel's last member:
+--   {K}:presence         hash conn -> <#holder>:<holder><#user>:<user><info>
+--   {K}:presence:users   hash user key -> its member connections ('u' ..
+--                        user, or 'c' .. conn for an anonymous member)
+--   {K}:presence:leases  zset lease holder (node id/run) -> expiry, ms of Redis TIME
 
 local VERSION = '@VERSION@'
 local TABLE = 'duplex:history'
@@ -258,6 +267,282 @@ local function ingest_ack(keys, args)
   return acked
 end
 
+-- Presence: members of a channel under one lease per node (holder).
+
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+-- A score or expiry in ms as Redis reads it (no exponent).
+local function ms(n)
+  return string.format('%.0f', n)
+end
+
+local function pack_member(holder, user, info)
+  return #holder .. ':' .. holder .. #user .. ':' .. user .. info
+end
+
+-- holder, user, info of a stored member (holder '' when unreadable).
+local function unpack_member(v)
+  local n, at = string.match(v, '^(%d+):()')
+  if not n then
+    return '', '', ''
+  end
+  n = tonumber(n)
+  local holder = string.sub(v, at, at + n - 1)
+  local m, from = string.match(v, '^(%d+):()', at + n)
+  if not m then
+    return '', '', ''
+  end
+  m = tonumber(m)
+  return holder, string.sub(v, from, from + m - 1), string.sub(v, from + m)
+end
+
+-- The user a member counts as: its user id, or itself when anonymous.
+local function user_key(conn, user)
+  if user == '' then
+    return 'c' .. conn
+  end
+  return 'u' .. user
+end
+
+-- Removes member conn (stored as v); its user goes to left if that was
+-- the user's last connection.
+local function remove_member(P, U, conn, v, left)
+  local _, user, info = unpack_member(v)
+  redis.call('HDEL', P, conn)
+  local key = user_key(conn, user)
+  if redis.call('HINCRBY', U, key, -1) <= 0 then
+    redis.call('HDEL', U, key)
+    table.insert(left, { conn, user, info })
+  end
+end
+
+-- Removes the members and leases of the holders in dead (a set), plus
+-- those of other holders' leases expired at now (but not of mine, a set):
+-- one scan of the members, so only when there is something to remove.
+-- Answers how many members went.
+local function sweep(P, U, L, now, mine, dead, left)
+  local any = next(dead) ~= nil
+  for _, holder in ipairs(redis.call('ZRANGEBYSCORE', L, '-inf', ms(now))) do
+    if not mine[holder] then
+      dead[holder] = true
+      any = true
+    end
+  end
+  if not any then
+    return 0
+  end
+  local all, removed = redis.call('HGETALL', P), 0
+  for i = 1, #all, 2 do
+    if dead[unpack_member(all[i + 1])] then
+      remove_member(P, U, all[i], all[i + 1], left)
+      removed = removed + 1
+    end
+  end
+  for holder in pairs(dead) do
+    redis.call('ZREM', L, holder)
+  end
+  return removed
+end
+
+-- Keeps the channel's keys keep ms more (after a join or tick).
+local function keep_keys(P, U, L, keep)
+  redis.call('PEXPIRE', P, keep)
+  redis.call('PEXPIRE', U, keep)
+  redis.call('PEXPIRE', L, keep)
+end
+
+-- Drops the channel's keys once its last member went.
+local function drop_if_empty(P, U, L)
+  if redis.call('HLEN', P) == 0 then
+    redis.call('DEL', P, U, L)
+  end
+end
+
+-- What a change answers: {lost, #joined, then conn, user, info of each
+-- user who joined, then of each user who left}.
+local function change_reply(lost, joined, left)
+  local out = { lost, #joined }
+  for _, list in ipairs({ joined, left }) do
+    for _, m in ipairs(list) do
+      table.insert(out, m[1])
+      table.insert(out, m[2])
+      table.insert(out, m[3])
+    end
+  end
+  return out
+end
+
+local function presence_keys(keys)
+  if #keys ~= 3 then
+    return nil
+  end
+  return keys[1], keys[2], keys[3]
+end
+
+-- FCALL duplex_presence_join 3 P U L <ttl ms> <keep ms> <conn> <holder>
+-- <user> <info> [<conn> <holder> <user> <info> ...] -> a change reply.
+-- Takes or renews each holder's lease (lost: one had none), sweeps other
+-- holders' expired leases, then adds the members (a member already there
+-- keeps its count; a new user joins).
+local function presence_join(keys, args)
+  local P, U, L = presence_keys(keys)
+  local ttl, keep = tonumber(args[1]), tonumber(args[2])
+  if not P or not ttl or not keep or ttl <= 0 or keep <= 0 or #args < 6 or (#args - 2) % 4 ~= 0 then
+    return redis.error_reply('ERR usage: FCALL duplex_presence_join 3 <members> <users> <leases> <ttl ms> <keep ms> <conn> <holder> <user> <info> [...]')
+  end
+  local now, mine, lost, joined, left = now_ms(), {}, 0, {}, {}
+  for i = 4, #args, 4 do
+    mine[args[i]] = true
+  end
+  for holder in pairs(mine) do
+    if not redis.call('ZSCORE', L, holder) then
+      lost = 1
+    end
+  end
+  sweep(P, U, L, now, mine, {}, left)
+  for holder in pairs(mine) do
+    redis.call('ZADD', L, ms(now + ttl), holder)
+  end
+  for i = 3, #args, 4 do
+    local conn, holder, user, info = args[i], args[i + 1], args[i + 2], args[i + 3]
+    local key = user_key(conn, user)
+    local old = redis.call('HGET', P, conn)
+    local counted = false
+    if old then
+      local _, old_user = unpack_member(old)
+      counted = user_key(conn, old_user) == key
+      if not counted then
+        remove_member(P, U, conn, old, left)
+      end
+    end
+    redis.call('HSET', P, conn, pack_member(holder, user, info))
+    if not counted and redis.call('HINCRBY', U, key, 1) == 1 then
+      table.insert(joined, { conn, user, info })
+    end
+  end
+  keep_keys(P, U, L, keep)
+  return change_reply(lost, joined, left)
+end
+
+-- FCALL duplex_presence_leave 3 P U L <holder> <conn> -> a change reply.
+local function presence_leave(keys, args)
+  local P, U, L = presence_keys(keys)
+  local holder, conn = args[1], args[2]
+  if not P or not holder or not conn then
+    return redis.error_reply('ERR usage: FCALL duplex_presence_leave 3 <members> <users> <leases> <holder> <conn>')
+  end
+  local lost, left = 0, {}
+  if not redis.call('ZSCORE', L, holder) then
+    lost = 1
+  end
+  local removed = sweep(P, U, L, now_ms(), { [holder] = true }, {}, left)
+  local v = redis.call('HGET', P, conn)
+  if v then
+    remove_member(P, U, conn, v, left)
+    removed = removed + 1
+  end
+  if removed > 0 then
+    drop_if_empty(P, U, L)
+  end
+  return change_reply(lost, {}, left)
+end
+
+-- FCALL duplex_presence_tick 3 P U L <holder> <ttl ms> <keep ms> -> a
+-- change reply: renews holder's lease unless it is gone (lost: it is not
+-- taken back, the node rejoins), sweeps other holders' expired leases.
+local function presence_tick(keys, args)
+  local P, U, L = presence_keys(keys)
+  local holder, ttl, keep = args[1], tonumber(args[2]), tonumber(args[3])
+  if not P or not holder or not ttl or not keep or ttl <= 0 or keep <= 0 then
+    return redis.error_reply('ERR usage: FCALL duplex_presence_tick 3 <members> <users> <leases> <holder> <ttl ms> <keep ms>')
+  end
+  local now, lost, left = now_ms(), 0, {}
+  if not redis.call('ZSCORE', L, holder) then
+    lost = 1
+  end
+  if sweep(P, U, L, now, { [holder] = true }, {}, left) > 0 then
+    drop_if_empty(P, U, L)
+  end
+  if lost == 0 then
+    redis.call('ZADD', L, ms(now + ttl), holder)
+    keep_keys(P, U, L, keep)
+  end
+  return change_reply(lost, {}, left)
+end
+
+-- FCALL duplex_presence_forget 3 P U L <holder> -> a change reply: all of
+-- holder's members and its lease go at once (a node's clean shutdown).
+local function presence_forget(keys, args)
+  local P, U, L = presence_keys(keys)
+  local holder = args[1]
+  if not P or not holder then
+    return redis.error_reply('ERR usage: FCALL duplex_presence_forget 3 <members> <users> <leases> <holder>')
+  end
+  local left = {}
+  sweep(P, U, L, now_ms(), {}, { [holder] = true }, left)
+  drop_if_empty(P, U, L)
+  return change_reply(0, {}, left)
+end
+
+-- The holders whose leases are live at now (a set).
+local function live_holders(L, now)
+  local live = {}
+  for _, holder in ipairs(redis.call('ZRANGEBYSCORE', L, '(' .. ms(now), '+inf')) do
+    live[holder] = true
+  end
+  return live
+end
+
+-- FCALL_RO duplex_presence_members 3 P U L -> {conn, user, info, ...} of
+-- the members under live leases.
+local function presence_members(keys)
+  local P, _, L = presence_keys(keys)
+  if not P then
+    return redis.error_reply('ERR usage: FCALL_RO duplex_presence_members 3 <members> <users> <leases>')
+  end
+  local live, out = live_holders(L, now_ms()), {}
+  local all = redis.call('HGETALL', P)
+  for i = 1, #all, 2 do
+    local holder, user, info = unpack_member(all[i + 1])
+    if live[holder] then
+      table.insert(out, all[i])
+      table.insert(out, user)
+      table.insert(out, info)
+    end
+  end
+  return out
+end
+
+-- FCALL_RO duplex_presence_stats 3 P U L -> {connections, users} under
+-- live leases: the hashes' lengths while no lease is expired, else a scan.
+local function presence_stats(keys)
+  local P, U, L = presence_keys(keys)
+  if not P then
+    return redis.error_reply('ERR usage: FCALL_RO duplex_presence_stats 3 <members> <users> <leases>')
+  end
+  local now = now_ms()
+  if redis.call('ZCOUNT', L, '-inf', ms(now)) == 0 then
+    return { redis.call('HLEN', P), redis.call('HLEN', U) }
+  end
+  local live, connections, users, seen = live_holders(L, now), 0, 0, {}
+  local all = redis.call('HGETALL', P)
+  for i = 1, #all, 2 do
+    local holder, user = unpack_member(all[i + 1])
+    if live[holder] then
+      connections = connections + 1
+      local key = user_key(all[i], user)
+      if not seen[key] then
+        seen[key] = true
+        users = users + 1
+      end
+    end
+  end
+  return { connections, users }
+end
+
 redis.register_function{
   function_name = 'duplex_version',
   callback = function() return VERSION end,
@@ -268,3 +553,17 @@ redis.register_function('duplex_history', history)
 redis.register_function('duplex_lease', lease)
 redis.register_function('duplex_ingest_claim', ingest_claim)
 redis.register_function('duplex_ingest_ack', ingest_ack)
+redis.register_function('duplex_presence_join', presence_join)
+redis.register_function('duplex_presence_leave', presence_leave)
+redis.register_function('duplex_presence_tick', presence_tick)
+redis.register_function('duplex_presence_forget', presence_forget)
+redis.register_function{
+  function_name = 'duplex_presence_members',
+  callback = presence_members,
+  flags = { 'no-writes' },
+}
+redis.register_function{
+  function_name = 'duplex_presence_stats',
+  callback = presence_stats,
+  flags = { 'no-writes' },
+}

@@ -19,10 +19,13 @@
 //!   from the node or any backend); its live copy comes wrapped in an
 //!   envelope with offset and epoch that the subscriber strips.
 //! - Ingest (`ingest`): the stream backends `XADD` to, read by one node at a time.
+//! - Presence (`presence`): members under per-node leases, every change
+//!   one call of the same Function library (`FCALL duplex_presence_*`).
 
 mod connection;
 mod history;
 mod ingest;
+mod presence;
 use connection::{describe, is_broken};
 mod subscriber;
 
@@ -105,6 +108,9 @@ pub struct RedisBroker {
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     /// The ingest stream's own connection (`ingest`), opened on first use.
     ingest: ingest::Reader,
+    /// This run's presence lease token: a node restarted under the same
+    /// id holds new leases, and its previous run's members expire.
+    presence_run: String,
 }
 
 /// The publish connection and whether Redis has closed it since.
@@ -159,6 +165,7 @@ impl RedisBroker {
             cancel,
             tasks: Mutex::new(tasks),
             ingest: ingest::Reader::default(),
+            presence_run: format!("{:016x}", rand::random::<u64>()),
         })
     }
 
