@@ -123,6 +123,8 @@ export interface ConnectInfo {
   expires?: number;
   /** Channels the token subscribed the connection to. */
   channels?: string[];
+  /** Those of them that keep history: where each stands (`recovered` when `connect` sent `recover`). */
+  positions?: Record<string, StreamPosition & { recovered?: boolean }>;
   [key: string]: unknown;
 }
 
@@ -309,6 +311,11 @@ export interface DuplexEvents {
   disconnected: (event: Omit<DisconnectedEvent, "state">) => void;
   /** Every message on every subscribed channel (also those the token subscribed). */
   message: MessageHandler;
+  /**
+   * After every connect, for each history channel the token subscribed:
+   * its position, and whether what was missed since `tokenPositions` follows.
+   */
+  subscribed: (event: SubscribedEvent & { channel: string }) => void;
   /** A `refresh` succeeded; `expires` is the new expiry (Unix seconds) if any. */
   refreshed: (result: { expires?: number }) => void;
   /** Failures not tied to a command: getToken, refused connect, unreadable frames. */
@@ -323,6 +330,12 @@ export class Duplex {
   readonly state: ConnectionState;
   /** The current connection's `connect` result, or null. */
   readonly info: ConnectInfo | null;
+  /**
+   * The last position delivered on each history channel the token
+   * subscribed; sent as `recover` on every connect. Set an entry before
+   * `connect()` to resume from a saved position.
+   */
+  readonly tokenPositions: Map<string, StreamPosition>;
 
   on<E extends keyof DuplexEvents>(event: E, handler: DuplexEvents[E]): () => void;
   off<E extends keyof DuplexEvents>(event: E, handler: DuplexEvents[E]): void;

@@ -306,6 +306,13 @@ export class Duplex extends Emitter {
     this._pending = new Map(); // id -> {resolve, reject, timer}
     this._queue = []; // commands waiting for a connection
     this._subs = new Map(); // channel -> Subscription
+    /**
+     * The token's history channels (those the server subscribed at
+     * connect): channel -> the last position delivered, `{ epoch, offset }`.
+     * Sent as `recover` on every connect, like a subscription's position.
+     * @type {Map<string, {epoch: string, offset: number}>}
+     */
+    this.tokenPositions = new Map();
     this._wanted = false; // connect() called and not disconnect()
     this._attempt = 0; // attempts since the last successful connect
     this._backoffStep = 0; // exponent of the next backoff delay
@@ -403,19 +410,26 @@ export class Duplex extends Emitter {
   _sendConnect(ws, token) {
     const params = { name: this.options.name, version: this.options.version, protocol: PROTOCOL_VERSION };
     if (token) params.token = token;
-    this._command("connect", params, { direct: true }).then(
-      (result) => {
-        if (this._ws !== ws) return;
-        clearTimeout(this._connectTimer);
-        this.info = result;
-        this._attempt = this._backoffStep = this._quickRetries = 0;
-        this._setState("connected", { info: result });
-        this._scheduleRefresh(result.expires);
-        for (const sub of this._subs.values()) this._sendSubscribe(sub);
-        const queued = this._queue;
-        this._queue = [];
-        for (const cmd of queued) this._write(cmd);
-      },
+    const from = new Map(this.tokenPositions);
+    if (from.size) params.recover = Object.fromEntries([...from].map(([ch, at]) => [ch, { epoch: at.epoch, offset: at.offset }]));
+    // Handled as the reply is read, before the frames after it (the
+    // replayed messages of the token's channels follow their `subscribed`).
+    const onResult = (result) => {
+      if (this._ws !== ws) return;
+      clearTimeout(this._connectTimer);
+      this.info = result;
+      this._attempt = this._backoffStep = this._quickRetries = 0;
+      const tokenChannels = this._tokenChannelsAt(result.positions ?? {}, from);
+      this._setState("connected", { info: result });
+      for (const event of tokenChannels) this._emit("subscribed", event);
+      this._scheduleRefresh(result.expires);
+      for (const sub of this._subs.values()) this._sendSubscribe(sub);
+      const queued = this._queue;
+      this._queue = [];
+      for (const cmd of queued) this._write(cmd);
+    };
+    this._command("connect", params, { direct: true, onResult }).then(
+      () => {},
       async (err) => {
         if (this._ws !== ws) return;
         if (err.code === ErrorCode.TOKEN_EXPIRED && this._getToken && !this._tokenRetried) {
@@ -652,11 +666,34 @@ export class Duplex extends Emitter {
     }
   }
 
+  // The connect result's positions of the token's history channels, `from`
+  // the positions sent as `recover`: the `subscribed` events to emit, each
+  // channel's position set where its live messages start unless recovered
+  // (then the replayed messages move it on).
+  _tokenChannelsAt(positions, from) {
+    const events = [];
+    const now = new Map();
+    for (const [channel, at] of Object.entries(positions)) {
+      if (!at || typeof at.epoch !== "string" || typeof at.offset !== "number") continue;
+      const before = from.get(channel) ?? null;
+      const recovered = Boolean(before) && at.recovered === true;
+      now.set(channel, recovered ? { ...this.tokenPositions.get(channel) } : { epoch: at.epoch, offset: at.offset });
+      events.push({ channel, recovered, wasRecovering: Boolean(before), position: { epoch: at.epoch, offset: at.offset } });
+    }
+    this.tokenPositions = now;
+    return events;
+  }
+
   _onPush(msg) {
     switch (msg.push) {
       case "message": {
         const sub = this._subs.get(msg.channel);
         if (sub && typeof msg.offset === "number" && !sub._accept(msg)) break; // held or a repeat
+        const token = sub ? undefined : this.tokenPositions.get(msg.channel);
+        if (token && typeof msg.offset === "number") {
+          if (typeof msg.epoch === "string") token.epoch = msg.epoch;
+          token.offset = msg.offset;
+        }
         this._deliver(msg, sub);
         break;
       }

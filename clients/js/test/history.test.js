@@ -4,7 +4,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, test } from "node:test";
 import { Duplex, DuplexError, ErrorCode } from "../duplex.js";
-import { apiPost, apiPublish, nextEvent, nextState, startNode, within } from "./helpers.js";
+import { apiPost, apiPublish, nextEvent, nextState, signToken, startNode, within } from "./helpers.js";
 
 // History channels (docs/PROTOCOL.md 3.4): the client keeps each
 // subscription's position, sends it as `recover` when it resubscribes, and
@@ -290,4 +290,42 @@ test("the history starts a new epoch under a live subscription: offsets from 1 a
   assert.deepEqual(messages(), [[1, "old"], [answer.offset, "new"]]);
   assert.deepEqual(sub.position, { epoch: answer.epoch, offset: answer.offset });
   assert.equal(sub.duplicatesDropped, 0);
+});
+
+test("channels the token subscribed: positions kept, recovered on every reconnect, subscribed events first", async (t) => {
+  const secret = "js-token-channel-secret";
+  const own = await startNode({ args: ["--config", config, "--token-secret", secret] });
+  t.after(() => own.stop());
+  const token = signToken(secret, { sub: "9", ttl: 3600, channels: ["news:tok", "plain"] });
+  const c = client(t, own.url, { token, minReconnectDelay: 1000, maxReconnectDelay: 1000 });
+  const log = [];
+  c.on("subscribed", (e) => log.push(["subscribed", e]));
+  c.on("message", (data, ctx) => log.push([ctx.channel, ctx.offset, data]));
+  const first = await nextEvent(c, "subscribed");
+  const { epoch } = first.position;
+  assert.deepEqual(first, { channel: "news:tok", recovered: false, wasRecovering: false, position: { epoch, offset: 0 } });
+  const second = nextEvent(c, "message", (_, ctx) => ctx.offset === 2);
+  await publishAll(own, "news:tok", [1, 2]);
+  await second;
+  assert.deepEqual(c.tokenPositions.get("news:tok"), { epoch, offset: 2 });
+  assert.equal(c.tokenPositions.has("plain"), false, "no history there");
+
+  const away = nextState(c, "disconnected");
+  await apiPost(own, "/api/disconnect", { connection: c.info.client });
+  await away;
+  const back = nextEvent(c, "subscribed");
+  const fourth = nextEvent(c, "message", (_, ctx) => ctx.offset === 4);
+  await publishAll(own, "news:tok", [3, 4]);
+  assert.notEqual(c.state, "connected", "published while the client was away");
+  assert.deepEqual(await back, { channel: "news:tok", recovered: true, wasRecovering: true, position: { epoch, offset: 4 } });
+  await fourth;
+  const fifth = nextEvent(c, "message", (_, ctx) => ctx.offset === 5);
+  await apiPublish(own, "news:tok", 5);
+  await fifth;
+  // The subscribed event before the missed messages; no gap, no repeat.
+  assert.deepEqual(
+    log.filter((e) => e[0] !== "subscribed" || e[1].wasRecovering).map((e) => (e[0] === "subscribed" ? "subscribed" : e[2])),
+    [1, 2, "subscribed", 3, 4, 5],
+  );
+  assert.deepEqual(c.tokenPositions.get("news:tok"), { epoch, offset: 5 });
 });

@@ -125,6 +125,11 @@ pub struct ConnectParams {
     /// Protocol version the client speaks; absent means the current one.
     #[serde(default)]
     pub protocol: Option<u32>,
+    /// For the token's history channels: the last position the client saw
+    /// on each, as `subscribe`'s `recover`; the missed publications follow
+    /// the reply.
+    #[serde(default)]
+    pub recover: crate::history::RecoverParams,
 }
 
 /// Parameters of `subscribe` and `unsubscribe`: `channel` or `channels`.

@@ -51,7 +51,8 @@ pub struct SubscribeResult<'a> {
     pub positions: Vec<(&'a str, ChannelPosition<'a>)>,
 }
 
-fn as_map<S: serde::Serializer>(
+/// Serializes `(name, position)` pairs as a JSON object.
+pub(crate) fn as_map<S: serde::Serializer>(
     entries: &[(&str, ChannelPosition<'_>)],
     s: S,
 ) -> Result<S::Ok, S::Error> {

@@ -46,6 +46,13 @@ pub struct ConnectResult<'a> {
     /// Channels the token subscribed the client to.
     #[serde(skip_serializing_if = "<[&str]>::is_empty")]
     pub channels: &'a [&'a str],
+    /// Those of them that keep history: where each stands, and
+    /// `recovered` for those `connect` asked to `recover`.
+    #[serde(
+        skip_serializing_if = "Vec::is_empty",
+        serialize_with = "crate::history::as_map"
+    )]
+    pub positions: Vec<(&'a str, crate::history::ChannelPosition<'a>)>,
 }
 
 /// Result of `refresh`.

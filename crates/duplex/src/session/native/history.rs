@@ -186,10 +186,9 @@ impl NativeSession {
     }
 }
 
-/// The `subscribe` reply with each history channel's position.
-pub(super) fn subscribe_reply(id: u64, names: &[String], caught_up: &[CaughtUp]) -> Bytes {
-    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
-    let positions = caught_up
+/// Each caught-up channel's position, as `subscribe` and `connect` answer it.
+pub(super) fn positions(caught_up: &[CaughtUp]) -> Vec<(&str, ChannelPosition<'_>)> {
+    caught_up
         .iter()
         .map(|c| {
             let at = ChannelPosition {
@@ -199,7 +198,13 @@ pub(super) fn subscribe_reply(id: u64, names: &[String], caught_up: &[CaughtUp])
             };
             (c.channel.as_str(), at)
         })
-        .collect();
+        .collect()
+}
+
+/// The `subscribe` reply with each history channel's position.
+pub(super) fn subscribe_reply(id: u64, names: &[String], caught_up: &[CaughtUp]) -> Bytes {
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let positions = positions(caught_up);
     push::reply(
         id,
         &SubscribeResult {

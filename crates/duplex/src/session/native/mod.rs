@@ -157,7 +157,7 @@ impl NativeSession {
         command: Command,
     ) -> Result<Option<Bytes>, Refusal> {
         if let Command::Connect(params) = command {
-            return self.connect(node, conn, id, params).await.map(Some);
+            return self.connect(node, conn, id, params).await;
         }
         if self.status == Status::Connecting {
             if node.verifier().is_some() && !node.config().allow_anonymous {
@@ -221,13 +221,16 @@ impl NativeSession {
         reply.map(Some)
     }
 
+    /// `connect`: who the client is, and the token's channels joined (a
+    /// history channel's position in the reply, what it missed after it
+    /// when `recover` asked); `Ok(None)` when the reply went out first.
     async fn connect(
         &mut self,
         node: &Node,
         conn: &Arc<Conn>,
         id: u64,
         params: ConnectParams,
-    ) -> Reply {
+    ) -> Result<Option<Bytes>, Refusal> {
         if self.status == Status::Connected {
             return Err(Refusal::Error(
                 ErrorCode::AlreadyConnected,
@@ -249,34 +252,9 @@ impl NativeSession {
                 format!("this user already has {max} connections"),
             )
         })?;
-        // Channels from a signed token are trusted: they may be reserved
-        // ones, and pass `max_subscriptions`; they count for the address.
-        let wanted = crate::session::channels_at_connect(node, &identity);
-        let mut granted = Vec::new();
-        let mut fresh = IndexSet::new();
-        for name in &wanted {
-            let channel =
-                ChannelName::parse(name, node.config().max_channel_length).map_err(|e| {
-                    Refusal::Close(CloseCode::InvalidToken, format!("token channel: {e}"))
-                })?;
-            if !self.channels.contains(&channel) {
-                fresh.insert(channel);
-            }
-            granted.push(name.as_str());
-        }
-        let share = self
-            .address_subscriptions
-            .get_or_insert_with(|| Box::new(node.address_subscriptions(conn)));
-        share
-            .reserve(fresh.len())
-            .map_err(|full| subscriptions_refused(node, conn, full.to_string()))?;
-        for channel in fresh {
-            if let Err(e) = node.subscribe(conn, &channel).await {
-                share.release_to(self.channels.len());
-                return Err(broker_error(e).into());
-            }
-            self.channels.insert(channel);
-        }
+        let (granted, caught_up) = self
+            .join_token_channels(node, conn, &identity, &params.recover)
+            .await?;
         self.status = Status::Connected;
         conn.authenticated(&identity.user, identity.expires);
         tracing::debug!(conn = %conn.id, user = identity.user, name = params.name.as_deref().unwrap_or(""), version = params.version.as_deref().unwrap_or(""), "client connected");
@@ -295,11 +273,61 @@ impl NativeSession {
                 rpc_timeout_ms,
                 user: &identity.user,
                 expires: identity.expires,
-                channels: &granted,
+                channels: &granted.iter().map(String::as_str).collect::<Vec<_>>(),
+                positions: history::positions(&caught_up),
             },
         );
         self.auth = Authenticated::new(&identity.user, slot);
-        Ok(reply)
+        if caught_up.is_empty() {
+            return Ok(Some(reply));
+        }
+        node.send_to(conn, reply, "reply");
+        history::release(node, conn, caught_up);
+        Ok(None)
+    }
+
+    /// Joins the channels a signed token names (trusted: they may be
+    /// reserved ones and pass `max_subscriptions`; they count for the
+    /// address), catching history channels up from `recover`.
+    async fn join_token_channels(
+        &mut self,
+        node: &Node,
+        conn: &Arc<Conn>,
+        identity: &crate::session::Identity,
+        recover: &duplex_protocol::history::RecoverParams,
+    ) -> Result<(Vec<String>, Vec<history::CaughtUp>), Refusal> {
+        let granted = crate::session::channels_at_connect(node, identity);
+        let mut fresh = IndexSet::new();
+        for name in &granted {
+            let channel =
+                ChannelName::parse(name, node.config().max_channel_length).map_err(|e| {
+                    Refusal::Close(CloseCode::InvalidToken, format!("token channel: {e}"))
+                })?;
+            if !self.channels.contains(&channel) {
+                fresh.insert(channel);
+            }
+        }
+        let share = self
+            .address_subscriptions
+            .get_or_insert_with(|| Box::new(node.address_subscriptions(conn)));
+        share
+            .reserve(fresh.len())
+            .map_err(|full| subscriptions_refused(node, conn, full.to_string()))?;
+        let mut caught_up = Vec::new();
+        for channel in &fresh {
+            match self
+                .join(node, conn, channel, recover.get(channel.as_str()))
+                .await
+            {
+                Ok(done) => caught_up.extend(done),
+                Err(e) => {
+                    self.release_subscriptions();
+                    history::release(node, conn, caught_up);
+                    return Err(broker_error(e).into());
+                }
+            }
+        }
+        Ok((granted, caught_up))
     }
 
     fn refresh(&mut self, node: &Node, conn: &Arc<Conn>, id: u64, params: RefreshParams) -> Reply {
