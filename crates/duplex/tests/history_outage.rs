@@ -663,3 +663,92 @@ async fn a_short_stall_delivers_late_without_a_reconnect() {
     assert_eq!(info["stats"]["history_repairs"], 0, "{info}");
     assert_eq!(missed_live(&info, top), 0, "all came live, late: {info}");
 }
+
+/// Gives a persistent Redis `keys` keys (`DEBUG POPULATE`) and writes them
+/// to its append-only file (`BGREWRITEAOF`), so a restart takes a while to
+/// load them, as a production Redis does.
+async fn fill(redis: &RedisServer, keys: u64) {
+    let patient = redis::AsyncConnectionConfig::new().set_response_timeout(Some(support::WAIT));
+    let mut conn = redis::Client::open(redis.url())
+        .expect("url")
+        .get_multiplexed_async_connection_with_config(&patient)
+        .await
+        .expect("connect to test redis");
+    let _: () = redis::cmd("DEBUG")
+        .arg("POPULATE")
+        .arg(keys)
+        .arg("filler")
+        .arg(64)
+        .query_async(&mut conn)
+        .await
+        .expect("DEBUG POPULATE");
+    let _: String = redis::cmd("BGREWRITEAOF")
+        .query_async(&mut conn)
+        .await
+        .expect("BGREWRITEAOF");
+    support::eventually("the dataset written to the append-only file", || async {
+        let info: String = redis::cmd("INFO")
+            .arg("persistence")
+            .query_async(&mut redis.connection().await)
+            .await
+            .expect("INFO persistence");
+        info.contains("aof_rewrite_in_progress:0") && info.contains("aof_rewrite_scheduled:0")
+    })
+    .await;
+}
+
+/// Whether Redis is still loading its dataset (`INFO` answers meanwhile).
+async fn loading(redis: &RedisServer) -> bool {
+    let info: String = redis::cmd("INFO")
+        .arg("persistence")
+        .query_async(&mut redis.connection().await)
+        .await
+        .expect("INFO persistence");
+    info.contains("loading:1")
+}
+
+/// Redis restarted with a dataset it takes seconds to load: it accepts
+/// connections (and `SUBSCRIBE`) meanwhile, but answers every read and
+/// write with `-LOADING`. The node must wait for the data (health 503,
+/// publishes refused), not read the history too early and close its
+/// clients with 3008 for a gap that is there in Redis.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_restarted_with_a_dataset_to_load_is_waited_for_and_nobody_reconnects() {
+    const CHANNEL: &str = "news:loading";
+    let mut redis = RedisServer::start_persistent();
+    fill(&redis, 1_500_000).await;
+    let node = TestNode::on_redis(&redis.url(), with_history()).await;
+    let (watched, epoch) = subscribed(&node, CHANNEL, 3).await;
+    let publisher = Publisher::start(
+        CHANNEL,
+        vec![
+            Route::Api(node.http("/api/publish")),
+            Route::Fcall(redis.url()),
+        ],
+    );
+    publisher.wait_accepted(30).await;
+
+    redis.kill();
+    support::eventually("the node sees redis gone", || async {
+        node.health().await == 503
+    })
+    .await;
+    redis.restart();
+    assert!(loading(&redis).await, "the scenario: redis is loading");
+    publisher.wait_refused(10).await;
+    assert!(loading(&redis).await, "the scenario: still loading");
+    assert_eq!(node.health().await, 503, "not serving while redis loads");
+    support::eventually("redis loaded and the node back on it", || async {
+        node.health().await == 200
+    })
+    .await;
+    let before = publisher.accepted();
+    publisher.wait_accepted(before + 50).await;
+    let accepted = publisher.stop().await;
+    let top = publish_end(&redis.url(), CHANNEL).await;
+
+    let _seen = check_all("node", watched, &accepted, top, &epoch).await;
+    let position = top_position(&node, CHANNEL).await;
+    assert_eq!(position["epoch"], epoch.as_str(), "the data was kept");
+    nobody_reconnected(&node, 3).await;
+}

@@ -107,7 +107,9 @@ impl RedisServer {
         ]);
         match &self.dir {
             Some(dir) => command
-                .args(["--appendonly", "yes", "--appendfsync", "always", "--dir"])
+                .args(["--appendonly", "yes", "--appendfsync", "always"])
+                // DEBUG POPULATE: a dataset that takes a while to load.
+                .args(["--enable-debug-command", "local", "--dir"])
                 .arg(dir),
             None => command.args(["--appendonly", "no"]),
         };
