@@ -752,3 +752,39 @@ async fn redis_restarted_with_a_dataset_to_load_is_waited_for_and_nobody_reconne
     assert_eq!(position["epoch"], epoch.as_str(), "the data was kept");
     nobody_reconnected(&node, 3).await;
 }
+
+/// Every connection the node has to Redis dies silently at once, while new
+/// ones get through (a NAT or firewall that lost its flow table): the
+/// health PING finds the subscriber dead and it reconnects at once, and
+/// the repair must not read on the publish connection that died with it
+/// (that read would time out and the repair close its clients with 3008).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_killed_silently_are_repaired_on_fresh_ones_and_nobody_reconnects() {
+    const CHANNEL: &str = "news:flows";
+    let redis = RedisServer::start();
+    let proxy = Proxy::start(redis.port).await;
+    let through_proxy = format!("redis://127.0.0.1:{}", proxy.port);
+    let node = TestNode::on_redis(&through_proxy, with_history()).await;
+    // Their subscribes read the channel's position: the node's publish
+    // connection is open (and about to die).
+    let (watched, epoch) = subscribed(&node, CHANNEL, 3).await;
+    let publisher = Publisher::start(CHANNEL, vec![Route::Fcall(redis.url())]);
+    publisher.wait_accepted(50).await;
+
+    proxy.kill_open_connections();
+    // Found dead and replaced at once: too fast to see /health say 503.
+    support::eventually("the node on a new redis connection", || async {
+        node.info().await["broker"]["reconnects"] == 1
+    })
+    .await;
+    let before = publisher.accepted();
+    publisher.wait_accepted(before + 100).await;
+    let accepted = publisher.stop().await;
+    let top = publish_end(&redis.url(), CHANNEL).await;
+
+    let _seen = check_all("node", watched, &accepted, top, &epoch).await;
+    let info = nobody_reconnected(&node, 3).await;
+    assert_eq!(info["broker"]["reconnects"], 1, "{info}");
+    assert_eq!(info["stats"]["history_repairs"], 1, "{info}");
+    assert!(missed_live(&info, top) > 0, "dropped: {info}");
+}

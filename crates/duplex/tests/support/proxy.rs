@@ -2,9 +2,12 @@
 //! silent dead connection (no FIN, no RST) that only a health check catches.
 //! It can also stall traffic: bytes wait (the reading side stops, so TCP
 //! pushes back) and flow, late and whole, once the stall lifts, as over a
-//! link that lost packets for a while.
+//! link that lost packets for a while. And it can silently kill only the
+//! connections open now, new ones passing (a NAT or firewall that lost its
+//! flow table).
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -23,6 +26,8 @@ enum Mode {
 pub struct Proxy {
     pub port: u16,
     mode: Arc<watch::Sender<Mode>>,
+    /// Per connection forwarded so far: set, its bytes are dropped for good.
+    flows: Arc<Mutex<Vec<Arc<AtomicBool>>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -33,18 +38,35 @@ impl Proxy {
         let port = listener.local_addr().expect("addr").port();
         let mode = Arc::new(watch::Sender::new(Mode::Forward));
         let modes = Arc::clone(&mode);
+        let flows = Arc::new(Mutex::new(Vec::new()));
+        let known = Arc::clone(&flows);
         let task = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 let Ok(server) = TcpStream::connect(("127.0.0.1", target)).await else {
                     continue;
                 };
+                let dead = Arc::new(AtomicBool::new(false));
+                known.lock().expect("not poisoned").push(Arc::clone(&dead));
                 let (cr, cw) = client.into_split();
                 let (sr, sw) = server.into_split();
-                tokio::spawn(pump(cr, sw, modes.subscribe()));
-                tokio::spawn(pump(sr, cw, modes.subscribe()));
+                tokio::spawn(pump(cr, sw, modes.subscribe(), Arc::clone(&dead)));
+                tokio::spawn(pump(sr, cw, modes.subscribe(), dead));
             }
         });
-        Proxy { port, mode, task }
+        Proxy {
+            port,
+            mode,
+            flows,
+            task,
+        }
+    }
+
+    /// Black-holes, for good, every connection open now (no FIN, no RST);
+    /// connections opened from now on pass.
+    pub fn kill_open_connections(&self) {
+        for dead in self.flows.lock().expect("not poisoned").drain(..) {
+            dead.store(true, Ordering::SeqCst);
+        }
     }
 
     /// Drops every byte from now on, keeping the sockets open.
@@ -65,6 +87,7 @@ async fn pump(
     mut from: tokio::net::tcp::OwnedReadHalf,
     mut to: tokio::net::tcp::OwnedWriteHalf,
     mut mode: watch::Receiver<Mode>,
+    dead: Arc<AtomicBool>,
 ) {
     let mut buf = vec![0u8; 16 * 1024];
     loop {
@@ -76,7 +99,7 @@ async fn pump(
             Ok(now) => *now,
             Err(_) => return,
         };
-        if now == Mode::Blackhole {
+        if now == Mode::Blackhole || dead.load(Ordering::SeqCst) {
             continue;
         }
         if to.write_all(&buf[..n]).await.is_err() {
