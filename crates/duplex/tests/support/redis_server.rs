@@ -11,6 +11,7 @@
 //! Redis.
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -22,6 +23,9 @@ pub struct RedisServer {
     /// Keeps the port ours while the server is down or starting.
     _hold: Socket,
     child: Option<Child>,
+    /// Where a persistent server keeps its append-only file across
+    /// restarts ([`RedisServer::start_persistent`]); `None`: nothing kept.
+    dir: Option<PathBuf>,
 }
 
 /// Binds a free loopback port without listening on it.
@@ -51,13 +55,33 @@ enum SpawnError {
 impl RedisServer {
     /// Starts redis-server on a port held for it and waits until it answers.
     pub fn start() -> Self {
+        Self::start_with(false)
+    }
+
+    /// Like [`Self::start`], but every write is kept (`appendonly yes`,
+    /// `appendfsync always`: a write is on disk before Redis answers it),
+    /// in a directory of its own that outlives kills and restarts, so a
+    /// restarted server comes back with everything it acknowledged.
+    pub fn start_persistent() -> Self {
+        Self::start_with(true)
+    }
+
+    fn start_with(persistent: bool) -> Self {
         let mut failures = Vec::new();
         for _ in 0..5 {
             let (hold, port) = hold_free_port();
+            let dir = persistent.then(|| {
+                let dir = std::env::temp_dir()
+                    .join(format!("duplex-redis-{}-{port}", std::process::id()));
+                let _ = std::fs::remove_dir_all(&dir);
+                std::fs::create_dir_all(&dir).expect("a directory for redis's data");
+                dir
+            });
             let mut server = RedisServer {
                 port,
                 _hold: hold,
                 child: None,
+                dir,
             };
             match server.spawn() {
                 Ok(()) => return server,
@@ -74,9 +98,22 @@ impl RedisServer {
     /// Runs redis-server on `self.port` until `INFO server` answers with
     /// this child's pid.
     fn spawn(&mut self) -> Result<(), SpawnError> {
-        let mut child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string()])
-            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        let mut command = Command::new("redis-server");
+        command.args(["--port", &self.port.to_string()]).args([
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+        ]);
+        match &self.dir {
+            Some(dir) => command
+                .args(["--appendonly", "yes", "--appendfsync", "always"])
+                // DEBUG POPULATE: a dataset that takes a while to load.
+                .args(["--enable-debug-command", "local", "--dir"])
+                .arg(dir),
+            None => command.args(["--appendonly", "no"]),
+        };
+        let mut child = command
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -140,7 +177,8 @@ impl RedisServer {
         assert!(status.success(), "kill {signal} {pid}");
     }
 
-    /// Starts it again on the same port (empty: nothing is persisted).
+    /// Starts it again on the same port: empty, or with everything it
+    /// acknowledged when started with [`Self::start_persistent`].
     pub fn restart(&mut self) {
         self.kill();
         if let Err(e) = self.spawn() {
@@ -184,5 +222,8 @@ impl RedisServer {
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.kill();
+        if let Some(dir) = &self.dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }

@@ -1,6 +1,7 @@
 //! The publish connection: one multiplexed connection for `PUBLISH`,
 //! `XADD` and the Functions, opened on demand, replaced when Redis closed
-//! it, every request (connecting included) bounded by `redis_timeout`.
+//! it or the subscriber connection was lost since it opened, every request
+//! (connecting included) bounded by `redis_timeout`.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -21,11 +22,15 @@ use crate::broker::BrokerError;
 pub(super) struct Publisher {
     pub(super) conn: MultiplexedConnection,
     pub(super) closed: Arc<AtomicBool>,
+    /// `Shared::links_lost` when it was opened: once the subscriber
+    /// connection is lost after, this one is replaced too.
+    lost_before: u64,
 }
 
 impl Publisher {
-    fn live(&self) -> Option<MultiplexedConnection> {
-        (!self.closed.load(Ordering::Acquire)).then(|| self.conn.clone())
+    fn live(&self, links_lost: u64) -> Option<MultiplexedConnection> {
+        (!self.closed.load(Ordering::Acquire) && self.lost_before == links_lost)
+            .then(|| self.conn.clone())
     }
 }
 
@@ -46,7 +51,8 @@ pub(super) fn is_broken(e: &redis::RedisError) -> bool {
 
 impl RedisBroker {
     pub(super) async fn publisher(&self) -> Result<MultiplexedConnection, BrokerError> {
-        let cached = || self.publisher.lock().as_ref().and_then(Publisher::live);
+        let lost = || self.shared.links_lost.load(Ordering::SeqCst);
+        let cached = || self.publisher.lock().as_ref().and_then(|p| p.live(lost()));
         if let Some(conn) = cached() {
             return Ok(conn);
         }
@@ -55,10 +61,12 @@ impl RedisBroker {
             return Ok(conn);
         }
         let timeout = self.shared.settings.timeout;
+        let lost_before = lost();
         let (conn, closed) = self.open(timeout).await?;
         *self.publisher.lock() = Some(Publisher {
             conn: conn.clone(),
             closed,
+            lost_before,
         });
         Ok(conn)
     }

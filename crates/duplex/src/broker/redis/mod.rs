@@ -29,7 +29,7 @@ mod presence;
 use connection::{describe, is_broken};
 mod subscriber;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -87,6 +87,12 @@ struct Shared {
     state: Mutex<BrokerState>,
     /// Set at the first successful connect: later ones are reconnects.
     connected_before: AtomicBool,
+    /// Subscriber connections lost so far. Whatever killed one (a network
+    /// that dropped every flow silently) may have killed the publish
+    /// connection without a word: one opened before is not used after
+    /// (`connection::Publisher`), so the repair's read and the next publish
+    /// do not wait out `redis_timeout` on a dead socket.
+    links_lost: AtomicU64,
     echo: EchoFilter,
     /// `<prefix>#exclude:<node id>`: notices are filed in `echo` on arrival.
     exclude_channel: String,
@@ -145,6 +151,7 @@ impl RedisBroker {
             client,
             state: Mutex::new(BrokerState::new("redis", BrokerStatus::Disconnected)),
             connected_before: AtomicBool::new(false),
+            links_lost: AtomicU64::new(0),
             echo: EchoFilter::default(),
             exclude_channel,
             drop_warnings: Throttle::new(1000),
@@ -390,6 +397,7 @@ impl Shared {
         state.last_error = Some(error.to_string());
         if was_connected {
             state.since = unix_now();
+            self.links_lost.fetch_add(1, Ordering::SeqCst);
         }
         drop(state);
         if was_connected {

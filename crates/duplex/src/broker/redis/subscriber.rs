@@ -269,7 +269,12 @@ async fn connect(
                 .get_multiplexed_async_connection_with_config(&config),
         );
         let error = match while_away(attempt, shared, ops, wanted, cancel).await? {
-            Ok(Ok(conn)) => return Some((conn, link)),
+            Ok(Ok(mut conn)) => {
+                match while_away(ready(shared, &mut conn), shared, ops, wanted, cancel).await? {
+                    Ok(()) => return Some((conn, link)),
+                    Err(why) => why,
+                }
+            }
             Ok(Err(e)) => super::describe(&e),
             Err(_) => format!("connect timed out after {timeout:?}"),
         };
@@ -282,6 +287,25 @@ async fn connect(
             cancel,
         )
         .await?;
+    }
+}
+
+/// Whether Redis serves data on a new connection. A Redis still loading
+/// its dataset (restarted with persistence, a replica's full sync) accepts
+/// connections and SUBSCRIBE but answers reads and writes with `-LOADING`:
+/// connected then, the node would read the history of its channels too
+/// early and close their clients with 3008 for gaps Redis still holds.
+/// So a connection counts once a PING answers (nothing can be recorded
+/// while Redis loads: `FCALL` is refused too).
+async fn ready(shared: &Shared, conn: &mut MultiplexedConnection) -> Result<(), String> {
+    let ping = redis::cmd("PING");
+    match tokio::time::timeout(shared.settings.timeout, ping.query_async::<Value>(conn)).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(super::describe(&e)),
+        Err(_) => Err(format!(
+            "redis did not answer a PING within {:?}",
+            shared.settings.timeout
+        )),
     }
 }
 
