@@ -192,7 +192,7 @@ impl Deliver {
 
 impl BrokerHandler for Deliver {
     fn reconnecting(&self) {
-        self.repairs.close_all(self.tails.stale_all());
+        self.repairs.close_all(&self.tails);
     }
 
     fn reconnected(&self) {
