@@ -151,9 +151,9 @@ counters! {
     /// recoveries, `history` commands and API calls).
     history_reads => Counter "history_reads", "Reads of channel history on the broker (subscribe positions, recoveries, history commands and API calls)";
     /// History channels a node repaired by itself after a broker reconnect.
-    history_repairs => Counter "history_repairs" ["outcome" = "repaired"], "History channels a node repaired after a broker reconnect, by outcome (failed: their native clients were closed with 3008 to recover)";
+    history_repairs => Counter "history_repairs" ["outcome" = "repaired"], "History channels a node repaired after a broker reconnect or lost live copies, by outcome (failed: their native clients were closed with 3008 to recover)";
     /// History channels it could not repair (native clients closed with 3008).
-    history_repairs_failed => Counter "history_repairs" ["outcome" = "failed"], "History channels a node repaired after a broker reconnect, by outcome (failed: their native clients were closed with 3008 to recover)";
+    history_repairs_failed => Counter "history_repairs" ["outcome" = "failed"], "History channels a node repaired after a broker reconnect or lost live copies, by outcome (failed: their native clients were closed with 3008 to recover)";
     /// History reads answered by another identical read (a recovery storm
     /// costs a few reads per channel, not one per client).
     history_reads_shared => Counter "history_reads_shared", "History reads answered by another client's identical read instead of one of their own (recovery storms)";

@@ -190,12 +190,9 @@ impl Deliver {
     }
 }
 
-impl BrokerHandler for Deliver {
-    fn reconnecting(&self) {
-        self.repairs.close_all(&self.tails);
-    }
-
-    fn reconnected(&self) {
+impl Deliver {
+    /// Repairs the channels held for it, as one of the node's tasks.
+    fn start_repair(&self) {
         if let Some(inner) = self.node.get().and_then(std::sync::Weak::upgrade) {
             let node = Node { inner };
             let repairing = node.clone();
@@ -203,6 +200,16 @@ impl BrokerHandler for Deliver {
                 .tasks
                 .spawn(async move { repairing.repair().await });
         }
+    }
+}
+
+impl BrokerHandler for Deliver {
+    fn reconnecting(&self) {
+        self.repairs.close_all(&self.tails);
+    }
+
+    fn reconnected(&self) {
+        self.start_repair();
     }
 
     fn handle_publication(&self, publication: Publication) -> BoxFuture<'_, ()> {
@@ -219,6 +226,13 @@ impl BrokerHandler for Deliver {
         let Some(publication) = self.repairs.admit(publication) else {
             return async {}.boxed();
         };
+        if let Some(from) = self.tails.gap_before(&publication) {
+            // Live copies were lost (the intake dropped them): read them
+            // back before this one rather than skip them.
+            self.repairs.close_one(from, publication);
+            self.start_repair();
+            return async {}.boxed();
+        }
         self.tails.note(&publication);
         async move {
             let started = Instant::now();

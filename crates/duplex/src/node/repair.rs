@@ -1,7 +1,9 @@
 //! A node repairs a Redis blip by itself: when its subscriber connection
 //! comes back, every history channel it holds is read from the last offset
 //! it delivered, and what it missed is fanned out, in order, before the
-//! channel's live publications, so no client has to reconnect. Only when
+//! channel's live publications, so no client has to reconnect. The same
+//! runs for one channel whose offsets jump while connected (live copies the
+//! intake dropped under a flood): read back, never skipped. Only when
 //! the gap cannot be filled (the epoch changed, or more was missed than the
 //! channel keeps) are the channel's native clients closed with 3008, so
 //! they resubscribe with `recover` and learn `recovered: false`.
@@ -103,6 +105,25 @@ impl Repairs {
             );
         }
         self.gated.store(!gates.is_empty(), Ordering::SeqCst);
+    }
+
+    /// Live copies of `first`'s channel were lost before it: holds the
+    /// channel (`first` first) until it is repaired from `from`.
+    pub(super) fn close_one(&self, from: Position, first: Publication) {
+        let mut gates = self.gates.lock();
+        let round = self.round.fetch_add(1, Ordering::SeqCst) + 1;
+        let bytes = first.payload.len();
+        gates.insert(
+            first.channel.clone(),
+            Gate::Holding {
+                from,
+                round,
+                held: VecDeque::from([first]),
+                bytes,
+                overflowed: false,
+            },
+        );
+        self.gated.store(true, Ordering::SeqCst);
     }
 
     /// The channels to repair, where each stood and for which reconnect.
@@ -229,7 +250,7 @@ impl Node {
         }
         tracing::info!(
             channels = channels.len(),
-            "repairing history channels after a broker reconnect"
+            "repairing history channels (a broker reconnect, or live copies lost)"
         );
         for (channel, from, round) in channels {
             self.repair_channel(&channel, &from, round).await;
@@ -276,7 +297,7 @@ impl Node {
             }
         }
         Stats::bump(&self.inner.stats.history_repairs);
-        tracing::info!(%channel, from = from.offset, to = covered, "history channel repaired after a broker reconnect");
+        tracing::info!(%channel, from = from.offset, to = covered, "history channel repaired: what it missed was read back and delivered in order");
     }
 
     /// Reads what `channel` missed after `from`: `Ok(None)` when a later

@@ -153,6 +153,16 @@ impl Tails {
         }
     }
 
+    /// Where this node stood on `p`'s channel when `p` skips offsets after
+    /// it in the same epoch (their live copies never arrived), else `None`.
+    pub(super) fn gap_before(&self, p: &Publication) -> Option<Position> {
+        let at = p.position.as_ref()?;
+        let state = self.state.lock();
+        let delivered = state.channels.get(&p.channel)?.delivered.as_ref()?;
+        (delivered.epoch == at.epoch && at.offset > delivered.offset.saturating_add(1))
+            .then(|| delivered.clone())
+    }
+
     /// Starts following `channel` for a subscriber that joined it (the
     /// caller holds the channel's stripe lock and the broker confirmed
     /// the subscription): later subscribers may be answered from the run.
