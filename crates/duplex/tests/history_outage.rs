@@ -449,6 +449,51 @@ async fn top_position(node: &TestNode, channel: &str) -> Value {
     top
 }
 
+/// Publishes through the node's API and straight into Redis (FCALL), in turn.
+fn both_routes(node: &TestNode, redis: &RedisServer) -> Vec<Route> {
+    vec![
+        Route::Api(node.http("/api/publish")),
+        Route::Fcall(redis.url()),
+    ]
+}
+
+/// Once the node serves again: `more` publications accepted, the
+/// publisher stopped, every client complete and the channel at the same
+/// epoch (its data kept) and at its top offset; answers that offset and
+/// what the clients saw (dropping it closes them).
+async fn back_and_complete(
+    node: &TestNode,
+    publisher: Publisher,
+    redis: &RedisServer,
+    channel: &str,
+    watched: Vec<Watched>,
+    epoch: &str,
+    more: usize,
+) -> (u64, Vec<Seen>) {
+    support::eventually("the node back on redis", || async {
+        node.health().await == 200
+    })
+    .await;
+    let before = publisher.accepted();
+    publisher.wait_accepted(before + more).await;
+    let accepted = publisher.stop().await;
+    let top = publish_end(&redis.url(), channel).await;
+    let seen = check_all("node", watched, &accepted, top, epoch).await;
+    let position = top_position(node, channel).await;
+    assert_eq!(position["epoch"], epoch, "the data was kept");
+    assert_eq!(position["offset"], top);
+    (top, seen)
+}
+
+/// SIGKILLs Redis and waits until the node's health says so.
+async fn kill_and_see_it_gone(redis: &mut RedisServer, node: &TestNode) {
+    redis.kill();
+    support::eventually("the node sees redis gone", || async {
+        node.health().await == 503
+    })
+    .await;
+}
+
 /// Redis (appendonly, fsync always) is killed with SIGKILL and restarted on
 /// its port while publishes keep coming through the node's API and FCALL:
 /// what FCALL recorded while the node's subscriber was away is read back
@@ -466,20 +511,10 @@ async fn redis_killed_and_restarted_with_its_data_loses_nothing_and_nobody_recon
     let through_proxy = format!("redis://127.0.0.1:{}", proxy.port);
     let node = TestNode::on_redis(&through_proxy, with_history()).await;
     let (watched, epoch) = subscribed(&node, CHANNEL, 3).await;
-    let publisher = Publisher::start(
-        CHANNEL,
-        vec![
-            Route::Api(node.http("/api/publish")),
-            Route::Fcall(redis.url()),
-        ],
-    );
+    let publisher = Publisher::start(CHANNEL, both_routes(&node, &redis));
     publisher.wait_accepted(50).await;
 
-    redis.kill();
-    support::eventually("the node sees redis gone", || async {
-        node.health().await == 503
-    })
-    .await;
+    kill_and_see_it_gone(&mut redis, &node).await;
     // Both routes refused for a while (the publisher alternates).
     publisher.wait_refused(10).await;
     let before = publisher.accepted();
@@ -488,19 +523,8 @@ async fn redis_killed_and_restarted_with_its_data_loses_nothing_and_nobody_recon
     publisher.wait_accepted(before + 30).await;
     assert_eq!(node.health().await, 503, "the node is held back");
     proxy.stall(false);
-    support::eventually("the node back on redis", || async {
-        node.health().await == 200
-    })
-    .await;
-    let before = publisher.accepted();
-    publisher.wait_accepted(before + 100).await;
-    let accepted = publisher.stop().await;
-    let top = publish_end(&redis.url(), CHANNEL).await;
-
-    let _seen = check_all("node", watched, &accepted, top, &epoch).await;
-    let position = top_position(&node, CHANNEL).await;
-    assert_eq!(position["epoch"], epoch.as_str(), "the data was kept");
-    assert_eq!(position["offset"], top);
+    let (top, _seen) =
+        back_and_complete(&node, publisher, &redis, CHANNEL, watched, &epoch, 100).await;
     let info = nobody_reconnected(&node, 3).await;
     let reconnects = info["broker"]["reconnects"].as_u64().expect("reconnects");
     assert!(reconnects >= 1, "{info}");
@@ -719,37 +743,16 @@ async fn redis_restarted_with_a_dataset_to_load_is_waited_for_and_nobody_reconne
     fill(&redis, 1_500_000).await;
     let node = TestNode::on_redis(&redis.url(), with_history()).await;
     let (watched, epoch) = subscribed(&node, CHANNEL, 3).await;
-    let publisher = Publisher::start(
-        CHANNEL,
-        vec![
-            Route::Api(node.http("/api/publish")),
-            Route::Fcall(redis.url()),
-        ],
-    );
+    let publisher = Publisher::start(CHANNEL, both_routes(&node, &redis));
     publisher.wait_accepted(30).await;
 
-    redis.kill();
-    support::eventually("the node sees redis gone", || async {
-        node.health().await == 503
-    })
-    .await;
+    kill_and_see_it_gone(&mut redis, &node).await;
     redis.restart();
     assert!(loading(&redis).await, "the scenario: redis is loading");
     publisher.wait_refused(10).await;
     assert!(loading(&redis).await, "the scenario: still loading");
     assert_eq!(node.health().await, 503, "not serving while redis loads");
-    support::eventually("redis loaded and the node back on it", || async {
-        node.health().await == 200
-    })
-    .await;
-    let before = publisher.accepted();
-    publisher.wait_accepted(before + 50).await;
-    let accepted = publisher.stop().await;
-    let top = publish_end(&redis.url(), CHANNEL).await;
-
-    let _seen = check_all("node", watched, &accepted, top, &epoch).await;
-    let position = top_position(&node, CHANNEL).await;
-    assert_eq!(position["epoch"], epoch.as_str(), "the data was kept");
+    let _seen = back_and_complete(&node, publisher, &redis, CHANNEL, watched, &epoch, 50).await;
     nobody_reconnected(&node, 3).await;
 }
 

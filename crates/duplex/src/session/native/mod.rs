@@ -286,6 +286,33 @@ impl NativeSession {
         Ok(None)
     }
 
+    /// Joins `channels` (already counted for the address), catching
+    /// history channels up from `recover`; on a failure none is left
+    /// caught up and the address share is given back.
+    async fn join_all<'c>(
+        &mut self,
+        node: &Node,
+        conn: &Arc<Conn>,
+        channels: impl IntoIterator<Item = &'c ChannelName>,
+        recover: &duplex_protocol::history::RecoverParams,
+    ) -> Result<Vec<history::CaughtUp>, Refusal> {
+        let mut caught_up = Vec::new();
+        for channel in channels {
+            match self
+                .join(node, conn, channel, recover.get(channel.as_str()))
+                .await
+            {
+                Ok(done) => caught_up.extend(done),
+                Err(e) => {
+                    self.release_subscriptions();
+                    history::release(node, conn, caught_up);
+                    return Err(broker_error(e).into());
+                }
+            }
+        }
+        Ok(caught_up)
+    }
+
     /// Joins the channels a signed token names (trusted: they may be
     /// reserved ones and pass `max_subscriptions`; they count for the
     /// address), catching history channels up from `recover`.
@@ -313,20 +340,7 @@ impl NativeSession {
         share
             .reserve(fresh.len())
             .map_err(|full| subscriptions_refused(node, conn, full.to_string()))?;
-        let mut caught_up = Vec::new();
-        for channel in &fresh {
-            match self
-                .join(node, conn, channel, recover.get(channel.as_str()))
-                .await
-            {
-                Ok(done) => caught_up.extend(done),
-                Err(e) => {
-                    self.release_subscriptions();
-                    history::release(node, conn, caught_up);
-                    return Err(broker_error(e).into());
-                }
-            }
-        }
+        let caught_up = self.join_all(node, conn, &fresh, recover).await?;
         Ok((granted, caught_up))
     }
 
@@ -396,21 +410,7 @@ impl NativeSession {
         share
             .reserve(new.len())
             .map_err(|full| subscriptions_refused(node, conn, full.to_string()))?;
-        let mut caught_up = Vec::new();
-        for channel in new {
-            let joined = self
-                .join(node, conn, channel, recover.get(channel.as_str()))
-                .await;
-            match joined {
-                Ok(Some(done)) => caught_up.push(done),
-                Ok(None) => {}
-                Err(e) => {
-                    self.release_subscriptions();
-                    history::release(node, conn, caught_up);
-                    return Err(broker_error(e).into());
-                }
-            }
-        }
+        let caught_up = self.join_all(node, conn, new, &recover).await?;
         if caught_up.is_empty() {
             return Ok(Some(channels_reply(id, &names)));
         }
