@@ -2,6 +2,7 @@
 //! same ids, pushes for messages. See docs/PROTOCOL.md for the wire format.
 
 mod history;
+pub(crate) mod presence;
 mod rules;
 
 use rules::{
@@ -173,6 +174,8 @@ impl NativeSession {
         let reply = match command {
             Command::Subscribe(p) => return self.subscribe(node, conn, id, p).await,
             Command::History(p) => self.history(node, conn, id, p).await,
+            Command::Presence(p) => self.presence(node, conn, id, p).await,
+            Command::PresenceStats(p) => self.presence_stats(node, conn, id, p).await,
             Command::Unsubscribe(p) => self.unsubscribe(node, conn, id, p.into_names().0).await,
             Command::Publish(p) => self.publish(node, conn, id, p).await,
             Command::Refresh(p) => self.refresh(node, conn, id, p),
@@ -271,7 +274,7 @@ impl NativeSession {
             .reserve(fresh.len())
             .map_err(|full| subscriptions_refused(node, conn, full.to_string()))?;
         for channel in fresh {
-            if let Err(e) = node.subscribe(conn, &channel).await {
+            if let Err(e) = presence::subscribe(node, conn, &channel, &identity).await {
                 share.release_to(self.channels.len());
                 return Err(broker_error(e).into());
             }
@@ -298,7 +301,7 @@ impl NativeSession {
                 channels: &granted,
             },
         );
-        self.auth = Authenticated::new(&identity.user, slot);
+        self.auth = Authenticated::new(&identity.user, slot, identity.info);
         Ok(reply)
     }
 
@@ -373,6 +376,10 @@ impl NativeSession {
             let joined = self
                 .join(node, conn, channel, recover.get(channel.as_str()))
                 .await;
+            let joined = match joined {
+                Ok(done) => self.enter(node, conn, channel).await.map(|()| done),
+                Err(e) => Err(e),
+            };
             match joined {
                 Ok(Some(done)) => caught_up.push(done),
                 Ok(None) => {}
