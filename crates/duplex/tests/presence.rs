@@ -497,3 +497,101 @@ async fn the_members_of_a_killed_node_go_within_the_lease_and_leave_once() {
     );
     let _ = std::fs::remove_file(config);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_joins_and_leaves_a_second_for_thirty_seconds_end_exact() {
+    use std::time::{Duration, Instant};
+    const CLIENTS: u32 = 200;
+    /// Membership changes per second, all clients together (half joins,
+    /// half leaves).
+    const RATE: u32 = 1000;
+    const DURATION: Duration = Duration::from_secs(30);
+    let redis = RedisServer::start();
+    let a = TestNode::on_redis(&redis.url(), presence_settings()).await;
+    let b = TestNode::on_redis(&redis.url(), presence_settings()).await;
+    let period = Duration::from_secs(1) * CLIENTS / RATE;
+    let start = tokio::time::Instant::now() + Duration::from_secs(1);
+    let mut tasks = Vec::new();
+    for i in 0..CLIENTS {
+        // u0..u49 have a connection on each node; the rest one.
+        let user = format!("u{}", i % 150);
+        let node = if i < CLIENTS / 2 { &a } else { &b };
+        let mut client = Client::connect(&node.ws("/ws")).await;
+        let reply = client
+            .command("connect", json!({"token": token(&user, None)}))
+            .await;
+        let conn = reply["result"]["client"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{reply}"))
+            .to_string();
+        let phase = period * i / CLIENTS;
+        tasks.push(tokio::spawn(async move {
+            let mut ticks = tokio::time::interval_at(start + phase, period);
+            let (mut subscribed, mut changes) = (false, 0u32);
+            let began = Instant::now();
+            while began.elapsed() < DURATION {
+                ticks.tick().await;
+                let method = if subscribed {
+                    "unsubscribe"
+                } else {
+                    "subscribe"
+                };
+                let reply = client
+                    .command(method, json!({"channel": "quiet:churn"}))
+                    .await;
+                assert!(reply.get("result").is_some(), "{method}: {reply}");
+                subscribed = !subscribed;
+                changes += 1;
+            }
+            // A third end in the channel, right as the others leave it.
+            if subscribed != (i % 3 == 0) {
+                let method = if subscribed {
+                    "unsubscribe"
+                } else {
+                    "subscribe"
+                };
+                let reply = client
+                    .command(method, json!({"channel": "quiet:churn"}))
+                    .await;
+                assert!(reply.get("result").is_some(), "{method}: {reply}");
+                subscribed = !subscribed;
+            }
+            (client, conn, user, subscribed, changes)
+        }));
+    }
+    let mut want = Vec::new();
+    let (mut users, mut changes, mut clients) = (std::collections::BTreeSet::new(), 0, Vec::new());
+    for task in tasks {
+        let (client, conn, user, subscribed, n) = task.await.expect("client task");
+        changes += n;
+        if subscribed {
+            want.push((user.clone(), conn));
+            users.insert(user);
+        }
+        clients.push(client);
+    }
+    want.sort();
+    let planned = RATE * DURATION.as_secs() as u32;
+    eprintln!("{changes} joins and leaves in {DURATION:?} ({planned} planned)");
+    assert!(
+        changes >= planned * 8 / 10,
+        "only {changes} of {planned} changes"
+    );
+    assert!(
+        !want.is_empty() && want.len() < CLIENTS as usize,
+        "a mixed end"
+    );
+    for node in [&a, &b] {
+        let mut asker = native(node, "", None).await;
+        assert_eq!(
+            members(&mut asker, "quiet:churn").await,
+            want,
+            "no ghost, none missing"
+        );
+        assert_eq!(
+            stats(&mut asker, "quiet:churn").await,
+            json!({"connections": want.len(), "users": users.len()})
+        );
+    }
+    drop(clients);
+}
