@@ -595,3 +595,94 @@ async fn a_thousand_joins_and_leaves_a_second_for_thirty_seconds_end_exact() {
     }
     drop(clients);
 }
+
+/// Waits for the next push of `kind` for `user`, skipping others.
+async fn event_for(client: &mut Client, kind: &str, user: &str) -> Value {
+    loop {
+        let v = next_event(client).await;
+        if v["push"] == kind && v["user"] == user {
+            return v;
+        }
+    }
+}
+
+#[tokio::test]
+async fn members_come_back_after_redis_restarts_empty() {
+    let mut redis = RedisServer::start();
+    let short = || {
+        let mut s = presence_settings();
+        if let Some(namespaces) = s.namespaces.as_mut() {
+            namespaces[0].presence_ttl = Some(std::time::Duration::from_secs(1));
+        }
+        s
+    };
+    let a = TestNode::on_redis(&redis.url(), short()).await;
+    let b = TestNode::on_redis(&redis.url(), short()).await;
+    let mut watcher = native(&a, "watcher", None).await;
+    subscribe_joining(&mut watcher, &["room:r"], 1).await;
+    let mut ada = native(&b, "ada", None).await;
+    ada.subscribe(&["room:r"]).await;
+    event_for(&mut watcher, "join", "ada").await;
+
+    // Redis comes back with nothing: each node's next tick finds its lease
+    // gone and adds its members back, and their users join again.
+    redis.restart();
+    event_for(&mut watcher, "join", "ada").await;
+    wait_stats(
+        &mut watcher,
+        "room:r",
+        json!({"connections": 2, "users": 2}),
+    )
+    .await;
+    assert!(a.stat("presence_rejoins").await >= 1);
+    assert!(b.stat("presence_rejoins").await >= 1);
+}
+
+#[tokio::test]
+async fn a_leave_redis_could_not_take_is_retried() {
+    let redis = RedisServer::start();
+    // Leases of 6 s outlive the pause below: no sweep can stand in for the
+    // retried leave; ticks every 2 s retry it.
+    let settings = || {
+        let mut s = presence_settings();
+        if let Some(namespaces) = s.namespaces.as_mut() {
+            namespaces[0].presence_ttl = Some(std::time::Duration::from_secs(6));
+        }
+        s
+    };
+    let a = TestNode::on_redis(&redis.url(), settings()).await;
+    let b = TestNode::on_redis(&redis.url(), settings()).await;
+    let mut watcher = native(&a, "watcher", None).await;
+    subscribe_joining(&mut watcher, &["room:f"], 1).await;
+    let mut ada = native(&b, "ada", None).await;
+    ada.subscribe(&["room:f"]).await;
+    let mut bo = native(&b, "bo", None).await;
+    bo.subscribe(&["room:f"]).await;
+    wait_stats(
+        &mut watcher,
+        "room:f",
+        json!({"connections": 3, "users": 3}),
+    )
+    .await;
+    redis.pause();
+    ada.close().await;
+    support::eventually("the leave failed", || async {
+        b.stat("presence_failures").await >= 1
+    })
+    .await;
+    redis.resume();
+    // The list converges; the leave push itself is at most once (it may go
+    // out while a node's subscription to Redis is still coming back).
+    wait_stats(
+        &mut watcher,
+        "room:f",
+        json!({"connections": 2, "users": 2}),
+    )
+    .await;
+    let listed = members(&mut watcher, "room:f").await;
+    assert_eq!(
+        listed.iter().map(|(u, _)| u.as_str()).collect::<Vec<_>>(),
+        ["bo", "watcher"]
+    );
+    drop(bo);
+}
