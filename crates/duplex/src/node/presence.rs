@@ -53,6 +53,9 @@ pub(super) fn check_broker(permissions: &Permissions, broker: &Broker) -> Result
 #[derive(Debug, Default)]
 pub(super) struct Locals {
     channels: Mutex<HashMap<ChannelName, Local>>,
+    /// Whether `channels` has entries: every unsubscribe on the node asks,
+    /// and on a node without presence it must not take the lock to learn no.
+    any: AtomicBool,
     /// Set by a clean shutdown's forget: no join, tick or rejoin after it.
     forgotten: AtomicBool,
 }
@@ -82,6 +85,7 @@ impl Locals {
     /// to its pushes (creating its entry).
     fn open(&self, channel: &ChannelName, rule: PresenceRule) -> (bool, bool) {
         let mut channels = self.channels.lock();
+        self.any.store(true, Relaxed);
         let local = channels.entry(channel.clone()).or_insert_with(|| Local {
             members: HashMap::new(),
             rule,
@@ -101,10 +105,12 @@ impl Locals {
     /// was listening to its pushes (it stops).
     fn close_if_idle(&self, channel: &ChannelName) -> bool {
         let mut channels = self.channels.lock();
-        match channels.get(channel) {
+        let listening = match channels.get(channel) {
             Some(local) if local.is_idle() => channels.remove(channel).is_some_and(|l| l.listening),
             _ => false,
-        }
+        };
+        self.any.store(!channels.is_empty(), Relaxed);
+        listening
     }
 
     fn members(&self, channel: &ChannelName) -> Vec<Member> {
@@ -229,6 +235,9 @@ impl Node {
     /// was its user's last connection there.
     pub(super) async fn leave_presence_held(&self, conn: &Conn, channel: &ChannelName) {
         let locals = &self.inner.presence;
+        if !locals.any.load(Relaxed) {
+            return;
+        }
         let mut gone = None;
         locals.update(channel, |l| {
             gone = l.members.remove(&conn.seq).map(|m| (m, l.rule))
@@ -409,7 +418,9 @@ impl Node {
                     continue;
                 }
                 let _guard = self.stripe(channel).lock().await;
-                let Some(rule) = self.inner.presence.rule(channel) else {
+                // Its last member may have left since: the sweep's leaves still go out.
+                let rule = self.inner.presence.rule(channel);
+                let Some(rule) = rule.or_else(|| self.presence_rule(channel)) else {
                     continue;
                 };
                 self.push_change(channel, rule, &change).await;
@@ -441,6 +452,7 @@ impl Node {
             .drain()
             .map(|(channel, local)| (channel, local.rule))
             .collect();
+        locals.any.store(false, Relaxed);
         if held.is_empty() {
             return;
         }
