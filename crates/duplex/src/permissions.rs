@@ -503,6 +503,36 @@ mod tests {
         }
     }
 
+    #[test]
+    fn presence_options_need_presence_and_a_usable_lease() {
+        let with = |presence, join_leave, ttl: Option<Duration>| {
+            Permissions::new(vec![Namespace {
+                pattern: "room:*".into(),
+                presence,
+                join_leave,
+                presence_ttl: ttl,
+                ..Default::default()
+            }])
+        };
+        let refused = |p: Result<Permissions, InvalidNamespace>| p.unwrap_err().reason;
+        assert!(refused(with(false, true, None)).contains("join_leave needs presence"));
+        assert!(
+            refused(with(false, false, Some(Duration::from_secs(5)))).contains("needs presence")
+        );
+        assert!(refused(with(true, false, Some(Duration::from_millis(10)))).contains("at least"));
+        let p = with(true, true, None).unwrap();
+        assert!(p.keeps_presence());
+        assert_eq!(
+            p.presence("room:1"),
+            Some(PresenceRule {
+                join_leave: true,
+                ttl: DEFAULT_PRESENCE_TTL
+            })
+        );
+        assert_eq!(p.presence("other"), None);
+        assert!(!with(false, false, None).unwrap().keeps_presence());
+    }
+
     const ANON: Asker<'static> = Asker {
         user: "",
         has_channel_token: false,

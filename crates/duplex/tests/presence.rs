@@ -287,6 +287,26 @@ async fn presence_of_a_channel_one_may_not_subscribe_to_is_refused_as_subscribe_
 }
 
 #[tokio::test]
+async fn a_token_s_channels_make_a_member_at_connect() {
+    let node = TestNode::start(presence_settings()).await;
+    let token = jsonwebtoken::encode(
+        &Header::default(),
+        &json!({"sub": "tia", "exp": unix_now() + 600, "info": {"n": 1}, "channels": ["room:t"]}),
+        &EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .expect("sign");
+    let mut tia = Client::connect(&node.ws("/ws")).await;
+    let reply = tia.command("connect", json!({"token": token})).await;
+    assert_eq!(reply["result"]["channels"][0], "room:t", "{reply}");
+    let conn = reply["result"]["client"].clone();
+    let reply = tia.command("presence", json!({"channel": "room:t"})).await;
+    assert_eq!(
+        reply["result"]["members"],
+        json!([{"conn": conn, "user": "tia", "info": {"n": 1}}])
+    );
+}
+
+#[tokio::test]
 async fn a_single_memory_node_lists_members_and_pushes_joins_and_leaves() {
     let node = TestNode::start(presence_settings()).await;
     let mut ann = native(&node, "ann", Some(json!({"color": "red"}))).await;
