@@ -30,13 +30,15 @@ export const ErrorCode: Readonly<{
   UPSTREAM_FAILED: 115;
   /** `history` on a channel whose namespace keeps no history. */
   NO_HISTORY: 116;
+  /** `presence` or `presenceStats` on a channel whose namespace keeps no presence. */
+  NO_PRESENCE: 117;
   /** No reply (or no connection) within `timeout`. Temporary. */
   CLIENT_TIMEOUT: 1;
   /** The connection closed before the reply; the command may or may not have run. Temporary. */
   CONNECTION_LOST: 2;
   /** `disconnect()` was called, the client was never started, or it stopped for good. */
   CLIENT_CLOSED: 3;
-  /** presence: needs a newer server. */
+  /** Not sent by this version (presence once needed a newer server). */
   NOT_SUPPORTED: 4;
 }>;
 
@@ -243,10 +245,34 @@ export interface SubscribeOptions {
    * saved earlier, e.g. across a page reload) at the first subscribe.
    */
   since?: StreamPosition;
-  /** Reserved: presence `join` pushes, once a server sends them. */
-  onJoin?: (push: object) => void;
-  /** Reserved: presence `leave` pushes, once a server sends them. */
-  onLeave?: (push: object) => void;
+  /** Presence (`join_leave` channels): a user joined (their first connection). */
+  onJoin?: (event: PresenceEvent) => void;
+  /** Presence (`join_leave` channels): a user left (their last connection). */
+  onLeave?: (event: PresenceEvent) => void;
+}
+
+/** One connection on a presence channel. */
+export interface PresenceMember {
+  /** Its connection id (`<node>.<n>`, as `info.client` says). */
+  conn: string;
+  /** Its user (the token's `sub`); "" when anonymous. */
+  user: string;
+  /** Its token's `info` claim; undefined when there was none. */
+  info?: unknown;
+}
+
+/** A presence channel's counts. */
+export interface PresenceStats {
+  /** Member connections. */
+  connections: number;
+  /** Distinct users (each anonymous connection counts as one). */
+  users: number;
+}
+
+/** A `join` or `leave` event: a user's first connection came, or their last went. */
+export interface PresenceEvent extends PresenceMember {
+  /** The channel. */
+  channel: string;
 }
 
 /** Options of `send` and `rpc`. */
@@ -275,8 +301,8 @@ export interface SubscriptionEvents {
   /** `server` is true when a backend took the connection off the channel (`POST /api/unsubscribe`). */
   unsubscribed: (event: { error?: DuplexError; server?: boolean }) => void;
   error: (error: unknown) => void;
-  join: (push: object) => void;
-  leave: (push: object) => void;
+  join: (event: PresenceEvent) => void;
+  leave: (event: PresenceEvent) => void;
 }
 
 export class Subscription {
@@ -298,8 +324,10 @@ export class Subscription {
   /** Ends the subscription (no resubscribe after reconnect). */
   unsubscribe(): Promise<void>;
   publish(data: unknown): Promise<PublishResult>;
-  /** Reserved: rejects with NOT_SUPPORTED on protocol 1. */
-  presence(): Promise<never>;
+  /** Who is on the channel; NO_PRESENCE (117) if it keeps no presence. */
+  presence(): Promise<PresenceMember[]>;
+  /** How many are on the channel; NO_PRESENCE (117) if it keeps no presence. */
+  presenceStats(): Promise<PresenceStats>;
   /** What the channel's history keeps; NO_HISTORY (116) if it keeps none. */
   history(options?: HistoryOptions): Promise<HistoryResult>;
 }
@@ -368,8 +396,14 @@ export class Duplex {
   rpc<T = unknown>(method: string, data?: unknown, options?: UpstreamOptions): Promise<T>;
   /** Sends data up to the backends (a Redis Stream or the HTTP upstream); resolves once handed over. */
   send(data: unknown, options?: UpstreamOptions): Promise<{}>;
-  /** Reserved until the server supports it: rejects with NOT_SUPPORTED. */
-  presence(channel: string): Promise<never>;
+  /**
+   * Who is on a presence channel, one entry per connection, on every node.
+   * Rejects with NO_PRESENCE (117) on a channel that keeps none,
+   * PERMISSION_DENIED if it may not subscribe.
+   */
+  presence(channel: string): Promise<PresenceMember[]>;
+  /** Connections and distinct users on a presence channel; rejects as `presence`. */
+  presenceStats(channel: string): Promise<PresenceStats>;
   /**
    * What `channel`'s history keeps (publications after `since`, at most
    * `limit`, newest first with `reverse`). Rejects with NO_HISTORY (116) on

@@ -36,6 +36,8 @@ export const ErrorCode = Object.freeze({
   UPSTREAM_FAILED: 115,
   /** `history` on a channel whose namespace keeps no history. */
   NO_HISTORY: 116,
+  /** `presence` or `presenceStats` on a channel whose namespace keeps no presence. */
+  NO_PRESENCE: 117,
   // Client-side failures (never sent by a server): below 100.
   /** No reply (or no connection) within `timeout`. */
   CLIENT_TIMEOUT: 1,
@@ -43,7 +45,7 @@ export const ErrorCode = Object.freeze({
   CONNECTION_LOST: 2,
   /** `disconnect()` was called, or the client stopped for good. */
   CLIENT_CLOSED: 3,
-  /** The feature needs a newer server (presence). */
+  /** Not sent by this version (presence once needed a newer server); kept for code that tests for it. */
   NOT_SUPPORTED: 4,
 });
 
@@ -101,11 +103,6 @@ export class DuplexError extends Error {
     this.temporary = temporary;
   }
 }
-
-const notSupported = (what) =>
-  Promise.reject(
-    new DuplexError(ErrorCode.NOT_SUPPORTED, `${what} is not supported by this server version (protocol ${PROTOCOL_VERSION})`),
-  );
 
 // Tiny event emitter: on() returns a function that removes the handler.
 class Emitter {
@@ -215,9 +212,13 @@ export class Subscription extends Emitter {
     return this.client._unsubscribe(this);
   }
 
-  /** Reserved for a later protocol version: who is on the channel. */
+  /** Who is on the channel: `client.presence(this.channel)`. */
   presence() {
-    return notSupported("presence");
+    return this.client.presence(this.channel);
+  }
+  /** How many are on the channel: `client.presenceStats(this.channel)`. */
+  presenceStats() {
+    return this.client.presenceStats(this.channel);
   }
   /** What the channel's history keeps: `client.history(this.channel, options)`. */
   history(options) {
@@ -713,9 +714,9 @@ export class Duplex extends Emitter {
       }
       case "join":
       case "leave": {
-        // Reserved for presence in a later protocol version; routed if it comes.
+        // Presence (join_leave channels): a user's first connection came, or their last went.
         const sub = this._subs.get(msg.channel);
-        if (sub) sub._emit(msg.push, msg);
+        if (sub) sub._emit(msg.push, { channel: msg.channel, user: msg.user, conn: msg.conn, info: msg.info });
         break;
       }
       default:
@@ -820,9 +821,27 @@ export class Duplex extends Emitter {
     const ms = this.info?.rpc_timeout_ms;
     return typeof ms === "number" && ms > 0 ? ms : DEFAULT_SERVER_RPC_TIMEOUT;
   }
-  /** Reserved for a later protocol version. */
-  presence(_channel) {
-    return notSupported("presence");
+  /**
+   * Who is on a presence channel, on every node (docs/PRESENCE.md):
+   * resolves with `[{ conn, user, info }]`, one per connection (`user` ""
+   * when anonymous; `info` the token's `info` claim, undefined without).
+   * Rejects with NO_PRESENCE (117) on a channel that keeps none,
+   * PERMISSION_DENIED (105) if the client may not subscribe to it.
+   */
+  async presence(channel) {
+    if (typeof channel !== "string" || channel === "") throw new TypeError("presence: channel must be a non-empty string");
+    const result = await this._command("presence", { channel });
+    return (result.members ?? []).map(({ conn, user, info }) => ({ conn, user, info }));
+  }
+  /**
+   * How many are on a presence channel: resolves with `{ connections,
+   * users }` (distinct users; each anonymous connection counts as one).
+   * Rejects as `presence` does.
+   */
+  async presenceStats(channel) {
+    if (typeof channel !== "string" || channel === "") throw new TypeError("presenceStats: channel must be a non-empty string");
+    const { connections, users } = await this._command("presence_stats", { channel });
+    return { connections, users };
   }
   /**
    * Reads what `channel`'s history keeps (docs/PROTOCOL.md 3.4): the

@@ -106,9 +106,10 @@ test("send and rpc reach the server: a node on the memory broker with no upstrea
   await assert.rejects(c.rpc("m", {}), (e) => e.code === ErrorCode.UNKNOWN_METHOD && /--upstream-url/.test(e.message));
 });
 
-test("presence is a stub until the server supports it (history: history.test.js)", async () => {
+test("presence on a channel without it rejects with NO_PRESENCE (presence: presence.test.js)", async () => {
   const c = client();
-  await assert.rejects(c.presence("x"), (e) => e.code === ErrorCode.NOT_SUPPORTED && /not supported/.test(e.message));
+  c.connect();
+  await assert.rejects(c.presence("x"), (e) => e.code === ErrorCode.NO_PRESENCE && /presence/.test(e.message));
 });
 
 test("commands on a client that is not started reject at once", async () => {

@@ -51,6 +51,9 @@ pub enum ErrorCode {
     /// The channel keeps no history (its namespace sets no `history_size`
     /// and `history_ttl`), or the broker holds none.
     NoHistory,
+    /// The channel keeps no presence (its namespace does not set
+    /// `presence = true`).
+    NoPresence,
     /// A backend's own error code, passed through as is: [`BACKEND_CODES`].
     Backend(u16),
 }
@@ -79,6 +82,7 @@ impl ErrorCode {
             ErrorCode::TooManyPending => 114,
             ErrorCode::UpstreamFailed => 115,
             ErrorCode::NoHistory => 116,
+            ErrorCode::NoPresence => 117,
             ErrorCode::Backend(code) => u32::from(code),
         }
     }

@@ -30,6 +30,8 @@ pub const METHODS: &[&str] = &[
     "send",
     "rpc",
     "history",
+    "presence",
+    "presence_stats",
 ];
 
 /// One decoded command and the id its reply must carry.
@@ -63,6 +65,10 @@ pub enum Command {
     Rpc(RpcParams),
     /// Reads a history channel's kept publications.
     History(crate::history::HistoryParams),
+    /// Lists a presence channel's members.
+    Presence(crate::presence::PresenceParams),
+    /// Counts a presence channel's connections and users.
+    PresenceStats(crate::presence::PresenceParams),
 }
 
 /// Longest rpc method name, in bytes.
@@ -267,6 +273,8 @@ pub fn decode(frame: &[u8]) -> Result<Request, CommandError> {
         "send" => Command::Send(parse_params(id, "send", params)?),
         "rpc" => Command::Rpc(rpc_params(id, params)?),
         "history" => Command::History(parse_params(id, "history", params)?),
+        "presence" => Command::Presence(parse_params(id, "presence", params)?),
+        "presence_stats" => Command::PresenceStats(parse_params(id, "presence_stats", params)?),
         other => {
             let shown: String = other.chars().take(64).collect();
             return Err(CommandError::new(

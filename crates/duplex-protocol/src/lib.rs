@@ -14,6 +14,7 @@
 //! - [`push`]: native-protocol replies and pushes sent by the server.
 //! - [`payload`]: how JSON values become message bytes and back.
 //! - [`history`]: offsets, epochs and recovery as the protocol carries them.
+//! - [`presence`]: members, counts and `join` / `leave` pushes.
 //! - [`time`]: token times (JWT `NumericDate`), as checked and as reported.
 #![forbid(unsafe_code)]
 
@@ -22,6 +23,7 @@ pub mod code;
 pub mod command;
 pub mod history;
 pub mod payload;
+pub mod presence;
 pub mod push;
 pub mod time;
 pub mod ws;

@@ -8,7 +8,7 @@
 //! - push:   `{"push":"unsubscribe","channel":"news"}`
 //!
 //! A message on a history channel carries its `offset` after `channel`.
-//! Room is left for `join`/`leave` pushes (presence). rpc results are ordinary replies:
+//! `join`/`leave` pushes (presence) are in [`crate::presence`]. rpc results are ordinary replies:
 //! `{"id":1,"result":{"data":...}}`.
 
 use std::io::Write;
@@ -110,7 +110,8 @@ struct DisconnectPush<'a> {
     reconnect: bool,
 }
 
-fn json_frame(value: &impl Serialize) -> Bytes {
+/// Any serializable value as one text frame.
+pub(crate) fn json_frame(value: &impl Serialize) -> Bytes {
     let mut frame = FrameBuilder::new(OpCode::Text);
     // Serializing our own plain structs into memory cannot fail.
     if let Err(e) = serde_json::to_writer(frame.writer(), value) {

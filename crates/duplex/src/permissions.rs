@@ -89,6 +89,21 @@ pub struct Namespace {
     /// new subscriber gets the channel's last state at once) [default: stream].
     #[serde(default, skip_serializing_if = "RecoveryMode::is_stream")]
     pub recovery_mode: RecoveryMode,
+    /// Each native subscriber is a member others can list (`presence`,
+    /// `presence_stats`; docs/PRESENCE.md).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub presence: bool,
+    /// Native subscribers get `join` / `leave` pushes (needs `presence`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub join_leave: bool,
+    /// How long a node's members outlive its last lease renewal: the bound
+    /// for a killed node's members to go [default: 10s].
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub presence_ttl: Option<Duration>,
 }
 
 /// What a subscriber gets from a channel's history.
@@ -128,6 +143,20 @@ pub struct HistoryRule {
     pub cache: bool,
 }
 
+/// A namespace's presence settings, when its channels keep members.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PresenceRule {
+    /// `join_leave`: subscribers get `join` and `leave` pushes.
+    pub join_leave: bool,
+    /// `presence_ttl`: the lease a node renews every third of it.
+    pub ttl: Duration,
+}
+
+/// `presence_ttl` when unset.
+pub const DEFAULT_PRESENCE_TTL: Duration = Duration::from_secs(10);
+/// Shortest `presence_ttl`: a node must renew within a third of it.
+pub const MIN_PRESENCE_TTL: Duration = Duration::from_millis(300);
+
 /// Longest per-namespace `upstream_stream`, in bytes.
 pub const MAX_UPSTREAM_STREAM: usize = 255;
 
@@ -151,6 +180,29 @@ impl Namespace {
                 .unwrap_or(DEFAULT_RECOVERY_MAX),
             cache: self.recovery_mode == RecoveryMode::Cache,
         })
+    }
+
+    /// Its presence settings, or `None` when its channels keep no members.
+    pub fn presence(&self) -> Option<PresenceRule> {
+        self.presence.then(|| PresenceRule {
+            join_leave: self.join_leave,
+            ttl: self.presence_ttl.unwrap_or(DEFAULT_PRESENCE_TTL),
+        })
+    }
+
+    fn check_presence(&self) -> Result<(), String> {
+        if !self.presence && self.join_leave {
+            return Err("join_leave needs presence = true".into());
+        }
+        if !self.presence && self.presence_ttl.is_some() {
+            return Err("presence_ttl needs presence = true".into());
+        }
+        if self.presence_ttl.is_some_and(|t| t < MIN_PRESENCE_TTL) {
+            return Err(format!(
+                "presence_ttl must be at least {MIN_PRESENCE_TTL:?}"
+            ));
+        }
+        Ok(())
     }
 
     fn check_history(&self) -> Result<(), String> {
@@ -226,6 +278,8 @@ pub struct Permissions {
     fallback: Governed,
     /// Some namespace keeps history.
     any_history: bool,
+    /// Some namespace keeps presence.
+    any_presence: bool,
 }
 
 /// A namespace and its upstream URL, shared by every call routed there.
@@ -257,6 +311,9 @@ impl Default for Namespace {
             history_meta_ttl: None,
             recovery_max_publications: None,
             recovery_mode: RecoveryMode::Stream,
+            presence: false,
+            join_leave: false,
+            presence_ttl: None,
         }
     }
 }
@@ -306,6 +363,7 @@ impl Permissions {
                 }
             }
             ns.check_history().map_err(|why| bad(&why))?;
+            ns.check_presence().map_err(|why| bad(&why))?;
             if let Some(url) = &ns.upstream_url {
                 match url::Url::parse(url) {
                     Ok(u) if u.scheme() == "http" || u.scheme() == "https" => {}
@@ -326,10 +384,15 @@ impl Permissions {
             .iter()
             .chain(std::iter::once(&fallback))
             .any(|g| g.ns.history().is_some());
+        let any_presence = specific
+            .iter()
+            .chain(std::iter::once(&fallback))
+            .any(|g| g.ns.presence);
         Ok(Permissions {
             namespaces: specific,
             fallback,
             any_history,
+            any_presence,
         })
     }
 
@@ -364,6 +427,17 @@ impl Permissions {
     /// The history settings of `channel`'s namespace, if it keeps history.
     pub fn history(&self, channel: &str) -> Option<HistoryRule> {
         self.governing(channel).ns.history()
+    }
+
+    /// Whether any namespace keeps presence (the node then needs a broker
+    /// with presence, and ticks).
+    pub fn keeps_presence(&self) -> bool {
+        self.any_presence
+    }
+
+    /// The presence settings of `channel`'s namespace, if it keeps members.
+    pub fn presence(&self, channel: &str) -> Option<PresenceRule> {
+        self.governing(channel).ns.presence()
     }
 
     /// Every namespace in match order (the default last) with its history
@@ -427,6 +501,36 @@ mod tests {
             upstream_url: None,
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn presence_options_need_presence_and_a_usable_lease() {
+        let with = |presence, join_leave, ttl: Option<Duration>| {
+            Permissions::new(vec![Namespace {
+                pattern: "room:*".into(),
+                presence,
+                join_leave,
+                presence_ttl: ttl,
+                ..Default::default()
+            }])
+        };
+        let refused = |p: Result<Permissions, InvalidNamespace>| p.unwrap_err().reason;
+        assert!(refused(with(false, true, None)).contains("join_leave needs presence"));
+        assert!(
+            refused(with(false, false, Some(Duration::from_secs(5)))).contains("needs presence")
+        );
+        assert!(refused(with(true, false, Some(Duration::from_millis(10)))).contains("at least"));
+        let p = with(true, true, None).unwrap();
+        assert!(p.keeps_presence());
+        assert_eq!(
+            p.presence("room:1"),
+            Some(PresenceRule {
+                join_leave: true,
+                ttl: DEFAULT_PRESENCE_TTL
+            })
+        );
+        assert_eq!(p.presence("other"), None);
+        assert!(!with(false, false, None).unwrap().keeps_presence());
     }
 
     const ANON: Asker<'static> = Asker {

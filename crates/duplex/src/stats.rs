@@ -164,6 +164,20 @@ counters! {
     recoveries_recovered => Counter "recoveries" ["outcome" = "recovered"], "Subscribes that asked to recover, by outcome (not_recovered: epoch changed or the gap is larger than history holds)";
     /// Subscribes with `recover` answered `recovered: false`.
     recoveries_failed => Counter "recoveries" ["outcome" = "not_recovered"], "Subscribes that asked to recover, by outcome (not_recovered: epoch changed or the gap is larger than history holds)";
+    /// Users who joined a presence channel by a change this node made.
+    presence_joins => Counter "presence_changes" ["change" = "join"], "Users who joined or left a presence channel by a change this node made (each pushed once, when the namespace sets join_leave)";
+    /// Users who left a presence channel by a change this node made (its
+    /// members leaving, or a vanished node's members it swept).
+    presence_leaves => Counter "presence_changes" ["change" = "leave"], "Users who joined or left a presence channel by a change this node made (each pushed once, when the namespace sets join_leave)";
+    /// Lease renewals (one call for all channels of one lease length).
+    presence_ticks => Counter "presence_ticks", "Presence lease renewals this node made (one broker call for all its channels of one presence_ttl)";
+    /// Rejoins: the node's lease on a channel was lost and it added its members back.
+    presence_rejoins => Counter "presence_rejoins", "Times this node found its presence lease on a channel lost (a long pause, Redis emptied) and added its members back";
+    /// Presence calls to the broker that failed (retried, or logged).
+    presence_failures => Counter "presence_failures", "Presence broker calls that failed (joins refused to the client; leaves retried at each tick; each logged)";
+    /// Pushes arriving on `#presence:<channel>` that were not a valid push
+    /// for a `join_leave` channel (a raw PUBLISH there), dropped.
+    presence_pushes_refused => Counter "presence_pushes_refused", "Messages on #presence:<channel> that were not a join/leave push for a join_leave channel (a raw PUBLISH there?), dropped";
     /// Ingest stream entries this node published (as the stream's leader).
     ingest_published => Counter "ingest_entries" ["outcome" = "published"], "Ingest stream entries this node handled as the stream's leader, by outcome (rejected: dropped as bad, each logged; repeated: published before, by a leader that crashed before acknowledging it)";
     /// Ingest stream entries dropped as bad (no or an invalid channel, bad

@@ -29,6 +29,7 @@ mod history;
 pub(crate) mod host;
 mod json;
 pub(crate) mod origin;
+mod presence;
 mod publish;
 mod reply;
 mod sessions;
@@ -56,6 +57,8 @@ pub fn routes(state: &AppState) -> Router<AppState> {
         .route("/reply", post(reply::reply))
         .route("/channels", get(status::channels))
         .route("/history", get(history::history))
+        .route("/presence", get(presence::presence))
+        .route("/presence_stats", get(presence::presence_stats))
         .route("/info", get(status::info))
         .route("/console/token", post(console::token::mint))
         .fallback(error::not_found)

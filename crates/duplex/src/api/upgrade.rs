@@ -277,7 +277,7 @@ async fn start_session(
             let authenticated = identity
                 .as_ref()
                 .ok()
-                .and_then(|i| Authenticated::new(&i.user, user_slot));
+                .and_then(|i| Authenticated::new(&i.user, user_slot, None));
             match PlainSession::start(node, conn, channels, authenticated).await {
                 Ok(session) => Session::Plain(session),
                 Err((session, unstarted)) => {

@@ -78,6 +78,7 @@ impl Node {
         if !self.inner.hub.contains(channel.as_str(), conn.seq) {
             return false;
         }
+        self.leave_presence_held(conn, channel).await;
         // The node itself listens on the order channels: a client that was
         // let in there must not take the node's own subscription with it.
         if self.inner.hub.unsubscribe(channel.as_str(), conn.seq) && !is_order_channel(channel) {

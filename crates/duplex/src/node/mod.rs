@@ -12,6 +12,7 @@ mod backends;
 mod channels;
 mod history;
 mod ingest;
+mod presence;
 mod query;
 mod registry;
 mod reload;
@@ -25,6 +26,7 @@ mod rpc;
 mod upstream;
 
 pub(crate) use history::{fills_gap, history_query, kept, NO_HISTORY};
+pub(crate) use presence::info_json;
 pub(crate) use tail::Ticket;
 pub(crate) use tasks::Tasks;
 pub(crate) use upstream::{Message, Sent};
@@ -78,6 +80,9 @@ pub enum NodeError {
     /// A namespace cannot be used.
     #[error(transparent)]
     Namespace(#[from] crate::permissions::InvalidNamespace),
+    /// A namespace keeps presence and the broker cannot.
+    #[error("a namespace sets presence = true, but {0}")]
+    NoPresence(BrokerError),
 }
 
 /// Why a new connection was refused at the upgrade.
@@ -151,6 +156,8 @@ struct Inner {
     tasks: Tasks,
     /// The ingest stream's consumer, when `ingest_stream` is set.
     ingest: ingest::Switch,
+    /// This node's members of presence channels.
+    presence: presence::Locals,
 }
 
 impl std::fmt::Debug for Inner {
@@ -213,6 +220,12 @@ impl BrokerHandler for Deliver {
     }
 
     fn handle_publication(&self, publication: Publication) -> BoxFuture<'_, ()> {
+        if let Some(channel) = presence::pushes_for(&publication.channel) {
+            if let Some(inner) = self.node.get().and_then(std::sync::Weak::upgrade) {
+                Node { inner }.deliver_presence(channel, &publication.payload);
+            }
+            return async {}.boxed();
+        }
         if is_order_channel(&publication.channel) {
             if let Some(inner) = self.node.get().and_then(std::sync::Weak::upgrade) {
                 Node { inner }.apply_order(&publication.payload);
@@ -297,6 +310,7 @@ impl Node {
             config.node_id.clone()
         };
         let broker = start_broker(&config, &id, handler)?;
+        presence::check_broker(&permissions, &broker)?;
         let lanes = std::thread::available_parallelism().map_or(1, |n| n.get());
         let coalescer = Arc::new(Coalescer::new(config.write_delay, lanes));
         let rpcs = rpc::Rpcs::new(&config);
@@ -336,10 +350,12 @@ impl Node {
                 queries: Default::default(),
                 tasks,
                 ingest: Default::default(),
+                presence: Default::default(),
             }),
         };
         let _ = deliver.node.set(Arc::downgrade(&node.inner));
         node.share_history_table();
+        node.inner.tasks.spawn(node.clone().tick_presence());
         Ok(node)
     }
 

@@ -1,7 +1,8 @@
 //! Listener, HTTP serving, and the orderly shutdown.
 //!
 //! [`run`] takes an already bound listener (tests bind port 0) and a future
-//! that resolves when the node must stop. Shutdown: stop accepting; tell
+//! that resolves when the node must stop. Shutdown: stop accepting; remove
+//! the node's presence members at once (their leaves pushed); tell
 //! every client "going away, reconnect" (close 1001) after flushing what is
 //! queued for it; wait up to `shutdown_timeout` for the connections to end,
 //! then cut the rest; leave the broker cleanly; end the node's background
@@ -249,6 +250,9 @@ async fn wait_for_broker(node: &Node) {
 
 async fn shut_down(state: &AppState) {
     let node = &state.node;
+    // Members leave at once, in one call, before their connections close
+    // (each of which would otherwise be a leave of its own).
+    node.forget_presence().await;
     let connections = node.connections();
     tracing::info!(
         connections = connections.len(),

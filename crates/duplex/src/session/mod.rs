@@ -38,6 +38,8 @@ pub(crate) struct Identity {
     pub(crate) expires: Option<NumericDate>,
     /// Channels the token subscribes the client to.
     pub(crate) channels: Vec<String>,
+    /// The token's `info` claim (what presence shows of the client).
+    pub(crate) info: Option<Box<serde_json::value::RawValue>>,
 }
 
 /// `#user:<id>` belongs to the connections of user `<id>` (never to anonymous ones).
@@ -56,15 +58,22 @@ pub(crate) struct Authenticated {
     user: Box<str>,
     /// The connection's place in `max_connections_per_user`, freed on drop.
     _slot: Option<UserSlot>,
+    /// The token's `info` claim, shown to presence.
+    info: Option<Box<serde_json::value::RawValue>>,
 }
 
 impl Authenticated {
-    /// `None` for an anonymous, uncounted connection.
-    pub(crate) fn new(user: &str, slot: Option<UserSlot>) -> Option<Box<Self>> {
-        (!user.is_empty() || slot.is_some()).then(|| {
+    /// `None` for an anonymous, uncounted connection without `info`.
+    pub(crate) fn new(
+        user: &str,
+        slot: Option<UserSlot>,
+        info: Option<Box<serde_json::value::RawValue>>,
+    ) -> Option<Box<Self>> {
+        (!user.is_empty() || slot.is_some() || info.is_some()).then(|| {
             Box::new(Authenticated {
                 user: user.into(),
                 _slot: slot,
+                info,
             })
         })
     }
@@ -91,6 +100,11 @@ pub(crate) fn subscribe_rule(
         subscribed: false,
     };
     node.permissions().can_subscribe(channel.as_str(), asker)
+}
+
+/// The token `info` of a session's client, if it had one.
+pub(crate) fn info_of(auth: &Option<Box<Authenticated>>) -> Option<&serde_json::value::RawValue> {
+    auth.as_deref().and_then(|a| a.info.as_deref())
 }
 
 /// The user id of a session's client; empty when anonymous.
@@ -158,6 +172,7 @@ pub(crate) fn authenticate(node: &Node, token: Option<&str>) -> Result<Identity,
                 user: claims.sub,
                 expires: claims.exp,
                 channels: claims.channels,
+                info: claims.info,
             })
         }),
         None if node.config().allow_anonymous => Ok(Identity::default()),

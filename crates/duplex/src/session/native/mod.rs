@@ -2,6 +2,7 @@
 //! same ids, pushes for messages. See docs/PROTOCOL.md for the wire format.
 
 mod history;
+pub(crate) mod presence;
 mod rules;
 
 use rules::{
@@ -173,6 +174,8 @@ impl NativeSession {
         let reply = match command {
             Command::Subscribe(p) => return self.subscribe(node, conn, id, p).await,
             Command::History(p) => self.history(node, conn, id, p).await,
+            Command::Presence(p) => self.presence(node, conn, id, p).await,
+            Command::PresenceStats(p) => self.presence_stats(node, conn, id, p).await,
             Command::Unsubscribe(p) => self.unsubscribe(node, conn, id, p.into_names().0).await,
             Command::Publish(p) => self.publish(node, conn, id, p).await,
             Command::Refresh(p) => self.refresh(node, conn, id, p),
@@ -277,7 +280,7 @@ impl NativeSession {
                 positions: history::positions(&caught_up),
             },
         );
-        self.auth = Authenticated::new(&identity.user, slot);
+        self.auth = Authenticated::new(&identity.user, slot, identity.info);
         if caught_up.is_empty() {
             return Ok(Some(reply));
         }
@@ -286,22 +289,28 @@ impl NativeSession {
         Ok(None)
     }
 
-    /// Joins `channels` (already counted for the address), catching
-    /// history channels up from `recover`; on a failure none is left
-    /// caught up and the address share is given back.
+    /// Joins `channels` (already counted for the address) as `member`
+    /// (user and token `info`) where they keep presence, catching history
+    /// channels up from `recover`; on a failure none is left caught up and
+    /// the address share is given back.
     async fn join_all<'c>(
         &mut self,
         node: &Node,
         conn: &Arc<Conn>,
         channels: impl IntoIterator<Item = &'c ChannelName>,
         recover: &duplex_protocol::history::RecoverParams,
+        member: (&str, Option<&serde_json::value::RawValue>),
     ) -> Result<Vec<history::CaughtUp>, Refusal> {
         let mut caught_up = Vec::new();
         for channel in channels {
-            match self
+            let joined = self
                 .join(node, conn, channel, recover.get(channel.as_str()))
-                .await
-            {
+                .await;
+            let joined = match joined {
+                Ok(done) => self.enter(node, conn, channel, member).await.map(|()| done),
+                Err(e) => Err(e),
+            };
+            match joined {
                 Ok(done) => caught_up.extend(done),
                 Err(e) => {
                     self.release_subscriptions();
@@ -340,7 +349,8 @@ impl NativeSession {
         share
             .reserve(fresh.len())
             .map_err(|full| subscriptions_refused(node, conn, full.to_string()))?;
-        let caught_up = self.join_all(node, conn, &fresh, recover).await?;
+        let member = (identity.user.as_str(), identity.info.as_deref());
+        let caught_up = self.join_all(node, conn, &fresh, recover, member).await?;
         Ok((granted, caught_up))
     }
 
@@ -410,7 +420,10 @@ impl NativeSession {
         share
             .reserve(new.len())
             .map_err(|full| subscriptions_refused(node, conn, full.to_string()))?;
-        let caught_up = self.join_all(node, conn, new, &recover).await?;
+        let user = crate::session::user_of(&self.auth).to_string();
+        let info = crate::session::info_of(&self.auth).map(ToOwned::to_owned);
+        let member = (user.as_str(), info.as_deref());
+        let caught_up = self.join_all(node, conn, new, &recover, member).await?;
         if caught_up.is_empty() {
             return Ok(Some(channels_reply(id, &names)));
         }
