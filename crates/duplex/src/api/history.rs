@@ -5,7 +5,6 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use duplex_protocol::channel::ChannelName;
 use duplex_protocol::history::write_history_result;
 use serde::Deserialize;
 
@@ -35,15 +34,7 @@ pub(super) async fn history(
     let Query(q) =
         query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e.body_text()))?;
     let node = &app.node;
-    let channel =
-        ChannelName::parse(&q.channel, node.config().max_channel_length).map_err(|e| {
-            let shown: String = q.channel.chars().take(64).collect();
-            ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_channel",
-                format!("{e}: {shown:?}"),
-            )
-        })?;
+    let channel = super::publish::channel(node, &q.channel)?;
     let Some(rule) = node.history_rule(&channel) else {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,

@@ -30,15 +30,7 @@ fn presence_channel(
 ) -> Result<ChannelName, ApiError> {
     let Query(q) =
         query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e.body_text()))?;
-    let channel =
-        ChannelName::parse(&q.channel, node.config().max_channel_length).map_err(|e| {
-            let shown: String = q.channel.chars().take(64).collect();
-            ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_channel",
-                format!("{e}: {shown:?}"),
-            )
-        })?;
+    let channel = super::publish::channel(node, &q.channel)?;
     if node.presence_rule(&channel).is_none() {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,

@@ -141,7 +141,8 @@ pub(super) async fn broadcast(
     Ok(Json(json!({"ok": true, "channels": published})))
 }
 
-fn channel(node: &Node, name: &str) -> Result<ChannelName, ApiError> {
+/// A channel named in a request, or 400 `invalid_channel` saying why.
+pub(super) fn channel(node: &Node, name: &str) -> Result<ChannelName, ApiError> {
     ChannelName::parse(name, node.config().max_channel_length).map_err(|e| {
         let shown: String = name.chars().take(64).collect();
         ApiError::new(

@@ -35,15 +35,7 @@ pub(super) async fn unsubscribe(
     Body(req): Body<UnsubscribeRequest>,
 ) -> Result<Json<Value>, ApiError> {
     let target = super::publish::target(req.connection, req.user)?;
-    let max = app.node.config().max_channel_length;
-    if let Err(e) = duplex_protocol::channel::validate(&req.channel, max) {
-        let shown: String = req.channel.chars().take(64).collect();
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_channel",
-            format!("{e}: {shown:?}"),
-        ));
-    }
+    super::publish::channel(&app.node, &req.channel)?;
     let order = Order::Unsubscribe {
         target,
         channel: req.channel,
