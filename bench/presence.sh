@@ -1,0 +1,121 @@
+#!/usr/bin/env bash
+# Presence (issue 18), on one private Redis and one node:
+#
+# - query, steady, churn (crates/duplex/examples/presence_bench.rs):
+#   MEMBERS native clients in one presence channel (join_leave off); the
+#   latency and size of GET /api/presence_stats, GET /api/presence and the
+#   native presence command; Redis commands/s and CPU over STEADY_SECS with
+#   nothing else happening (only the node's lease renewals, every
+#   presence_ttl / 3); CHURN more clients subscribing and unsubscribing as
+#   fast as their replies come for CHURN_SECS: changes/s, subscribe reply
+#   p50/p99, node and Redis CPU;
+# - fanout: SUBS native subscribers, RATE publishes/s, the `bench*`
+#   namespace with presence on vs off, ROUNDS rounds: node CPU per delivery
+#   and latency must not move.
+#
+#   bench/presence.sh
+#   ROUNDS=2 MEMBERS=10000 STEADY_SECS=20 CHURN=100 CHURN_SECS=10 SUBS=2000 RATE=100 bench/presence.sh
+#
+# Raw JSON lines go to target/presence-bench/results.jsonl.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+MEMBERS=${MEMBERS:-10000}
+STEADY_SECS=${STEADY_SECS:-20}
+CHURN=${CHURN:-100}
+CHURN_SECS=${CHURN_SECS:-10}
+SUBS=${SUBS:-2000}
+RATE=${RATE:-100}
+DURATION=${DURATION:-10s}
+ROUNDS=${ROUNDS:-2}
+OUT=target/presence-bench
+mkdir -p "$OUT"
+: > "$OUT/results.jsonl"
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_http() { for _ in $(seq 100); do curl -sf "http://127.0.0.1:$1/health" >/dev/null && return 0; sleep 0.1; done; echo "node on $1 never healthy" >&2; return 1; }
+# CPU seconds a process has used (user + system), from /proc.
+cpu_s() { awk -v hz="$(getconf CLK_TCK)" '{print ($14 + $15) / hz}' "/proc/$1/stat"; }
+
+cargo build --release --quiet -p duplex -p duplex-bench --bins --example presence_bench
+DUPLEX=target/release/duplex
+BENCH=target/release/duplex-bench
+PRESENCE_BIN=target/release/examples/presence_bench
+
+RPORT=$(free_port)
+redis-server --port "$RPORT" --save "" --appendonly no --loglevel warning >/dev/null &
+REDIS_PID=$!
+trap 'kill $REDIS_PID 2>/dev/null || true; kill ${NODE_PID:-} 2>/dev/null || true' EXIT
+for _ in $(seq 50); do redis-cli -p "$RPORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
+REDIS=redis://127.0.0.1:$RPORT
+
+config() { # $1 = on|off|members
+    case "$1" in
+        on) printf '[[namespaces]]\npattern = "bench*"\npresence = true\npresence_ttl = "10s"\n' ;;
+        off) printf '[[namespaces]]\npattern = "bench*"\n' ;;
+        members) printf '[[namespaces]]\npattern = "room:*"\npresence = true\njoin_leave = false\npresence_ttl = "10s"\n' ;;
+    esac
+}
+
+start_node() { # $1 = on|off|members
+    config "$1" > "$OUT/$1.toml"
+    PORT=$(free_port)
+    "$DUPLEX" serve --listen "127.0.0.1:$PORT" --redis "$REDIS" --config "$OUT/$1.toml" --log-level warn &
+    NODE_PID=$!
+    wait_http "$PORT"
+}
+
+stop_node() { kill "$NODE_PID"; wait "$NODE_PID" 2>/dev/null || true; NODE_PID=; }
+
+echo "== presence: $MEMBERS members, steady ${STEADY_SECS}s, churn $CHURN clients ${CHURN_SECS}s" >&2
+start_node members
+"$PRESENCE_BIN" "ws://127.0.0.1:$PORT" "$REDIS" "$NODE_PID" "$REDIS_PID" room:bench \
+    "$MEMBERS" "$STEADY_SECS" "$CHURN" "$CHURN_SECS" | tee -a "$OUT/results.jsonl"
+stop_node
+
+run() { # $1 = presence on|off
+    start_node "$1"
+    local redis_before line redis_after
+    redis_before=$(cpu_s "$REDIS_PID")
+    line=$("$BENCH" fanout --server "ws://127.0.0.1:$PORT" --protocol native --subscribers "$SUBS" \
+        --rate "$RATE" --duration "$DURATION" --server-pid "$NODE_PID" --json --channel bench 2>/dev/null)
+    redis_after=$(cpu_s "$REDIS_PID")
+    stop_node
+    python3 - "$1" "$redis_before" "$redis_after" "$line" >> "$OUT/results.jsonl" <<'EOF'
+import json, sys
+presence, before, after, line = sys.argv[1:]
+r = json.loads(line)
+published = max(r["published_total"], 1)
+print(json.dumps({
+    "workload": "fanout", "presence": presence,
+    "published": r["published_total"], "received": r["received"], "lost": r["lost"],
+    "duplicates": r.get("duplicates", 0),
+    "node_cpu_us_per_delivery": r["server_cpu_us_per_delivery"],
+    "redis_cpu_us_per_publish": round((float(after) - float(before)) * 1e6 / published, 2),
+    "p50_us": r["latency_us"]["p50"], "p99_us": r["latency_us"]["p99"],
+}))
+EOF
+}
+
+for round in $(seq "$ROUNDS"); do
+    echo "== fanout round $round of $ROUNDS" >&2
+    for presence in off on; do
+        run "$presence"
+    done
+done
+
+python3 - "$OUT/results.jsonl" <<'EOF'
+import json, sys, statistics
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+def med(presence, key):
+    vals = [r[key] for r in rows if r.get("workload") == "fanout" and r.get("presence") == presence and r.get(key) is not None]
+    return statistics.median(vals) if vals else None
+print(f"{'fanout metric':28} {'off':>10} {'on':>10} {'on/off':>7}")
+for key in ("node_cpu_us_per_delivery", "redis_cpu_us_per_publish", "p50_us", "p99_us", "lost", "duplicates"):
+    off, on = med("off", key), med("on", key)
+    ratio = f"{on / off:.2f}" if off and on is not None else "-"
+    print(f"{key:28} {off!s:>10} {on!s:>10} {ratio:>7}")
+for r in rows:
+    if r.get("workload") in ("query", "steady", "churn"):
+        print(r["workload"] + ":", json.dumps(r))
+EOF
