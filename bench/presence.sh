@@ -13,6 +13,12 @@
 #   namespace with presence on vs off, ROUNDS rounds: node CPU per delivery
 #   and latency must not move.
 #
+# - pushes (crates/duplex/examples/presence_pushes.rs): LISTENERS native
+#   subscribers of a `join_leave` channel; CHURNERS clients subscribing and
+#   unsubscribing at each of RATES changes/s for PUSH_SECS: pushes received
+#   of those expected, how long after the churn the last one came
+#   (drain_ms: fan-out keeps up while it stays small), node CPU;
+#
 #   bench/presence.sh
 #   ROUNDS=2 MEMBERS=10000 STEADY_SECS=20 CHURN=100 CHURN_SECS=10 SUBS=2000 RATE=100 bench/presence.sh
 #
@@ -28,6 +34,10 @@ SUBS=${SUBS:-2000}
 RATE=${RATE:-100}
 DURATION=${DURATION:-10s}
 ROUNDS=${ROUNDS:-2}
+LISTENERS=${LISTENERS:-1000}
+RATES=${RATES:-100,200,400,800,1600}
+PUSH_SECS=${PUSH_SECS:-5}
+CHURNERS=${CHURNERS:-20}
 OUT=target/presence-bench
 mkdir -p "$OUT"
 : > "$OUT/results.jsonl"
@@ -37,10 +47,11 @@ wait_http() { for _ in $(seq 100); do curl -sf "http://127.0.0.1:$1/health" >/de
 # CPU seconds a process has used (user + system), from /proc.
 cpu_s() { awk -v hz="$(getconf CLK_TCK)" '{print ($14 + $15) / hz}' "/proc/$1/stat"; }
 
-cargo build --release --quiet -p duplex -p duplex-bench --bins --example presence_bench
+cargo build --release --quiet -p duplex -p duplex-bench --bins --example presence_bench --example presence_pushes
 DUPLEX=target/release/duplex
 BENCH=target/release/duplex-bench
 PRESENCE_BIN=target/release/examples/presence_bench
+PUSHES_BIN=target/release/examples/presence_pushes
 
 RPORT=$(free_port)
 redis-server --port "$RPORT" --save "" --appendonly no --loglevel warning >/dev/null &
@@ -49,15 +60,16 @@ trap 'kill $REDIS_PID 2>/dev/null || true; kill ${NODE_PID:-} 2>/dev/null || tru
 for _ in $(seq 50); do redis-cli -p "$RPORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
 REDIS=redis://127.0.0.1:$RPORT
 
-config() { # $1 = on|off|members
+config() { # $1 = on|off|members|pushes
     case "$1" in
         on) printf '[[namespaces]]\npattern = "bench*"\npresence = true\npresence_ttl = "10s"\n' ;;
         off) printf '[[namespaces]]\npattern = "bench*"\n' ;;
         members) printf '[[namespaces]]\npattern = "room:*"\npresence = true\njoin_leave = false\npresence_ttl = "10s"\n' ;;
+        pushes) printf '[[namespaces]]\npattern = "room:*"\npresence = true\njoin_leave = true\npresence_ttl = "10s"\n' ;;
     esac
 }
 
-start_node() { # $1 = on|off|members
+start_node() { # $1 = on|off|members|pushes
     config "$1" > "$OUT/$1.toml"
     PORT=$(free_port)
     "$DUPLEX" serve --listen "127.0.0.1:$PORT" --redis "$REDIS" --config "$OUT/$1.toml" --log-level warn &
@@ -71,6 +83,12 @@ echo "== presence: $MEMBERS members, steady ${STEADY_SECS}s, churn $CHURN client
 start_node members
 "$PRESENCE_BIN" "ws://127.0.0.1:$PORT" "$REDIS" "$NODE_PID" "$REDIS_PID" room:bench \
     "$MEMBERS" "$STEADY_SECS" "$CHURN" "$CHURN_SECS" | tee -a "$OUT/results.jsonl"
+stop_node
+
+echo "== pushes: $LISTENERS listeners, $CHURNERS churners at $RATES changes/s, ${PUSH_SECS}s each" >&2
+start_node pushes
+"$PUSHES_BIN" "ws://127.0.0.1:$PORT" "$NODE_PID" room:pushes "$LISTENERS" "$RATES" "$PUSH_SECS" "$CHURNERS" \
+    | tee -a "$OUT/results.jsonl"
 stop_node
 
 run() { # $1 = presence on|off
@@ -116,6 +134,6 @@ for key in ("node_cpu_us_per_delivery", "redis_cpu_us_per_publish", "p50_us", "p
     ratio = f"{on / off:.2f}" if off and on is not None else "-"
     print(f"{key:28} {off!s:>10} {on!s:>10} {ratio:>7}")
 for r in rows:
-    if r.get("workload") in ("query", "steady", "churn"):
+    if r.get("workload") in ("query", "steady", "churn", "pushes"):
         print(r["workload"] + ":", json.dumps(r))
 EOF

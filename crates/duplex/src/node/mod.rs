@@ -246,7 +246,9 @@ impl BrokerHandler for Deliver {
             self.start_repair();
             return async {}.boxed();
         }
-        self.tails.note(&publication);
+        let hub = &self.hub;
+        self.tails
+            .note(&publication, || hub.holds(publication.channel.as_str()));
         async move {
             let started = Instant::now();
             Hub::broadcast_parallel(&self.hub, publication).await;

@@ -346,7 +346,8 @@ impl Node {
 
     /// Delivers one publication here, as the broker's would be.
     async fn fan_out(&self, p: Publication) {
-        self.inner.tails.note(&p);
+        let hub = &self.inner.hub;
+        self.inner.tails.note(&p, || hub.holds(p.channel.as_str()));
         Hub::broadcast_parallel(&self.inner.hub, p).await;
     }
 

@@ -125,7 +125,9 @@ impl Run {
 
 impl Tails {
     /// A publication delivered here (live or by a repair).
-    pub(super) fn note(&self, p: &Publication) {
+    /// `held` says whether the node holds the channel: a late copy for a
+    /// channel it left makes no entry (it would never be removed).
+    pub(super) fn note(&self, p: &Publication, held: impl FnOnce() -> bool) {
         let Some(at) = &p.position else {
             return;
         };
@@ -133,6 +135,9 @@ impl Tails {
         let State {
             channels, bytes, ..
         } = &mut *state;
+        if !channels.contains_key(&p.channel) && !held() {
+            return;
+        }
         let tail = channels.entry(p.channel.clone()).or_insert_with(|| Tail {
             generation: 0,
             delivered: None,

@@ -59,7 +59,7 @@ fn offsets(page: &HistoryPage) -> Vec<u64> {
 #[test]
 fn nothing_is_answered_before_a_subscriber_opened_the_channel() {
     let tails = Tails::default();
-    tails.note(&publication(1, "e"));
+    tails.note_held(&publication(1, "e"));
     assert!(tails.serve(&news(), POSITION).is_none(), "not followed");
     assert_eq!(
         tails.delivered(&news()).unwrap().offset,
@@ -83,16 +83,16 @@ fn a_run_grows_by_the_next_offset_and_starts_again_after_a_gap() {
     let tails = Tails::default();
     let ticket = tails.open(&news(), LIMITS).unwrap();
     tails.merge(&news(), ticket, &page("e", 2, &[1, 2]));
-    tails.note(&publication(2, "e")); // late copy
-    tails.note(&publication(3, "e"));
+    tails.note_held(&publication(2, "e")); // late copy
+    tails.note_held(&publication(3, "e"));
     assert_eq!(
         offsets(&tails.serve(&news(), since(0)).unwrap()),
         vec![1, 2, 3]
     );
-    tails.note(&publication(5, "e")); // 4 never came
+    tails.note_held(&publication(5, "e")); // 4 never came
     assert!(tails.serve(&news(), since(3)).is_none());
     assert_eq!(offsets(&tails.serve(&news(), since(4)).unwrap()), vec![5]);
-    tails.note(&publication(1, "f")); // a new epoch
+    tails.note_held(&publication(1, "f")); // a new epoch
     let answered = tails.serve(&news(), since(0)).unwrap();
     assert_eq!((&*answered.top.epoch, offsets(&answered)), ("f", vec![1]));
 }
@@ -102,8 +102,8 @@ fn a_read_joins_the_live_run_before_or_after_it() {
     let tails = Tails::default();
     let ticket = tails.open(&news(), LIMITS).unwrap();
     // Live ones arrived while the read ran.
-    tails.note(&publication(4, "e"));
-    tails.note(&publication(5, "e"));
+    tails.note_held(&publication(4, "e"));
+    tails.note_held(&publication(5, "e"));
     tails.merge(&news(), ticket, &page("e", 4, &[2, 3, 4]));
     assert_eq!(
         offsets(&tails.serve(&news(), since(1)).unwrap()),
@@ -112,7 +112,7 @@ fn a_read_joins_the_live_run_before_or_after_it() {
     // A read that reached further than what arrived live yet.
     tails.merge(&news(), ticket, &page("e", 7, &[6, 7]));
     assert_eq!(tails.serve(&news(), POSITION).unwrap().top.offset, 7);
-    tails.note(&publication(6, "e"));
+    tails.note_held(&publication(6, "e"));
     assert_eq!(
         offsets(&tails.serve(&news(), since(5)).unwrap()),
         vec![6, 7]
@@ -125,7 +125,7 @@ fn a_run_keeps_at_most_its_cap_and_the_node_budget() {
     let ticket = tails.open(&news(), LIMITS).unwrap();
     tails.merge(&news(), ticket, &page("e", 0, &[]));
     for offset in 1..=8 {
-        tails.note(&publication(offset, "e"));
+        tails.note_held(&publication(offset, "e"));
     }
     assert!(tails.serve(&news(), since(2)).is_none(), "3 was dropped");
     assert_eq!(
@@ -143,7 +143,7 @@ fn position_only_subscribers_keep_no_publications() {
     let limits = Limits { cap: 0, ..LIMITS };
     let ticket = tails.open(&news(), limits).unwrap();
     tails.merge(&news(), ticket, &page("e", 3, &[]));
-    tails.note(&publication(4, "e"));
+    tails.note_held(&publication(4, "e"));
     let answered = tails.serve(&news(), POSITION).unwrap();
     assert_eq!(answered.top.offset, 4);
     assert!(tails.serve(&news(), since(3)).is_none());
@@ -164,7 +164,7 @@ fn a_reconnect_makes_runs_stale_until_repaired() {
         "no ticket while stale"
     );
     tails.merge(&news(), ticket, &page("e", 3, &[3]));
-    tails.note(&publication(3, "e")); // the repair delivers
+    tails.note_held(&publication(3, "e")); // the repair delivers
     tails.repaired(&news());
     assert_eq!(
         offsets(&tails.serve(&news(), since(0)).unwrap()),
@@ -200,7 +200,28 @@ fn cache_mode_answers_the_latest() {
         0,
         "empty channel"
     );
-    tails.note(&publication(1, "e"));
-    tails.note(&publication(2, "e"));
+    tails.note_held(&publication(1, "e"));
+    tails.note_held(&publication(2, "e"));
     assert_eq!(offsets(&tails.serve(&news(), latest).unwrap()), vec![2]);
+}
+
+impl Tails {
+    fn note_held(&self, p: &Publication) {
+        self.note(p, || true);
+    }
+}
+
+#[test]
+fn a_late_copy_for_a_channel_the_node_left_makes_no_entry() {
+    let tails = Tails::default();
+    tails.note(&publication(1, "e"), || false);
+    assert!(tails.delivered(&news()).is_none());
+    tails.note(&publication(2, "e"), || true);
+    assert_eq!(tails.delivered(&news()).unwrap().offset, 2);
+    tails.note(&publication(3, "e"), || false);
+    assert_eq!(
+        tails.delivered(&news()).unwrap().offset,
+        3,
+        "known: followed"
+    );
 }
