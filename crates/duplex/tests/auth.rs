@@ -218,9 +218,12 @@ async fn refresh_keeps_a_connection_past_its_first_expiry() {
         ..settings()
     })
     .await;
-    let short = hs256(json!({"sub": "9", "exp": unix_now() + 1}));
-    let (mut refreshed, _) = connect(&node, &short).await;
-    let (mut lapsed, _) = connect(&node, &short).await;
+    // Two seconds: both connects land before it expires, even on a busy machine.
+    let short = hs256(json!({"sub": "9", "exp": unix_now() + 2}));
+    let (mut refreshed, reply) = connect(&node, &short).await;
+    assert_eq!(reply["result"]["user"], "9", "{reply}");
+    let (mut lapsed, reply) = connect(&node, &short).await;
+    assert_eq!(reply["result"]["user"], "9", "{reply}");
     let reply = refreshed
         .command("refresh", json!({"token": user("9")}))
         .await;

@@ -116,6 +116,33 @@ async fn ws_clients_that_never_send_a_command_get_3005() {
     assert_eq!(plain.next_text().await, "still here");
 }
 
+/// With token auth, only a connect that succeeds introduces a client: one
+/// whose connect was refused (an expired token, none at all) and that then
+/// idles (answering pings) is cut like one that never spoke.
+#[tokio::test]
+async fn ws_clients_whose_connect_was_refused_get_3005() {
+    const SECRET: &str = "test-secret-of-decent-length";
+    let node = TestNode::start(duplex::config::Settings {
+        connect_timeout: Some(Duration::from_millis(300)),
+        token_secret: Some(SECRET.into()),
+        ..settings()
+    })
+    .await;
+    let claims = json!({"sub": "1", "exp": duplex::auth::unix_now() - 10});
+    let key = jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes());
+    let expired = jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key).unwrap();
+    let mut late = Client::connect(&node.ws("/ws")).await;
+    let reply = late.command("connect", json!({"token": expired})).await;
+    assert_eq!(reply["error"]["code"], 111, "{reply}");
+    let mut tokenless = Client::connect(&node.ws("/ws")).await;
+    let reply = tokenless
+        .command("subscribe", json!({"channel": "x"}))
+        .await;
+    assert_eq!(reply["error"]["code"], 112, "{reply}");
+    assert_eq!(late.expect_close().await.code, 3005);
+    assert_eq!(tokenless.expect_close().await.code, 3005);
+}
+
 /// Opens a connection and sends `head` and the start of a body, never the rest.
 async fn stalled(addr: std::net::SocketAddr, request: String) -> TcpStream {
     let mut tcp = TcpStream::connect(addr).await.expect("connect");

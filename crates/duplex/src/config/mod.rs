@@ -432,7 +432,7 @@ settings! {
     handshake_timeout: Duration = Duration::from_secs(10), "DUPLEX_HANDSHAKE_TIMEOUT", TIMEOUTS, humantime::parse_duration;
     /// Longest wait for a whole HTTP request body, from the end of its headers; later, 408 and the connection is closed [default: 10s].
     request_timeout: Duration = Duration::from_secs(10), "DUPLEX_REQUEST_TIMEOUT", TIMEOUTS, humantime::parse_duration;
-    /// How long a /ws client may stay connected without sending its first command, 0 = no limit [default: 10s].
+    /// How long a /ws client may stay connected without sending its first command (with token auth: without a successful connect), 0 = no limit [default: 10s].
     connect_timeout: Duration = Duration::from_secs(10), "DUPLEX_CONNECT_TIMEOUT", TIMEOUTS, humantime::parse_duration;
     /// How long shutdown waits for queues to flush and clients to close [default: 5s].
     shutdown_timeout: Duration = Duration::from_secs(5), "DUPLEX_SHUTDOWN_TIMEOUT", TIMEOUTS, humantime::parse_duration;

@@ -103,8 +103,10 @@ impl Client {
 
     /// Reads until the server's close frame; panics on data frames unless `skip_data`.
     pub async fn expect_close(&mut self) -> Closed {
+        // One wait for the close, however many pings come before it.
+        let until = tokio::time::Instant::now() + WAIT;
         loop {
-            let next = tokio::time::timeout(WAIT, self.ws.next())
+            let next = tokio::time::timeout_at(until, self.ws.next())
                 .await
                 .expect("close within the wait");
             match next {

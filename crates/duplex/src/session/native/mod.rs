@@ -110,15 +110,22 @@ impl NativeSession {
                 push::error_reply(e.id, e.code, &e.message)
             }
             Ok(request) => {
-                conn.mark_introduced();
                 let id = request.id;
                 let result = match self.rate_verdict(&request.command) {
-                    Verdict::Allow => match self.run(node, conn, id, request.command).await {
-                        Ok(Some(frame)) => Ok(frame),
-                        // Answered later, when the backend replies (or on timeout).
-                        Ok(None) => return Flow::Continue,
-                        Err(refusal) => Err(refusal),
-                    },
+                    Verdict::Allow => {
+                        let ran = self.run(node, conn, id, request.command).await;
+                        // Introduced once connected (with token auth: a
+                        // refused connect leaves `connect_timeout` running).
+                        if self.status == Status::Connected {
+                            conn.mark_introduced();
+                        }
+                        match ran {
+                            Ok(Some(frame)) => Ok(frame),
+                            // Answered later, when the backend replies (or on timeout).
+                            Ok(None) => return Flow::Continue,
+                            Err(refusal) => Err(refusal),
+                        }
+                    }
                     Verdict::Refuse => Err(Refusal::Error(
                         ErrorCode::TooManyRequests,
                         "publish rate limit exceeded; slow down".to_string(),
