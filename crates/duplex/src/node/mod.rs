@@ -239,16 +239,15 @@ impl BrokerHandler for Deliver {
         let Some(publication) = self.repairs.admit(publication) else {
             return async {}.boxed();
         };
-        if let Some(from) = self.tails.gap_before(&publication) {
+        let hub = &self.hub;
+        let held = || hub.holds(publication.channel.as_str());
+        if let Err(from) = self.tails.note_live(&publication, held) {
             // Live copies were lost (the intake dropped them): read them
             // back before this one rather than skip them.
             self.repairs.close_one(from, publication);
             self.start_repair();
             return async {}.boxed();
         }
-        let hub = &self.hub;
-        self.tails
-            .note(&publication, || hub.holds(publication.channel.as_str()));
         async move {
             let started = Instant::now();
             Hub::broadcast_parallel(&self.hub, publication).await;

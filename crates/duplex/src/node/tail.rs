@@ -124,19 +124,40 @@ impl Run {
 }
 
 impl Tails {
-    /// A publication delivered here (live or by a repair).
+    /// A publication a repair delivers here.
     /// `held` says whether the node holds the channel: a late copy for a
     /// channel it left makes no entry (it would never be removed).
     pub(super) fn note(&self, p: &Publication, held: impl FnOnce() -> bool) {
+        let _ = self.record(p, held, false);
+    }
+
+    /// A live publication, noted unless it skips offsets after the last
+    /// one delivered here in the same epoch (their live copies never
+    /// arrived): then `Err` with where this node stood, nothing noted.
+    pub(super) fn note_live(
+        &self,
+        p: &Publication,
+        held: impl FnOnce() -> bool,
+    ) -> Result<(), Position> {
+        self.record(p, held, true)
+    }
+
+    /// One lock for the gap check and the note.
+    fn record(
+        &self,
+        p: &Publication,
+        held: impl FnOnce() -> bool,
+        refuse_gaps: bool,
+    ) -> Result<(), Position> {
         let Some(at) = &p.position else {
-            return;
+            return Ok(());
         };
         let mut state = self.state.lock();
         let State {
             channels, bytes, ..
         } = &mut *state;
         if !channels.contains_key(&p.channel) && !held() {
-            return;
+            return Ok(());
         }
         let tail = channels.entry(p.channel.clone()).or_insert_with(|| Tail {
             generation: 0,
@@ -145,6 +166,11 @@ impl Tails {
             stale: false,
             run: None,
         });
+        if let Some(d) = &tail.delivered {
+            if refuse_gaps && d.epoch == at.epoch && at.offset > d.offset.saturating_add(1) {
+                return Err(d.clone());
+            }
+        }
         let newer = tail
             .delivered
             .as_ref()
@@ -156,16 +182,7 @@ impl Tails {
             follow(&mut tail.run, p, at, limits.cap, bytes);
             trim(tail, bytes);
         }
-    }
-
-    /// Where this node stood on `p`'s channel when `p` skips offsets after
-    /// it in the same epoch (their live copies never arrived), else `None`.
-    pub(super) fn gap_before(&self, p: &Publication) -> Option<Position> {
-        let at = p.position.as_ref()?;
-        let state = self.state.lock();
-        let delivered = state.channels.get(&p.channel)?.delivered.as_ref()?;
-        (delivered.epoch == at.epoch && at.offset > delivered.offset.saturating_add(1))
-            .then(|| delivered.clone())
+        Ok(())
     }
 
     /// Starts following `channel` for a subscriber that joined it (the

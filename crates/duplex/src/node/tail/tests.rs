@@ -225,3 +225,17 @@ fn a_late_copy_for_a_channel_the_node_left_makes_no_entry() {
         "known: followed"
     );
 }
+
+#[test]
+fn a_live_gap_is_refused_and_not_noted() {
+    let tails = Tails::default();
+    tails.note_held(&publication(1, "e"));
+    let gap = tails.note_live(&publication(4, "e"), || true);
+    assert_eq!(gap.unwrap_err().offset, 1);
+    assert_eq!(tails.delivered(&news()).unwrap().offset, 1, "not noted");
+    assert!(tails.note_live(&publication(2, "e"), || true).is_ok());
+    assert!(
+        tails.note_live(&publication(1, "f"), || true).is_ok(),
+        "a new epoch is no gap"
+    );
+}
