@@ -24,15 +24,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::StreamExt;
 use serde_json::{json, Value};
-use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+mod common;
+use common::{command, cpu_s, round, Ws};
 
-const WAIT: Duration = Duration::from_secs(60);
 const HTTP_STATS: usize = 50;
 const HTTP_MEMBERS: usize = 20;
 const NATIVE_MEMBERS: usize = 20;
@@ -235,39 +232,6 @@ async fn subscribed(url: &str, channel: &str) -> Result<(Ws, Value), String> {
     Ok((ws, reply))
 }
 
-/// Sends one command on `channel` and waits for its reply (pushes before
-/// it are skipped); the reply and its size in bytes. An error reply is an
-/// error.
-async fn command(
-    ws: &mut Ws,
-    id: u64,
-    method: &str,
-    channel: &str,
-) -> Result<(Value, usize), String> {
-    let command = json!({"id": id, "method": method, "params": {"channel": channel}});
-    ws.send(Message::text(command.to_string()))
-        .await
-        .map_err(|e| e.to_string())?;
-    loop {
-        let next = tokio::time::timeout(WAIT, ws.next())
-            .await
-            .map_err(|_| format!("{method}: no reply within a minute"))?;
-        let text = match next {
-            Some(Ok(Message::Text(text))) => text,
-            Some(Ok(_)) => continue,
-            Some(Err(e)) => return Err(e.to_string()),
-            None => return Err("closed".into()),
-        };
-        let reply: Value = serde_json::from_str(&text).map_err(|e| e.to_string())?;
-        if reply["id"] == id {
-            if !reply["error"].is_null() {
-                return Err(format!("{method}: {reply}"));
-            }
-            return Ok((reply, text.len()));
-        }
-    }
-}
-
 /// Reads a member's socket until it ends (so pings are answered).
 async fn drain(mut ws: Ws, closed: Arc<AtomicU64>) {
     while let Some(Ok(_)) = ws.next().await {}
@@ -350,22 +314,6 @@ fn calls_delta(before: &BTreeMap<String, u64>, after: &BTreeMap<String, u64>) ->
     Value::Object(out)
 }
 
-/// CPU seconds a process has used (user + system), from /proc (100 Hz ticks).
-fn cpu_s(pid: &str) -> Result<f64, String> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).map_err(|e| e.to_string())?;
-    // Fields after the command name, which is in parentheses.
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    // utime and stime are fields 14 and 15, here 11 and 12 (after pid, comm, state).
-    Ok((ticks(11) + ticks(12)) / 100.0)
-}
-
 fn summary(times: &mut [f64], bytes: usize) -> Value {
     times.sort_by(f64::total_cmp);
     let pct = |p: f64| times[((times.len() as f64 * p) as usize).min(times.len() - 1)];
@@ -374,8 +322,4 @@ fn summary(times: &mut [f64], bytes: usize) -> Value {
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
-}
-
-fn round(x: f64) -> f64 {
-    (x * 1000.0).round() / 1000.0
 }

@@ -18,13 +18,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures_util::{SinkExt, StreamExt};
-use serde_json::{json, Value};
-use tokio::net::TcpStream;
+use futures_util::StreamExt;
+use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+mod common;
+use common::{command, cpu_s, round, Ws};
 
 /// How long the listeners may take to get the last push of a round.
 const DRAIN: Duration = Duration::from_secs(20);
@@ -160,52 +159,4 @@ async fn churn(
         changes += 2;
     }
     Ok(changes)
-}
-
-/// Sends one command and waits for its reply (pushes before it skipped).
-async fn command(ws: &mut Ws, id: u64, method: &str, channel: &str) -> Result<Value, String> {
-    let command = json!({"id": id, "method": method, "params": {"channel": channel}});
-    ws.send(Message::text(command.to_string()))
-        .await
-        .map_err(|e| e.to_string())?;
-    loop {
-        let next = tokio::time::timeout(DRAIN, ws.next())
-            .await
-            .map_err(|_| format!("{method}: no reply within {DRAIN:?}"))?;
-        let text = match next {
-            Some(Ok(Message::Text(text))) => text,
-            Some(Ok(_)) => continue,
-            Some(Err(e)) => return Err(e.to_string()),
-            None => return Err("closed".into()),
-        };
-        let reply: Value = serde_json::from_str(&text).map_err(|e| e.to_string())?;
-        if reply["id"] == id {
-            if !reply["error"].is_null() {
-                return Err(format!("{method}: {reply}"));
-            }
-            return Ok(reply);
-        }
-    }
-}
-
-/// CPU seconds a process used (user + system), from /proc.
-fn cpu_s(pid: &str) -> Result<f64, String> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).map_err(|e| e.to_string())?;
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map_or("", |(_, rest)| rest)
-        .split_whitespace()
-        .collect();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    // After the name: state is field 0, utime 11, stime 12.
-    Ok((ticks(11) + ticks(12)) / 100.0)
-}
-
-fn round(x: f64) -> f64 {
-    (x * 100.0).round() / 100.0
 }
