@@ -32,6 +32,8 @@ impl Node {
     /// Hands the namespace table to the broker (start and reload), for
     /// publishes from backends that name no options (`FCALL duplex_publish`).
     pub(super) fn share_history_table(&self) {
+        let keeps = self.permissions().keeps_history();
+        self.inner.keeps_history.store(keeps, Relaxed);
         let table: Vec<NamespaceHistory> = self
             .permissions()
             .history_table()

@@ -134,6 +134,8 @@ struct Inner {
     repairs: Arc<repair::Repairs>,
     /// What the node saw of each history channel it holds.
     tails: Arc<tail::Tails>,
+    /// Whether any namespace keeps history (shared with [`Deliver`]).
+    keeps_history: Arc<std::sync::atomic::AtomicBool>,
     /// History reads in flight, shared by identical ones.
     flights: history::Flights,
     /// Open connections per client address, when that limit is set.
@@ -176,19 +178,38 @@ struct Deliver {
     repairs: Arc<repair::Repairs>,
     /// What the node saw of each history channel it holds.
     tails: Arc<tail::Tails>,
+    /// Whether any namespace keeps history (set at start and reload).
+    keeps_history: Arc<std::sync::atomic::AtomicBool>,
     /// The node, once built (the broker needs this handler before it exists).
     node: std::sync::OnceLock<std::sync::Weak<Inner>>,
 }
 
 impl Deliver {
+    /// The handler for a node's broker, with the history state it shares
+    /// with the node.
+    fn new(hub: &Arc<Hub<Conn>>, stats: &Arc<Stats>, keeps_history: bool) -> Arc<Deliver> {
+        Arc::new(Deliver {
+            hub: Arc::clone(hub),
+            stats: Arc::clone(stats),
+            repairs: Arc::default(),
+            tails: Arc::default(),
+            keeps_history: Arc::new(std::sync::atomic::AtomicBool::new(keeps_history)),
+            node: std::sync::OnceLock::new(),
+        })
+    }
+
     /// Counts a publication without an offset on a history channel (a raw
     /// Redis `PUBLISH`): delivered live, never recovered.
     fn count_unrecorded(&self, channel: &ChannelName) {
+        // Most deployments keep no history: one load, not a node handle per message.
+        if !self.keeps_history.load(Relaxed) {
+            return;
+        }
         let Some(inner) = self.node.get().and_then(std::sync::Weak::upgrade) else {
             return;
         };
         let node = Node { inner };
-        if node.permissions().keeps_history() && node.history_rule(channel).is_some() {
+        if node.history_rule(channel).is_some() {
             Stats::bump(&self.stats.unrecorded_publishes);
             if let Some(skipped) = node.inner.unrecorded_warnings.allow() {
                 tracing::warn!(%channel, similar_skipped = skipped, "publication without an offset on a history channel (a raw PUBLISH?): delivered live, not kept for recovery; publish with FCALL duplex_publish or the HTTP API (counted in unrecorded_publishes)");
@@ -295,15 +316,7 @@ impl Node {
         let handshakes = HandshakeLimit::new(config.max_handshakes_per_ip);
         let stats = Arc::new(Stats::default());
         let hub = Arc::new(Hub::new(Arc::clone(&stats)));
-        let repairs = Arc::new(repair::Repairs::default());
-        let tails = Arc::new(tail::Tails::default());
-        let deliver = Arc::new(Deliver {
-            hub: Arc::clone(&hub),
-            stats: Arc::clone(&stats),
-            repairs: Arc::clone(&repairs),
-            tails: Arc::clone(&tails),
-            node: std::sync::OnceLock::new(),
-        });
+        let deliver = Deliver::new(&hub, &stats, permissions.keeps_history());
         let handler: Arc<dyn BrokerHandler> = Arc::clone(&deliver) as Arc<dyn BrokerHandler>;
         let id = if config.node_id.is_empty() {
             format!("{:08x}", rand::random::<u32>())
@@ -342,8 +355,9 @@ impl Node {
                 next_seq: AtomicU64::new(first_seq()),
                 publish_warnings: Throttle::new(1000),
                 unrecorded_warnings: Throttle::new(10_000),
-                repairs,
-                tails,
+                repairs: Arc::clone(&deliver.repairs),
+                tails: Arc::clone(&deliver.tails),
+                keeps_history: Arc::clone(&deliver.keeps_history),
                 flights: Default::default(),
                 coalescer,
                 per_ip: Mutex::default(),
