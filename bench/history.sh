@@ -29,22 +29,14 @@ OUT=target/history-bench
 mkdir -p "$OUT"
 : > "$OUT/results.jsonl"
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_http() { for _ in $(seq 100); do curl -sf "http://127.0.0.1:$1/health" >/dev/null && return 0; sleep 0.1; done; echo "node on $1 never healthy" >&2; return 1; }
-# CPU seconds a process has used (user + system), from /proc.
-cpu_s() { awk -v hz="$(getconf CLK_TCK)" '{print ($14 + $15) / hz}' "/proc/$1/stat"; }
-
 cargo build --release --quiet -p duplex -p duplex-bench --bins --example recovery_storm
 DUPLEX=target/release/duplex
 BENCH=target/release/duplex-bench
 STORM_BIN=target/release/examples/recovery_storm
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
 
-RPORT=$(free_port)
-redis-server --port "$RPORT" --save "" --appendonly no --loglevel warning >/dev/null &
-REDIS_PID=$!
-trap 'kill $REDIS_PID 2>/dev/null || true; kill ${NODE_PID:-} 2>/dev/null || true' EXIT
-for _ in $(seq 50); do redis-cli -p "$RPORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
-REDIS=redis://127.0.0.1:$RPORT
+start_redis
 
 config() { # $1 = on|off
     if [ "$1" = on ]; then
@@ -54,45 +46,11 @@ config() { # $1 = on|off
     fi
 }
 
-start_node() { # $1 = on|off
-    config "$1" > "$OUT/$1.toml"
-    PORT=$(free_port)
-    "$DUPLEX" serve --listen "127.0.0.1:$PORT" --redis "$REDIS" --config "$OUT/$1.toml" --log-level warn &
-    NODE_PID=$!
-    wait_http "$PORT"
-}
-
-stop_node() { kill "$NODE_PID"; wait "$NODE_PID" 2>/dev/null || true; NODE_PID=; }
-
-run() { # $1 = workload name, $2 = history on|off, $3 = subscribers, $4 = rate
-    start_node "$2"
-    local redis_before line redis_after
-    redis_before=$(cpu_s "$REDIS_PID")
-    line=$("$BENCH" fanout --server "ws://127.0.0.1:$PORT" --protocol native --subscribers "$3" \
-        --rate "$4" --duration "$DURATION" --server-pid "$NODE_PID" --json --channel bench 2>/dev/null)
-    redis_after=$(cpu_s "$REDIS_PID")
-    stop_node
-    python3 - "$1" "$2" "$redis_before" "$redis_after" "$line" >> "$OUT/results.jsonl" <<'EOF'
-import json, sys
-name, history, before, after, line = sys.argv[1:]
-r = json.loads(line)
-published = max(r["published_total"], 1)
-print(json.dumps({
-    "workload": name, "history": history,
-    "published": r["published_total"], "received": r["received"], "lost": r["lost"],
-    "duplicates": r.get("duplicates", 0),
-    "node_cpu_us_per_delivery": r["server_cpu_us_per_delivery"],
-    "redis_cpu_us_per_publish": round((float(after) - float(before)) * 1e6 / published, 2),
-    "p50_us": r["latency_us"]["p50"], "p99_us": r["latency_us"]["p99"],
-}))
-EOF
-}
-
 for round in $(seq "$ROUNDS"); do
     echo "== round $round of $ROUNDS" >&2
     for history in off on; do
-        run publish "$history" "$PUB_SUBS" "$PUB_RATE"
-        run fanout "$history" "$SUBS" "$RATE"
+        fanout_row publish history "$history" "$PUB_SUBS" "$PUB_RATE"
+        fanout_row fanout history "$history" "$SUBS" "$RATE"
     done
 done
 
