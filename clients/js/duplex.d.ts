@@ -109,6 +109,12 @@ export interface DuplexOptions {
    * RPC_TIMEOUT_MARGIN instead (their own `timeout` option overrides that).
    */
   timeout?: number;
+  /**
+   * Ask for `join` / `leave` events on the token's presence channels
+   * (namespaces with `join_leave = true`): client-level `join` / `leave`
+   * events. Default false.
+   */
+  joinLeave?: boolean;
 }
 
 /** The `connect` result (docs/PROTOCOL.md 3.2). Unknown fields may appear. */
@@ -245,6 +251,12 @@ export interface SubscribeOptions {
    * saved earlier, e.g. across a page reload) at the first subscribe.
    */
   since?: StreamPosition;
+  /**
+   * Ask for `join` / `leave` events (the namespace must set `join_leave`;
+   * each costs every listener a write). Default: true when `onJoin` or
+   * `onLeave` is given, else false.
+   */
+  joinLeave?: boolean;
   /** Presence (`join_leave` channels): a user joined (their first connection). */
   onJoin?: (event: PresenceEvent) => void;
   /** Presence (`join_leave` channels): a user left (their last connection). */
@@ -344,6 +356,10 @@ export interface DuplexEvents {
    * its position, and whether what was missed since `tokenPositions` follows.
    */
   subscribed: (event: SubscribedEvent & { channel: string }) => void;
+  /** Presence on a token's channel (with `joinLeave`): a user joined. */
+  join: (event: PresenceEvent) => void;
+  /** Presence on a token's channel (with `joinLeave`): a user left. */
+  leave: (event: PresenceEvent) => void;
   /** A `refresh` succeeded; `expires` is the new expiry (Unix seconds) if any. */
   refreshed: (result: { expires?: number }) => void;
   /** Failures not tied to a command: getToken, refused connect, unreadable frames. */

@@ -175,6 +175,9 @@ export class Subscription extends Emitter {
       }
       this.position = { epoch, offset };
     }
+    // Asks for `join` / `leave` events (the namespace must set join_leave):
+    // `joinLeave: true`, implied by `onJoin` / `onLeave`.
+    this._joinLeave = options.joinLeave ?? Boolean(options.onJoin || options.onLeave);
     this._subscribed = null; // detail of the last `subscribed` event
     this._held = null; // messages held while an epoch check runs (see _accept)
     this.duplicatesDropped = 0; // messages dropped as already delivered (a server bug if ever above 0)
@@ -411,6 +414,7 @@ export class Duplex extends Emitter {
   _sendConnect(ws, token) {
     const params = { name: this.options.name, version: this.options.version, protocol: PROTOCOL_VERSION };
     if (token) params.token = token;
+    if (this.options.joinLeave) params.join_leave = true;
     const from = new Map(this.tokenPositions);
     if (from.size) params.recover = Object.fromEntries([...from].map(([ch, at]) => [ch, { epoch: at.epoch, offset: at.offset }]));
     // Handled as the reply is read, before the frames after it (the
@@ -714,9 +718,12 @@ export class Duplex extends Emitter {
       }
       case "join":
       case "leave": {
-        // Presence (join_leave channels): a user's first connection came, or their last went.
+        // Presence (join_leave channels, asked for): a user's first connection
+        // came, or their last went; on a token's channel, a client event.
         const sub = this._subs.get(msg.channel);
-        if (sub) sub._emit(msg.push, { channel: msg.channel, user: msg.user, conn: msg.conn, info: msg.info });
+        const event = { channel: msg.channel, user: msg.user, conn: msg.conn, info: msg.info };
+        if (sub) sub._emit(msg.push, event);
+        else this._emit(msg.push, event);
         break;
       }
       default:
@@ -896,6 +903,7 @@ export class Duplex extends Emitter {
   async _sendSubscribe(sub, tokenRetried = false) {
     const ws = this._ws;
     const params = { channel: sub.channel };
+    if (sub._joinLeave) params.join_leave = true;
     try {
       if (sub._getToken && (!sub._token || tokenRetried)) sub._token = await sub._getToken(sub.channel);
       if (sub._token) params.token = sub._token;

@@ -105,3 +105,29 @@ test("presence follows the subscribe rule and says when a channel has none", asy
   assert.deepEqual(await sub.presenceStats(), { connections: 1, users: 1 });
   assert.deepEqual(await sub.presence(), [{ conn: staff.info.client, user: "sam", info: undefined }]);
 });
+
+test("join and leave only where asked: a subscription's joinLeave, and the token's channels at client level", async (t) => {
+  // Subscribed without asking: no events, even with a listener added later.
+  const quiet = client(t, "quiet");
+  const q = quiet.subscribe("room:ask");
+  const heard = [];
+  q.on("join", (e) => heard.push(e));
+  q.on("leave", (e) => heard.push(e));
+  await q.ready();
+  // A token's channel, with joinLeave asked at connect: client-level events.
+  const token = signToken(SECRET, { sub: "tok", ttl: 600, channels: ["room:ask"] });
+  const tok = new Duplex(node.url, { token, joinLeave: true });
+  t.after(() => tok.disconnect());
+  const tokJoined = nextEvent(tok, "join", (e) => e.user === "late");
+  tok.connect();
+  await nextEvent(tok, "connected");
+  const late = client(t, "late");
+  await late.subscribe("room:ask").ready();
+  const joined = await tokJoined;
+  assert.deepEqual({ channel: joined.channel, user: joined.user }, { channel: "room:ask", user: "late" });
+  // The push to `quiet`, had there been one, was queued before this message.
+  const marker = nextEvent(q, "message", (data) => data?.marker === 1);
+  await quiet.publish("room:ask", { marker: 1 });
+  await marker;
+  assert.deepEqual(heard, []);
+});

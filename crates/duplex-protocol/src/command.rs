@@ -136,6 +136,10 @@ pub struct ConnectParams {
     /// the reply.
     #[serde(default)]
     pub recover: crate::history::RecoverParams,
+    /// Whether the client wants `join` / `leave` pushes on the token's
+    /// presence channels whose namespace sets `join_leave`.
+    #[serde(default)]
+    pub join_leave: bool,
 }
 
 /// Parameters of `subscribe` and `unsubscribe`: `channel` or `channels`.
@@ -154,6 +158,11 @@ pub struct ChannelsParams {
     /// client saw; the missed publications follow the reply.
     #[serde(default)]
     pub recover: crate::history::RecoverParams,
+    /// `subscribe` only: whether the client wants `join` / `leave` pushes
+    /// on those of the channels whose namespace sets `join_leave`
+    /// (pushes cost every listener a write per change: opt in).
+    #[serde(default)]
+    pub join_leave: bool,
 }
 
 impl ChannelsParams {

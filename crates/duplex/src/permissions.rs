@@ -146,7 +146,7 @@ pub struct HistoryRule {
 /// A namespace's presence settings, when its channels keep members.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PresenceRule {
-    /// `join_leave`: subscribers get `join` and `leave` pushes.
+    /// `join_leave`: subscribers who ask get `join` and `leave` pushes.
     pub join_leave: bool,
     /// `presence_ttl`: the lease a node renews every third of it.
     pub ttl: Duration,

@@ -78,12 +78,23 @@ async fn next_event(client: &mut Client) -> Value {
     }
 }
 
-/// Subscribes to `channels` and returns the own `join` pushes (one per
+/// Subscribes to `channels` asking for `join` / `leave` pushes.
+async fn subscribe_listening(client: &mut Client, channels: &[&str]) {
+    let reply = client
+        .command(
+            "subscribe",
+            json!({"channels": channels, "join_leave": true}),
+        )
+        .await;
+    assert!(reply.get("result").is_some(), "subscribe: {reply}");
+}
+
+/// Subscribes to `channels` (asking for pushes) and returns the own `join` pushes (one per
 /// channel with pushes), which may come before or after the reply.
 async fn subscribe_joining(client: &mut Client, channels: &[&str], joins: usize) -> Vec<Value> {
     client
         .send_text(
-            &json!({"id": 999, "method": "subscribe", "params": {"channels": channels}})
+            &json!({"id": 999, "method": "subscribe", "params": {"channels": channels, "join_leave": true}})
                 .to_string(),
         )
         .await;
@@ -185,7 +196,7 @@ async fn one_user_in_two_tabs_on_two_nodes_joins_once_and_leaves_once() {
     assert_eq!(first["info"], json!({"name": "Ada"}));
 
     let mut tab2 = native(&b, "ada", ada.clone()).await;
-    tab2.subscribe(&["room:1"]).await;
+    subscribe_listening(&mut tab2, &["room:1"]).await;
     // Node B would have pushed a join before the marker it publishes.
     marker(&b, "room:1", 1).await;
     assert_eq!(until_marker(&mut tab1, 1).await, Vec::<Value>::new());
@@ -296,13 +307,22 @@ async fn a_token_s_channels_make_a_member_at_connect() {
     )
     .expect("sign");
     let mut tia = Client::connect(&node.ws("/ws")).await;
-    let reply = tia.command("connect", json!({"token": token})).await;
+    let reply = tia
+        .command("connect", json!({"token": token, "join_leave": true}))
+        .await;
     assert_eq!(reply["result"]["channels"][0], "room:t", "{reply}");
     let conn = reply["result"]["client"].clone();
     let reply = tia.command("presence", json!({"channel": "room:t"})).await;
     assert_eq!(
         reply["result"]["members"],
         json!([{"conn": conn, "user": "tia", "info": {"n": 1}}])
+    );
+    // `join_leave` at connect asks for the token channels' pushes.
+    let mut ulf = native(&node, "ulf", None).await;
+    ulf.subscribe(&["room:t"]).await;
+    assert_eq!(
+        event_for(&mut tia, "join", "ulf").await["channel"],
+        "room:t"
     );
 }
 
@@ -365,6 +385,58 @@ async fn a_single_memory_node_lists_members_and_pushes_joins_and_leaves() {
     marker(&node, "room:m", 9).await;
     assert_eq!(until_marker(&mut ann, 9).await, Vec::<Value>::new());
     assert_eq!(node.stat("presence_pushes_refused").await, 1);
+}
+
+#[tokio::test]
+async fn only_subscribers_that_asked_get_join_and_leave_pushes() {
+    let redis = RedisServer::start();
+    let a = TestNode::on_redis(&redis.url(), presence_settings()).await;
+    let b = TestNode::on_redis(&redis.url(), presence_settings()).await;
+    // On A one subscriber asks, one does not; on B nobody asks.
+    let mut asker = native(&a, "asker", None).await;
+    subscribe_joining(&mut asker, &["room:o"], 1).await;
+    let mut quiet = native(&a, "quiet", None).await;
+    quiet.subscribe(&["room:o"]).await;
+    let mut quiet_b = native(&b, "quiet_b", None).await;
+    quiet_b.subscribe(&["room:o"]).await;
+    assert_eq!(
+        event_for(&mut asker, "join", "quiet").await["channel"],
+        "room:o"
+    );
+    assert_eq!(
+        event_for(&mut asker, "join", "quiet_b").await["channel"],
+        "room:o"
+    );
+    // Asking where the namespace sets no join_leave gets nothing either.
+    subscribe_listening(&mut quiet_b, &["quiet:o"]).await;
+    let mut dee = native(&b, "dee", None).await;
+    dee.subscribe(&["room:o", "quiet:o"]).await;
+    event_for(&mut asker, "join", "dee").await;
+    dee.close().await;
+    event_for(&mut asker, "leave", "dee").await;
+    // Each node pushed what it had before its marker: nothing for them.
+    marker(&a, "room:o", 1).await;
+    marker(&b, "room:o", 2).await;
+    for client in [&mut quiet, &mut quiet_b] {
+        assert_eq!(until_marker(client, 1).await, Vec::<Value>::new());
+        assert_eq!(until_marker(client, 2).await, Vec::<Value>::new());
+    }
+    // They are members all the same.
+    assert_eq!(
+        stats(&mut quiet, "room:o").await,
+        json!({"connections": 3, "users": 3})
+    );
+    // One that asked, unsubscribed and came back without asking gets none.
+    let reply = asker
+        .command("unsubscribe", json!({"channel": "room:o"}))
+        .await;
+    assert!(reply.get("result").is_some(), "{reply}");
+    asker.subscribe(&["room:o"]).await;
+    let mut eve = native(&b, "eve", None).await;
+    eve.subscribe(&["room:o"]).await;
+    wait_stats(&mut quiet, "room:o", json!({"connections": 4, "users": 4})).await;
+    marker(&b, "room:o", 3).await;
+    assert_eq!(until_marker(&mut asker, 3).await, Vec::<Value>::new());
 }
 
 #[tokio::test]
@@ -468,7 +540,7 @@ async fn the_members_of_a_killed_node_go_within_the_lease_and_leave_once() {
             _ => "watcher".to_string(),
         };
         let mut client = native(&b, &user, None).await;
-        client.subscribe(&["room:k"]).await;
+        subscribe_listening(&mut client, &["room:k"]).await;
         on_b.push(client);
     }
     let on_a_node = format!("{a_id}.");

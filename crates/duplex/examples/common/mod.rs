@@ -24,7 +24,10 @@ pub(crate) async fn command(
     method: &str,
     channel: &str,
 ) -> Result<(Value, usize), String> {
-    let command = json!({"id": id, "method": method, "params": {"channel": channel}});
+    // Every subscriber asks for join / leave pushes (they come only where
+    // the namespace sets join_leave, as in presence_pushes).
+    let command =
+        json!({"id": id, "method": method, "params": {"channel": channel, "join_leave": true}});
     ws.send(Message::text(command.to_string()))
         .await
         .map_err(|e| e.to_string())?;

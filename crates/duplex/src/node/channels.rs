@@ -68,17 +68,22 @@ impl Node {
 
     /// A channel an `unsubscribe` order already took is skipped.
     pub(crate) async fn unsubscribe(&self, conn: &Conn, channel: &ChannelName) {
-        let _guard = self.stripe(channel).lock().await;
-        self.unsubscribe_held(conn, channel).await;
+        let removed = {
+            let _guard = self.stripe(channel).lock().await;
+            self.unsubscribe_held(conn, channel).await
+        };
+        if removed {
+            self.leave_presence(conn, channel).await;
+        }
     }
 
     /// Under the channel's stripe lock: removes `conn` from `channel` if it
-    /// is there (false if not), leaving the broker after the last one.
+    /// is there (false if not), leaving the broker after the last one. The
+    /// caller then calls [`Node::leave_presence`], outside the stripe lock.
     pub(super) async fn unsubscribe_held(&self, conn: &Conn, channel: &ChannelName) -> bool {
         if !self.inner.hub.contains(channel.as_str(), conn.seq) {
             return false;
         }
-        self.leave_presence_held(conn, channel).await;
         // The node itself listens on the order channels: a client that was
         // let in there must not take the node's own subscription with it.
         if self.inner.hub.unsubscribe(channel.as_str(), conn.seq) && !is_order_channel(channel) {

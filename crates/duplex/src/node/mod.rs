@@ -26,7 +26,7 @@ mod rpc;
 mod upstream;
 
 pub(crate) use history::{fills_gap, history_query, kept, NO_HISTORY};
-pub(crate) use presence::info_json;
+pub(crate) use presence::{info_json, Joiner};
 pub(crate) use tail::Ticket;
 pub(crate) use tasks::Tasks;
 pub(crate) use upstream::{Message, Sent};

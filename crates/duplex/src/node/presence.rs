@@ -5,19 +5,26 @@
 //! back when its lease was lost (a rejoin), and remove them at once at a
 //! clean shutdown (forget).
 //!
-//! Every change of one channel runs under that channel's stripe lock
-//! (the one its subscriptions take), so a rejoin never overlaps a join or
-//! leave of the same channel (it could carry back a member that just
-//! left). Ticks need no lock: they add no member.
+//! Every change of one channel runs under that channel's presence lock
+//! (`locks`: one per channel, not the subscription stripes, so a slow
+//! broker call holds up no other channel), so a rejoin never overlaps a
+//! join or leave of the same channel (it could carry back a member that
+//! just left). A join checks under it that its connection is still
+//! subscribed, and a leave runs after the connection is off the hub, so
+//! whichever comes first, no member outlives its subscription. Ticks need
+//! no lock: they add no member.
 //!
 //! Join and leave pushes travel between nodes as publications on the
 //! reserved channel `#presence:<channel>` (the push's own JSON), which a
-//! node listens to while it has members of a `join_leave` channel; each
-//! node checks what arrives there and hands it to its native subscribers.
+//! node listens to while it has members that asked for them (`join_leave`
+//! in `subscribe` or `connect`) in a channel whose namespace sets
+//! `join_leave`; each node checks what arrives there and hands it to
+//! those of its subscribers.
 
-use std::collections::HashSet;
-use std::sync::atomic::AtomicBool;
-use std::time::Duration;
+mod locals;
+mod locks;
+
+pub(super) use locals::Locals;
 
 use duplex_protocol::presence::{Presence as Kind, PresencePush};
 use serde_json::value::RawValue;
@@ -49,108 +56,16 @@ pub(super) fn check_broker(permissions: &Permissions, broker: &Broker) -> Result
     Ok(())
 }
 
-/// This node's members, per presence channel.
-#[derive(Debug, Default)]
-pub(super) struct Locals {
-    channels: Mutex<HashMap<ChannelName, Local>>,
-    /// Whether `channels` has entries: every unsubscribe on the node asks,
-    /// and on a node without presence it must not take the lock to learn no.
-    any: AtomicBool,
-    /// Set by a clean shutdown's forget: no join, tick or rejoin after it.
-    forgotten: AtomicBool,
-}
-
-/// One presence channel on this node.
-#[derive(Debug)]
-struct Local {
-    /// Members by connection number.
-    members: HashMap<u64, Member>,
-    /// The namespace's settings when the channel got its first member.
-    rule: PresenceRule,
-    /// Whether the node listens to the channel's pushes.
-    listening: bool,
-    /// Connections whose leave failed (or whose failed join may have
-    /// landed): their leave is retried at each tick until it succeeds.
-    stale: HashSet<String>,
-}
-
-impl Local {
-    fn is_idle(&self) -> bool {
-        self.members.is_empty() && self.stale.is_empty()
-    }
-}
-
-impl Locals {
-    /// Whether `channel` has members here, and whether the node listens
-    /// to its pushes (creating its entry).
-    fn open(&self, channel: &ChannelName, rule: PresenceRule) -> (bool, bool) {
-        let mut channels = self.channels.lock();
-        self.any.store(true, Relaxed);
-        let local = channels.entry(channel.clone()).or_insert_with(|| Local {
-            members: HashMap::new(),
-            rule,
-            listening: false,
-            stale: HashSet::new(),
-        });
-        (!local.members.is_empty(), local.listening)
-    }
-
-    fn update(&self, channel: &ChannelName, f: impl FnOnce(&mut Local)) {
-        if let Some(local) = self.channels.lock().get_mut(channel) {
-            f(local);
-        }
-    }
-
-    /// Drops the channel's entry once it holds nothing; whether the node
-    /// was listening to its pushes (it stops).
-    fn close_if_idle(&self, channel: &ChannelName) -> bool {
-        let mut channels = self.channels.lock();
-        let listening = match channels.get(channel) {
-            Some(local) if local.is_idle() => channels.remove(channel).is_some_and(|l| l.listening),
-            _ => false,
-        };
-        self.any.store(!channels.is_empty(), Relaxed);
-        listening
-    }
-
-    fn members(&self, channel: &ChannelName) -> Vec<Member> {
-        self.channels
-            .lock()
-            .get(channel)
-            .map(|l| l.members.values().cloned().collect())
-            .unwrap_or_default()
-    }
-
-    fn rule(&self, channel: &ChannelName) -> Option<PresenceRule> {
-        self.channels.lock().get(channel).map(|l| l.rule)
-    }
-
-    /// Channels with members, grouped by lease length.
-    fn by_ttl(&self) -> HashMap<Duration, Vec<ChannelName>> {
-        let mut groups: HashMap<Duration, Vec<ChannelName>> = HashMap::new();
-        for (channel, local) in self.channels.lock().iter() {
-            if !local.members.is_empty() {
-                groups
-                    .entry(local.rule.ttl)
-                    .or_default()
-                    .push(channel.clone());
-            }
-        }
-        groups
-    }
-
-    fn stale(&self) -> Vec<(ChannelName, Vec<String>)> {
-        self.channels
-            .lock()
-            .iter()
-            .filter(|(_, l)| !l.stale.is_empty())
-            .map(|(c, l)| (c.clone(), l.stale.iter().cloned().collect()))
-            .collect()
-    }
-
-    fn is_forgotten(&self) -> bool {
-        self.forgotten.load(Relaxed)
-    }
+/// Who a subscribing connection is as a member, and whether it asked for
+/// `join` / `leave` pushes.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Joiner<'a> {
+    /// Its user (`""` when anonymous).
+    pub(crate) user: &'a str,
+    /// Its token's `info` claim.
+    pub(crate) info: Option<&'a RawValue>,
+    /// Whether it wants the pushes (only where the namespace sets `join_leave`).
+    pub(crate) wants_pushes: bool,
 }
 
 /// The token's `info` as a member keeps it (empty: none).
@@ -180,22 +95,22 @@ impl Node {
         conn: &Conn,
         channel: &ChannelName,
         rule: PresenceRule,
-        user: &str,
-        info: Option<&RawValue>,
+        who: Joiner<'_>,
     ) -> Result<(), BrokerError> {
         let presence = self.inner.broker.presence()?;
-        let _guard = self.stripe(channel).lock().await;
         let locals = &self.inner.presence;
+        let _guard = locals.lock(channel).await;
         if locals.is_forgotten() || !self.inner.hub.contains(channel.as_str(), conn.seq) {
             return Ok(());
         }
         let member = Member {
             conn: conn.id.to_string(),
-            user: user.to_string(),
-            info: info_bytes(info),
+            user: who.user.to_string(),
+            info: info_bytes(who.info),
         };
+        let listens = rule.join_leave && who.wants_pushes;
         let (had_members, listening) = locals.open(channel, rule);
-        if rule.join_leave && !listening {
+        if listens && !listening {
             let listened = self
                 .inner
                 .broker
@@ -222,6 +137,9 @@ impl Node {
         locals.update(channel, |l| {
             l.stale.remove(&member.conn);
             l.members.insert(conn.seq, member);
+            if listens {
+                l.listeners.insert(conn.seq);
+            }
         });
         self.push_change(channel, rule, &change).await;
         if change.lease_lost && had_members {
@@ -230,17 +148,19 @@ impl Node {
         Ok(())
     }
 
-    /// Under the channel's stripe lock: `conn` is a member no more (it
-    /// unsubscribed, was taken off, or closed); pushes a `leave` when it
+    /// After `conn` is off `channel` here (it unsubscribed, was taken
+    /// off, or closed): it is a member no more; pushes a `leave` when it
     /// was its user's last connection there.
-    pub(super) async fn leave_presence_held(&self, conn: &Conn, channel: &ChannelName) {
+    pub(super) async fn leave_presence(&self, conn: &Conn, channel: &ChannelName) {
         let locals = &self.inner.presence;
         if !locals.any.load(Relaxed) {
             return;
         }
+        let _guard = locals.lock(channel).await;
         let mut gone = None;
         locals.update(channel, |l| {
-            gone = l.members.remove(&conn.seq).map(|m| (m, l.rule))
+            l.listeners.remove(&conn.seq);
+            gone = l.members.remove(&conn.seq).map(|m| (m, l.rule));
         });
         let Some((member, rule)) = gone else {
             return;
@@ -284,7 +204,7 @@ impl Node {
         }
     }
 
-    /// Under the channel's stripe lock: adds back every member this node
+    /// Under the channel's presence lock: adds back every member this node
     /// holds there (its lease was lost), pushing the users that brings back.
     async fn rejoin_held(&self, channel: &ChannelName, rule: PresenceRule) {
         let members = self.inner.presence.members(channel);
@@ -341,8 +261,8 @@ impl Node {
 
     /// A push from `#presence:<channel>`: checked (a raw `PUBLISH` there
     /// must at least be a well-formed push for that channel of a
-    /// `join_leave` namespace) and queued to the channel's native
-    /// subscribers here.
+    /// `join_leave` namespace) and queued to the channel's subscribers
+    /// here that asked for pushes.
     pub(super) fn deliver_presence(&self, channel: &str, payload: &[u8]) {
         let push: Option<PresencePush<'_>> = serde_json::from_slice(payload).ok();
         let wanted = self
@@ -353,9 +273,13 @@ impl Node {
             Stats::bump(&self.inner.stats.presence_pushes_refused);
             return;
         };
+        let listeners = self.inner.presence.listeners(channel);
+        if listeners.is_empty() {
+            return;
+        }
         let frame = push.frame();
         for sub in self.inner.hub.subscribers(channel) {
-            if sub.wire == Wire::Native {
+            if sub.wire == Wire::Native && listeners.contains(&sub.seq) {
                 self.send_to(&sub, frame.clone(), "presence push");
             }
         }
@@ -417,7 +341,7 @@ impl Node {
                 if change.is_empty() {
                     continue;
                 }
-                let _guard = self.stripe(channel).lock().await;
+                let _guard = self.inner.presence.lock(channel).await;
                 // Its last member may have left since: the sweep's leaves still go out.
                 let rule = self.inner.presence.rule(channel);
                 let Some(rule) = rule.or_else(|| self.presence_rule(channel)) else {
@@ -430,7 +354,7 @@ impl Node {
             }
         }
         for (channel, conns) in self.inner.presence.stale() {
-            let _guard = self.stripe(&channel).lock().await;
+            let _guard = self.inner.presence.lock(&channel).await;
             let Some(rule) = self.inner.presence.rule(&channel) else {
                 continue;
             };
@@ -446,13 +370,7 @@ impl Node {
     pub async fn forget_presence(&self) {
         let locals = &self.inner.presence;
         locals.forgotten.store(true, Relaxed);
-        let held: Vec<(ChannelName, PresenceRule)> = locals
-            .channels
-            .lock()
-            .drain()
-            .map(|(channel, local)| (channel, local.rule))
-            .collect();
-        locals.any.store(false, Relaxed);
+        let held = locals.drain();
         if held.is_empty() {
             return;
         }

@@ -100,18 +100,21 @@ impl Node {
                 true
             }
             Wire::Native => {
-                let _guard = self.stripe(channel).lock().await;
-                if !self.unsubscribe_held(conn, channel).await {
-                    return false;
+                {
+                    let _guard = self.stripe(channel).lock().await;
+                    if !self.unsubscribe_held(conn, channel).await {
+                        return false;
+                    }
+                    // Recorded under the stripe lock, so it is in place before the
+                    // session's own release of this channel can run.
+                    self.inner.revoked.record(conn.seq, channel.clone());
+                    self.send_to(
+                        conn,
+                        duplex_protocol::push::unsubscribed(channel.as_str()),
+                        "unsubscribe push",
+                    );
                 }
-                // Recorded under the stripe lock, so it is in place before the
-                // session's own release of this channel can run.
-                self.inner.revoked.record(conn.seq, channel.clone());
-                self.send_to(
-                    conn,
-                    duplex_protocol::push::unsubscribed(channel.as_str()),
-                    "unsubscribe push",
-                );
+                self.leave_presence(conn, channel).await;
                 true
             }
         }

@@ -263,7 +263,7 @@ impl NativeSession {
             )
         })?;
         let (granted, caught_up) = self
-            .join_token_channels(node, conn, &identity, &params.recover)
+            .join_token_channels(node, conn, &identity, &params)
             .await?;
         self.status = Status::Connected;
         conn.authenticated(&identity.user, identity.expires);
@@ -306,7 +306,7 @@ impl NativeSession {
         conn: &Arc<Conn>,
         channels: impl IntoIterator<Item = &'c ChannelName>,
         recover: &duplex_protocol::history::RecoverParams,
-        member: (&str, Option<&serde_json::value::RawValue>),
+        member: crate::node::Joiner<'_>,
     ) -> Result<Vec<history::CaughtUp>, Refusal> {
         let mut caught_up = Vec::new();
         for channel in channels {
@@ -337,7 +337,7 @@ impl NativeSession {
         node: &Node,
         conn: &Arc<Conn>,
         identity: &crate::session::Identity,
-        recover: &duplex_protocol::history::RecoverParams,
+        params: &command::ConnectParams,
     ) -> Result<(Vec<String>, Vec<history::CaughtUp>), Refusal> {
         let granted = crate::session::channels_at_connect(node, identity);
         let mut fresh = IndexSet::new();
@@ -356,8 +356,14 @@ impl NativeSession {
         share
             .reserve(fresh.len())
             .map_err(|full| subscriptions_refused(node, conn, full.to_string()))?;
-        let member = (identity.user.as_str(), identity.info.as_deref());
-        let caught_up = self.join_all(node, conn, &fresh, recover, member).await?;
+        let member = crate::node::Joiner {
+            user: &identity.user,
+            info: identity.info.as_deref(),
+            wants_pushes: params.join_leave,
+        };
+        let caught_up = self
+            .join_all(node, conn, &fresh, &params.recover, member)
+            .await?;
         Ok((granted, caught_up))
     }
 
@@ -395,6 +401,7 @@ impl NativeSession {
         id: u64,
         params: command::ChannelsParams,
     ) -> Result<Option<Bytes>, Refusal> {
+        let join_leave = params.join_leave;
         let (names, token, recover) = params.into_parts();
         let channels = parse_channels(node, &names, Some(user_of(&self.auth)))?;
         let new: IndexSet<&ChannelName> = channels
@@ -429,7 +436,11 @@ impl NativeSession {
             .map_err(|full| subscriptions_refused(node, conn, full.to_string()))?;
         let user = crate::session::user_of(&self.auth).to_string();
         let info = crate::session::info_of(&self.auth).map(ToOwned::to_owned);
-        let member = (user.as_str(), info.as_deref());
+        let member = crate::node::Joiner {
+            user: &user,
+            info: info.as_deref(),
+            wants_pushes: join_leave,
+        };
         let caught_up = self.join_all(node, conn, new, &recover, member).await?;
         if caught_up.is_empty() {
             return Ok(Some(channels_reply(id, &names)));

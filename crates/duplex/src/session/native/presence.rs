@@ -7,13 +7,12 @@ use duplex_protocol::channel::ChannelName;
 use duplex_protocol::code::ErrorCode;
 use duplex_protocol::presence::{MemberView, PresenceParams, PresenceResult, PresenceStatsResult};
 use duplex_protocol::push;
-use serde_json::value::RawValue;
 
 use super::rules::{broker_error, parse_channel};
 use super::{NativeSession, Refusal, Reply};
 use crate::broker::BrokerError;
 use crate::conn::Conn;
-use crate::node::Node;
+use crate::node::{Joiner, Node};
 
 /// What a client asking about a channel without presence is told.
 pub(crate) const NO_PRESENCE: &str =
@@ -25,11 +24,10 @@ pub(super) async fn enter(
     node: &Node,
     conn: &Conn,
     channel: &ChannelName,
-    user: &str,
-    info: Option<&RawValue>,
+    who: Joiner<'_>,
 ) -> Result<(), BrokerError> {
     match node.presence_rule(channel) {
-        Some(rule) => node.join_presence(conn, channel, rule, user, info).await,
+        Some(rule) => node.join_presence(conn, channel, rule, who).await,
         None => Ok(()),
     }
 }
@@ -117,9 +115,9 @@ impl NativeSession {
         node: &Node,
         conn: &Conn,
         channel: &ChannelName,
-        (user, info): (&str, Option<&RawValue>),
+        who: Joiner<'_>,
     ) -> Result<(), BrokerError> {
-        let Err(e) = enter(node, conn, channel, user, info).await else {
+        let Err(e) = enter(node, conn, channel, who).await else {
             return Ok(());
         };
         conn.discard(channel);
