@@ -61,7 +61,7 @@ pub enum Presence {
 /// A `join` or `leave` push:
 /// `{"push":"join","channel":"room","user":"ada","conn":"n1.7","info":{..}}`.
 /// Nodes also pass it to each other as is (docs/PRESENCE.md).
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PresencePush<'a> {
     /// `join` or `leave`.
     pub push: Presence,
@@ -77,6 +77,11 @@ pub struct PresencePush<'a> {
     /// That connection's token `info`; absent when there was none.
     #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
     pub info: Option<&'a RawValue>,
+    /// Between nodes only (clients never see it): the change's place in
+    /// the channel's order, so a node can drop a user's push that crossed
+    /// a newer one on the way.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at: Option<u64>,
 }
 
 impl PresencePush<'_> {
@@ -86,9 +91,12 @@ impl PresencePush<'_> {
         serde_json::to_vec(self).unwrap_or_default()
     }
 
-    /// The push as a server frame.
+    /// The push as a server frame (without the nodes' `at`).
     pub fn frame(&self) -> bytes::Bytes {
-        crate::push::json_frame(self)
+        crate::push::json_frame(&PresencePush {
+            at: None,
+            ..self.clone()
+        })
     }
 }
 
@@ -105,16 +113,24 @@ mod tests {
             user: "ada".into(),
             conn: "n1.7".into(),
             info: Some(&info),
+            at: Some(42),
         };
         let json = push.to_json();
         assert_eq!(
             serde_json::from_slice::<serde_json::Value>(&json).unwrap(),
-            serde_json::json!({"push":"join","channel":"room","conn":"n1.7","user":"ada","info":{"name":"Ada"}})
+            serde_json::json!({"push":"join","channel":"room","conn":"n1.7","user":"ada","info":{"name":"Ada"},"at":42})
         );
         let back: PresencePush<'_> = serde_json::from_slice(&json).unwrap();
         assert_eq!(back.push, Presence::Join);
         assert_eq!(back.user, "ada");
         assert_eq!(back.info.unwrap().get(), r#"{"name":"Ada"}"#);
+        assert_eq!(back.at, Some(42));
+        // Clients never see the nodes' stamp.
+        let frame = back.frame();
+        let body = &frame[frame.iter().position(|b| *b == b'{').unwrap()..];
+        let frame: serde_json::Value = serde_json::from_slice(body).unwrap();
+        assert!(frame.get("at").is_none(), "{frame}");
+        assert_eq!(frame["user"], "ada");
     }
 
     #[test]

@@ -178,6 +178,9 @@ counters! {
     /// Pushes arriving on `#presence:<channel>` that were not a valid push
     /// for a `join_leave` channel (a raw PUBLISH there), dropped.
     presence_pushes_refused => Counter "presence_pushes_refused", "Messages on #presence:<channel> that were not a join/leave push for a join_leave channel (a raw PUBLISH there?), dropped";
+    /// Pushes older than one this node delivered for the same user (two
+    /// nodes' pushes crossed on the way), dropped.
+    presence_pushes_stale => Counter "presence_pushes_stale", "Join/leave pushes dropped because a newer change of the same user in that channel was delivered first (pushes from two nodes crossed on the way)";
     /// Ingest stream entries this node published (as the stream's leader).
     ingest_published => Counter "ingest_entries" ["outcome" = "published"], "Ingest stream entries this node handled as the stream's leader, by outcome (rejected: dropped as bad, each logged; repeated: published before, by a leader that crashed before acknowledging it)";
     /// Ingest stream entries dropped as bad (no or an invalid channel, bad

@@ -48,6 +48,7 @@ macro_rules! conformance {
             ingest_lease_goes_to_one_holder_at_a_time,
             ingest_entries_are_read_claimed_published_once_and_acknowledged,
             presence_users_join_on_their_first_connection_and_leave_after_their_last,
+            presence_changes_are_stamped_in_the_channels_order,
             presence_anonymous_members_are_each_their_own_user,
             presence_members_and_stats_are_exact,
             presence_a_silent_nodes_members_go_after_its_lease_and_leave_once,

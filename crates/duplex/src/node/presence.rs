@@ -24,6 +24,7 @@
 mod locals;
 mod locks;
 
+use locals::Admit;
 pub(super) use locals::Locals;
 
 use duplex_protocol::presence::{Presence as Kind, PresencePush};
@@ -244,6 +245,7 @@ impl Node {
                 user: member.user.as_str().into(),
                 conn: member.conn.as_str().into(),
                 info: info_json(&member.info),
+                at: Some(change.stamp),
             };
             let publication = Publication {
                 channel: push_channel(channel),
@@ -273,10 +275,16 @@ impl Node {
             Stats::bump(&self.inner.stats.presence_pushes_refused);
             return;
         };
-        let listeners = self.inner.presence.listeners(channel);
-        if listeners.is_empty() {
-            return;
-        }
+        let who = (push.user.as_ref(), push.conn.as_ref());
+        let listeners = match self.inner.presence.admit(channel, who, push.at) {
+            Admit::To(listeners) => listeners,
+            Admit::Nobody => return,
+            Admit::Stale => {
+                Stats::bump(&self.inner.stats.presence_pushes_stale);
+                tracing::debug!(channel, user = %push.user, "presence push older than one delivered: dropped");
+                return;
+            }
+        };
         let frame = push.frame();
         for sub in self.inner.hub.subscribers(channel) {
             if sub.wire == Wire::Native && listeners.contains(&sub.seq) {

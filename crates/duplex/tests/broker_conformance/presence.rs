@@ -150,6 +150,40 @@ pub(crate) async fn presence_users_join_on_their_first_connection_and_leave_afte
     );
 }
 
+/// Changes that join or leave someone carry increasing stamps, whichever
+/// node made them, so a node can drop a push that crossed a newer one (a
+/// page reload that lands on another node: the old tab's leave on one node,
+/// the new tab's join on the other); changes of nobody carry 0.
+pub(crate) async fn presence_changes_are_stamped_in_the_channels_order<F: Fixture>(fixture: F) {
+    let nodes = peers(&fixture, 2).await;
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let mut last = 0;
+    for round in 0..5 {
+        let old_tab = member(&format!("n0.{round}"), "ada", "");
+        let new_tab = member(&format!("n1.{round}"), "ada", "");
+        for (node, change) in [
+            (a, join(a, "p:stamps", &old_tab, LONG).await),
+            (a, leave(a, "p:stamps", &old_tab.conn).await),
+            (b, join(b, "p:stamps", &new_tab, LONG).await),
+            (b, leave(b, "p:stamps", &new_tab.conn).await),
+        ] {
+            assert_eq!(change.joined.len() + change.left.len(), 1, "{change:?}");
+            assert!(
+                change.stamp > last,
+                "{}: stamp {} after {last}",
+                node.id,
+                change.stamp
+            );
+            last = change.stamp;
+        }
+    }
+    let stay = member("n0.99", "bo", "");
+    assert!(join(a, "p:stamps", &stay, LONG).await.stamp > last);
+    let second = join(b, "p:stamps", &member("n1.99", "bo", ""), LONG).await;
+    assert_eq!((second.joined.len(), second.stamp), (0, 0), "{second:?}");
+    assert_eq!(tick(a, "p:stamps", LONG).await.stamp, 0);
+}
+
 /// Each anonymous member is a user of its own: it joins and leaves alone
 /// and counts as one user.
 pub(crate) async fn presence_anonymous_members_are_each_their_own_user<F: Fixture>(fixture: F) {

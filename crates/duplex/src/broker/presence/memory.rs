@@ -11,6 +11,7 @@
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{HashMap, HashSet};
 use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -31,12 +32,17 @@ const FOREVER: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 #[derive(Debug)]
 pub struct Store {
     shards: Box<[Mutex<HashMap<ChannelName, Room>>]>,
+    /// The last [`Change::stamp`] given (one counter for every channel).
+    stamps: AtomicU64,
 }
 
 impl Default for Store {
     fn default() -> Self {
         let shards = (0..SHARDS).map(|_| Mutex::default()).collect();
-        Store { shards }
+        Store {
+            shards,
+            stamps: AtomicU64::new(0),
+        }
     }
 }
 
@@ -169,8 +175,13 @@ impl Store {
     }
 
     /// Runs `f` on the channel's room (a fresh one when it had none or it
-    /// was abandoned); the room goes when `f` leaves it with no member.
-    fn with_room<T>(&self, channel: &ChannelName, f: impl FnOnce(&mut Room, Instant) -> T) -> T {
+    /// was abandoned); the room goes when `f` leaves it with no member. A
+    /// change that joined or left anyone gets the next stamp.
+    fn with_room(
+        &self,
+        channel: &ChannelName,
+        f: impl FnOnce(&mut Room, Instant) -> Change,
+    ) -> Change {
         let now = Instant::now();
         let mut rooms = self.shard(channel).lock();
         if rooms.get(channel).is_some_and(|room| room.until <= now) {
@@ -179,11 +190,15 @@ impl Store {
         let room = rooms
             .entry(channel.clone())
             .or_insert_with(|| Room::new(now));
-        let answer = f(room, now);
+        let mut change = f(room, now);
         if room.members.is_empty() {
             rooms.remove(channel);
         }
-        answer
+        // Stamped under the channel's lock: its changes' stamps increase.
+        if !change.joined.is_empty() || !change.left.is_empty() {
+            change.stamp = self.stamps.fetch_add(1, Ordering::Relaxed) + 1;
+        }
+        change
     }
 
     /// Reads the channel's room, if it has a live one.

@@ -124,6 +124,11 @@ pub struct Change {
     /// removed, and it re-adds them with [`Presence::rejoin`]. Meaningless
     /// on a first join, when the node had no members there.
     pub lease_lost: bool,
+    /// Where the change stands among the channel's changes, whichever
+    /// node made them (increasing; 0 when nobody joined or left): pushes
+    /// from two nodes can cross on the way, so a node drops a user's push
+    /// whose stamp is below one it delivered for that user.
+    pub stamp: u64,
 }
 
 impl Change {
@@ -137,6 +142,7 @@ impl Change {
         self.joined.extend(other.joined);
         self.left.extend(other.left);
         self.lease_lost |= other.lease_lost;
+        self.stamp = self.stamp.max(other.stamp);
     }
 }
 

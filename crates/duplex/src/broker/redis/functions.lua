@@ -361,10 +361,19 @@ local function drop_if_empty(P, U, L)
   end
 end
 
--- What a change answers: {lost, #joined, then conn, user, info of each
--- user who joined, then of each user who left}.
+-- What a change answers: {lost, #joined, stamp, then conn, user, info of
+-- each user who joined, then of each user who left}. The stamp (Redis
+-- TIME in microseconds; 0 when nobody joined or left) orders the changes
+-- of a channel, which all run on one server: a receiving node drops a
+-- user's push older than one it delivered (pushes from two nodes can
+-- cross on the way).
 local function change_reply(lost, joined, left)
-  local out = { lost, #joined }
+  local stamp = 0
+  if #joined + #left > 0 then
+    local t = redis.call('TIME')
+    stamp = tonumber(t[1]) * 1000000 + tonumber(t[2])
+  end
+  local out = { lost, #joined, stamp }
   for _, list in ipairs({ joined, left }) do
     for _, m in ipairs(list) do
       table.insert(out, m[1])

@@ -84,13 +84,15 @@ fn members_of(
     Some(out)
 }
 
-/// A change reply: `[lost, #joined, joined triples..., left triples...]`.
+/// A change reply: `[lost, #joined, stamp, joined triples..., left triples...]`.
 fn change(reply: Value) -> Option<Change> {
     let Value::Array(items) = reply else {
         return None;
     };
     let mut items = items.into_iter();
-    let (Some(Value::Int(lost)), Some(Value::Int(joined))) = (items.next(), items.next()) else {
+    let (Some(Value::Int(lost)), Some(Value::Int(joined)), Some(Value::Int(stamp))) =
+        (items.next(), items.next(), items.next())
+    else {
         return None;
     };
     let joined = members_of(&mut items, Some(usize::try_from(joined).ok()?))?;
@@ -99,6 +101,7 @@ fn change(reply: Value) -> Option<Change> {
         joined,
         left,
         lease_lost: lost != 0,
+        stamp: u64::try_from(stamp).ok()?,
     })
 }
 
@@ -348,6 +351,7 @@ mod tests {
         let reply = Value::Array(vec![
             Value::Int(1),
             Value::Int(1),
+            Value::Int(1_765_000_000_000_000),
             bulk("n1.1"),
             bulk("ann"),
             bulk("{}"),
@@ -357,6 +361,7 @@ mod tests {
         ]);
         let got = change(reply).expect("a change");
         assert!(got.lease_lost);
+        assert_eq!(got.stamp, 1_765_000_000_000_000);
         assert_eq!(got.joined.len(), 1);
         assert_eq!(
             (got.joined[0].conn.as_str(), got.joined[0].user.as_str()),
@@ -369,6 +374,7 @@ mod tests {
         let short = Value::Array(vec![
             Value::Int(0),
             Value::Int(2),
+            Value::Int(0),
             bulk("a"),
             bulk("b"),
             bulk(""),

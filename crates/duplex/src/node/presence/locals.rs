@@ -4,7 +4,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use duplex_protocol::channel::ChannelName;
 use parking_lot::Mutex;
@@ -12,6 +12,56 @@ use parking_lot::Mutex;
 use super::locks::{ChannelGuard, ChannelLocks};
 use crate::broker::presence::Member;
 use crate::permissions::PresenceRule;
+
+/// How long a node remembers the stamp of the last push it delivered for
+/// a user: longer than any push can take between nodes (a publish ends
+/// within `redis_timeout`, 5 s by default), so a push that crossed a newer
+/// one is still recognized when it arrives.
+const ORDER_WINDOW: Duration = Duration::from_secs(30);
+
+/// What to do with a push that arrived for a channel.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Admit {
+    /// Queue it to these connections (those that asked for pushes).
+    To(HashSet<u64>),
+    /// Nobody here asked for the channel's pushes.
+    Nobody,
+    /// A newer change of the same user was delivered first: drop it.
+    Stale,
+}
+
+/// The stamps of the last pushes delivered per user, for [`ORDER_WINDOW`].
+#[derive(Debug, Default)]
+pub(super) struct Order {
+    last: HashMap<String, (u64, Instant)>,
+    pruned: Option<Instant>,
+}
+
+impl Order {
+    /// Whether a push of `user` stamped `stamp` comes after those
+    /// delivered (it is then recorded as the last).
+    fn admit(&mut self, user: &str, stamp: u64, now: Instant) -> bool {
+        if self
+            .pruned
+            .is_none_or(|at| now.duration_since(at) >= ORDER_WINDOW)
+        {
+            self.last
+                .retain(|_, (_, at)| now.duration_since(*at) < ORDER_WINDOW);
+            self.pruned = Some(now);
+        }
+        match self.last.get_mut(user) {
+            Some((last, _)) if stamp < *last => false,
+            Some(entry) => {
+                *entry = (stamp, now);
+                true
+            }
+            None => {
+                self.last.insert(user.to_string(), (stamp, now));
+                true
+            }
+        }
+    }
+}
 
 /// This node's members, per presence channel.
 #[derive(Debug, Default)]
@@ -37,6 +87,8 @@ pub(super) struct Local {
     pub(super) listening: bool,
     /// Members (connection numbers) that asked for the pushes.
     pub(super) listeners: HashSet<u64>,
+    /// The pushes delivered lately, to drop one that crossed a newer one.
+    pub(super) order: Order,
     /// Connections whose leave failed (or whose failed join may have
     /// landed): their leave is retried at each tick until it succeeds.
     pub(super) stale: HashSet<String>,
@@ -64,6 +116,7 @@ impl Locals {
             rule,
             listening: false,
             listeners: HashSet::new(),
+            order: Order::default(),
             stale: HashSet::new(),
         });
         (!local.members.is_empty(), local.listening)
@@ -95,13 +148,35 @@ impl Locals {
             .unwrap_or_default()
     }
 
-    /// The connections here that asked for `channel`'s pushes.
-    pub(super) fn listeners(&self, channel: &str) -> HashSet<u64> {
-        self.channels
-            .lock()
-            .get(channel)
-            .map(|l| l.listeners.clone())
-            .unwrap_or_default()
+    /// Where a push of `user` (`""`: the anonymous member `conn`) on
+    /// `channel` goes: to the connections here that asked for pushes,
+    /// unless a newer change of that user went to them first. A push
+    /// without a stamp (`None`: a node that sends none) is not ordered.
+    pub(super) fn admit(
+        &self,
+        channel: &str,
+        (user, conn): (&str, &str),
+        at: Option<u64>,
+    ) -> Admit {
+        let mut channels = self.channels.lock();
+        let Some(local) = channels
+            .get_mut(channel)
+            .filter(|l| !l.listeners.is_empty())
+        else {
+            return Admit::Nobody;
+        };
+        let key = if user.is_empty() { conn } else { user };
+        let anonymous = if user.is_empty() { "c" } else { "u" };
+        let fresh = at.is_none_or(|stamp| {
+            local
+                .order
+                .admit(&format!("{anonymous}{key}"), stamp, Instant::now())
+        });
+        if fresh {
+            Admit::To(local.listeners.clone())
+        } else {
+            Admit::Stale
+        }
     }
 
     pub(super) fn rule(&self, channel: &ChannelName) -> Option<PresenceRule> {
@@ -145,5 +220,27 @@ impl Locals {
 
     pub(super) fn is_forgotten(&self) -> bool {
         self.forgotten.load(Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_push_older_than_one_delivered_for_its_user_is_stale() {
+        let mut order = Order::default();
+        let t0 = Instant::now();
+        // Node B's join (stamp 20) arrives before node A's earlier leave (10).
+        assert!(order.admit("uada", 20, t0));
+        assert!(!order.admit("uada", 10, t0), "the crossed leave is dropped");
+        // Other users, and the same change's stamp again, pass.
+        assert!(order.admit("ubo", 10, t0));
+        assert!(order.admit("uada", 20, t0));
+        assert!(order.admit("uada", 30, t0));
+        // After the window the user is forgotten: memory stays bounded.
+        let later = t0 + ORDER_WINDOW;
+        assert!(order.admit("ucy", 1, later));
+        assert_eq!(order.last.len(), 1, "only the fresh entry is left");
     }
 }
