@@ -778,3 +778,135 @@ async fn a_leave_redis_could_not_take_is_retried() {
     );
     drop(bo);
 }
+
+/// Page reloads that land on the other node, many users at once: the old
+/// tab's leave (pushed by one node) and the new tab's join (by the other)
+/// can cross on the way; a listener applying the pushes in the order it
+/// gets them must still end with each user's real state (the member list).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pushes_made_by_two_nodes_keep_each_users_order_under_reloads() {
+    const USERS: usize = 40;
+    const RELOADS: usize = 15;
+    let redis = RedisServer::start();
+    let a = TestNode::on_redis(&redis.url(), presence_settings()).await;
+    let b = TestNode::on_redis(&redis.url(), presence_settings()).await;
+    let mut watcher = native(&a, "watcher", None).await;
+    subscribe_joining(&mut watcher, &["room:reload"], 1).await;
+    let (wa, wb) = (a.ws("/ws"), b.ws("/ws"));
+    let mut tasks = Vec::new();
+    for u in 0..USERS {
+        let urls = [wa.clone(), wb.clone()];
+        tasks.push(tokio::spawn(async move {
+            let user = format!("r{u:02}");
+            let mut tab: Option<Client> = None;
+            for i in 0..RELOADS {
+                // A reload: the old tab goes, the new one comes on the other node.
+                if let Some(old) = tab.take() {
+                    old.close().await;
+                }
+                let mut new = Client::connect(&urls[(u + i) % 2]).await;
+                let reply = new
+                    .command("connect", json!({"token": token(&user, None)}))
+                    .await;
+                assert!(reply.get("result").is_some(), "{reply}");
+                new.subscribe(&["room:reload"]).await;
+                tab = Some(new);
+            }
+            // Half the users end here, half keep their last tab.
+            if u % 2 == 0 {
+                if let Some(last) = tab.take() {
+                    last.close().await;
+                }
+            }
+            tab
+        }));
+    }
+    let mut kept = Vec::new();
+    for task in tasks {
+        kept.extend(task.await.expect("user task"));
+    }
+    let want: std::collections::BTreeSet<String> = (0..USERS)
+        .filter(|u| u % 2 == 1)
+        .map(|u| format!("r{u:02}"))
+        .chain(["watcher".to_string()])
+        .collect();
+    // (Asked over HTTP: the watcher's commands would skip its pushes.)
+    let settled = json!({"connections": want.len(), "users": want.len()});
+    support::eventually("the member list settles", || async {
+        a.get_json("/api/presence_stats?channel=room:reload").await == (200, settled.clone())
+    })
+    .await;
+    // Every push either node made is delivered before its marker.
+    let mut seen = std::collections::BTreeMap::new();
+    for (n, node) in [(1, &a), (2, &b)] {
+        marker(node, "room:reload", n).await;
+        for push in until_marker(&mut watcher, n).await {
+            let user = push["user"].as_str().unwrap_or_default().to_string();
+            seen.insert(user, push["push"] == "join");
+        }
+    }
+    let present: std::collections::BTreeSet<String> = seen
+        .into_iter()
+        .filter(|(_, here)| *here)
+        .map(|(user, _)| user)
+        .chain(["watcher".to_string()])
+        .collect();
+    assert_eq!(present, want, "the pushes' last word per user is the list");
+    eprintln!(
+        "stale pushes dropped: {} on a, {} on b",
+        a.stat("presence_pushes_stale").await,
+        b.stat("presence_pushes_stale").await
+    );
+    drop(kept);
+}
+
+/// The crossing, made certain: node A's Redis replies are held, so its
+/// leave is carried out at once but pushed late; meanwhile the user's new
+/// tab on B joins and B pushes that join. A's leave, older, arrives after
+/// it: the listener must not be told the user left.
+#[tokio::test]
+async fn a_leave_that_arrives_after_a_newer_join_is_dropped() {
+    let redis = RedisServer::start();
+    let proxy = support::proxy::Proxy::start(redis.port).await;
+    let through_proxy = format!("redis://127.0.0.1:{}", proxy.port);
+    let a = TestNode::on_redis(&through_proxy, presence_settings()).await;
+    let b = TestNode::on_redis(&redis.url(), presence_settings()).await;
+    let mut watcher = native(&b, "watcher", None).await;
+    subscribe_joining(&mut watcher, &["room:x"], 1).await;
+    // Bo keeps A subscribed to the channel: the old tab's going is a
+    // presence leave only, no broker unsubscribe (whose reply is held too).
+    let mut bo = native(&a, "bo", None).await;
+    bo.subscribe(&["room:x"]).await;
+    event_for(&mut watcher, "join", "bo").await;
+    // Another connection of ada's on A, in no channel, keeps whatever A
+    // holds for the user (no broker unsubscribe when the old tab goes).
+    let idle_tab = native(&a, "ada", None).await;
+    let mut old_tab = native(&a, "ada", None).await;
+    old_tab.subscribe(&["room:x"]).await;
+    event_for(&mut watcher, "join", "ada").await;
+
+    proxy.stall_replies(true);
+    old_tab.close().await;
+    let alone = json!({"connections": 2, "users": 2});
+    support::eventually("A's leave is carried out", || async {
+        b.get_json("/api/presence_stats?channel=room:x").await == (200, alone.clone())
+    })
+    .await;
+    let mut new_tab = native(&b, "ada", None).await;
+    new_tab.subscribe(&["room:x"]).await;
+    event_for(&mut watcher, "join", "ada").await;
+    proxy.stall_replies(false);
+
+    support::eventually("A's late leave reaches B and is dropped", || async {
+        b.stat("presence_pushes_stale").await == 1
+    })
+    .await;
+    marker(&b, "room:x", 1).await;
+    assert_eq!(until_marker(&mut watcher, 1).await, Vec::<Value>::new());
+    let listed = members(&mut watcher, "room:x").await;
+    assert_eq!(
+        listed.iter().map(|(u, _)| u.as_str()).collect::<Vec<_>>(),
+        ["ada", "bo", "watcher"]
+    );
+    drop((new_tab, bo, idle_tab));
+}

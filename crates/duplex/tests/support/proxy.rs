@@ -21,6 +21,9 @@ enum Mode {
     Blackhole,
     /// Held until the mode changes.
     Stall,
+    /// The server's bytes held until the mode changes, the client's
+    /// passing: requests are carried out, their replies come late.
+    StallReplies,
 }
 
 pub struct Proxy {
@@ -49,8 +52,8 @@ impl Proxy {
                 known.lock().expect("not poisoned").push(Arc::clone(&dead));
                 let (cr, cw) = client.into_split();
                 let (sr, sw) = server.into_split();
-                tokio::spawn(pump(cr, sw, modes.subscribe(), Arc::clone(&dead)));
-                tokio::spawn(pump(sr, cw, modes.subscribe(), dead));
+                tokio::spawn(pump(cr, sw, modes.subscribe(), Arc::clone(&dead), false));
+                tokio::spawn(pump(sr, cw, modes.subscribe(), dead, true));
             }
         });
         Proxy {
@@ -81,6 +84,17 @@ impl Proxy {
         self.mode
             .send_replace(if on { Mode::Stall } else { Mode::Forward });
     }
+
+    /// Holds what the server sends until `stall_replies(false)`, while
+    /// what the client sends goes through: the server acts at once, the
+    /// client hears of it late.
+    pub fn stall_replies(&self, on: bool) {
+        self.mode.send_replace(if on {
+            Mode::StallReplies
+        } else {
+            Mode::Forward
+        });
+    }
 }
 
 async fn pump(
@@ -88,6 +102,7 @@ async fn pump(
     mut to: tokio::net::tcp::OwnedWriteHalf,
     mut mode: watch::Receiver<Mode>,
     dead: Arc<AtomicBool>,
+    from_server: bool,
 ) {
     let mut buf = vec![0u8; 16 * 1024];
     loop {
@@ -95,7 +110,8 @@ async fn pump(
             Ok(0) | Err(_) => return,
             Ok(n) => n,
         };
-        let now = match mode.wait_for(|m| *m != Mode::Stall).await {
+        let held = |m: &Mode| *m == Mode::Stall || (from_server && *m == Mode::StallReplies);
+        let now = match mode.wait_for(|m| !held(m)).await {
             Ok(now) => *now,
             Err(_) => return,
         };
