@@ -175,7 +175,7 @@ async fn killed_master_is_replaced_and_delivery_resumes() {
     assert_eq!(client.next_push().await.1, json!("before"));
 
     let killed = std::time::Instant::now();
-    let (master, _group) = tokio::task::spawn_blocking(move || (group.kill_master(), group))
+    let (master, group) = tokio::task::spawn_blocking(move || (group.kill_master(), group))
         .await
         .expect("kill the master");
     eprintln!(
@@ -183,6 +183,15 @@ async fn killed_master_is_replaced_and_delivery_resumes() {
         killed.elapsed().as_millis()
     );
     delivery_resumes(&node, &mut client, master).await;
+
+    // `duplex publish --redis redis+sentinel://...` finds the new master too.
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_duplex"))
+        .args(["publish", "news", "from the cli", "--redis", &group.url()])
+        .output()
+        .await
+        .expect("run duplex publish");
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(client.next_push().await.1, json!("from the cli"));
 }
 
 /// `news:*` keeps 1000 publications for an hour.
