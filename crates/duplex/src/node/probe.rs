@@ -16,9 +16,9 @@
 //!
 //! A probe the broker refused to publish (it is down) proves nothing: the
 //! broker's own state already says so, and nothing is counted. Nor does a
-//! late one while the broker reported an outage meanwhile or its link
-//! kept delivering other messages (it waits behind a backlog): cutting a
-//! busy link would lose more than it repairs.
+//! late one while the broker reported an outage meanwhile or messages
+//! waited for fan-out (it is queued behind them): cutting a busy link
+//! would lose more than it repairs.
 //!
 //! [`PubSub`]: crate::broker::PubSub
 //! [`Link::relink`]: crate::broker::Link::relink
@@ -139,11 +139,18 @@ impl Node {
             }
             return;
         }
-        if self.link_signs() != before || self.inner.broker.state().backlog_bytes > 0 {
-            // The broker noticed an outage itself, or its link delivered
-            // other messages meanwhile (the probe waits behind a backlog):
-            // no verdict, and no relink that would cut a busy link.
-            tracing::debug!(seq, "liveness probe late, but the link shows signs of life");
+        let after = self.link_signs();
+        if after.0 != before.0 || after.1 != before.1 || before.2 || after.2 {
+            // The broker noticed an outage itself, or messages wait for
+            // fan-out (the probe is queued behind them): no verdict, and
+            // no relink that would cut a busy link. Messages that merely
+            // keep arriving prove nothing: a subscriber on the wrong server
+            // can still hear others while this node's own publishes go
+            // elsewhere.
+            tracing::debug!(
+                seq,
+                "liveness probe late, but the broker is busy or reconnecting"
+            );
             return;
         }
         let why = format!(
@@ -157,13 +164,12 @@ impl Node {
         probe.relinks.fetch_add(1, Relaxed);
     }
 
-    /// What changes while a broker link is alive or already known lost:
-    /// publications received, broker status and reconnects.
-    fn link_signs(&self) -> (u64, bool, u64) {
+    /// What excuses a late probe: whether the broker is connected, its
+    /// reconnects so far, and whether messages wait for fan-out.
+    fn link_signs(&self) -> (bool, u64, bool) {
         let state = self.inner.broker.state();
-        let received = self.inner.stats.messages_received.load(Relaxed);
         let connected = state.status == crate::broker::BrokerStatus::Connected;
-        (received, connected, state.reconnects)
+        (connected, state.reconnects, state.backlog_bytes > 0)
     }
 
     /// Why `/health` says degraded: the last probe did not come back.
