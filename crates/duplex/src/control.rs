@@ -178,6 +178,13 @@ pub enum Order {
         /// The node id.
         node: String,
     },
+    /// The liveness probe: a node's message to itself on its own
+    /// `#node:<id>`, expected back within `broker_probe_interval`
+    /// (`node/probe.rs`).
+    Probe {
+        /// The probe's number, this node's run.
+        seq: u64,
+    },
     /// A backend's answer to a client's rpc, sent to the holding node's
     /// `#node:<id>` channel (the stream entry's `reply_to`).
     Reply {
@@ -262,7 +269,10 @@ impl Order {
             Order::Send { connection, .. } | Order::Reply { connection, .. } => node_of(connection),
             Order::Unsubscribe { target, .. } => target.node(),
             // Published on channels their senders choose (`reply_to`, `#node:<id>`).
-            Order::Query { .. } | Order::Answer { .. } | Order::Alive { .. } => None,
+            Order::Query { .. }
+            | Order::Answer { .. }
+            | Order::Alive { .. }
+            | Order::Probe { .. } => None,
         };
         match node {
             Some(node) => format!("{NODE_CHANNEL_PREFIX}{node}"),
@@ -310,6 +320,7 @@ impl Order {
                     ));
                 }
             }
+            Order::Probe { .. } => {}
             Order::Reply { data, error, .. } => {
                 if data.is_some() && error.is_some() {
                     return Err(BadOrder::Malformed(

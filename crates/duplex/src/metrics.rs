@@ -14,7 +14,7 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
 
 use crate::broker::BrokerStatus;
-use crate::node::Node;
+use crate::node::{Node, ProbeStats};
 use crate::stats::{Disconnect, Shown, METRICS};
 
 /// The registry of one node, built once at start.
@@ -220,6 +220,7 @@ impl Collector for NodeCollector {
             "Bytes of messages from the broker waiting for fan-out",
             gauge_of(broker.backlog_bytes),
         )?;
+        probe_metrics(&mut e, &self.node.probe_stats())?;
         gauge(
             &mut e,
             "uptime_seconds",
@@ -228,6 +229,26 @@ impl Collector for NodeCollector {
         )?;
         Ok(())
     }
+}
+
+/// The pub/sub liveness probe's series (node/probe.rs).
+fn probe_metrics(e: &mut DescriptorEncoder, p: &ProbeStats) -> Result<(), std::fmt::Error> {
+    let help = "Liveness probes this node published to itself through the broker";
+    counter(e, "broker_probe_sent", help, None, p.sent)?;
+    let help = "Probes published but not heard back within redis_timeout";
+    counter(e, "broker_probe_failures", help, None, p.failures)?;
+    let help = "Subscriber links the probe dropped and made again after a failure";
+    counter(e, "broker_probe_relinks", help, None, p.relinks)?;
+    let help = "0 from a probe that did not come back until one does, else 1";
+    gauge(e, "broker_probe_ok", help, i64::from(p.ok))?;
+    let rtt = ConstGauge::new(p.rtt_seconds);
+    let help = "Round trip of the last probe that came back";
+    rtt.encode(e.encode_descriptor(
+        "broker_probe_rtt",
+        help,
+        Some(&Unit::Seconds),
+        rtt.metric_type(),
+    )?)
 }
 
 #[cfg(test)]

@@ -71,7 +71,12 @@ pub(super) async fn info(State(app): State<AppState>) -> Json<NodeInfo> {
 
 pub(super) async fn health(State(app): State<AppState>) -> (StatusCode, Json<Value>) {
     let broker = app.node.broker_state();
-    if app.node.is_healthy() && !app.shutdown.is_cancelled() {
+    let healthy = app.node.is_healthy() && !app.shutdown.is_cancelled();
+    if let Some(reason) = app.node.probe_problem().filter(|_| healthy) {
+        // Connected, yet what it publishes does not come back (node/probe.rs).
+        let body = json!({"status": "degraded", "reason": reason, "broker": broker});
+        (StatusCode::SERVICE_UNAVAILABLE, Json(body))
+    } else if healthy {
         (
             StatusCode::OK,
             Json(json!({"status": "ok", "broker": broker})),

@@ -205,6 +205,12 @@ pub trait Link: Send + Sync + 'static {
     /// Whether other nodes can share it: only then do node heartbeats and
     /// questions to every node (`/api/connections`) mean anything.
     fn shared(&self) -> bool;
+    /// Drops the link that receives subscriptions and makes it again, all
+    /// channels subscribed anew (`reconnecting`/`reconnected` as after a
+    /// lost connection): the liveness probe's repair when what this node
+    /// publishes stops coming back (`node/probe.rs`). A backend without
+    /// such a link does nothing.
+    fn relink(&self) {}
 }
 
 /// Moves publications between nodes (or within one node): the ability

@@ -21,7 +21,7 @@ pub(crate) struct PublishArgs {
         conflicts_with = "redis"
     )]
     server: String,
-    /// Publish straight to Redis instead (no node needed): FCALL duplex_publish (history channels get their offset; plain PUBLISH when no node loaded the Function yet).
+    /// Publish straight to Redis instead (no node needed; redis+sentinel://... finds the master): FCALL duplex_publish (history channels get their offset; plain PUBLISH when no node loaded the Function yet).
     #[arg(long)]
     redis: Option<String>,
     /// Redis channel prefix, when the nodes use one.
@@ -74,7 +74,9 @@ async fn publish_to_redis(url: &str, args: &PublishArgs) -> anyhow::Result<()> {
     if let Some(problem) = duplex::config::redis_url_problem(url) {
         bail!("--redis: {problem}");
     }
-    let client = redis::Client::open(url).context("invalid Redis URL")?;
+    let client = duplex::broker::redis::current_client(url)
+        .await
+        .context("cannot find the Redis server (for redis+sentinel://: its master)")?;
     let mut conn = client
         .get_multiplexed_async_connection()
         .await

@@ -318,7 +318,7 @@ fn de_opt<'de, D: serde::Deserializer<'de>, T: FileValue>(d: D) -> Result<Option
 settings! {
     /// Address and port to listen on [default: 127.0.0.1:1234].
     listen: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 1234)), "DUPLEX_LISTEN", NETWORK;
-    /// Redis URL (redis://host:port/db); unset = embedded in-memory broker, single node.
+    /// Redis URL (redis://host:port/db), or a Sentinel group's master (redis+sentinel://host:26379,host2:26379/mymaster[/db], docs/SCALING.md); unset = embedded in-memory broker, single node.
     redis: String = String::new(), "DUPLEX_REDIS", BROKER;
     /// Prefix added to channel names in Redis; no '#'. Deployments sharing one Redis need prefixes none of which is a prefix of another's (docs/AUTH.md) [default: empty, names map 1:1].
     redis_prefix: String = String::new(), "DUPLEX_REDIS_PREFIX", BROKER;
@@ -326,6 +326,8 @@ settings! {
     redis_timeout: Duration = Duration::from_secs(5), "DUPLEX_REDIS_TIMEOUT", BROKER, humantime::parse_duration;
     /// Interval of the health PING on the Redis subscriber connection [default: 5s].
     redis_health_interval: Duration = Duration::from_secs(5), "DUPLEX_REDIS_HEALTH_INTERVAL", BROKER, humantime::parse_duration;
+    /// Interval of the pub/sub liveness probe on a shared broker (Redis): the node publishes to its own #node:<id> channel and expects it back within redis_timeout; when it does not, /health says degraded (503) and the subscriber connection is made again; 0s turns it off [default: 5s].
+    broker_probe_interval: Duration = Duration::from_secs(5), "DUPLEX_BROKER_PROBE_INTERVAL", BROKER, humantime::parse_duration;
     /// Bytes of messages from Redis that may wait for fan-out; beyond it the busiest channels' new messages are dropped, counted in broker.dropped (memory stays bounded whatever backends publish) [default: 16777216].
     redis_backlog_bytes: usize = 16 * 1024 * 1024, "DUPLEX_REDIS_BACKLOG_BYTES", BROKER;
     /// Redis Stream (after redis_prefix) that backends `XADD` publications to, fields channel, data, optional encoding (base64) and exclude (a connection id): the nodes publish each entry exactly once, in the stream's order, as the HTTP API does (offsets on history channels), one node at a time reading it in the consumer group `duplex` under the lease `<stream>:leader` (3 x node_heartbeat), and trim what they acknowledged (docs/DELIVERY.md); needs Redis [default: none, off].

@@ -125,6 +125,17 @@ fn redis_passwords_never_show_in_messages() {
     assert!(!err.contains("hunter2") && err.contains("***"), "{err}");
     assert_eq!(redacted("redis://:pw@h:1/0"), "redis://:***@h:1/0");
     assert_eq!(redacted("redis://h:1"), "redis://h:1");
+    assert_eq!(
+        redacted("redis+sentinel://u:pw@a:1,b:2/m?sentinel_password=s"),
+        "redis+sentinel://u:***@a:1,b:2/m?***"
+    );
+    assert_eq!(redacted("redis+sentinel://a,b/m"), "redis+sentinel://a,b/m");
+    assert!(redis_url_problem("redis+sentinel://a:26379,b/mymaster/1").is_none());
+    let problem = redis_url_problem("redis+sentinel://:pw@a:26379").expect("no master name");
+    assert!(
+        problem.contains("master name") && !problem.contains("pw"),
+        "{problem}"
+    );
 }
 
 #[test]

@@ -2,6 +2,7 @@
 //! what is allowed, at start, before anything listens.
 
 use super::{Config, ConfigError};
+use crate::broker::redis::{SentinelUrl, SENTINEL_SCHEME};
 use crate::permissions::Permissions;
 
 impl Config {
@@ -49,6 +50,13 @@ fn short_token_secret(c: &Config) -> Option<usize> {
 /// Why `url` cannot be a Redis URL, with what to write instead; None when
 /// it can. `--redis localhost:6379` is the usual slip: the scheme is missing.
 pub fn redis_url_problem(url: &str) -> Option<String> {
+    if url.starts_with(SENTINEL_SCHEME) {
+        let e = SentinelUrl::parse(url).err()?;
+        return Some(format!(
+            "{:?} is not a valid Sentinel URL: {e}",
+            redacted(url)
+        ));
+    }
     let e = redis::Client::open(url).err()?;
     let url = redacted(url);
     let url = url.as_str();
@@ -61,6 +69,28 @@ pub fn redis_url_problem(url: &str) -> Option<String> {
 
 /// A URL as it may be shown: a password in it replaced by `***`.
 pub fn redacted(url: &str) -> String {
+    if let Some(rest) = url.strip_prefix(SENTINEL_SCHEME) {
+        // Several hosts: not a URL the url crate reads.
+        let query = rest.find('?').map_or(rest.len(), |i| i);
+        return match rest[..query].rsplit_once('@') {
+            Some((userinfo, after)) => {
+                let shown = match userinfo.split_once(':') {
+                    Some((user, _)) => format!("{user}:***"),
+                    None => userinfo.to_string(),
+                };
+                let tail = if rest[query..].contains("password") {
+                    "?***"
+                } else {
+                    &rest[query..]
+                };
+                format!("{SENTINEL_SCHEME}{shown}@{after}{tail}")
+            }
+            None if rest[query..].contains("password") => {
+                format!("{SENTINEL_SCHEME}{}?***", &rest[..query])
+            }
+            None => url.to_string(),
+        };
+    }
     match url::Url::parse(url) {
         Ok(mut parsed) if parsed.password().is_some() => {
             let _ = parsed.set_password(Some("***"));

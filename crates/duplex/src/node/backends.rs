@@ -27,6 +27,7 @@ impl Node {
     /// memory broker is given the same list).
     pub fn listen_for_orders(&self) {
         self.start_heartbeat();
+        self.start_probe();
     }
 
     /// This node's own order channel, `#node:<id>`.
@@ -115,6 +116,7 @@ impl Node {
                 truncated,
             } => self.take_answer(request, node, connections, truncated),
             Order::Alive { node } => self.heard_alive(node),
+            Order::Probe { seq } => self.inner.probe.heard(seq),
             Order::Reply {
                 connection,
                 request,

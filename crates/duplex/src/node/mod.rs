@@ -13,6 +13,7 @@ mod channels;
 mod history;
 mod ingest;
 mod presence;
+mod probe;
 mod query;
 mod registry;
 mod reload;
@@ -21,6 +22,7 @@ mod tail;
 mod tasks;
 mod unsubscribe;
 
+pub use probe::ProbeStats;
 pub use query::{ConnectionList, QueryError};
 mod rpc;
 mod upstream;
@@ -160,6 +162,8 @@ struct Inner {
     ingest: ingest::Switch,
     /// This node's members of presence channels.
     presence: presence::Locals,
+    /// The pub/sub liveness probe's findings.
+    probe: probe::Probe,
 }
 
 impl std::fmt::Debug for Inner {
@@ -352,7 +356,7 @@ impl Node {
                 registry: (0..REGISTRY_SHARDS).map(|_| Mutex::default()).collect(),
                 stripes: (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
                 hasher: Default::default(),
-                next_seq: AtomicU64::new(first_seq()),
+                next_seq: AtomicU64::new(registry::first_seq()),
                 publish_warnings: Throttle::new(1000),
                 unrecorded_warnings: Throttle::new(10_000),
                 repairs: Arc::clone(&deliver.repairs),
@@ -366,6 +370,7 @@ impl Node {
                 tasks,
                 ingest: Default::default(),
                 presence: Default::default(),
+                probe: Default::default(),
             }),
         };
         let _ = deliver.node.set(Arc::downgrade(&node.inner));
@@ -471,21 +476,6 @@ fn start_broker(
             handler,
         )?,
     })
-}
-
-/// The first connection number of this run: the time in microseconds, so
-/// that a node restarted with the same `node_id` never hands out an id
-/// (`<node>.<n>`) of a previous run (a backend's stale `#conn:`, reply or
-/// disconnect then reaches nobody), as long as the clock does not go back
-/// by more than the previous run lasted. Under 2^53 until the year 2255,
-/// so ids stay exact in JavaScript.
-fn first_seq() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(1, |d| {
-            u64::try_from(d.as_micros()).unwrap_or(u64::MAX >> 11)
-        })
-        .max(1)
 }
 
 /// `#control` and `#node:<id>`: channels the node subscribes to for itself.

@@ -135,3 +135,18 @@ impl Node {
         all
     }
 }
+
+/// The first connection number of this run: the time in microseconds, so
+/// that a node restarted with the same `node_id` never hands out an id
+/// (`<node>.<n>`) of a previous run (a backend's stale `#conn:`, reply or
+/// disconnect then reaches nobody), as long as the clock does not go back
+/// by more than the previous run lasted. Under 2^53 until the year 2255,
+/// so ids stay exact in JavaScript.
+pub(super) fn first_seq() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| {
+            u64::try_from(d.as_micros()).unwrap_or(u64::MAX >> 11)
+        })
+        .max(1)
+}

@@ -29,7 +29,7 @@ pub struct RedisServer {
 }
 
 /// Binds a free loopback port without listening on it.
-fn hold_free_port() -> (Socket, u16) {
+pub fn hold_free_port() -> (Socket, u16) {
     let socket = Socket::new(Domain::IPV4, Type::STREAM, None).expect("socket");
     socket.set_reuse_address(true).expect("SO_REUSEADDR");
     let any = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0));

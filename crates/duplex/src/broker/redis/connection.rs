@@ -91,10 +91,10 @@ impl RedisBroker {
             });
         let conn = self
             .shared
-            .client
-            .get_multiplexed_async_connection_with_config(&config)
+            .address
+            .connect(&config)
             .await
-            .map_err(|e| BrokerError::Unavailable(describe(&e)))?;
+            .map_err(BrokerError::Unavailable)?;
         Ok((conn, closed))
     }
 

@@ -22,10 +22,12 @@
 //! - Presence (`presence`): members under per-node leases, every change
 //!   one call of the same Function library (`FCALL duplex_presence_*`).
 
+mod address;
 mod connection;
 mod history;
 mod ingest;
 mod presence;
+pub use address::{current_client, SentinelUrl, SentinelUrlError, SENTINEL_SCHEME};
 use connection::{describe, is_broken};
 mod subscriber;
 
@@ -37,7 +39,6 @@ use duplex_protocol::channel::ChannelName;
 use futures_util::future::{BoxFuture, FutureExt};
 use parking_lot::Mutex;
 use redis::aio::MultiplexedConnection;
-use redis::{IntoConnectionInfo, ProtocolVersion};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
@@ -56,7 +57,7 @@ use subscriber::Op;
 /// Settings of the Redis broker.
 #[derive(Debug, Clone)]
 pub struct RedisSettings {
-    /// `redis://...` URL.
+    /// `redis://...` URL, or `redis+sentinel://...` (`address`).
     pub url: String,
     /// Prepended to channel names in Redis.
     pub prefix: String,
@@ -81,9 +82,13 @@ pub struct RedisSettings {
 
 struct Shared {
     settings: RedisSettings,
-    /// The operator's server, spoken to in RESP3 by both connections (pushes
-    /// for the subscriber, the close notice for the publisher).
-    client: redis::Client,
+    /// The operator's server (or a Sentinel group's master), spoken to in
+    /// RESP3 by both connections (pushes for the subscriber, the close
+    /// notice for the publisher).
+    address: address::Address,
+    /// Woken by [`Link::relink`]: the subscriber drops its connection and
+    /// makes a new one.
+    relink: tokio::sync::Notify,
     state: Mutex<BrokerState>,
     /// Set at the first successful connect: later ones are reconnects.
     connected_before: AtomicBool,
@@ -139,16 +144,12 @@ impl RedisBroker {
         let exclusions = format!("{EXCLUDE_CHANNEL_PREFIX}{}", settings.node_id);
         let exclude_channel = format!("{}{exclusions}", settings.prefix);
         settings.node_channels.push(exclusions);
-        let info = settings.url.as_str().into_connection_info()?;
-        let resp3 = info
-            .redis_settings()
-            .clone()
-            .set_protocol(ProtocolVersion::RESP3);
-        let client = redis::Client::open(info.set_redis_settings(resp3))?;
+        let address = address::Address::open(&settings.url)?;
         let shared = Arc::new(Shared {
             intake: Intake::new(settings.backlog_bytes),
             settings,
-            client,
+            address,
+            relink: tokio::sync::Notify::new(),
             state: Mutex::new(BrokerState::new("redis", BrokerStatus::Disconnected)),
             connected_before: AtomicBool::new(false),
             links_lost: AtomicU64::new(0),
@@ -307,6 +308,12 @@ impl Link for RedisBroker {
 
     fn shared(&self) -> bool {
         true
+    }
+
+    fn relink(&self) {
+        // Only a subscriber serving a connection listens: one still
+        // connecting makes a new one anyway.
+        self.shared.relink.notify_waiters();
     }
 }
 

@@ -223,6 +223,9 @@ async fn serve(
         tokio::select! {
             _ = cancel.cancelled() => return None,
             _ = link.lost.cancelled() => return Some("subscriber connection closed".to_string()),
+            _ = shared.relink.notified() => {
+                return Some("the liveness probe heard nothing back: subscribing again on a new connection".to_string());
+            }
             op = ops.recv() => {
                 let op = op?;
                 if let Err(e) = apply_batch(shared, op, ops, wanted, conn, link).await {
@@ -231,6 +234,9 @@ async fn serve(
             }
             _ = health.tick() => {
                 shared.echo.prune();
+                if let Some(why) = demoted(shared, conn, link).await {
+                    return Some(why);
+                }
                 if std::mem::replace(&mut seen, link.messages()) != seen {
                     continue; // messages arrived: alive, whatever a PING would wait behind
                 }
@@ -240,6 +246,22 @@ async fn serve(
                 }
             }
         }
+    }
+}
+
+/// Why the connection must go when its server is no longer the master
+/// (a Sentinel failover demoted it: what others publish now goes to the
+/// new master, and this one would stay silent). Checked only where the
+/// address follows failovers; a late answer is no verdict.
+async fn demoted(shared: &Shared, conn: &mut MultiplexedConnection, link: &Link) -> Option<String> {
+    if !shared.address.follows_failover() {
+        return None;
+    }
+    match bounded(shared, super::address::role_check(conn), link).await {
+        Ok(Ok(())) => None,
+        Ok(Err(why)) => Some(why),
+        Err(e) if e.broken => Some(format!("health check failed: {}", e.text)),
+        Err(_) => None,
     }
 }
 
@@ -262,12 +284,7 @@ async fn connect(
                 shared: Arc::clone(shared),
                 link: Arc::clone(&link),
             });
-        let attempt = tokio::time::timeout(
-            timeout,
-            shared
-                .client
-                .get_multiplexed_async_connection_with_config(&config),
-        );
+        let attempt = tokio::time::timeout(timeout, shared.address.connect(&config));
         let error = match while_away(attempt, shared, ops, wanted, cancel).await? {
             Ok(Ok(mut conn)) => {
                 match while_away(ready(shared, &mut conn), shared, ops, wanted, cancel).await? {
@@ -275,7 +292,7 @@ async fn connect(
                     Err(why) => why,
                 }
             }
-            Ok(Err(e)) => super::describe(&e),
+            Ok(Err(e)) => e,
             Err(_) => format!("connect timed out after {timeout:?}"),
         };
         shared.set_disconnected(&error);
