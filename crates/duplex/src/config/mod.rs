@@ -6,6 +6,7 @@
 //! and checks the result, producing the [`Config`] the node runs with.
 
 mod default_file;
+mod nats;
 pub mod reload;
 mod validate;
 
@@ -302,7 +303,7 @@ flag_needs_value!(
 /// their first setting appears in the list below.
 mod heading {
     pub(super) const NETWORK: &str = "Network";
-    pub(super) const BROKER: &str = "Broker (Redis)";
+    pub(super) const BROKER: &str = "Broker (Redis or NATS)";
     pub(super) const UPSTREAM: &str = "Upstream (send, rpc, plain frames to the backends)";
     pub(super) const PLAIN: &str = "Plain clients (/)";
     pub(super) const AUTH: &str = "Authentication";
@@ -322,11 +323,17 @@ settings! {
     redis: String = String::new(), "DUPLEX_REDIS", BROKER;
     /// Prefix added to channel names in Redis; no '#'. Deployments sharing one Redis need prefixes none of which is a prefix of another's (docs/AUTH.md) [default: empty, names map 1:1].
     redis_prefix: String = String::new(), "DUPLEX_REDIS_PREFIX", BROKER;
+    /// NATS URL (nats://host:4222, comma-separated for a cluster's servers) instead of Redis: channels as core NATS subjects, so `nats pub <channel> data` reaches clients; no history, presence, ingest or upstream streams (docs/SCALING.md) [default: none].
+    nats: String = String::new(), "DUPLEX_NATS", BROKER;
+    /// Prefix added to NATS subjects (e.g. `duplex.`); no '#', '*', '>' or empty token [default: empty, names map 1:1 but for '%', '.', '*', '>', escaped as %25, %2E, %2A, %3E].
+    nats_prefix: String = String::new(), "DUPLEX_NATS_PREFIX", BROKER;
+    /// Bound on each NATS connect attempt, publish and subscribe round trip; also the PING interval of the connection [default: 5s].
+    nats_timeout: Duration = Duration::from_secs(5), "DUPLEX_NATS_TIMEOUT", BROKER, humantime::parse_duration;
     /// Bound on each Redis operation and connect attempt [default: 5s].
     redis_timeout: Duration = Duration::from_secs(5), "DUPLEX_REDIS_TIMEOUT", BROKER, humantime::parse_duration;
     /// Interval of the health PING on the Redis subscriber connection [default: 5s].
     redis_health_interval: Duration = Duration::from_secs(5), "DUPLEX_REDIS_HEALTH_INTERVAL", BROKER, humantime::parse_duration;
-    /// Bytes of messages from Redis that may wait for fan-out; beyond it the busiest channels' new messages are dropped, counted in broker.dropped (memory stays bounded whatever backends publish) [default: 16777216].
+    /// Bytes of messages from Redis (or NATS) that may wait for fan-out; beyond it the busiest channels' new messages are dropped, counted in broker.dropped (memory stays bounded whatever backends publish) [default: 16777216].
     redis_backlog_bytes: usize = 16 * 1024 * 1024, "DUPLEX_REDIS_BACKLOG_BYTES", BROKER;
     /// Redis Stream (after redis_prefix) that backends `XADD` publications to, fields channel, data, optional encoding (base64) and exclude (a connection id): the nodes publish each entry exactly once, in the stream's order, as the HTTP API does (offsets on history channels), one node at a time reading it in the consumer group `duplex` under the lease `<stream>:leader` (3 x node_heartbeat), and trim what they acknowledged (docs/DELIVERY.md); needs Redis [default: none, off].
     ingest_stream: String = String::new(), "DUPLEX_INGEST_STREAM", BROKER;
@@ -350,7 +357,7 @@ settings! {
     rpc_fair_share_per_ip: bool = true, "DUPLEX_RPC_FAIR_SHARE_PER_IP", UPSTREAM;
     /// The same share among users (the token's `sub`; anonymous clients are not counted per user) [default: true].
     rpc_fair_share_per_user: bool = true, "DUPLEX_RPC_FAIR_SHARE_PER_USER", UPSTREAM;
-    /// Longest wait between Redis reconnect attempts [default: 2s].
+    /// Longest wait between Redis (or NATS) reconnect attempts [default: 2s].
     redis_max_backoff: Duration = Duration::from_secs(2), "DUPLEX_REDIS_MAX_BACKOFF", BROKER, humantime::parse_duration;
     /// Node id shown in APIs and connection ids [default: random].
     node_id: String = String::new(), "DUPLEX_NODE_ID", BROKER;
