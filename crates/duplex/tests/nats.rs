@@ -200,6 +200,45 @@ async fn connections_are_listed_reached_and_disconnected_across_nodes() {
     assert_eq!(target.expect_close().await.code, 4001);
     let reply = other.command("ping", json!({})).await;
     assert!(reply["result"].is_object(), "untouched: {reply}");
+
+    // A backend with only a NATS client gives the same orders, on the
+    // holding node's own channel (`#node:na`, its own subject).
+    let (mut third, third_id) = native(&a).await;
+    let order = json!({"op": "disconnect", "connection": third_id}).to_string();
+    nats.publish("#node:na", order.as_bytes()).await;
+    assert_eq!(third.expect_close().await.code, 3003);
+    let reply = other.command("ping", json!({})).await;
+    assert!(reply["result"].is_object(), "untouched: {reply}");
+}
+
+/// A node started while NATS is down starts degraded (503, the reason in
+/// `/api/info`) and connects once NATS comes up.
+#[tokio::test]
+async fn a_node_started_before_nats_connects_when_it_comes_up() {
+    let mut nats = NatsServer::start();
+    nats.kill();
+    let node = TestNode::start(Settings {
+        nats: Some(nats.url()),
+        nats_timeout: Some(Duration::from_secs(1)),
+        ..settings()
+    })
+    .await;
+    support::eventually("a degraded start says why", || async {
+        let broker = &node.info().await["broker"];
+        broker["kind"] == "nats"
+            && broker["status"] == "disconnected"
+            && broker["last_error"].is_string()
+    })
+    .await;
+    assert_eq!(node.health().await, 503);
+    nats.restart();
+    support::eventually("connected once NATS is up", || async {
+        node.health().await == 200
+    })
+    .await;
+    let mut client = Client::connect(&node.ws("/")).await;
+    nats.publish("channel", b"hello").await;
+    assert_eq!(client.next_text().await, "hello");
 }
 
 /// A publish excluding a connection held by another node (`exclude` on
