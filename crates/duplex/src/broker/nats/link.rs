@@ -195,6 +195,7 @@ fn on_event(shared: &Arc<Shared>, event: Event) {
             }
         }
         Event::SlowConsumer(sid) => {
+            shared.slow_dropped.fetch_add(1, Ordering::Relaxed);
             if let Some(skipped) = shared.event_warnings.allow() {
                 tracing::warn!(
                     sid,

@@ -125,6 +125,9 @@ struct Shared {
     /// The channels this node holds, each with its reader.
     channels: Mutex<HashMap<ChannelName, channels::Reader>>,
     intake: Intake,
+    /// Messages `async-nats` dropped because a subscription's buffer was
+    /// full (one slow-consumer event each), counted with the intake's.
+    slow_dropped: AtomicU64,
     drop_warnings: Throttle,
     event_warnings: Throttle,
     handler: Arc<dyn BrokerHandler>,
@@ -159,6 +162,7 @@ impl NatsBroker {
         let shared = Arc::new(Shared {
             probes: link::Probes::new(&settings.prefix),
             intake: Intake::new(settings.backlog_bytes),
+            slow_dropped: AtomicU64::new(0),
             settings,
             client: OnceLock::new(),
             state: Mutex::new(BrokerState::new("nats", BrokerStatus::Disconnected)),
@@ -176,7 +180,7 @@ impl NatsBroker {
             tokio::spawn(link::run(Arc::clone(&shared), addrs)),
             tokio::spawn(deliver(Arc::clone(&shared))),
         ];
-        *shared.tasks.lock() = tasks;
+        shared.tasks.lock().extend(tasks);
         Ok(NatsBroker { shared })
     }
 }
@@ -287,7 +291,8 @@ impl Shared {
 impl Link for NatsBroker {
     fn state(&self) -> BrokerState {
         let mut state = self.shared.state.lock().clone();
-        state.dropped = self.shared.intake.dropped();
+        state.dropped =
+            self.shared.intake.dropped() + self.shared.slow_dropped.load(Ordering::Relaxed);
         state.backlog_bytes = self.shared.intake.backlog() as u64;
         state
     }
