@@ -216,7 +216,12 @@ async fn confirm(shared: Arc<Shared>, generation: u64) {
     while !shared.cancel.is_cancelled() && shared.generation.load(Ordering::SeqCst) == generation {
         match shared.round_trip().await {
             Ok(()) => return shared.set_connected(generation),
-            Err(e) => tracing::debug!(error = %e, "nats: connect not confirmed yet"),
+            Err(e) => {
+                tracing::debug!(error = %e, "nats: connect not confirmed yet");
+                // A probe that failed at once (not one that timed out)
+                // must not make this a busy loop.
+                tokio::time::sleep(Backoff::FIRST).await;
+            }
         }
     }
 }
