@@ -12,6 +12,12 @@ if ! command -v redis-server >/dev/null 2>&1; then
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
 fi
 
+if [ ! -x /usr/sbin/nats-server ]; then
+    echo "== installing nats-server (the NATS broker's tests start their own on free ports)"
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nats-server >/dev/null
+fi
+
 if ! command -v php >/dev/null 2>&1; then
     echo "== installing php-cli (the PHP backend example is tested)"
     as_root apt-get update -qq

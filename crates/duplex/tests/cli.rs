@@ -344,7 +344,7 @@ fn serve_help_is_grouped_and_only_bools_stand_bare() {
     let help = String::from_utf8(help.stdout).unwrap();
     for heading in [
         "\nNetwork:\n",
-        "\nBroker (Redis):\n",
+        "\nBroker (Redis or NATS):\n",
         "\nUpstream (send, rpc, plain frames to the backends):\n",
         "\nPlain clients (/):\n",
         "\nAuthentication:\n",

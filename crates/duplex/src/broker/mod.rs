@@ -58,8 +58,8 @@
 //! `broker_conformance/presence.rs`: join and leave pushes travel as
 //! publications over [`PubSub`], sent by the node a change was answered to).
 //!
-//! - More backends (issue 19: Redis Cluster sharded Pub/Sub, Sentinel,
-//!   NATS): each a new module implementing [`PubSub`] and whichever other
+//! - More backends (issue 19: Redis Cluster sharded Pub/Sub, Sentinel;
+//!   NATS is `broker/nats/`, [`PubSub`] only): each a new module implementing [`PubSub`] and whichever other
 //!   abilities it can hold (history and presence keys hash-tagged by
 //!   channel so they live on the shard that carries its messages), a
 //!   constructor on [`Broker`], a fixture in the conformance suite. A
@@ -82,6 +82,7 @@ pub mod history;
 pub mod ingest;
 mod intake;
 pub mod memory;
+pub mod nats;
 mod overlap;
 pub mod presence;
 pub mod redis;
@@ -89,6 +90,7 @@ pub mod redis;
 use self::history::History;
 use self::ingest::IngestLog;
 use self::memory::MemoryBroker;
+use self::nats::{NatsBroker, NatsError, NatsSettings};
 use self::presence::Presence;
 use self::redis::{RedisBroker, RedisSettings};
 
@@ -158,7 +160,7 @@ pub enum BrokerStatus {
 /// Broker state plus when it last changed and why.
 #[derive(Debug, Clone, Serialize)]
 pub struct BrokerState {
-    /// `memory` or `redis`.
+    /// `memory`, `redis` or `nats`.
     pub kind: &'static str,
     /// Usable or not.
     pub status: BrokerStatus,
@@ -253,10 +255,12 @@ const NO_UPSTREAM: &str =
 const NO_INGEST: &str = "the ingest stream needs the Redis broker (--redis)";
 
 /// What [`Broker::history`] answers on a backend without history.
-const NO_HISTORY: &str = "this broker keeps no channel history";
+const NO_HISTORY: &str =
+    "this broker keeps no channel history: history needs Redis (--redis) or the embedded broker";
 
 /// What [`Broker::presence`] answers on a backend without presence.
-const NO_PRESENCE: &str = "this broker keeps no presence";
+const NO_PRESENCE: &str =
+    "this broker keeps no presence: presence needs Redis (--redis) or the embedded broker";
 
 /// The broker a node runs on: one backend, seen through its abilities
 /// (cheap to clone: every ability is shared).
@@ -308,6 +312,22 @@ impl Broker {
             history: Some(Arc::clone(&redis) as Arc<dyn History>),
             ingest: Some(Arc::clone(&redis) as Arc<dyn IngestLog>),
             presence: Some(redis),
+        })
+    }
+
+    /// The NATS broker (`broker::nats`): channels only, so no upstream
+    /// streams, history, ingest or presence; starts its tasks and returns
+    /// at once, even while NATS is down.
+    pub fn nats(
+        settings: NatsSettings,
+        handler: Arc<dyn BrokerHandler>,
+    ) -> Result<Self, NatsError> {
+        Ok(Broker {
+            pubsub: Arc::new(NatsBroker::start(settings, handler)?),
+            upstream: None,
+            history: None,
+            ingest: None,
+            presence: None,
         })
     }
 

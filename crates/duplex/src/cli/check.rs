@@ -18,9 +18,17 @@ pub(crate) fn check(config: &Config) -> anyhow::Result<()> {
         "public"
     };
     say(&mut out, format!("listen:     {} ({scope})", config.listen));
-    match config.redis_url() {
-        Some(url) => say(&mut out, format!("broker:     redis {}", redacted(url))),
-        None => say(&mut out, "broker:     memory (single node)"),
+    match (config.nats_url(), config.redis_url()) {
+        (Some(url), _) => say(
+            &mut out,
+            format!(
+                "broker:     nats {} (subjects prefix {:?})",
+                redacted(url),
+                config.nats_prefix
+            ),
+        ),
+        (None, Some(url)) => say(&mut out, format!("broker:     redis {}", redacted(url))),
+        (None, None) => say(&mut out, "broker:     memory (single node)"),
     }
     if !config.ingest_stream.is_empty() {
         say(

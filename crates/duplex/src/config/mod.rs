@@ -5,13 +5,15 @@
 //! fall through to the next layer. [`Settings::resolve`] applies the defaults
 //! and checks the result, producing the [`Config`] the node runs with.
 
+mod access;
 mod default_file;
+mod nats;
 pub mod reload;
 mod validate;
 
 use std::net::SocketAddr;
 use std::ops::RangeInclusive;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
@@ -302,7 +304,7 @@ flag_needs_value!(
 /// their first setting appears in the list below.
 mod heading {
     pub(super) const NETWORK: &str = "Network";
-    pub(super) const BROKER: &str = "Broker (Redis)";
+    pub(super) const BROKER: &str = "Broker (Redis or NATS)";
     pub(super) const UPSTREAM: &str = "Upstream (send, rpc, plain frames to the backends)";
     pub(super) const PLAIN: &str = "Plain clients (/)";
     pub(super) const AUTH: &str = "Authentication";
@@ -322,13 +324,19 @@ settings! {
     redis: String = String::new(), "DUPLEX_REDIS", BROKER;
     /// Prefix added to channel names in Redis; no '#'. Deployments sharing one Redis need prefixes none of which is a prefix of another's (docs/AUTH.md) [default: empty, names map 1:1].
     redis_prefix: String = String::new(), "DUPLEX_REDIS_PREFIX", BROKER;
+    /// NATS URL (nats://host:4222, comma-separated for a cluster's servers) instead of Redis: channels as core NATS subjects, so `nats pub <channel> data` reaches clients; no history, presence, ingest or upstream streams (docs/SCALING.md) [default: none].
+    nats: String = String::new(), "DUPLEX_NATS", BROKER;
+    /// Prefix added to NATS subjects (e.g. `duplex.`); no '#', '*', '>' or empty token [default: empty, names map 1:1 but for '%', '.', '*', '>', escaped as %25, %2E, %2A, %3E].
+    nats_prefix: String = String::new(), "DUPLEX_NATS_PREFIX", BROKER;
+    /// Bound on each NATS connect attempt, publish and subscribe round trip; also the PING interval of the connection [default: 5s].
+    nats_timeout: Duration = Duration::from_secs(5), "DUPLEX_NATS_TIMEOUT", BROKER, humantime::parse_duration;
     /// Bound on each Redis operation and connect attempt [default: 5s].
     redis_timeout: Duration = Duration::from_secs(5), "DUPLEX_REDIS_TIMEOUT", BROKER, humantime::parse_duration;
     /// Interval of the health PING on the Redis subscriber connection [default: 5s].
     redis_health_interval: Duration = Duration::from_secs(5), "DUPLEX_REDIS_HEALTH_INTERVAL", BROKER, humantime::parse_duration;
-    /// Interval of the pub/sub liveness probe on a shared broker (Redis): the node publishes to its own #node:<id> channel and expects it back within redis_timeout; when it does not, /health says degraded (503) and the subscriber connection is made again; 0s turns it off [default: 5s].
+    /// Interval of the pub/sub liveness probe on a shared broker (Redis or NATS): the node publishes to its own #node:<id> channel and expects it back within redis_timeout; when it does not, /health says degraded (503) and the subscriber connection is made again; 0s turns it off [default: 5s].
     broker_probe_interval: Duration = Duration::from_secs(5), "DUPLEX_BROKER_PROBE_INTERVAL", BROKER, humantime::parse_duration;
-    /// Bytes of messages from Redis that may wait for fan-out; beyond it the busiest channels' new messages are dropped, counted in broker.dropped (memory stays bounded whatever backends publish) [default: 16777216].
+    /// Bytes of messages from Redis (or NATS) that may wait for fan-out; beyond it the busiest channels' new messages are dropped, counted in broker.dropped (memory stays bounded whatever backends publish) [default: 16777216].
     redis_backlog_bytes: usize = 16 * 1024 * 1024, "DUPLEX_REDIS_BACKLOG_BYTES", BROKER;
     /// Redis Stream (after redis_prefix) that backends `XADD` publications to, fields channel, data, optional encoding (base64) and exclude (a connection id): the nodes publish each entry exactly once, in the stream's order, as the HTTP API does (offsets on history channels), one node at a time reading it in the consumer group `duplex` under the lease `<stream>:leader` (3 x node_heartbeat), and trim what they acknowledged (docs/DELIVERY.md); needs Redis [default: none, off].
     ingest_stream: String = String::new(), "DUPLEX_INGEST_STREAM", BROKER;
@@ -352,7 +360,7 @@ settings! {
     rpc_fair_share_per_ip: bool = true, "DUPLEX_RPC_FAIR_SHARE_PER_IP", UPSTREAM;
     /// The same share among users (the token's `sub`; anonymous clients are not counted per user) [default: true].
     rpc_fair_share_per_user: bool = true, "DUPLEX_RPC_FAIR_SHARE_PER_USER", UPSTREAM;
-    /// Longest wait between Redis reconnect attempts [default: 2s].
+    /// Longest wait between Redis (or NATS) reconnect attempts [default: 2s].
     redis_max_backoff: Duration = Duration::from_secs(2), "DUPLEX_REDIS_MAX_BACKOFF", BROKER, humantime::parse_duration;
     /// Node id shown in APIs and connection ids [default: random].
     node_id: String = String::new(), "DUPLEX_NODE_ID", BROKER;
@@ -446,51 +454,6 @@ settings! {
     log_format: LogFormat = LogFormat::Text, "DUPLEX_LOG_FORMAT", LOGGING;
     /// Log filter, e.g. info or duplex=debug [default: info; RUST_LOG also works].
     log_level: String = "info".to_string(), "DUPLEX_LOG_LEVEL", LOGGING;
-}
-
-impl Settings {
-    /// Reads a TOML file of the same keys (snake_case, durations like "25s").
-    pub fn from_file(path: &Path) -> Result<Settings, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        toml::from_str(&text).map_err(|source| ConfigError::Parse {
-            path: path.to_owned(),
-            source: Box::new(source),
-        })
-    }
-
-    /// Applies defaults and validates.
-    pub fn resolve(self) -> Result<Config, ConfigError> {
-        let config = self.with_defaults();
-        config.validate()?;
-        Ok(config)
-    }
-}
-
-impl Config {
-    /// The Redis URL, when a Redis broker is configured.
-    pub fn redis_url(&self) -> Option<&str> {
-        Some(self.redis.as_str()).filter(|u| !u.is_empty())
-    }
-
-    /// Whether clients must present connection tokens.
-    pub fn token_auth(&self) -> bool {
-        !self.token_secret.is_empty()
-            || !self.token_public_key.is_empty()
-            || !self.token_jwks_url.is_empty()
-    }
-
-    /// Whether the node serves TLS (`wss://`, `https://`).
-    pub fn tls(&self) -> bool {
-        !self.tls_cert.is_empty() || !self.tls_key.is_empty()
-    }
-
-    /// The accepted API keys; none means the API is open.
-    pub fn api_keys(&self) -> impl Iterator<Item = &str> {
-        self.api_key.parts()
-    }
 }
 
 #[cfg(test)]

@@ -121,6 +121,7 @@ fn check_broker(c: &Config) -> Result<(), ConfigError> {
     if c.redis_timeout.is_zero() {
         return invalid("redis_timeout", "must be above zero");
     }
+    super::nats::check_nats(c)?;
     if !c.upstream_url.is_empty() {
         match url::Url::parse(&c.upstream_url) {
             Ok(u) if u.scheme() == "http" || u.scheme() == "https" => {}
@@ -140,8 +141,9 @@ fn check_broker(c: &Config) -> Result<(), ConfigError> {
             return invalid(
                 "namespaces",
                 &format!(
-                    "namespace {:?}: upstream_stream needs Redis (--redis): the memory broker has no streams; use upstream_url",
-                    ns.pattern
+                    "namespace {:?}: upstream_stream needs Redis (--redis): the {} broker has no streams; use upstream_url (an HTTP upstream)",
+                    ns.pattern,
+                    if c.nats_url().is_some() { "NATS" } else { "memory" }
                 ),
             );
         }

@@ -76,6 +76,9 @@ pub enum NodeError {
     /// The Redis URL was refused by the client library.
     #[error("invalid redis configuration: {0}")]
     Redis(#[from] redis::RedisError),
+    /// The NATS settings were refused.
+    #[error("invalid nats configuration: {0}")]
+    Nats(#[from] crate::broker::nats::NatsError),
     /// The token key settings cannot be used.
     #[error(transparent)]
     Auth(#[from] crate::auth::AuthError),
@@ -448,8 +451,7 @@ impl Node {
     }
 }
 
-/// The broker the config asks for, holding the node's order channels
-/// from its start (Redis: connects in the background).
+/// The broker the config asks for, holding the node's order channels from its start (Redis, NATS: connects in the background).
 fn start_broker(
     config: &Config,
     id: &str,
@@ -459,6 +461,9 @@ fn start_broker(
         CONTROL_CHANNEL.to_string(),
         format!("{NODE_CHANNEL_PREFIX}{id}"),
     ];
+    if let Some(nats) = config.nats_settings(id, &node_channels) {
+        return Ok(Broker::nats(nats, handler)?);
+    }
     Ok(match config.redis_url() {
         None => Broker::memory(handler, &node_channels),
         Some(url) => Broker::redis(

@@ -403,3 +403,25 @@ pub(crate) async fn upstream_entries_are_appended_in_order<F: Fixture>(fixture: 
         .collect();
     assert_eq!(entries, expected);
 }
+
+/// A backend without an ability (its group listed as not held in
+/// `conformance!`) refuses it as [`BrokerError::Unsupported`], naming what
+/// to configure instead.
+pub(crate) async fn ability_not_held<F: Fixture>(fixture: F, group: &str) {
+    let node = fixture.node("n0").await;
+    let broker = &node.broker;
+    let (refusal, names) = match group {
+        "upstream" => (broker.upstream().err(), "--upstream-url"),
+        "ingest" => (broker.ingest().err(), "--redis"),
+        "history" => (broker.history().err(), "--redis"),
+        "presence" => (broker.presence().err(), "--redis"),
+        other => panic!("no conformance group {other:?}"),
+    };
+    match refusal {
+        Some(BrokerError::Unsupported(why)) => {
+            assert!(why.contains(names), "{group}: says what to use: {why}");
+        }
+        Some(e) => panic!("{group}: unexpected error {e}"),
+        None => panic!("{group}: the backend holds it: run its cases instead"),
+    }
+}

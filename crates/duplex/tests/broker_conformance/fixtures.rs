@@ -6,6 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use duplex::broker::nats::NatsSettings;
 use duplex::broker::redis::RedisSettings;
 use duplex::broker::{Broker, BrokerHandler, BrokerStatus};
 use duplex::message::Publication;
@@ -13,6 +14,7 @@ use futures_util::future::BoxFuture;
 use tokio::sync::mpsc;
 
 use crate::support;
+use crate::support::nats_server::NatsServer;
 use crate::support::redis_server::RedisServer;
 
 /// What a backend does with a message's text/binary kind.
@@ -249,6 +251,79 @@ impl Fixture for Redis {
     async fn raw_publish(&self, _node: &Node, channel: &str, data: &str) {
         self.server
             .publish(&format!("{PREFIX}{channel}"), data.as_bytes())
+            .await;
+    }
+}
+
+/// The NATS broker, nodes on one private nats-server (channels only).
+pub(crate) struct Nats {
+    server: NatsServer,
+}
+
+/// Every subject of the fixture starts with it.
+const NATS_PREFIX: &str = "conformance.";
+
+impl Fixture for Nats {
+    const NODES: usize = 2;
+    const KIND: KindRule = KindRule::InferredFromUtf8;
+    const UPSTREAM: bool = false;
+    const INGEST: bool = false;
+
+    async fn start() -> Self {
+        Nats {
+            server: NatsServer::start(),
+        }
+    }
+
+    async fn node(&self, id: &str) -> Node {
+        let (handler, seen) = recorder();
+        let settings = NatsSettings {
+            url: self.server.url(),
+            prefix: NATS_PREFIX.to_string(),
+            timeout: Duration::from_secs(1),
+            max_backoff: Duration::from_millis(100),
+            backlog_bytes: 1 << 20,
+            node_channels: Vec::new(),
+            node_id: id.to_string(),
+        };
+        let broker = Broker::nats(settings, handler).expect("valid NATS settings");
+        support::eventually("the node's broker connects", || async {
+            broker.state().status == BrokerStatus::Connected
+        })
+        .await;
+        Node {
+            id: id.to_string(),
+            broker,
+            seen,
+        }
+    }
+
+    async fn peer(&self, _node: &Node, id: &str) -> Node {
+        self.node(id).await
+    }
+
+    async fn commands_processed(&self) -> Option<u64> {
+        None
+    }
+
+    fn stop(&mut self) -> bool {
+        self.server.kill();
+        true
+    }
+
+    fn restart(&mut self) -> bool {
+        self.server.restart();
+        true
+    }
+
+    async fn upstream_entries(&self, _stream: &str) -> Vec<Entry> {
+        Vec::new()
+    }
+
+    async fn raw_publish(&self, _node: &Node, channel: &str, data: &str) {
+        // Names without '%', '.', '*' or '>' are their own subjects.
+        self.server
+            .publish(&format!("{NATS_PREFIX}{channel}"), data.as_bytes())
             .await;
     }
 }

@@ -5,6 +5,7 @@
 
 pub mod client;
 pub mod examples;
+pub mod nats_server;
 pub mod node;
 pub mod process;
 pub mod proxy;
