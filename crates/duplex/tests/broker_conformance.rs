@@ -76,3 +76,18 @@ macro_rules! conformance {
 
 conformance!(memory, crate::fixtures::Memory);
 conformance!(redis, crate::fixtures::Redis);
+// History, presence and ingest are refused on a cluster for now
+// (docs/SCALING.md): the cases of the abilities it has.
+conformance!(
+    @cases redis_cluster, crate::fixtures::RedisCluster,
+    subscribe_is_confirmed_before_ok,
+    unsubscribe_stops_delivery,
+    each_subscribed_node_gets_each_publication_once,
+    each_publisher_keeps_its_order,
+    kinds_follow_the_backend_rule,
+    excluding_a_connection_on_another_node,
+    a_local_sender_is_excluded_here_only,
+    an_outage_is_reported_and_refused,
+    subscriptions_survive_a_restart,
+    upstream_entries_are_appended_in_order,
+);

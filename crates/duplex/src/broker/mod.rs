@@ -85,12 +85,14 @@ pub mod memory;
 mod overlap;
 pub mod presence;
 pub mod redis;
+pub mod redis_cluster;
 
 use self::history::History;
 use self::ingest::IngestLog;
 use self::memory::MemoryBroker;
 use self::presence::Presence;
 use self::redis::{RedisBroker, RedisSettings};
+use self::redis_cluster::{ClusterError, RedisClusterBroker};
 
 /// Receives what the broker delivers to this node.
 pub trait BrokerHandler: Send + Sync + 'static {
@@ -302,6 +304,23 @@ impl Broker {
             history: Some(Arc::clone(&redis) as Arc<dyn History>),
             ingest: Some(Arc::clone(&redis) as Arc<dyn IngestLog>),
             presence: Some(redis),
+        })
+    }
+
+    /// The Redis Cluster broker (sharded Pub/Sub; `redis+cluster://` URLs):
+    /// channels and upstream streams, no history, presence or ingest yet
+    /// (the config refuses them on a cluster); starts like [`Broker::redis`].
+    pub fn redis_cluster(
+        settings: RedisSettings,
+        handler: Arc<dyn BrokerHandler>,
+    ) -> Result<Self, ClusterError> {
+        let cluster = Arc::new(RedisClusterBroker::start(settings, handler)?);
+        Ok(Broker {
+            pubsub: Arc::clone(&cluster) as Arc<dyn PubSub>,
+            upstream: Some(cluster as Arc<dyn UpstreamLog>),
+            history: None,
+            ingest: None,
+            presence: None,
         })
     }
 

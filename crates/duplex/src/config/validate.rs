@@ -49,6 +49,10 @@ fn short_token_secret(c: &Config) -> Option<usize> {
 /// Why `url` cannot be a Redis URL, with what to write instead; None when
 /// it can. `--redis localhost:6379` is the usual slip: the scheme is missing.
 pub fn redis_url_problem(url: &str) -> Option<String> {
+    if crate::broker::redis_cluster::topology::is_cluster_url(url) {
+        let e = crate::broker::redis_cluster::topology::seeds(url).err()?;
+        return Some(format!("{:?}: {e}", redacted(url)));
+    }
     let e = redis::Client::open(url).err()?;
     let url = redacted(url);
     let url = url.as_str();
@@ -61,6 +65,18 @@ pub fn redis_url_problem(url: &str) -> Option<String> {
 
 /// A URL as it may be shown: a password in it replaced by `***`.
 pub fn redacted(url: &str) -> String {
+    // `redis+cluster://user:pw@h:1,h:2` is no URL the parser takes.
+    if let Some(rest) = url.strip_prefix(crate::broker::redis_cluster::topology::CLUSTER_SCHEME) {
+        if let Some((auth, hosts)) = rest.rsplit_once('@') {
+            if let Some((user, _)) = auth.split_once(':') {
+                return format!(
+                    "{}{user}:***@{hosts}",
+                    crate::broker::redis_cluster::topology::CLUSTER_SCHEME
+                );
+            }
+        }
+        return url.to_string();
+    }
     match url::Url::parse(url) {
         Ok(mut parsed) if parsed.password().is_some() => {
             let _ = parsed.set_password(Some("***"));
@@ -117,10 +133,40 @@ fn check_broker(c: &Config) -> Result<(), ConfigError> {
         }
     }
     check_ingest(c)?;
+    check_cluster(c)?;
     if c.query_timeout.is_zero() || c.node_heartbeat.is_zero() {
         return invalid(
             "query_timeout",
             "query_timeout and node_heartbeat must be above zero",
+        );
+    }
+    Ok(())
+}
+
+/// On a Redis Cluster (`redis+cluster://`) channels and upstream streams
+/// work; history, presence and the ingest stream do not yet, and are
+/// refused here rather than failing clients later (docs/SCALING.md).
+fn check_cluster(c: &Config) -> Result<(), ConfigError> {
+    if !c
+        .redis_url()
+        .is_some_and(crate::broker::redis_cluster::topology::is_cluster_url)
+    {
+        return Ok(());
+    }
+    if !c.ingest_stream.is_empty() {
+        return invalid(
+            "ingest_stream",
+            "is not supported on a Redis Cluster (redis+cluster://) yet: backends publish with SPUBLISH or POST /api/publish",
+        );
+    }
+    let keeps = |ns: &crate::permissions::Namespace| ns.history_size > 0 || ns.presence;
+    if let Some(ns) = c.namespaces.iter().find(|ns| keeps(ns)) {
+        return invalid(
+            "namespaces",
+            &format!(
+                "namespace {:?}: history and presence are not supported on a Redis Cluster (redis+cluster://) yet; use a single Redis (redis://) for them",
+                ns.pattern
+            ),
         );
     }
     Ok(())
