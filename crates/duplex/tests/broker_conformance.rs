@@ -76,8 +76,8 @@ macro_rules! conformance {
 
 conformance!(memory, crate::fixtures::Memory);
 conformance!(redis, crate::fixtures::Redis);
-// History, presence and ingest are refused on a cluster for now
-// (docs/SCALING.md): the cases of the abilities it has.
+// Presence and ingest are refused on a cluster for now (docs/SCALING.md):
+// the cases of the abilities it has.
 conformance!(
     @cases redis_cluster, crate::fixtures::RedisCluster,
     subscribe_is_confirmed_before_ok,
@@ -90,4 +90,13 @@ conformance!(
     an_outage_is_reported_and_refused,
     subscriptions_survive_a_restart,
     upstream_entries_are_appended_in_order,
+    history_offsets_start_at_one_and_reach_every_node,
+    history_reads_since_limit_and_reverse,
+    history_keeps_at_most_size,
+    history_ttl_drops_publications_but_keeps_the_position,
+    history_meta_expiry_starts_a_new_epoch,
+    history_starts_a_new_epoch_when_the_backend_comes_back_empty,
+    history_racing_publishers_get_unique_increasing_offsets,
+    a_raw_publish_on_a_history_channel_has_no_position,
+    history_publishes_keep_exclusions,
 );

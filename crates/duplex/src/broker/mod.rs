@@ -308,7 +308,7 @@ impl Broker {
     }
 
     /// The Redis Cluster broker (sharded Pub/Sub; `redis+cluster://` URLs):
-    /// channels and upstream streams, no history, presence or ingest yet
+    /// channels, upstream streams and history; no presence or ingest yet
     /// (the config refuses them on a cluster); starts like [`Broker::redis`].
     pub fn redis_cluster(
         settings: RedisSettings,
@@ -317,8 +317,8 @@ impl Broker {
         let cluster = Arc::new(RedisClusterBroker::start(settings, handler)?);
         Ok(Broker {
             pubsub: Arc::clone(&cluster) as Arc<dyn PubSub>,
-            upstream: Some(cluster as Arc<dyn UpstreamLog>),
-            history: None,
+            upstream: Some(Arc::clone(&cluster) as Arc<dyn UpstreamLog>),
+            history: Some(cluster as Arc<dyn History>),
             ingest: None,
             presence: None,
         })

@@ -143,8 +143,8 @@ fn check_broker(c: &Config) -> Result<(), ConfigError> {
     Ok(())
 }
 
-/// On a Redis Cluster (`redis+cluster://`) channels and upstream streams
-/// work; history, presence and the ingest stream do not yet, and are
+/// On a Redis Cluster (`redis+cluster://`) channels, upstream streams and
+/// history work; presence and the ingest stream do not yet, and are
 /// refused here rather than failing clients later (docs/SCALING.md).
 fn check_cluster(c: &Config) -> Result<(), ConfigError> {
     if !c
@@ -159,12 +159,11 @@ fn check_cluster(c: &Config) -> Result<(), ConfigError> {
             "is not supported on a Redis Cluster (redis+cluster://) yet: backends publish with SPUBLISH or POST /api/publish",
         );
     }
-    let keeps = |ns: &crate::permissions::Namespace| ns.history_size > 0 || ns.presence;
-    if let Some(ns) = c.namespaces.iter().find(|ns| keeps(ns)) {
+    if let Some(ns) = c.namespaces.iter().find(|ns| ns.presence) {
         return invalid(
             "namespaces",
             &format!(
-                "namespace {:?}: history and presence are not supported on a Redis Cluster (redis+cluster://) yet; use a single Redis (redis://) for them",
+                "namespace {:?}: presence is not supported on a Redis Cluster (redis+cluster://) yet; use a single Redis (redis://) for it",
                 ns.pattern
             ),
         );

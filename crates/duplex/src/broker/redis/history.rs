@@ -72,14 +72,17 @@ fn library() -> &'static Library {
 }
 
 /// Whether Redis lacks the library (restarted or flushed since it was loaded).
-pub(super) fn missing_function(e: &redis::RedisError) -> bool {
+pub(in crate::broker) fn missing_function(e: &redis::RedisError) -> bool {
     e.to_string()
         .to_ascii_lowercase()
         .contains("function not found")
 }
 
-/// Loads the library unless this very version is loaded already.
-pub(super) async fn load_library(conn: &mut MultiplexedConnection) -> redis::RedisResult<()> {
+/// Loads the library unless this very version is loaded already (on a
+/// cluster connection: on every master).
+pub(in crate::broker) async fn load_library<C: redis::aio::ConnectionLike>(
+    conn: &mut C,
+) -> redis::RedisResult<()> {
     let library = library();
     let mut version = redis::cmd("FCALL_RO");
     version.arg("duplex_version").arg(0);
@@ -94,8 +97,8 @@ pub(super) async fn load_library(conn: &mut MultiplexedConnection) -> redis::Red
 }
 
 /// Runs `cmd`; when the library is missing, loads it and runs `cmd` once more.
-pub(super) async fn with_library<T: redis::FromRedisValue>(
-    conn: &mut MultiplexedConnection,
+pub(in crate::broker) async fn with_library<T: redis::FromRedisValue>(
+    conn: &mut impl redis::aio::ConnectionLike,
     cmd: &redis::Cmd,
 ) -> redis::RedisResult<T> {
     match cmd.query_async::<T>(conn).await {
@@ -147,7 +150,7 @@ pub(in crate::broker) fn declare_keys(fcall: &mut redis::Cmd, key: &str, id: Opt
 }
 
 /// `[offset, epoch]` as the node's own `duplex_publish` answers it.
-fn position(reply: Value) -> Result<Position, BrokerError> {
+pub(in crate::broker) fn position(reply: Value) -> Result<Position, BrokerError> {
     let bad = || BrokerError::Unavailable("unexpected answer from duplex_publish".to_string());
     match reply {
         Value::Array(items) => match items.as_slice() {
@@ -352,7 +355,10 @@ impl RedisBroker {
 }
 
 /// `[epoch, top, offset, data, ...]` as `duplex_history` answers it.
-fn page(channel: ChannelName, reply: Value) -> Result<HistoryPage, BrokerError> {
+pub(in crate::broker) fn page(
+    channel: ChannelName,
+    reply: Value,
+) -> Result<HistoryPage, BrokerError> {
     let bad = || BrokerError::Unavailable("unexpected answer from duplex_history".to_string());
     let Value::Array(items) = reply else {
         return Err(bad());

@@ -23,7 +23,7 @@
 //!   one call of the same Function library (`FCALL duplex_presence_*`).
 
 mod connection;
-mod history;
+pub(super) mod history;
 mod ingest;
 mod presence;
 use connection::{describe, is_broken};

@@ -11,6 +11,8 @@
 //! - Publishing, upstream `XADD`s, and the Function library's calls go
 //!   through a second redis-rs cluster connection, which routes each
 //!   command to its slot's master and follows `-MOVED`/`-ASK`.
+//! - History (`history`): the single-Redis Function library, every key
+//!   declared and hash-tagged by channel, so it runs on the channel's shard.
 //! - Node-level channels are channels like any other: `#control`,
 //!   `#node:<id>`, `#exclude:<id>`, `#user:<id>`, `#conn:<node>.<n>` each
 //!   live on their own name's slot, so they spread over the shards
@@ -23,6 +25,7 @@
 //! repairs, and keeping one client keeps one set of error and timeout
 //! behaviours across both Redis brokers.
 
+mod history;
 mod subscriber;
 pub mod topology;
 
@@ -170,45 +173,48 @@ impl RedisClusterBroker {
         Ok(())
     }
 
-    /// Runs one command on the command connection (made first if needed),
-    /// everything within `redis_timeout`; a broken connection is dropped
-    /// so the next command makes a new one.
+    /// Runs one command on the command connection, bounded like [`Self::on_conn`].
     async fn command<T: redis::FromRedisValue>(&self, cmd: redis::Cmd) -> Result<T, BrokerError> {
+        self.on_conn(|mut conn| async move { cmd.query_async::<T>(&mut conn).await })
+            .await
+    }
+
+    /// Runs `request` on the command connection (made first if needed),
+    /// everything within `redis_timeout`; a broken connection is dropped
+    /// so the next request makes a new one.
+    async fn on_conn<T, F, Fut>(&self, request: F) -> Result<T, BrokerError>
+    where
+        F: FnOnce(ClusterConnection) -> Fut,
+        Fut: std::future::Future<Output = redis::RedisResult<T>>,
+    {
         let timeout = self.shared.settings.timeout;
-        let attempt = async {
-            let mut conn = {
-                let mut slot = self.publisher.lock().await;
-                match &*slot {
-                    Some(conn) => conn.clone(),
-                    None => {
-                        let client = client_builder(&self.shared.seeds, timeout)
-                            .build()
-                            .map_err(|e| BrokerError::Unavailable(describe(&e)))?;
-                        let conn = client
-                            .get_async_connection()
-                            .await
-                            .map_err(|e| BrokerError::Unavailable(describe(&e)))?;
-                        slot.insert(conn).clone()
-                    }
-                }
-            };
-            match cmd.query_async::<T>(&mut conn).await {
-                Ok(v) => Ok(v),
-                Err(e) => {
-                    if is_broken(&e) {
-                        self.publisher.lock().await.take();
-                    }
-                    Err(BrokerError::Unavailable(describe(&e)))
-                }
-            }
-        };
+        let attempt = async { request(self.connection(timeout).await?).await };
         match tokio::time::timeout(timeout, attempt).await {
-            Ok(result) => result,
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => {
+                if is_broken(&e) {
+                    self.publisher.lock().await.take();
+                }
+                Err(BrokerError::Unavailable(describe(&e)))
+            }
             Err(_) => {
                 self.publisher.lock().await.take();
                 Err(BrokerError::Timeout(timeout))
             }
         }
+    }
+
+    /// The command connection, made now if there is none.
+    async fn connection(&self, timeout: Duration) -> redis::RedisResult<ClusterConnection> {
+        let mut slot = self.publisher.lock().await;
+        if let Some(conn) = &*slot {
+            return Ok(conn.clone());
+        }
+        let conn = client_builder(&self.shared.seeds, timeout)
+            .build()?
+            .get_async_connection()
+            .await?;
+        Ok(slot.insert(conn).clone())
     }
 
     async fn do_publish(&self, p: Publication) -> Result<(), BrokerError> {
