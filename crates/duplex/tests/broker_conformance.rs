@@ -76,7 +76,7 @@ macro_rules! conformance {
 
 conformance!(memory, crate::fixtures::Memory);
 conformance!(redis, crate::fixtures::Redis);
-// Presence and ingest are refused on a cluster for now (docs/SCALING.md):
+// The ingest stream is refused on a cluster for now (docs/SCALING.md):
 // the cases of the abilities it has.
 conformance!(
     @cases redis_cluster, crate::fixtures::RedisCluster,
@@ -99,4 +99,15 @@ conformance!(
     history_racing_publishers_get_unique_increasing_offsets,
     a_raw_publish_on_a_history_channel_has_no_position,
     history_publishes_keep_exclusions,
+    presence_users_join_on_their_first_connection_and_leave_after_their_last,
+    presence_anonymous_members_are_each_their_own_user,
+    presence_members_and_stats_are_exact,
+    presence_a_silent_nodes_members_go_after_its_lease_and_leave_once,
+    presence_a_swept_node_learns_it_and_rejoin_restores_its_members,
+    presence_an_expired_lease_not_yet_swept_is_renewed,
+    presence_a_join_sweeps_expired_leases_first,
+    presence_forget_removes_a_node_at_once,
+    presence_a_backend_back_empty_loses_every_lease,
+    presence_a_restarted_node_does_not_renew_its_previous_run,
+    presence_a_tick_costs_the_same_whatever_the_channel_size,
 );

@@ -308,8 +308,8 @@ impl Broker {
     }
 
     /// The Redis Cluster broker (sharded Pub/Sub; `redis+cluster://` URLs):
-    /// channels, upstream streams and history; no presence or ingest yet
-    /// (the config refuses them on a cluster); starts like [`Broker::redis`].
+    /// channels, upstream streams, history and presence; no ingest stream
+    /// yet (the config refuses it on a cluster); starts like [`Broker::redis`].
     pub fn redis_cluster(
         settings: RedisSettings,
         handler: Arc<dyn BrokerHandler>,
@@ -318,9 +318,9 @@ impl Broker {
         Ok(Broker {
             pubsub: Arc::clone(&cluster) as Arc<dyn PubSub>,
             upstream: Some(Arc::clone(&cluster) as Arc<dyn UpstreamLog>),
-            history: Some(cluster as Arc<dyn History>),
+            history: Some(Arc::clone(&cluster) as Arc<dyn History>),
             ingest: None,
-            presence: None,
+            presence: Some(cluster),
         })
     }
 

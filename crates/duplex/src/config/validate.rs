@@ -143,9 +143,9 @@ fn check_broker(c: &Config) -> Result<(), ConfigError> {
     Ok(())
 }
 
-/// On a Redis Cluster (`redis+cluster://`) channels, upstream streams and
-/// history work; presence and the ingest stream do not yet, and are
-/// refused here rather than failing clients later (docs/SCALING.md).
+/// On a Redis Cluster (`redis+cluster://`) everything but the ingest
+/// stream works; it is refused here rather than failing later
+/// (docs/SCALING.md).
 fn check_cluster(c: &Config) -> Result<(), ConfigError> {
     if !c
         .redis_url()
@@ -157,15 +157,6 @@ fn check_cluster(c: &Config) -> Result<(), ConfigError> {
         return invalid(
             "ingest_stream",
             "is not supported on a Redis Cluster (redis+cluster://) yet: backends publish with SPUBLISH or POST /api/publish",
-        );
-    }
-    if let Some(ns) = c.namespaces.iter().find(|ns| ns.presence) {
-        return invalid(
-            "namespaces",
-            &format!(
-                "namespace {:?}: presence is not supported on a Redis Cluster (redis+cluster://) yet; use a single Redis (redis://) for it",
-                ns.pattern
-            ),
         );
     }
     Ok(())

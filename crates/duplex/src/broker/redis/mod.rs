@@ -25,7 +25,7 @@
 mod connection;
 pub(super) mod history;
 mod ingest;
-mod presence;
+pub(super) mod presence;
 use connection::{describe, is_broken};
 mod subscriber;
 

@@ -11,8 +11,10 @@
 //! - Publishing, upstream `XADD`s, and the Function library's calls go
 //!   through a second redis-rs cluster connection, which routes each
 //!   command to its slot's master and follows `-MOVED`/`-ASK`.
-//! - History (`history`): the single-Redis Function library, every key
-//!   declared and hash-tagged by channel, so it runs on the channel's shard.
+//! - History (`history`) and presence (`presence`): the single-Redis
+//!   Function library, every key declared and hash-tagged by channel, so
+//!   each call runs on the channel's shard (presence leases are per
+//!   channel, so they live there too).
 //! - Node-level channels are channels like any other: `#control`,
 //!   `#node:<id>`, `#exclude:<id>`, `#user:<id>`, `#conn:<node>.<n>` each
 //!   live on their own name's slot, so they spread over the shards
@@ -26,6 +28,7 @@
 //! behaviours across both Redis brokers.
 
 mod history;
+mod presence;
 mod subscriber;
 pub mod topology;
 
@@ -87,6 +90,8 @@ pub struct RedisClusterBroker {
     publisher: tokio::sync::Mutex<Option<ClusterConnection>>,
     cancel: CancellationToken,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// This run's presence lease token (as on a single Redis).
+    presence_run: String,
 }
 
 impl std::fmt::Debug for RedisClusterBroker {
@@ -159,6 +164,7 @@ impl RedisClusterBroker {
             publisher: tokio::sync::Mutex::new(None),
             cancel,
             tasks: Mutex::new(tasks),
+            presence_run: format!("{:016x}", rand::random::<u64>()),
         })
     }
 
