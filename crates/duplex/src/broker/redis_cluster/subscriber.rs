@@ -193,7 +193,6 @@ pub(super) async fn run(
             Ok(ready) => ready,
             Err(why) => {
                 me.shared.set_disconnected(&why);
-                lost_once = true;
                 if me
                     .while_away(tokio::time::sleep(backoff.next()), &mut ops)
                     .await
@@ -258,12 +257,19 @@ async fn connect(
         Err(_) => return Err(format!("connect timed out after {timeout:?}")),
     };
     let map = slot_map(&shared, &mut conn).await?;
+    if let Some(orphan) = channels
+        .iter()
+        .find(|c| map.owner(slot(c.as_bytes())).is_none())
+    {
+        return Err(format!(
+            "no master serves the slot of {orphan:?} now (a failover under way?)"
+        ));
+    }
     change(&shared, &mut conn, &channels, true).await?;
     Ok((conn, map))
 }
 
-/// `CLUSTER SHARDS`, bounded by the timeout; an error unless every slot
-/// has an online master.
+/// `CLUSTER SHARDS`, bounded by the timeout.
 async fn slot_map(shared: &Shared, conn: &mut ClusterConnection) -> Result<SlotMap, String> {
     let timeout = shared.settings.timeout;
     let mut shards = redis::cmd("CLUSTER");
@@ -274,11 +280,7 @@ async fn slot_map(shared: &Shared, conn: &mut ClusterConnection) -> Result<SlotM
         Ok(Err(e)) => return Err(super::describe(&e)),
         Err(_) => return Err(format!("CLUSTER SHARDS unanswered after {timeout:?}")),
     };
-    let map = SlotMap::from_shards(&reply).ok_or("unexpected answer to CLUSTER SHARDS")?;
-    if (0..16384u16).step_by(64).any(|s| map.owner(s).is_none()) {
-        return Err("some hash slots have no master online (a failover under way?)".into());
-    }
-    Ok(map)
+    SlotMap::from_shards(&reply).ok_or_else(|| "unexpected answer to CLUSTER SHARDS".into())
 }
 
 /// `SSUBSCRIBE` (or `SUNSUBSCRIBE`) `channels`: one command per hash slot,
