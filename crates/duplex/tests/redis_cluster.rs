@@ -129,6 +129,26 @@ async fn channels_spread_over_shards_reach_every_node_once_and_survive_a_slot_mi
     for client in &mut plain {
         assert_eq!(client.next_text().await, "data from PHP");
     }
+    // So does `duplex publish --redis redis+cluster://...` (SPUBLISH).
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_duplex"))
+        .args([
+            "publish",
+            "--redis",
+            &cluster.url(),
+            "channel",
+            "from the CLI",
+        ])
+        .output()
+        .await
+        .expect("run duplex publish");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for client in &mut plain {
+        assert_eq!(client.next_text().await, "from the CLI");
+    }
 
     migrate_a_slot_with_subscribers(&cluster, &nodes, &mut clients).await;
 }
