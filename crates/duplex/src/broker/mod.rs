@@ -62,7 +62,8 @@
 //!   NATS): each a new module implementing [`PubSub`] and whichever other
 //!   abilities it can hold (history and presence keys hash-tagged by
 //!   channel so they live on the shard that carries its messages), a
-//!   constructor on [`Broker`], a fixture in the conformance suite. A
+//!   constructor on [`Broker`], a fixture in the conformance suite. The
+//!   Redis Cluster one is `broker/redis_cluster/` ([`Broker::redis_cluster`]). A
 //!   backend that cannot hold an ability leaves it `None`, and the config
 //!   check refuses at start the namespaces that need it.
 
