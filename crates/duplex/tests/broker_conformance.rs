@@ -122,3 +122,10 @@ conformance!(
     [pubsub],
     [upstream, history, ingest, presence]
 );
+// The ingest stream is refused on a cluster for now (docs/SCALING.md).
+conformance!(
+    redis_cluster,
+    crate::fixtures::RedisCluster,
+    [pubsub, upstream, history, presence],
+    [ingest]
+);

@@ -62,7 +62,8 @@
 //!   NATS is `broker/nats/`, [`PubSub`] only): each a new module implementing [`PubSub`] and whichever other
 //!   abilities it can hold (history and presence keys hash-tagged by
 //!   channel so they live on the shard that carries its messages), a
-//!   constructor on [`Broker`], a fixture in the conformance suite. A
+//!   constructor on [`Broker`], a fixture in the conformance suite. The
+//!   Redis Cluster one is `broker/redis_cluster/` ([`Broker::redis_cluster`]). A
 //!   backend that cannot hold an ability leaves it `None`, and the config
 //!   check refuses at start the namespaces that need it.
 
@@ -86,6 +87,7 @@ pub mod nats;
 mod overlap;
 pub mod presence;
 pub mod redis;
+pub mod redis_cluster;
 
 use self::history::History;
 use self::ingest::IngestLog;
@@ -93,6 +95,7 @@ use self::memory::MemoryBroker;
 use self::nats::{NatsBroker, NatsError, NatsSettings};
 use self::presence::Presence;
 use self::redis::{RedisBroker, RedisSettings};
+use self::redis_cluster::{ClusterError, RedisClusterBroker};
 
 /// Receives what the broker delivers to this node.
 pub trait BrokerHandler: Send + Sync + 'static {
@@ -328,6 +331,23 @@ impl Broker {
             history: None,
             ingest: None,
             presence: None,
+        })
+    }
+
+    /// The Redis Cluster broker (sharded Pub/Sub; `redis+cluster://` URLs):
+    /// channels, upstream streams, history and presence; no ingest stream
+    /// yet (the config refuses it on a cluster); starts like [`Broker::redis`].
+    pub fn redis_cluster(
+        settings: RedisSettings,
+        handler: Arc<dyn BrokerHandler>,
+    ) -> Result<Self, ClusterError> {
+        let cluster = Arc::new(RedisClusterBroker::start(settings, handler)?);
+        Ok(Broker {
+            pubsub: Arc::clone(&cluster) as Arc<dyn PubSub>,
+            upstream: Some(Arc::clone(&cluster) as Arc<dyn UpstreamLog>),
+            history: Some(Arc::clone(&cluster) as Arc<dyn History>),
+            ingest: None,
+            presence: Some(cluster),
         })
     }
 

@@ -21,7 +21,7 @@ pub(crate) struct PublishArgs {
         conflicts_with = "redis"
     )]
     server: String,
-    /// Publish straight to Redis instead (no node needed; redis+sentinel://... finds the master): FCALL duplex_publish (history channels get their offset; plain PUBLISH when no node loaded the Function yet).
+    /// Publish straight to Redis instead (no node needed; redis+sentinel://... finds the master): FCALL duplex_publish (history channels get their offset; plain PUBLISH when no node loaded the Function yet); a redis+cluster:// URL publishes with SPUBLISH (no offset).
     #[arg(long)]
     redis: Option<String>,
     /// Redis channel prefix, when the nodes use one.
@@ -74,6 +74,9 @@ async fn publish_to_redis(url: &str, args: &PublishArgs) -> anyhow::Result<()> {
     if let Some(problem) = duplex::config::redis_url_problem(url) {
         bail!("--redis: {problem}");
     }
+    if duplex::broker::redis_cluster::topology::is_cluster_url(url) {
+        return publish_to_cluster(url, args).await;
+    }
     let client = duplex::broker::redis::current_client(url)
         .await
         .context("cannot find the Redis server (for redis+sentinel://: its master)")?;
@@ -109,5 +112,30 @@ async fn publish_to_redis(url: &str, args: &PublishArgs) -> anyhow::Result<()> {
         }
         Err(e) => return Err(e).context("FCALL duplex_publish failed"),
     }
+    Ok(())
+}
+
+/// `SPUBLISH` on a Redis Cluster (what its nodes subscribe to): no history
+/// offset, since recording there needs the namespace's options, which a
+/// node knows (`--server`).
+async fn publish_to_cluster(url: &str, args: &PublishArgs) -> anyhow::Result<()> {
+    let seeds = duplex::broker::redis_cluster::topology::seeds(url)?;
+    let mut conn = redis::cluster::ClusterClient::new(seeds)
+        .context("invalid Redis Cluster URL")?
+        .get_async_connection()
+        .await
+        .with_context(|| {
+            format!(
+                "cannot connect to the Redis Cluster at {}",
+                duplex::config::redacted(url)
+            )
+        })?;
+    let receivers: i64 = redis::cmd("SPUBLISH")
+        .arg(format!("{}{}", args.redis_prefix, args.channel))
+        .arg(args.data.as_bytes())
+        .query_async(&mut conn)
+        .await
+        .context("SPUBLISH failed")?;
+    eprintln!("published to the Redis Cluster with SPUBLISH ({receivers} subscribed nodes or clients; no history offset there: publish through a node for one)");
     Ok(())
 }

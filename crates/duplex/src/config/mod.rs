@@ -320,7 +320,7 @@ fn de_opt<'de, D: serde::Deserializer<'de>, T: FileValue>(d: D) -> Result<Option
 settings! {
     /// Address and port to listen on [default: 127.0.0.1:1234].
     listen: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 1234)), "DUPLEX_LISTEN", NETWORK;
-    /// Redis URL (redis://host:port/db), or a Sentinel group's master (redis+sentinel://host:26379,host2:26379/mymaster[/db], docs/SCALING.md); unset = embedded in-memory broker, single node.
+    /// Redis URL (redis://host:port/db), a Sentinel group's master (redis+sentinel://host:26379,host2:26379/mymaster[/db]), or redis+cluster://host:port,host:port for a Redis Cluster with sharded Pub/Sub (docs/SCALING.md); unset = embedded in-memory broker, single node.
     redis: String = String::new(), "DUPLEX_REDIS", BROKER;
     /// Prefix added to channel names in Redis; no '#'. Deployments sharing one Redis need prefixes none of which is a prefix of another's (docs/AUTH.md) [default: empty, names map 1:1].
     redis_prefix: String = String::new(), "DUPLEX_REDIS_PREFIX", BROKER;

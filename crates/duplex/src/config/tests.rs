@@ -116,6 +116,43 @@ fn a_redis_address_without_scheme_gets_a_hint() {
 }
 
 #[test]
+fn a_redis_cluster_url_names_its_nodes_and_refuses_the_ingest_stream() {
+    let cluster = Settings {
+        redis: Some("redis+cluster://127.0.0.1:7000,127.0.0.1:7001".into()),
+        upstream_stream: Some("up".into()),
+        ..Default::default()
+    };
+    assert!(cluster.clone().resolve().is_ok());
+    let bad = Settings {
+        redis: Some("redis+cluster://u:hunter2@nohost".into()),
+        ..Default::default()
+    };
+    let err = bad.resolve().unwrap_err().to_string();
+    assert!(
+        err.contains("host:port") && !err.contains("hunter2"),
+        "{err}"
+    );
+    let ingest = Settings {
+        ingest_stream: Some("duplex:ingest".into()),
+        ..cluster.clone()
+    };
+    let err = ingest.resolve().unwrap_err().to_string();
+    assert!(err.contains("not supported on a Redis Cluster"), "{err}");
+    let ns = |extra: &str| -> Settings {
+        toml::from_str(&format!("[[namespaces]]\npattern = \"room:*\"\n{extra}\n")).unwrap()
+    };
+    let history = ns("history_size = 10\nhistory_ttl = \"1m\"");
+    assert!(
+        history.or(cluster.clone()).resolve().is_ok(),
+        "history works"
+    );
+    assert!(
+        ns("presence = true").or(cluster).resolve().is_ok(),
+        "presence works"
+    );
+}
+
+#[test]
 fn redis_passwords_never_show_in_messages() {
     let bad = Settings {
         redis: Some("redis://user:hunter2@localhost:6379/notadb".into()),

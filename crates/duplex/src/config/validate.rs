@@ -57,6 +57,10 @@ pub fn redis_url_problem(url: &str) -> Option<String> {
             redacted(url)
         ));
     }
+    if crate::broker::redis_cluster::topology::is_cluster_url(url) {
+        let e = crate::broker::redis_cluster::topology::seeds(url).err()?;
+        return Some(format!("{:?}: {e}", redacted(url)));
+    }
     let e = redis::Client::open(url).err()?;
     let url = redacted(url);
     let url = url.as_str();
@@ -90,6 +94,18 @@ pub fn redacted(url: &str) -> String {
             }
             None => url.to_string(),
         };
+    }
+    // `redis+cluster://user:pw@h:1,h:2` is no URL the parser takes.
+    if let Some(rest) = url.strip_prefix(crate::broker::redis_cluster::topology::CLUSTER_SCHEME) {
+        if let Some((auth, hosts)) = rest.rsplit_once('@') {
+            if let Some((user, _)) = auth.split_once(':') {
+                return format!(
+                    "{}{user}:***@{hosts}",
+                    crate::broker::redis_cluster::topology::CLUSTER_SCHEME
+                );
+            }
+        }
+        return url.to_string();
     }
     match url::Url::parse(url) {
         Ok(mut parsed) if parsed.password().is_some() => {
@@ -149,10 +165,30 @@ fn check_broker(c: &Config) -> Result<(), ConfigError> {
         }
     }
     check_ingest(c)?;
+    check_cluster(c)?;
     if c.query_timeout.is_zero() || c.node_heartbeat.is_zero() {
         return invalid(
             "query_timeout",
             "query_timeout and node_heartbeat must be above zero",
+        );
+    }
+    Ok(())
+}
+
+/// On a Redis Cluster (`redis+cluster://`) everything but the ingest
+/// stream works; it is refused here rather than failing later
+/// (docs/SCALING.md).
+fn check_cluster(c: &Config) -> Result<(), ConfigError> {
+    if !c
+        .redis_url()
+        .is_some_and(crate::broker::redis_cluster::topology::is_cluster_url)
+    {
+        return Ok(());
+    }
+    if !c.ingest_stream.is_empty() {
+        return invalid(
+            "ingest_stream",
+            "is not supported on a Redis Cluster (redis+cluster://) yet: backends publish with SPUBLISH or POST /api/publish",
         );
     }
     Ok(())

@@ -51,6 +51,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::auth::Verifier;
 use crate::broker::redis::RedisSettings;
+use crate::broker::redis_cluster::topology::is_cluster_url;
 use crate::broker::{Broker, BrokerError, BrokerHandler, BrokerState, BrokerStatus};
 use crate::config::reload::ReloadPlan;
 use crate::config::Config;
@@ -79,6 +80,9 @@ pub enum NodeError {
     /// The NATS settings were refused.
     #[error("invalid nats configuration: {0}")]
     Nats(#[from] crate::broker::nats::NatsError),
+    /// The `redis+cluster://` URL or its nodes.
+    #[error(transparent)]
+    RedisCluster(#[from] crate::broker::redis_cluster::ClusterError),
     /// The token key settings cannot be used.
     #[error(transparent)]
     Auth(#[from] crate::auth::AuthError),
@@ -464,22 +468,21 @@ fn start_broker(
     if let Some(nats) = config.nats_settings(id, &node_channels) {
         return Ok(Broker::nats(nats, handler)?);
     }
+    let settings = |url: &str| RedisSettings {
+        url: url.to_string(),
+        prefix: config.redis_prefix.clone(),
+        timeout: config.redis_timeout,
+        health_interval: config.redis_health_interval,
+        max_backoff: config.redis_max_backoff,
+        upstream_maxlen: config.upstream_maxlen,
+        backlog_bytes: config.redis_backlog_bytes,
+        node_channels: node_channels.clone(),
+        node_id: id.to_string(),
+    };
     Ok(match config.redis_url() {
         None => Broker::memory(handler, &node_channels),
-        Some(url) => Broker::redis(
-            RedisSettings {
-                url: url.to_string(),
-                prefix: config.redis_prefix.clone(),
-                timeout: config.redis_timeout,
-                health_interval: config.redis_health_interval,
-                max_backoff: config.redis_max_backoff,
-                upstream_maxlen: config.upstream_maxlen,
-                backlog_bytes: config.redis_backlog_bytes,
-                node_channels,
-                node_id: id.to_string(),
-            },
-            handler,
-        )?,
+        Some(url) if is_cluster_url(url) => Broker::redis_cluster(settings(url), handler)?,
+        Some(url) => Broker::redis(settings(url), handler)?,
     })
 }
 

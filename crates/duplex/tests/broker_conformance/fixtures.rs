@@ -327,3 +327,95 @@ impl Fixture for Nats {
             .await;
     }
 }
+
+/// The Redis Cluster broker (sharded Pub/Sub), nodes on one private
+/// cluster shared by the whole test binary (six redis-servers), each
+/// fixture under a prefix of its own. It cannot be taken down per case:
+/// the outage cases skip, and failover is exercised in `tests/redis_cluster.rs`.
+pub(crate) struct RedisCluster {
+    cluster: std::sync::Arc<support::redis_cluster::RedisCluster>,
+    prefix: String,
+}
+
+impl Fixture for RedisCluster {
+    const NODES: usize = 2;
+    const KIND: KindRule = KindRule::InferredFromUtf8;
+    const UPSTREAM: bool = true;
+    const INGEST: bool = false;
+
+    async fn start() -> Self {
+        let cluster = tokio::task::spawn_blocking(support::redis_cluster::RedisCluster::shared)
+            .await
+            .expect("the cluster starts");
+        RedisCluster {
+            cluster,
+            prefix: format!("conformance{:08x}:", rand::random::<u32>()),
+        }
+    }
+
+    async fn node(&self, id: &str) -> Node {
+        let (handler, seen) = recorder();
+        let settings = RedisSettings {
+            url: self.cluster.url(),
+            prefix: self.prefix.clone(),
+            timeout: REDIS_TIMEOUT,
+            health_interval: Duration::from_secs(1),
+            max_backoff: Duration::from_millis(100),
+            upstream_maxlen: 1000,
+            backlog_bytes: 1 << 20,
+            node_channels: Vec::new(),
+            node_id: id.to_string(),
+        };
+        let broker = Broker::redis_cluster(settings, handler).expect("a valid cluster URL");
+        support::eventually("the node's broker connects", || async {
+            broker.state().status == BrokerStatus::Connected
+        })
+        .await;
+        Node {
+            id: id.to_string(),
+            broker,
+            seen,
+        }
+    }
+
+    async fn peer(&self, _node: &Node, id: &str) -> Node {
+        self.node(id).await
+    }
+
+    async fn commands_processed(&self) -> Option<u64> {
+        None
+    }
+
+    fn stop(&mut self) -> bool {
+        false
+    }
+
+    /// Cannot come back empty per case (it is shared); the nodes made
+    /// after see a fresh prefix instead, none of the earlier keys.
+    fn restart(&mut self) -> bool {
+        self.prefix = format!("conformance{:08x}:", rand::random::<u32>());
+        false
+    }
+
+    async fn upstream_entries(&self, stream: &str) -> Vec<Entry> {
+        let mut conn = self.cluster.connection().await;
+        let entries: Vec<(String, Entry)> = redis::cmd("XRANGE")
+            .arg(format!("{}{stream}", self.prefix))
+            .arg("-")
+            .arg("+")
+            .query_async(&mut conn)
+            .await
+            .expect("XRANGE");
+        entries.into_iter().map(|(_id, fields)| fields).collect()
+    }
+
+    async fn raw_publish(&self, _node: &Node, channel: &str, data: &str) {
+        let mut conn = self.cluster.connection().await;
+        let _: i64 = redis::cmd("SPUBLISH")
+            .arg(format!("{}{channel}", self.prefix))
+            .arg(data)
+            .query_async(&mut conn)
+            .await
+            .expect("SPUBLISH");
+    }
+}

@@ -10,6 +10,7 @@ pub mod node;
 pub mod process;
 pub mod proxy;
 pub mod raw;
+pub mod redis_cluster;
 pub mod redis_server;
 pub mod sentinel;
 pub mod stream;

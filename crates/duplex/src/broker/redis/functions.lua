@@ -26,6 +26,35 @@ local VERSION = '@VERSION@'
 local TABLE = 'duplex:history'
 local ENVELOPE = '\255DXH1 '
 
+-- Whether this Redis is a Redis Cluster node, asked once per load of the
+-- library: live copies then go over sharded Pub/Sub (SPUBLISH), which is
+-- what the nodes of a cluster subscribe to.
+local sharded = nil
+local function publish_command()
+  if sharded == nil then
+    sharded = string.find(redis.call('INFO', 'cluster'), 'cluster_enabled:1', 1, true) ~= nil
+  end
+  if sharded then
+    return 'SPUBLISH'
+  end
+  return 'PUBLISH'
+end
+
+-- The keys of channel K = KEYS[1]: meta, history and (with an id) the
+-- idempotency key, as given in KEYS[2..4] (how the nodes call, and how a
+-- Redis Cluster needs it: every key a script touches is declared), else
+-- built from K ('{K}:meta', ...: an older caller's `FCALL ... 1 K`).
+local function channel_keys(keys, id)
+  local key = keys[1]
+  local meta = keys[2] or ('{' .. key .. '}:meta')
+  local stream = keys[3] or ('{' .. key .. '}:history')
+  local seen = nil
+  if id then
+    seen = keys[4] or ('{' .. key .. '}:ingested:' .. id)
+  end
+  return meta, stream, seen
+end
+
 local function new_epoch()
   local t = redis.call('TIME')
   return t[1] .. string.format('%06d', tonumber(t[2]))
@@ -87,6 +116,9 @@ local function once_reply(first, repeated)
 end
 
 -- FCALL duplex_publish 1 K data [size ttl meta_ttl [1 [id keep]]] -> offset,
+-- (or 3 K {K}:meta {K}:history, and 4 with {K}:ingested:<id>: the keys
+-- declared, as on a Redis Cluster, which also needs the options: the
+-- table is a key of another slot there)
 -- or nil (plain PUBLISH) when K has no history; with the trailing 1 (the
 -- node's own call) {offset, epoch}. With an id (the node republishing an
 -- ingest stream entry) the first call publishes and remembers it for keep
@@ -96,12 +128,12 @@ local function publish(keys, args)
   if data == nil then
     return redis.error_reply('ERR duplex_publish needs the data: FCALL duplex_publish 1 <channel> <data>')
   end
-  local seen, keep = nil, tonumber(args[7])
-  if args[6] then
+  local keep = tonumber(args[7])
+  local meta, stream, seen = channel_keys(keys, args[6])
+  if seen then
     if not keep or keep <= 0 then
       return redis.error_reply('ERR duplex_publish: an id needs its keep time in seconds')
     end
-    seen = '{' .. key .. '}:ingested:' .. args[6]
     local first = redis.call('GET', seen)
     if first then
       return once_reply(first, 1)
@@ -110,18 +142,19 @@ local function publish(keys, args)
   local size, ttl, meta_ttl
   if #args >= 4 then
     size, ttl, meta_ttl = tonumber(args[2]), tonumber(args[3]), tonumber(args[4])
+  elseif publish_command() == 'SPUBLISH' then
+    return redis.error_reply('ERR duplex_publish on a Redis Cluster needs its options: FCALL duplex_publish 3 <channel> {<channel>}:meta {<channel>}:history <data> <size> <ttl> <meta_ttl>')
   else
     size, ttl, meta_ttl = stored_settings(key)
   end
   if not size or not ttl or not meta_ttl or size <= 0 or ttl <= 0 or meta_ttl <= 0 then
-    redis.call('PUBLISH', key, data)
+    redis.call(publish_command(), key, data)
     if seen then
       redis.call('SET', seen, '0 ', 'EX', keep)
       return once_reply('0 ', 0)
     end
     return nil
   end
-  local meta, stream = '{' .. key .. '}:meta', '{' .. key .. '}:history'
   local epoch = epoch_of(meta, stream, meta_ttl)
   local offset = redis.call('HINCRBY', meta, 's', 1)
   -- Approximate trimming (whole stream nodes) costs Redis a fifth less per
@@ -129,7 +162,7 @@ local function publish(keys, args)
   redis.call('XADD', stream, 'MAXLEN', '~', size, '0-' .. offset, 'd', data)
   redis.call('EXPIRE', stream, ttl)
   redis.call('EXPIRE', meta, meta_ttl)
-  redis.call('PUBLISH', key, ENVELOPE .. offset .. ' ' .. epoch .. ' ' .. data)
+  redis.call(publish_command(), key, ENVELOPE .. offset .. ' ' .. epoch .. ' ' .. data)
   if seen then
     redis.call('SET', seen, offset .. ' ' .. epoch, 'EX', keep)
     return once_reply(offset .. ' ' .. epoch, 0)
@@ -140,7 +173,8 @@ local function publish(keys, args)
   return offset
 end
 
--- FCALL duplex_history 1 K since limit reverse meta_ttl [size] -> {epoch,
+-- FCALL duplex_history 1 K since limit reverse meta_ttl [size] (or 3 K
+-- {K}:meta {K}:history ...) -> {epoch,
 -- top, offset, data, offset, data, ...}; since '' = from the oldest kept;
 -- with size, only the newest size (the stream is trimmed approximately).
 local function history(keys, args)
@@ -149,7 +183,7 @@ local function history(keys, args)
   if since == nil or not limit or not meta_ttl or meta_ttl <= 0 then
     return redis.error_reply('ERR usage: FCALL duplex_history 1 <channel> <since or empty> <limit> <0|1 reverse> <meta_ttl> [size]')
   end
-  local meta, stream = '{' .. key .. '}:meta', '{' .. key .. '}:history'
+  local meta, stream = channel_keys(keys)
   local epoch = epoch_of(meta, stream, meta_ttl)
   local top = tonumber(redis.call('HGET', meta, 's')) or 0
   local out = { epoch, top }

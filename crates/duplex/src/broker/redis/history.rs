@@ -5,6 +5,7 @@
 //! ```text
 //! FCALL duplex_publish 1 <redis channel> <data> [size ttl_secs meta_ttl_secs]
 //!   -> the offset, or nil (a plain PUBLISH) when the channel has no history
+//! FCALL duplex_publish 3 K {K}:meta {K}:history <data> [...]   (keys declared)
 //! FCALL duplex_history 1 <redis channel> <since|''> <limit> <0|1 reverse> <meta_ttl_secs> [size]
 //!   -> [epoch, top, offset, data, offset, data, ...]
 //! FCALL_RO duplex_version 0 -> the loaded library's version
@@ -16,9 +17,11 @@
 //! in `duplex:history` (`broker::history::table`). Per channel K the keys
 //! are `{K}:meta` (hash: `e` epoch, `s` top offset) and `{K}:history` (a
 //! stream, ids `0-<offset>`, field `d`, trimmed with `MAXLEN ~ size`, so a
-//! read passes `size` to see only the newest `size`), hash-tagged by channel for Redis
-//! Cluster later; the table itself is one key outside that slot, so on a
-//! cluster a backend passes the options. The live copy is the envelope of
+//! read passes `size` to see only the newest `size`), hash-tagged by channel so all of a channel's keys share its slot; the
+//! node declares them (`declare_keys`), as a Redis Cluster requires. The
+//! table itself is one key outside that slot, so on a cluster a backend
+//! passes the options (the Function says so otherwise), and the live copy
+//! goes out with `SPUBLISH` there (the library asks `INFO cluster` once). The live copy is the envelope of
 //! `broker::history::envelope`. `duplex_history` is not read-only: it
 //! starts the channel's epoch when there is none.
 //!
@@ -69,14 +72,17 @@ fn library() -> &'static Library {
 }
 
 /// Whether Redis lacks the library (restarted or flushed since it was loaded).
-pub(super) fn missing_function(e: &redis::RedisError) -> bool {
+pub(in crate::broker) fn missing_function(e: &redis::RedisError) -> bool {
     e.to_string()
         .to_ascii_lowercase()
         .contains("function not found")
 }
 
-/// Loads the library unless this very version is loaded already.
-pub(super) async fn load_library(conn: &mut MultiplexedConnection) -> redis::RedisResult<()> {
+/// Loads the library unless this very version is loaded already (on a
+/// cluster connection: on every master).
+pub(in crate::broker) async fn load_library<C: redis::aio::ConnectionLike>(
+    conn: &mut C,
+) -> redis::RedisResult<()> {
     let library = library();
     let mut version = redis::cmd("FCALL_RO");
     version.arg("duplex_version").arg(0);
@@ -91,8 +97,8 @@ pub(super) async fn load_library(conn: &mut MultiplexedConnection) -> redis::Red
 }
 
 /// Runs `cmd`; when the library is missing, loads it and runs `cmd` once more.
-pub(super) async fn with_library<T: redis::FromRedisValue>(
-    conn: &mut MultiplexedConnection,
+pub(in crate::broker) async fn with_library<T: redis::FromRedisValue>(
+    conn: &mut impl redis::aio::ConnectionLike,
     cmd: &redis::Cmd,
 ) -> redis::RedisResult<T> {
     match cmd.query_async::<T>(conn).await {
@@ -128,8 +134,23 @@ impl Shared {
     }
 }
 
+/// `numkeys K {K}:meta {K}:history [{K}:ingested:<id>]` of a
+/// `duplex_publish` or `duplex_history` call on channel K: every key the
+/// Function touches is declared, all in K's slot (a Redis Cluster
+/// requires it; a single Redis does not mind).
+pub(in crate::broker) fn declare_keys(fcall: &mut redis::Cmd, key: &str, id: Option<&str>) {
+    fcall
+        .arg(if id.is_some() { 4 } else { 3 })
+        .arg(key)
+        .arg(format!("{{{key}}}:meta"))
+        .arg(format!("{{{key}}}:history"));
+    if let Some(id) = id {
+        fcall.arg(format!("{{{key}}}:ingested:{id}"));
+    }
+}
+
 /// `[offset, epoch]` as the node's own `duplex_publish` answers it.
-fn position(reply: Value) -> Result<Position, BrokerError> {
+pub(in crate::broker) fn position(reply: Value) -> Result<Position, BrokerError> {
     let bad = || BrokerError::Unavailable("unexpected answer from duplex_publish".to_string());
     match reply {
         Value::Array(items) => match items.as_slice() {
@@ -190,12 +211,11 @@ impl RedisBroker {
         options: Option<&HistoryOptions>,
         once: Option<(&str, std::time::Duration)>,
     ) -> redis::Cmd {
+        let key = format!("{}{}", self.shared.settings.prefix, p.channel);
         let mut fcall = redis::cmd("FCALL");
-        fcall
-            .arg("duplex_publish")
-            .arg(1)
-            .arg(format!("{}{}", self.shared.settings.prefix, p.channel))
-            .arg(p.payload.as_ref());
+        fcall.arg("duplex_publish");
+        declare_keys(&mut fcall, &key, once.map(|(id, _)| id));
+        fcall.arg(p.payload.as_ref());
         match options {
             Some(o) => fcall.arg(o.size).arg(secs(o.ttl)).arg(secs(o.meta_ttl)),
             None => fcall.arg(0).arg(0).arg(0),
@@ -296,11 +316,11 @@ impl RedisBroker {
         options: &HistoryOptions,
     ) -> Result<HistoryPage, BrokerError> {
         options.check()?;
+        let key = format!("{}{}", self.shared.settings.prefix, channel);
         let mut fcall = redis::cmd("FCALL");
+        fcall.arg("duplex_history");
+        declare_keys(&mut fcall, &key, None);
         fcall
-            .arg("duplex_history")
-            .arg(1)
-            .arg(format!("{}{}", self.shared.settings.prefix, channel))
             .arg(query.since.map(|s| s.to_string()).unwrap_or_default())
             .arg(query.limit)
             .arg(if query.reverse { "1" } else { "0" })
@@ -335,7 +355,10 @@ impl RedisBroker {
 }
 
 /// `[epoch, top, offset, data, ...]` as `duplex_history` answers it.
-fn page(channel: ChannelName, reply: Value) -> Result<HistoryPage, BrokerError> {
+pub(in crate::broker) fn page(
+    channel: ChannelName,
+    reply: Value,
+) -> Result<HistoryPage, BrokerError> {
     let bad = || BrokerError::Unavailable("unexpected answer from duplex_history".to_string());
     let Value::Array(items) = reply else {
         return Err(bad());

@@ -24,9 +24,9 @@
 
 mod address;
 mod connection;
-mod history;
+pub(super) mod history;
 mod ingest;
-mod presence;
+pub(super) mod presence;
 pub use address::{current_client, SentinelUrl, SentinelUrlError, SENTINEL_SCHEME};
 use connection::{describe, is_broken};
 mod subscriber;

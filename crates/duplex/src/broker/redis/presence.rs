@@ -43,15 +43,15 @@ use crate::broker::BrokerError;
 
 /// Members per `duplex_presence_join` call of a rejoin: one call never
 /// holds Redis long, and a rejoin of many is a pipeline of calls.
-pub(super) const REJOIN_BATCH: usize = 1000;
+pub(in crate::broker) const REJOIN_BATCH: usize = 1000;
 
 /// A lease in whole milliseconds, at least 1, at most a century.
-fn millis(d: Duration) -> u64 {
+pub(in crate::broker) fn millis(d: Duration) -> u64 {
     const CENTURY_MS: u64 = 100 * 365 * 24 * 3600 * 1000;
     u64::try_from(d.as_millis()).map_or(CENTURY_MS, |ms| ms.clamp(1, CENTURY_MS))
 }
 
-fn bad(function: &str) -> BrokerError {
+pub(in crate::broker) fn bad(function: &str) -> BrokerError {
     BrokerError::Unavailable(format!("unexpected answer from {function}"))
 }
 
@@ -65,7 +65,7 @@ fn bytes(value: Value) -> Option<Vec<u8>> {
 }
 
 /// Reads `conn, user, info` triples until `items` ends or `count` are read.
-fn members_of(
+pub(in crate::broker) fn members_of(
     items: &mut impl Iterator<Item = Value>,
     count: Option<usize>,
 ) -> Option<Vec<Member>> {
@@ -85,7 +85,7 @@ fn members_of(
 }
 
 /// A change reply: `[lost, #joined, stamp, joined triples..., left triples...]`.
-fn change(reply: Value) -> Option<Change> {
+pub(in crate::broker) fn change(reply: Value) -> Option<Change> {
     let Value::Array(items) = reply else {
         return None;
     };
@@ -106,7 +106,7 @@ fn change(reply: Value) -> Option<Change> {
 }
 
 /// A stats reply: `[connections, users]`.
-fn stats(reply: Value) -> Option<PresenceStats> {
+pub(in crate::broker) fn stats(reply: Value) -> Option<PresenceStats> {
     let Value::Array(items) = reply else {
         return None;
     };
