@@ -160,6 +160,9 @@ counters! {
     /// History reads a node answered from its run of the channel
     /// (`node::tail`) instead of the broker.
     history_reads_local => Counter "history_reads_local", "History reads (subscribe positions, recoveries) a node answered from the recent publications it holds for a channel instead of reading the broker";
+    /// Channels whose history was found below what a reader saw in the
+    /// same epoch (a failover lost publications): a new epoch was started.
+    history_epochs_restarted => Counter "history_epochs_restarted", "History channels found below what a reader had seen in the same epoch (a Redis failover lost their newest publications), given a new epoch so the lost offsets are never reused for them";
     /// Subscribes with `recover` answered `recovered: true`.
     recoveries_recovered => Counter "recoveries" ["outcome" = "recovered"], "Subscribes that asked to recover, by outcome (not_recovered: epoch changed or the gap is larger than history holds)";
     /// Subscribes with `recover` answered `recovered: false`.

@@ -70,6 +70,7 @@ macro_rules! conformance {
             history_offsets_start_at_one_and_reach_every_node,
             history_reads_since_limit_and_reverse,
             history_keeps_at_most_size,
+            history_a_reader_ahead_of_the_stream_starts_a_new_epoch,
             history_ttl_drops_publications_but_keeps_the_position,
             history_meta_expiry_starts_a_new_epoch,
             history_starts_a_new_epoch_when_the_backend_comes_back_empty,

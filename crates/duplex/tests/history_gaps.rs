@@ -114,3 +114,67 @@ async fn a_loss_history_cannot_cover_closes_the_channels_clients_with_3008() {
     publish(&node, json!(5)).await;
     assert_eq!(client.expect_close().await.code, 3008);
 }
+
+/// What a failover to a replica that missed the newest publications
+/// looks like to the nodes: the channel's history ends below offsets
+/// clients saw, in the same epoch, and new publications get those offsets
+/// again. The first client to come back is told it lost them, and the
+/// channel gets a new epoch, so a client that comes back only after the
+/// reused offsets exist is not handed them as the ones it saw.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_that_lost_what_clients_saw_starts_a_new_epoch() {
+    let redis = RedisServer::start();
+    let node = TestNode::on_redis(&redis.url(), with_history(100)).await;
+    for i in 1..=5 {
+        assert_eq!(publish(&node, json!(i)).await, i);
+    }
+    let (status, body) = node.get_json("/api/history?channel=news:g&limit=0").await;
+    assert_eq!(status, 200, "{body}");
+    let epoch = body["epoch"].as_str().expect("an epoch").to_string();
+    // The replica had 1..=3 only.
+    let mut conn = redis.connection().await;
+    let _: () = redis::cmd("HSET")
+        .arg("{news:g}:meta")
+        .arg("s")
+        .arg(3)
+        .query_async(&mut conn)
+        .await
+        .expect("HSET");
+    let _: u64 = redis::cmd("XDEL")
+        .arg("{news:g}:history")
+        .arg("0-4")
+        .arg("0-5")
+        .query_async(&mut conn)
+        .await
+        .expect("XDEL");
+
+    // A client that saw 5 comes back first: not recovered, a new epoch.
+    let mut first = Client::connect(&node.ws("/ws")).await;
+    let reply = first
+        .command(
+            "subscribe",
+            json!({"channel": "news:g", "recover": {"news:g": {"epoch": epoch, "offset": 5}}}),
+        )
+        .await;
+    let at = &reply["result"]["positions"]["news:g"];
+    assert_eq!(at["recovered"], false, "{reply}");
+    assert_ne!(at["epoch"], json!(epoch), "{reply}");
+    assert_eq!(node.stat("history_epochs_restarted").await, 1);
+
+    // New publications; a client that saw 4 comes back after them.
+    for i in 6..=8 {
+        publish(&node, json!(i)).await;
+    }
+    let mut late = Client::connect(&node.ws("/ws")).await;
+    let reply = late
+        .command(
+            "subscribe",
+            json!({"channel": "news:g", "recover": {"news:g": {"epoch": epoch, "offset": 4}}}),
+        )
+        .await;
+    assert_eq!(
+        reply["result"]["positions"]["news:g"]["recovered"], false,
+        "the reused offsets are not the ones it saw: {reply}"
+    );
+    assert_eq!(next_message(&mut first).await, (Some(1), json!(6)));
+}

@@ -132,6 +132,41 @@ impl Node {
         Ok((rule, page))
     }
 
+    /// A reader saw `seen` but the channel's history, in the same epoch,
+    /// ends below it at `top`: the broker lost its newest publications (a
+    /// failover promoted a replica that missed them). Starts a new epoch
+    /// so the offsets handed out again are never taken for the lost ones
+    /// (`History::restart_epoch`); the node's run of the channel goes
+    /// with the old epoch. The position after, or `None` when `seen` was
+    /// not ahead (or the restart failed: logged, and the next reader tries).
+    pub(crate) async fn restart_if_behind(
+        &self,
+        channel: &ChannelName,
+        seen: &Position,
+        top: &Position,
+    ) -> Option<Position> {
+        if seen.epoch != top.epoch || seen.offset <= top.offset {
+            return None;
+        }
+        let rule = self.history_rule(channel)?;
+        let history = self.inner.broker.history().ok()?;
+        match history
+            .restart_epoch(channel.clone(), seen, &options(&rule))
+            .await
+        {
+            Ok(now) => {
+                Stats::bump(&self.inner.stats.history_epochs_restarted);
+                self.inner.tails.remove(channel);
+                tracing::warn!(%channel, seen = seen.offset, top = top.offset, epoch = %now.epoch, "history channel behind what a reader saw (publications lost by a broker failover?): new epoch started");
+                Some(now)
+            }
+            Err(e) => {
+                tracing::warn!(%channel, error = %e, "history channel behind what a reader saw; starting a new epoch failed");
+                None
+            }
+        }
+    }
+
     async fn read_once(&self, channel: &ChannelName, query: Query, rule: &HistoryRule) -> Read {
         Stats::bump(&self.inner.stats.history_reads);
         let options = options(rule);

@@ -326,12 +326,13 @@ impl Node {
                     return Ok(Some(page))
                 }
                 Ok((_, page)) => {
+                    self.restart_if_behind(channel, from, &page.top).await;
                     return Err(format!(
                         "{} missed, epoch {} (was {})",
                         page.top.offset.saturating_sub(from.offset),
                         page.top.epoch,
                         from.epoch
-                    ))
+                    ));
                 }
                 Err(e) if attempt == READ_ATTEMPTS => return Err(e.to_string()),
                 Err(e) => {

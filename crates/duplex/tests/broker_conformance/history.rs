@@ -146,6 +146,54 @@ pub(crate) async fn history_keeps_at_most_size<F: Fixture>(fixture: F) {
     );
 }
 
+/// A reader that saw an offset the channel's history, in the same epoch,
+/// no longer reaches (a failover lost the newest publications) makes the
+/// backend start a new epoch; a reader of another epoch, or not ahead,
+/// changes nothing.
+pub(crate) async fn history_a_reader_ahead_of_the_stream_starts_a_new_epoch<F: Fixture>(
+    fixture: F,
+) {
+    let node = fixture.node("n0").await;
+    let history = node.broker.history().expect("history");
+    for i in 1..=3u64 {
+        record(&node, text("h:ahead", &format!("m{i}")), &KEEP).await;
+    }
+    let before = read(&node, "h:ahead", query(None, 0, false), &KEEP)
+        .await
+        .top;
+    let restart = |seen: Position| async move {
+        history
+            .restart_epoch(channel("h:ahead"), &seen, &KEEP)
+            .await
+            .expect("restart_epoch")
+    };
+    let not_ahead = Position {
+        offset: 3,
+        ..before.clone()
+    };
+    assert_eq!(restart(not_ahead).await, before, "a reader at the top");
+    let other = Position {
+        offset: 9,
+        epoch: "another-epoch".into(),
+    };
+    assert_eq!(restart(other).await, before, "a reader of another epoch");
+    let ahead = Position {
+        offset: 5,
+        ..before.clone()
+    };
+    let after = restart(ahead.clone()).await;
+    assert_ne!(after.epoch, before.epoch, "a new epoch");
+    assert_eq!(after.offset, 0);
+    assert!(read(&node, "h:ahead", query(None, 10, false), &KEEP)
+        .await
+        .publications
+        .is_empty());
+    // The same news from a second reader changes nothing more.
+    assert_eq!(restart(ahead).await, after);
+    let next = record(&node, text("h:ahead", "m4"), &KEEP).await;
+    assert_eq!((next.offset, next.epoch), (1, after.epoch));
+}
+
 /// `ttl` after the last publish the publications are gone, while the
 /// epoch and top stay (until `meta_ttl`): the next publish goes on from there.
 pub(crate) async fn history_ttl_drops_publications_but_keeps_the_position<F: Fixture>(fixture: F) {

@@ -205,4 +205,32 @@ impl History for MemoryBroker {
         }
         .boxed()
     }
+
+    fn restart_epoch<'a>(
+        &'a self,
+        channel: ChannelName,
+        seen: &'a Position,
+        options: &'a HistoryOptions,
+    ) -> BoxFuture<'a, Result<Position, BrokerError>> {
+        async move {
+            options.check()?;
+            let mut shard = self.history.shard(&channel).lock().await;
+            let now = Instant::now();
+            let ring = shard.ring(&channel, now, options);
+            if ring.epoch == seen.epoch && ring.top < seen.offset {
+                *ring = Ring {
+                    epoch: new_epoch(),
+                    top: 0,
+                    entries: VecDeque::new(),
+                    data_until: now,
+                    meta_until: after(now, options.meta_ttl),
+                };
+            }
+            Ok(Position {
+                offset: ring.top,
+                epoch: Arc::clone(&ring.epoch),
+            })
+        }
+        .boxed()
+    }
 }

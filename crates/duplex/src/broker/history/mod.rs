@@ -118,6 +118,20 @@ pub trait History: Send + Sync + 'static {
         options: &'a HistoryOptions,
     ) -> BoxFuture<'a, Result<HistoryPage, BrokerError>>;
 
+    /// A reader saw `seen` (an epoch and an offset in it) but the
+    /// channel's history in that epoch ends below it: the backend lost
+    /// its newest publications (Redis: an asynchronous replica promoted by
+    /// a failover). Unless the channel already moved to another epoch or
+    /// caught up, starts a new epoch, so the lost offsets, handed out again
+    /// to new publications, are never taken for the ones readers saw; the
+    /// channel's position after.
+    fn restart_epoch<'a>(
+        &'a self,
+        channel: ChannelName,
+        seen: &'a Position,
+        options: &'a HistoryOptions,
+    ) -> BoxFuture<'a, Result<Position, BrokerError>>;
+
     /// Tells the backend the deployment's namespace table, for publishes
     /// that come without options (Redis: a backend's `FCALL duplex_publish`);
     /// the Redis broker writes it again after every reconnect.

@@ -219,6 +219,27 @@ local function history(keys, args)
   return out
 end
 
+-- FCALL duplex_history_restart 1 K <epoch> <offset> <meta_ttl> (or 3 K
+-- {K}:meta {K}:history ...) -> {epoch, top}: a reader saw <offset> of
+-- <epoch> but the stream ends below it (a failover promoted a replica
+-- that missed the newest publications). Unless the channel moved to
+-- another epoch or caught up, a new epoch starts (and an empty stream),
+-- so the lost offsets, handed out again, are never taken for the ones
+-- readers saw.
+local function history_restart(keys, args)
+  local seen, offset, meta_ttl = args[1], tonumber(args[2]), tonumber(args[3])
+  if not seen or not offset or not meta_ttl or meta_ttl <= 0 then
+    return redis.error_reply('ERR usage: FCALL duplex_history_restart 1 <channel> <epoch> <offset> <meta_ttl>')
+  end
+  local meta, stream = channel_keys(keys)
+  local top = tonumber(redis.call('HGET', meta, 's')) or 0
+  if redis.call('HGET', meta, 'e') == seen and top < offset then
+    redis.call('DEL', meta)
+  end
+  local epoch = epoch_of(meta, stream, meta_ttl)
+  return { epoch, tonumber(redis.call('HGET', meta, 's')) or 0 }
+end
+
 -- FCALL duplex_lease 1 <lease key> <holder> <ttl ms> -> 1 while holder holds
 -- the lease (taken while free, as SET NX PX; extended while its own), else
 -- 0; ttl 0 gives it back if it is the holder's.
@@ -593,6 +614,7 @@ redis.register_function{
 }
 redis.register_function('duplex_publish', publish)
 redis.register_function('duplex_history', history)
+redis.register_function('duplex_history_restart', history_restart)
 redis.register_function('duplex_lease', lease)
 redis.register_function('duplex_ingest_claim', ingest_claim)
 redis.register_function('duplex_ingest_ack', ingest_ack)

@@ -149,6 +149,23 @@ pub(in crate::broker) fn declare_keys(fcall: &mut redis::Cmd, key: &str, id: Opt
     }
 }
 
+/// `FCALL duplex_history_restart` for the channel key `key`: a reader saw
+/// `seen` but the stream ends below it (`History::restart_epoch`).
+pub(in crate::broker) fn restart_call(
+    key: &str,
+    seen: &Position,
+    options: &HistoryOptions,
+) -> redis::Cmd {
+    let mut fcall = redis::cmd("FCALL");
+    fcall.arg("duplex_history_restart");
+    declare_keys(&mut fcall, key, None);
+    fcall
+        .arg(&*seen.epoch)
+        .arg(seen.offset)
+        .arg(secs(options.meta_ttl));
+    fcall
+}
+
 /// `[offset, epoch]` as the node's own `duplex_publish` answers it.
 pub(in crate::broker) fn position(reply: Value) -> Result<Position, BrokerError> {
     let bad = || BrokerError::Unavailable("unexpected answer from duplex_publish".to_string());
@@ -418,6 +435,26 @@ impl History for RedisBroker {
         options: &'a HistoryOptions,
     ) -> BoxFuture<'a, Result<HistoryPage, BrokerError>> {
         self.history_read(channel, query, options).boxed()
+    }
+
+    fn restart_epoch<'a>(
+        &'a self,
+        channel: ChannelName,
+        seen: &'a Position,
+        options: &'a HistoryOptions,
+    ) -> BoxFuture<'a, Result<Position, BrokerError>> {
+        async move {
+            options.check()?;
+            let key = format!("{}{}", self.shared.settings.prefix, channel);
+            let fcall = restart_call(&key, seen, options);
+            let reply = self
+                .on_publisher(
+                    |mut conn| async move { with_library::<Value>(&mut conn, &fcall).await },
+                )
+                .await?;
+            Ok(page(channel, reply)?.top)
+        }
+        .boxed()
     }
 
     fn set_namespaces(

@@ -18,7 +18,9 @@ use super::RedisClusterBroker;
 use crate::broker::exclusion::{self, EXCLUDE_CHANNEL_PREFIX};
 use crate::broker::history::table::secs;
 use crate::broker::history::{History, HistoryOptions, HistoryPage, NamespaceHistory, Query};
-use crate::broker::redis::history::{declare_keys, load_library, page, position, with_library};
+use crate::broker::redis::history::{
+    declare_keys, load_library, page, position, restart_call, with_library,
+};
 use crate::broker::{BrokerError, RemoteConnection};
 use crate::message::{Position, Publication};
 
@@ -117,6 +119,24 @@ impl History for RedisClusterBroker {
         options: &'a HistoryOptions,
     ) -> BoxFuture<'a, Result<HistoryPage, BrokerError>> {
         self.history_read(channel, query, options).boxed()
+    }
+
+    fn restart_epoch<'a>(
+        &'a self,
+        channel: ChannelName,
+        seen: &'a Position,
+        options: &'a HistoryOptions,
+    ) -> BoxFuture<'a, Result<Position, BrokerError>> {
+        async move {
+            options.check()?;
+            let key = format!("{}{}", self.shared.settings.prefix, channel);
+            let fcall = restart_call(&key, seen, options);
+            let reply = self
+                .on_conn(|mut conn| async move { with_library::<Value>(&mut conn, &fcall).await })
+                .await?;
+            Ok(page(channel, reply)?.top)
+        }
+        .boxed()
     }
 
     /// No table on a cluster (another slot): the library is loaded on

@@ -70,7 +70,18 @@ pub(super) async fn catch_up(
         },
     };
     let (_, page) = node.read_history(channel, query, ticket).await?;
-    let (recovered, frames) = if rule.cache {
+    let seen = from.map(|f| crate::message::Position {
+        epoch: f.epoch.as_str().into(),
+        offset: f.offset,
+    });
+    let restarted = match &seen {
+        Some(seen) => node.restart_if_behind(channel, seen, &page.top).await,
+        None => None,
+    };
+    let (recovered, frames) = if restarted.is_some() {
+        // The history lost what the client saw: nothing to replay.
+        (Some(false), Vec::new())
+    } else if rule.cache {
         latest_only(from, &page)
     } else {
         let recovered = from
@@ -87,10 +98,11 @@ pub(super) async fn catch_up(
         Some(false) => Stats::bump(&stats.recoveries_failed),
         None => {}
     }
+    let top = restarted.unwrap_or_else(|| page.top.clone());
     Ok(CaughtUp {
         channel: channel.clone(),
-        epoch: page.top.epoch.clone(),
-        offset: page.top.offset,
+        epoch: top.epoch,
+        offset: top.offset,
         recovered,
         frames,
     })
