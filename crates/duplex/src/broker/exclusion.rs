@@ -25,6 +25,41 @@ use duplex_protocol::payload::{bytes_from_json, Encoding};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
+/// On a Redis Cluster the notice and the message live on different
+/// shards, read by the holding node over different connections, so their
+/// order is lost: there a plain publish carries its exclusion in front of
+/// the data instead, `ENVELOPE <node>.<seq> <data>`, which every node
+/// strips (raw subscribers on Redis see it; WebSocket clients never do).
+pub const ENVELOPE: &[u8] = b"\xFFDXE1 ";
+
+/// `data` with its excluded connection (`<node>.<seq>`) in front ([`ENVELOPE`]).
+pub fn wrap(connection: &str, data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(ENVELOPE.len() + connection.len() + 1 + data.len());
+    out.extend_from_slice(ENVELOPE);
+    out.extend_from_slice(connection.as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(data);
+    out
+}
+
+/// A message as it arrived: the data without an [`ENVELOPE`], and the
+/// connection number to skip when the exclusion names this node.
+pub fn unwrap(node_id: &str, payload: Bytes) -> (Bytes, Option<u64>) {
+    let Some(rest) = payload.strip_prefix(ENVELOPE) else {
+        return (payload, None);
+    };
+    let Some(space) = rest.iter().position(|b| *b == b' ') else {
+        return (payload, None);
+    };
+    let connection = std::str::from_utf8(&rest[..space]).ok();
+    let data = payload.slice(ENVELOPE.len() + space + 1..);
+    let seq = connection
+        .and_then(|c| c.rsplit_once('.'))
+        .filter(|(node, _)| *node == node_id)
+        .and_then(|(_, seq)| seq.parse().ok());
+    (data, seq)
+}
+
 /// Channel of the notices for one node: `#exclude:<node id>`.
 pub const EXCLUDE_CHANNEL_PREFIX: &str = "#exclude:";
 
@@ -110,6 +145,18 @@ pub fn parse(node: &str, bytes: &[u8]) -> Result<Exclusion, NoticeError> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn an_envelope_names_the_connection_only_to_its_node() {
+        let sent = Bytes::from(wrap("n1.17", b"hi there"));
+        assert_eq!(
+            unwrap("n1", sent.clone()),
+            (Bytes::from("hi there"), Some(17))
+        );
+        assert_eq!(unwrap("n2", sent), (Bytes::from("hi there"), None));
+        let plain = Bytes::from("\u{ff}not ours");
+        assert_eq!(unwrap("n1", plain.clone()), (plain, None));
+    }
     use super::*;
 
     #[test]

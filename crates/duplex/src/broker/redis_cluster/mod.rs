@@ -250,16 +250,13 @@ impl RedisClusterBroker {
         self.subscriber_up()?;
         let prefix = &self.shared.settings.prefix;
         let connection = format!("{}.{}", excluded.node, excluded.seq);
-        let notice = exclusion::notice(&connection, p.channel.as_str(), &p.payload);
-        let mut first = redis::cmd("SPUBLISH");
-        first
-            .arg(format!("{prefix}{EXCLUDE_CHANNEL_PREFIX}{}", excluded.node))
-            .arg(notice);
-        self.command::<i64>(first).await?;
-        let mut then = redis::cmd("SPUBLISH");
-        then.arg(format!("{prefix}{}", p.channel))
-            .arg(p.payload.as_ref());
-        self.command::<i64>(then).await.map(|_| ())
+        // In the message itself: a notice would travel on another shard,
+        // out of order with it (`exclusion::ENVELOPE`).
+        let mut publish = redis::cmd("SPUBLISH");
+        publish
+            .arg(format!("{prefix}{}", p.channel))
+            .arg(exclusion::wrap(&connection, &p.payload));
+        self.command::<i64>(publish).await.map(|_| ())
     }
 
     /// `XADD <prefix><stream> MAXLEN ~ <max> * field value ...` on the

@@ -117,11 +117,15 @@ impl Shared {
         else {
             return;
         };
-        let (payload, position) = envelope::unwrap(Bytes::from(payload));
-        let exclude = self.echo.take(
-            std::str::from_utf8(&name).unwrap_or_default(),
-            payload.as_ref(),
-        );
+        let (payload, excluded) =
+            crate::broker::exclusion::unwrap(&self.settings.node_id, Bytes::from(payload));
+        let (payload, position) = envelope::unwrap(payload);
+        let exclude = excluded.or_else(|| {
+            self.echo.take(
+                std::str::from_utf8(&name).unwrap_or_default(),
+                payload.as_ref(),
+            )
+        });
         let publication = Publication {
             kind: infer_kind(&payload),
             channel,
