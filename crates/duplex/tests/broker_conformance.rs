@@ -120,8 +120,8 @@ conformance!(redis, crate::fixtures::Redis);
 conformance!(
     nats,
     crate::fixtures::Nats,
-    [pubsub],
-    [upstream, history, ingest, presence]
+    [pubsub, upstream],
+    [history, ingest, presence]
 );
 // The ingest stream is refused on a cluster for now (docs/SCALING.md).
 conformance!(

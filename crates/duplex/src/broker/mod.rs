@@ -8,8 +8,8 @@
 //!   client) and publishing to every node that holds a channel. Its
 //!   supertrait [`Link`] is the backend's connection: its state for
 //!   `/health` and leaving it at shutdown.
-//! - [`UpstreamLog`] (Redis only): clients' messages appended to streams
-//!   that backend workers read.
+//! - [`UpstreamLog`] (Redis and NATS): clients' messages appended to
+//!   streams that backend workers read (NATS: JetStream streams).
 //! - [`IngestLog`] (Redis only): a stream backends `XADD` publications to,
 //!   which the nodes republish once each, in order (`broker::ingest`).
 //! - [`History`] (memory and Redis): a channel's recent
@@ -59,7 +59,7 @@
 //! publications over [`PubSub`], sent by the node a change was answered to).
 //!
 //! - More backends (issue 19: Redis Cluster sharded Pub/Sub, Sentinel;
-//!   NATS is `broker/nats/`, [`PubSub`] only): each a new module implementing [`PubSub`] and whichever other
+//!   NATS is `broker/nats/`, [`PubSub`] and [`UpstreamLog`]): each a new module implementing [`PubSub`] and whichever other
 //!   abilities it can hold (history and presence keys hash-tagged by
 //!   channel so they live on the shard that carries its messages), a
 //!   constructor on [`Broker`], a fixture in the conformance suite. The
@@ -252,7 +252,7 @@ pub trait UpstreamLog: Send + Sync + 'static {
 
 /// What [`Broker::upstream`] answers on a backend without streams.
 const NO_UPSTREAM: &str =
-    "upstream messages need the Redis broker (--redis) or an HTTP upstream (--upstream-url)";
+    "upstream messages need the Redis broker (--redis), NATS (--nats) or an HTTP upstream (--upstream-url)";
 
 /// What [`Broker::ingest`] answers on a backend without streams.
 const NO_INGEST: &str = "the ingest stream needs the Redis broker (--redis)";
@@ -318,16 +318,17 @@ impl Broker {
         })
     }
 
-    /// The NATS broker (`broker::nats`): channels only, so no upstream
-    /// streams, history, ingest or presence; starts its tasks and returns
-    /// at once, even while NATS is down.
+    /// The NATS broker (`broker::nats`): channels, and upstream streams on
+    /// JetStream; no history, ingest or presence; starts its tasks and
+    /// returns at once, even while NATS is down.
     pub fn nats(
         settings: NatsSettings,
         handler: Arc<dyn BrokerHandler>,
     ) -> Result<Self, NatsError> {
+        let nats = Arc::new(NatsBroker::start(settings, handler)?);
         Ok(Broker {
-            pubsub: Arc::new(NatsBroker::start(settings, handler)?),
-            upstream: None,
+            pubsub: Arc::clone(&nats) as Arc<dyn PubSub>,
+            upstream: Some(nats),
             history: None,
             ingest: None,
             presence: None,

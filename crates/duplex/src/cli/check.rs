@@ -146,9 +146,8 @@ fn upstreams(out: &mut String, config: &Config, permissions: &Permissions) {
     say(
         out,
         format!(
-            "upstream:   stream {}{}, url {}",
-            config.redis_prefix,
-            config.upstream_stream,
+            "upstream:   stream {}, url {}",
+            stream_label(config, &config.upstream_stream),
             url(&config.upstream_url)
         ),
     );
@@ -169,12 +168,24 @@ fn upstreams(out: &mut String, config: &Config, permissions: &Permissions) {
         say(
             out,
             format!(
-                "  {:<24} stream {}{stream}, url {}",
+                "  {:<24} stream {}, url {}",
                 ns.pattern,
-                config.redis_prefix,
+                stream_label(config, stream),
                 url(target)
             ),
         );
+    }
+}
+
+/// Where an upstream stream lives: its Redis key, or on NATS its
+/// JetStream stream (docs/UPSTREAM.md, "On NATS").
+fn stream_label(config: &Config, stream: &str) -> String {
+    match config.nats_url() {
+        Some(_) => format!(
+            "{} (jetstream)",
+            duplex::broker::nats::upstream::stream_name(&config.nats_prefix, stream)
+        ),
+        None => format!("{}{stream}", config.redis_prefix),
     }
 }
 

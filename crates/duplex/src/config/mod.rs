@@ -324,7 +324,7 @@ settings! {
     redis: String = String::new(), "DUPLEX_REDIS", BROKER;
     /// Prefix added to channel names in Redis; no '#'. Deployments sharing one Redis need prefixes none of which is a prefix of another's (docs/AUTH.md) [default: empty, names map 1:1].
     redis_prefix: String = String::new(), "DUPLEX_REDIS_PREFIX", BROKER;
-    /// NATS URL (nats://host:4222, comma-separated for a cluster's servers) instead of Redis: channels as core NATS subjects, so `nats pub <channel> data` reaches clients; no history, presence, ingest or upstream streams (docs/SCALING.md) [default: none].
+    /// NATS URL (nats://host:4222, comma-separated for a cluster's servers) instead of Redis: channels as core NATS subjects, so `nats pub <channel> data` reaches clients; upstream streams as JetStream streams (the server needs -js); no history, presence or ingest stream (docs/SCALING.md) [default: none].
     nats: String = String::new(), "DUPLEX_NATS", BROKER;
     /// Prefix added to NATS subjects (e.g. `duplex.`); no '#', '*', '>' or empty token [default: empty, names map 1:1 but for '%', '.', '*', '>', escaped as %25, %2E, %2A, %3E].
     nats_prefix: String = String::new(), "DUPLEX_NATS_PREFIX", BROKER;
@@ -340,11 +340,11 @@ settings! {
     redis_backlog_bytes: usize = 16 * 1024 * 1024, "DUPLEX_REDIS_BACKLOG_BYTES", BROKER;
     /// Redis Stream (after redis_prefix) that backends `XADD` publications to, fields channel, data, optional encoding (base64) and exclude (a connection id): the nodes publish each entry exactly once, in the stream's order, as the HTTP API does (offsets on history channels), one node at a time reading it in the consumer group `duplex` under the lease `<stream>:leader` (3 x node_heartbeat), and trim what they acknowledged (docs/DELIVERY.md); needs Redis [default: none, off].
     ingest_stream: String = String::new(), "DUPLEX_INGEST_STREAM", BROKER;
-    /// Redis Stream that client `send`s, `rpc`s and upstream plain frames are appended to, for backend workers, when no upstream_url applies; a namespace may name its own [default: duplex:upstream].
+    /// Redis Stream (on NATS: JetStream stream, docs/UPSTREAM.md "On NATS") that client `send`s, `rpc`s and upstream plain frames are appended to, for backend workers, when no upstream_url applies; a namespace may name its own [default: duplex:upstream].
     upstream_stream: String = "duplex:upstream".to_string(), "DUPLEX_UPSTREAM_STREAM", UPSTREAM;
-    /// Approximate cap on each upstream stream's length in entries (`XADD MAXLEN ~`): Redis memory per stream stays under about (upstream_maxlen + 100) x 1.26 x (max_message_size + 1 KiB), 0.85 GB at the defaults (docs/UPSTREAM.md) [default: 10000].
+    /// Approximate cap on each upstream stream's length in entries (`XADD MAXLEN ~`): Redis memory per stream stays under about (upstream_maxlen + 100) x 1.26 x (max_message_size + 1 KiB), 0.85 GB at the defaults (docs/UPSTREAM.md); on NATS the exact max_msgs of a JetStream stream the node makes [default: 10000].
     upstream_maxlen: usize = 10_000, "DUPLEX_UPSTREAM_MAXLEN", UPSTREAM;
-    /// Backend HTTP endpoint that client `send`s, `rpc`s and upstream plain frames are POSTed to as JSON, instead of the Redis Stream; without Redis the only way up; a namespace may name its own [default: none].
+    /// Backend HTTP endpoint that client `send`s, `rpc`s and upstream plain frames are POSTed to as JSON, instead of the stream; on the memory broker the only way up; a namespace may name its own [default: none].
     upstream_url: String = String::new(), "DUPLEX_UPSTREAM_URL", UPSTREAM;
     /// Most requests to upstream_url in flight at once; more wait in a queue bounded by max_inflight_rpcs [default: 64].
     upstream_concurrency: usize = 64, "DUPLEX_UPSTREAM_CONCURRENCY", UPSTREAM;
@@ -396,7 +396,7 @@ settings! {
     plain_publish: bool = true, "DUPLEX_PLAIN_PUBLISH", PLAIN;
     /// Whether a plain client receives its own messages back [default: true].
     plain_echo: bool = true, "DUPLEX_PLAIN_ECHO", PLAIN;
-    /// Where plain clients' frames go: channel (published to their channel), upstream (to the backends: POSTed to upstream_url when one applies, else appended to upstream_stream; needs Redis or upstream_url) or both [default: channel].
+    /// Where plain clients' frames go: channel (published to their channel), upstream (to the backends: POSTed to upstream_url when one applies, else appended to upstream_stream; needs Redis, NATS or upstream_url) or both [default: channel].
     plain_frames: PlainFrames = PlainFrames::Channel, "DUPLEX_PLAIN_FRAMES", PLAIN;
     /// How long /api/connections waits for the other nodes' answers before it says `incomplete` [default: 1s].
     query_timeout: Duration = Duration::from_secs(1), "DUPLEX_QUERY_TIMEOUT", BROKER, humantime::parse_duration;

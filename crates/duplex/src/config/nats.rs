@@ -1,8 +1,10 @@
 //! The NATS broker's settings (`nats`, `nats_prefix`, `nats_timeout`) and
-//! what the config check refuses with it: a second broker, and every
-//! setting that needs what only Redis (or the embedded broker) keeps.
+//! what the config check refuses with it: a second broker, every setting
+//! that needs what only Redis (or the embedded broker) keeps, and upstream
+//! stream names too long for a JetStream stream.
 
 use super::{Config, ConfigError};
+use crate::broker::nats::upstream::{stream_name, MAX_STREAM_NAME};
 use crate::broker::nats::{nats_url_problem, subject::prefix_problem, NatsSettings};
 
 impl Config {
@@ -22,6 +24,7 @@ impl Config {
             backlog_bytes: self.redis_backlog_bytes,
             node_channels: node_channels.to_vec(),
             node_id: id.to_string(),
+            upstream_maxlen: self.upstream_maxlen,
         })
     }
 }
@@ -66,6 +69,25 @@ pub(super) fn check_nats(c: &Config) -> Result<(), ConfigError> {
         };
         return invalid("namespaces", format!("namespace {:?}: {needs}", ns.pattern));
     }
+    check_stream_names(c)
+}
+
+/// Every upstream stream must make a JetStream stream name the server takes.
+fn check_stream_names(c: &Config) -> Result<(), ConfigError> {
+    let own = std::iter::once(c.upstream_stream.as_str());
+    let namespaces = c
+        .namespaces
+        .iter()
+        .filter_map(|ns| ns.upstream_stream.as_deref());
+    for stream in own.chain(namespaces) {
+        let name = stream_name(&c.nats_prefix, stream);
+        if name.len() > MAX_STREAM_NAME {
+            return invalid(
+                "upstream_stream",
+                format!("{stream:?} with nats_prefix makes the JetStream stream name {name:?}, over {MAX_STREAM_NAME} bytes: name a shorter stream"),
+            );
+        }
+    }
     Ok(())
 }
 
@@ -82,7 +104,7 @@ mod tests {
     }
 
     #[test]
-    fn a_nats_node_runs_channels_only() {
+    fn a_nats_node_runs_channels_and_upstream_streams_only() {
         let ok: Settings =
             toml::from_str("nats = \"nats://127.0.0.1:4222\"\nnats_prefix = \"duplex.\"").unwrap();
         let config = ok.resolve().expect("valid");
@@ -111,10 +133,18 @@ mod tests {
         );
         let (_, why) = refusal(&format!("{nats}{ns}presence = true"));
         assert!(why.contains("presence needs Redis"), "{why}");
-        let (_, why) = refusal(&format!("{nats}{ns}upstream_stream = \"up\""));
-        assert!(
-            why.contains("NATS broker has no streams") && why.contains("upstream_url"),
-            "{why}"
-        );
+        let streams: Settings = toml::from_str(&format!(
+            "{nats}plain_frames = \"both\"\n{ns}upstream_stream = \"up\""
+        ))
+        .unwrap();
+        streams
+            .resolve()
+            .expect("upstream streams live on JetStream");
+        let long = "x".repeat(250);
+        let (name, why) = refusal(&format!(
+            "{nats}nats_prefix = \"app.\"\n{ns}upstream_stream = \"{long}\""
+        ));
+        assert_eq!(name, "upstream_stream");
+        assert!(why.contains("JetStream stream name"), "{why}");
     }
 }

@@ -146,20 +146,20 @@ fn check_broker(c: &Config) -> Result<(), ConfigError> {
     }
     // The one place that says where plain frames can go up: a Redis
     // Stream, or the HTTP upstream (namespaces may name their own URLs).
-    if c.plain_frames.to_upstream() && c.redis_url().is_none() && c.upstream_url.is_empty() {
+    let streams = c.redis_url().is_some() || c.nats_url().is_some();
+    if c.plain_frames.to_upstream() && !streams && c.upstream_url.is_empty() {
         return invalid(
             "plain_frames",
-            "\"upstream\" and \"both\" need Redis (--redis) or an HTTP upstream (--upstream-url); use \"channel\"",
+            "\"upstream\" and \"both\" need Redis (--redis), NATS (--nats) or an HTTP upstream (--upstream-url); use \"channel\"",
         );
     }
-    if c.redis_url().is_none() {
+    if !streams {
         if let Some(ns) = c.namespaces.iter().find(|ns| ns.upstream_stream.is_some()) {
             return invalid(
                 "namespaces",
                 &format!(
-                    "namespace {:?}: upstream_stream needs Redis (--redis): the {} broker has no streams; use upstream_url (an HTTP upstream)",
+                    "namespace {:?}: upstream_stream needs Redis (--redis) or NATS (--nats): the memory broker has no streams; use upstream_url (an HTTP upstream)",
                     ns.pattern,
-                    if c.nats_url().is_some() { "NATS" } else { "memory" }
                 ),
             );
         }

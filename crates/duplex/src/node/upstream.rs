@@ -32,7 +32,7 @@ use crate::upstream::{Answer, CallError, Full, OverBudget, Route};
 
 /// Why an rpc cannot go anywhere.
 const NO_UPSTREAM: &str =
-    "rpc needs the Redis broker (--redis) or an HTTP upstream (--upstream-url, or a namespace upstream_url for the channel it names)";
+    "rpc needs the Redis broker (--redis), NATS (--nats) or an HTTP upstream (--upstream-url, or a namespace upstream_url for the channel it names)";
 
 /// A client's message up: a native `send` or a plain client's frame.
 #[derive(Debug)]
@@ -170,9 +170,16 @@ impl Node {
     }
 
     /// The channel backends publish rpc replies to: this node's own, with
-    /// the Redis prefix, exactly as a worker's `PUBLISH` must name it.
+    /// the Redis prefix, exactly as a worker's `PUBLISH` must name it (on
+    /// NATS: its subject, as a worker's `nats pub` must name it).
     pub fn reply_channel(&self) -> String {
-        format!("{}{}", self.config().redis_prefix, self.node_channel())
+        let config = self.config();
+        match config.nats_url() {
+            Some(_) => {
+                crate::broker::nats::subject::subject(&config.nats_prefix, &self.node_channel())
+            }
+            None => format!("{}{}", config.redis_prefix, self.node_channel()),
+        }
     }
 
     /// Hands a client's message to the backends on `route`: POSTed when

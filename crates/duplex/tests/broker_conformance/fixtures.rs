@@ -255,7 +255,8 @@ impl Fixture for Redis {
     }
 }
 
-/// The NATS broker, nodes on one private nats-server (channels only).
+/// The NATS broker, nodes on one private nats-server (channels, and
+/// upstream streams on JetStream).
 pub(crate) struct Nats {
     server: NatsServer,
 }
@@ -266,7 +267,7 @@ const NATS_PREFIX: &str = "conformance.";
 impl Fixture for Nats {
     const NODES: usize = 2;
     const KIND: KindRule = KindRule::InferredFromUtf8;
-    const UPSTREAM: bool = false;
+    const UPSTREAM: bool = true;
     const INGEST: bool = false;
 
     async fn start() -> Self {
@@ -285,6 +286,7 @@ impl Fixture for Nats {
             backlog_bytes: 1 << 20,
             node_channels: Vec::new(),
             node_id: id.to_string(),
+            upstream_maxlen: 1000,
         };
         let broker = Broker::nats(settings, handler).expect("valid NATS settings");
         support::eventually("the node's broker connects", || async {
@@ -316,8 +318,8 @@ impl Fixture for Nats {
         true
     }
 
-    async fn upstream_entries(&self, _stream: &str) -> Vec<Entry> {
-        Vec::new()
+    async fn upstream_entries(&self, stream: &str) -> Vec<Entry> {
+        self.server.upstream_entries(NATS_PREFIX, stream).await
     }
 
     async fn raw_publish(&self, _node: &Node, channel: &str, data: &str) {

@@ -3,9 +3,14 @@
 //! Go, listens with SO_REUSEADDR too). A start only counts once the
 //! server's INFO line carries the unique name this harness gave that
 //! child: no test ever talks to another test's NATS.
+//!
+//! JetStream is on (`-js`), its store (`-sd`) in a directory of the
+//! server's own that outlives kills and restarts (so streams come back
+//! with what they acknowledged) and is removed on drop.
 
 use std::io::{BufRead, BufReader};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -22,6 +27,8 @@ pub struct NatsServer {
     pub port: u16,
     _hold: Socket,
     child: Option<Child>,
+    /// JetStream's store.
+    store: PathBuf,
 }
 
 fn hold_free_port() -> (Socket, u16) {
@@ -44,10 +51,15 @@ impl NatsServer {
         let mut failures = Vec::new();
         for _ in 0..5 {
             let (hold, port) = hold_free_port();
+            let store =
+                std::env::temp_dir().join(format!("duplex-nats-{}-{port}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&store);
+            std::fs::create_dir_all(&store).expect("a directory for JetStream's store");
             let mut server = NatsServer {
                 port,
                 _hold: hold,
                 child: None,
+                store,
             };
             match server.spawn() {
                 Ok(()) => return server,
@@ -70,6 +82,9 @@ impl NatsServer {
         );
         let mut child = Command::new(BINARY)
             .args(["-a", "127.0.0.1", "-p", &self.port.to_string(), "-n", &name])
+            .arg("-js")
+            .arg("-sd")
+            .arg(&self.store)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -116,9 +131,21 @@ impl NatsServer {
         }
     }
 
-    /// Starts it again on the same port (NATS keeps nothing: it comes back empty).
+    /// Starts it again on the same port: core NATS keeps nothing, JetStream
+    /// streams come back from the store.
     pub fn restart(&mut self) {
         self.kill();
+        if let Err(e) = self.spawn() {
+            panic!("nats-server did not restart on port {}: {e}", self.port);
+        }
+    }
+
+    /// Starts it again on the same port with an empty JetStream store, as
+    /// a server whose disk was lost.
+    pub fn restart_empty(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.store);
+        std::fs::create_dir_all(&self.store).expect("a directory for JetStream's store");
         if let Err(e) = self.spawn() {
             panic!("nats-server did not restart on port {}: {e}", self.port);
         }
@@ -142,8 +169,64 @@ impl NatsServer {
     }
 }
 
+/// One upstream entry as a worker reads it: its fields in order.
+pub type Entry = Vec<(String, Vec<u8>)>;
+
+impl NatsServer {
+    /// Every entry of upstream stream `stream` (under `prefix`), oldest
+    /// first, read back by sequence from its JetStream stream.
+    pub async fn upstream_entries(&self, prefix: &str, stream: &str) -> Vec<Entry> {
+        let context = async_nats::jetstream::new(self.client().await);
+        let name = duplex::broker::nats::upstream::stream_name(prefix, stream);
+        let mut stream = context.get_stream(&name).await.expect("the stream exists");
+        let state = stream.info().await.expect("stream info").state.clone();
+        let mut entries = Vec::new();
+        for seq in state.first_sequence..=state.last_sequence {
+            let message = stream.get_raw_message(seq).await.expect("an entry");
+            entries.push(decode_entry(&message.headers, &message.payload));
+        }
+        entries
+    }
+}
+
+/// An entry's fields from a JetStream message, by the rule of
+/// docs/UPSTREAM.md ("On NATS"): `Duplex-Fields` gives the names in
+/// order; `data` is the payload; any other field is the header
+/// `Duplex-<field>`, or `Duplex-<field>-Base64` in base64.
+pub fn decode_entry(headers: &async_nats::HeaderMap, payload: &[u8]) -> Entry {
+    use base64::Engine as _;
+    let names = headers
+        .get("Duplex-Fields")
+        .expect("Duplex-Fields")
+        .as_str();
+    let mut taken: std::collections::HashMap<String, usize> = Default::default();
+    names
+        .split(',')
+        .map(|name| {
+            if name == "data" {
+                return (name.to_string(), payload.to_vec());
+            }
+            let nth = taken.entry(name.to_string()).or_default();
+            let plain = format!("Duplex-{name}");
+            let value = match headers.get_all(plain.as_str()).nth(*nth) {
+                Some(value) => value.as_str().as_bytes().to_vec(),
+                None => {
+                    let encoded = format!("{plain}-Base64");
+                    let value = headers.get_all(encoded.as_str()).next().expect("a header");
+                    base64::engine::general_purpose::STANDARD
+                        .decode(value.as_str())
+                        .expect("base64")
+                }
+            };
+            *nth += 1;
+            (name.to_string(), value)
+        })
+        .collect()
+}
+
 impl Drop for NatsServer {
     fn drop(&mut self) {
         self.kill();
+        let _ = std::fs::remove_dir_all(&self.store);
     }
 }

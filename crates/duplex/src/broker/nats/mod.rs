@@ -1,5 +1,5 @@
 //! The NATS broker: any number of nodes share channels through core NATS
-//! subjects (no JetStream).
+//! subjects, and clients' messages up go to JetStream streams.
 //!
 //! - One NATS connection per node (`async-nats`), which reconnects with
 //!   jittered backoff and subscribes everything again by itself; the node
@@ -22,12 +22,17 @@
 //!   header the holding node reads: NATS carries headers, so no notice and
 //!   no echo matching are needed (what `broker::echo` and
 //!   `broker::exclusion` do for Redis, whose messages are bare bytes).
-//! - No history, presence, upstream or ingest streams: those abilities are
-//!   `None` and the config check refuses namespaces that need them.
+//! - Upstream streams (`upstream`): each a JetStream stream the node makes
+//!   when missing, an entry one message (the `data` field its payload, the
+//!   other fields `Duplex-<field>` headers), appended with the JetStream
+//!   ack awaited; workers read them with durable pull consumers.
+//! - No history, presence or ingest stream: those abilities are `None`
+//!   and the config check refuses namespaces that need them.
 
 mod channels;
 mod link;
 pub mod subject;
+pub mod upstream;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -42,7 +47,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::intake::Intake;
 use super::{
-    unix_now, BrokerError, BrokerHandler, BrokerState, BrokerStatus, Link, PubSub, RemoteConnection,
+    unix_now, BrokerError, BrokerHandler, BrokerState, BrokerStatus, Link, PubSub,
+    RemoteConnection, Upstream, UpstreamLog,
 };
 use crate::message::Publication;
 use crate::throttle::Throttle;
@@ -58,7 +64,8 @@ pub struct NatsSettings {
     pub url: String,
     /// Prepended to every subject (see `subject`).
     pub prefix: String,
-    /// Bound on connects, publishes and each subscribe's round trip.
+    /// Bound on connects, publishes, each subscribe's round trip and each
+    /// upstream append (its JetStream ack included).
     pub timeout: Duration,
     /// Longest pause between reconnect attempts.
     pub max_backoff: Duration,
@@ -69,6 +76,9 @@ pub struct NatsSettings {
     pub node_channels: Vec<String>,
     /// This node's id: exclusion headers naming `<id>.<seq>` are for it.
     pub node_id: String,
+    /// Messages each upstream JetStream stream keeps (`max_msgs`, the
+    /// oldest dropped first), when the node makes it.
+    pub upstream_maxlen: usize,
 }
 
 /// Why the NATS broker cannot start with these settings.
@@ -122,6 +132,8 @@ struct Shared {
     /// owed a `reconnected`.
     lost: AtomicBool,
     probes: link::Probes,
+    /// The JetStream side: upstream streams.
+    upstream: upstream::Streams,
     /// The channels this node holds, each with its reader.
     channels: Mutex<HashMap<ChannelName, channels::Reader>>,
     intake: Intake,
@@ -161,6 +173,7 @@ impl NatsBroker {
         }
         let shared = Arc::new(Shared {
             probes: link::Probes::new(&settings.prefix),
+            upstream: upstream::Streams::new(),
             intake: Intake::new(settings.backlog_bytes),
             slow_dropped: AtomicU64::new(0),
             settings,
@@ -344,6 +357,12 @@ impl PubSub for NatsBroker {
 
     fn unsubscribe(&self, channel: ChannelName) -> BoxFuture<'_, Result<(), BrokerError>> {
         self.shared.unsubscribe(channel).boxed()
+    }
+}
+
+impl UpstreamLog for NatsBroker {
+    fn append(&self, message: Upstream) -> BoxFuture<'_, Result<(), BrokerError>> {
+        self.shared.append(message).boxed()
     }
 }
 
